@@ -1,0 +1,212 @@
+"""FGSM, I-FGSM and PGD in Linf and L2 from one iterative loop (method.md section 3).
+
+The threat model is a small strategy object (:class:`Linf`, :class:`L2`) that
+knows how to start, step and project, as in MadryLab/robustness; a single loop,
+:func:`perturb`, serves every attack:
+
+=========  ===========================  ============  ============
+attack     step                          steps         random start
+=========  ===========================  ============  ============
+FGSM       eps                           1             no
+I-FGSM     step_size                     k             no
+PGD        step_size                     k             yes
+=========  ===========================  ============  ============
+
+The radius ``eps`` is a float or a tensor of shape ``(N,)``: one radius per
+sample, which is what AMAT and DPAAT need. Inputs live in [0, 1]; the model
+runs in eval mode during the attack and gets its previous mode back; the
+inputs are never modified.
+
+Example::
+
+    x_adv = pgd(model, x, y, eps=0.5, step_size=0.15, steps=7, norm="l2")
+    x_adv = pgd(model, x, y, eps=radii, step_size=0.15, steps=7, norm="l2")  # radii.shape == (N,)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("linf", "l2")
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 norm as an (N,1,1,1) tensor."""
+    return t.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+
+
+class Linf:
+    """Linf ball: signed-gradient steps, coordinate-wise clipping."""
+
+    @staticmethod
+    def random_init(x: torch.Tensor, eps: torch.Tensor, generator) -> torch.Tensor:
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * eps
+
+    @staticmethod
+    def step(grad: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        return size * grad.sign()
+
+    @staticmethod
+    def project(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(delta, eps), -eps)
+
+
+class L2:
+    """L2 ball: normalised-gradient steps, projection by each sample's own norm ratio."""
+
+    DIVISION_EPS = 1e-10  # as torchattacks, so the two agree to float precision
+
+    @staticmethod
+    def random_init(x: torch.Tensor, eps: torch.Tensor, generator) -> torch.Tensor:
+        # Uniform radius fraction times a random direction (torchattacks' PGDL2 start).
+        d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        r = torch.rand((x.shape[0], 1, 1, 1), generator=generator, device=x.device, dtype=x.dtype)
+        return d / _flat_norm(d) * r * eps
+
+    @classmethod
+    def step(cls, grad: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        return size * grad / (_flat_norm(grad) + cls.DIVISION_EPS)
+
+    @staticmethod
+    def project(delta: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        norm = _flat_norm(delta)
+        # where(): eps = 0 must give delta = 0, not 0/0.
+        factor = torch.where(norm > eps, eps / norm.clamp_min(1e-30), torch.ones_like(norm))
+        return delta * factor
+
+
+_THREATS = {"linf": Linf, "l2": L2}
+
+
+def as_radius(eps, x: torch.Tensor) -> torch.Tensor:
+    """``eps`` (float or (N,) tensor) as an (N,1,1,1) tensor on x's device, checked."""
+    n = x.shape[0]
+    if isinstance(eps, torch.Tensor):
+        if eps.dim() == 0:
+            eps = eps.expand(n)
+        if eps.shape != (n,):
+            raise ValueError(f"eps must be a float or a tensor of shape (N,) = ({n},), one radius per "
+                             f"sample; got shape {tuple(eps.shape)}. Pass eps.flatten() or a float.")
+        eps = eps.to(device=x.device, dtype=x.dtype)
+    else:
+        eps = torch.full((n,), float(eps), device=x.device, dtype=x.dtype)
+    if (eps < 0).any() or not torch.isfinite(eps).all():
+        raise ValueError("eps must be finite and >= 0 for every sample")
+    return eps.view(n, 1, 1, 1)
+
+
+def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str) -> None:
+    if norm not in _THREATS:
+        raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a batch of images (N, C, H, W); got shape {tuple(x.shape)}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape (N,) = ({x.shape[0]},); got {tuple(y.shape)}")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("x must lie in [0, 1] (the models normalise inside); got values in "
+                         f"[{x.min().item():.3g}, {x.max().item():.3g}]")
+
+
+def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_size, steps: int,
+            norm: str = "linf", random_start: bool = False, generator: torch.Generator | None = None,
+            loss_fn=None) -> torch.Tensor:
+    """The one attack loop: ``steps`` steps of ``step_size`` inside the ``norm`` ball of ``eps``.
+
+    ``loss_fn(logits, y)`` returns one loss per sample (default cross-entropy);
+    the attack ascends its sum, so every sample gets its own gradient. Returns
+    a new tensor x' with ||x' - x|| <= eps_i and x' in [0, 1].
+    """
+    _check_inputs(x, y, norm)
+    threat = _THREATS[norm]
+    radius = as_radius(eps, x)
+    size = as_radius(step_size, x)
+    loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="none"))
+    x = x.detach()
+    was_training = model.training
+    model.eval()
+    try:
+        x_adv = x.clone()
+        if random_start:
+            x_adv = (x + threat.random_init(x, radius, generator)).clamp(0, 1)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss = loss_fn(model(x_adv), y).sum()
+                (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + threat.step(grad, size)
+            delta = threat.project(x_adv - x, radius)
+            x_adv = (x + delta).clamp(0, 1).detach()
+    finally:
+        model.train(was_training)
+    return x_adv
+
+
+def fgsm(model, x, y, *, eps) -> torch.Tensor:
+    """FGSM (Goodfellow et al. 2015): one signed-gradient step of size eps, Linf."""
+    return perturb(model, x, y, eps=eps, step_size=eps, steps=1, norm="linf", random_start=False)
+
+
+def ifgsm(model, x, y, *, eps, step_size, steps) -> torch.Tensor:
+    """I-FGSM / BIM (Kurakin et al. 2017): ``steps`` signed steps in the Linf ball, no random start."""
+    return perturb(model, x, y, eps=eps, step_size=step_size, steps=steps, norm="linf", random_start=False)
+
+
+def pgd(model, x, y, *, eps, step_size, steps, norm: str = "linf", random_start: bool = True,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD (Madry et al. 2018) in Linf or L2, random start inside the ball by default."""
+    return perturb(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm,
+                   random_start=random_start, generator=generator)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack as configuration: a name for tables plus the loop's arguments."""
+
+    name: str
+    norm: str
+    eps: float
+    step_size: float
+    steps: int
+    random_start: bool
+
+    def __post_init__(self):
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r} in attack {self.name!r}; use one of {NORMS}")
+
+    def __call__(self, model, x, y, *, eps=None, generator=None) -> torch.Tensor:
+        """Run the attack; ``eps`` overrides the radius (float or per-sample (N,) tensor)."""
+        return perturb(model, x, y, eps=self.eps if eps is None else eps, step_size=self.step_size,
+                       steps=self.steps, norm=self.norm, random_start=self.random_start,
+                       generator=generator)
+
+    def with_eps(self, eps: float) -> "AttackSpec":
+        """The same attack at another radius; the step keeps its ratio to eps."""
+        ratio = self.step_size / self.eps if self.eps else 1.0
+        return AttackSpec(self.name, self.norm, eps, ratio * eps, self.steps, self.random_start)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+LINF_EPS = 2 / 255
+L2_EPS = 0.5
+
+
+def paper_attacks(linf_eps: float = LINF_EPS, l2_eps: float = L2_EPS, l2_step: float = 0.15) -> tuple[AttackSpec, ...]:
+    """The five evaluation attacks of method.md section 4, in the paper's column order."""
+    return (
+        AttackSpec("FGSM", "linf", linf_eps, linf_eps, 1, False),
+        AttackSpec("10-IFGSM", "linf", linf_eps, linf_eps / 4, 10, False),
+        AttackSpec("20-IFGSM", "linf", linf_eps, linf_eps / 4, 20, False),
+        AttackSpec("20-PGD", "l2", l2_eps, l2_step, 20, True),
+        AttackSpec("50-PGD", "l2", l2_eps, l2_step, 50, True),
+    )
+
+
+def training_attack(eps0: float = L2_EPS, step_size: float = 0.15, steps: int = 7, norm: str = "l2") -> AttackSpec:
+    """The training adversary of AT, SAT, AMAT and DPAAT: PGD-L2, eps0 0.5, step 0.15, 7 steps."""
+    return AttackSpec(f"PGD-{steps}", norm, eps0, step_size, steps, True)

@@ -1,0 +1,56 @@
+"""Predictions of a trained model on the clean test set and under each attack (method.md section 4)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .attacks import AttackSpec
+from .training import to_float
+
+CLEAN = "clean"
+
+
+@torch.no_grad()
+def _probs(model, x):
+    return torch.softmax(model(x).float(), 1)
+
+
+def attacked_probs(model, x_uint8: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None, *,
+                   device="cpu", batch_size: int = 128, seed: int = 0, eps=None) -> torch.Tensor:
+    """Softmax outputs (N, C) on the images attacked by ``attack`` (None: clean), in batches."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for i in range(0, x_uint8.shape[0], batch_size):
+        xb = to_float(x_uint8[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
+        if attack is not None:
+            xb = attack(model, xb, yb, eps=eps, generator=gen)
+        out.append(_probs(model, xb).cpu())
+    return torch.cat(out)
+
+
+def evaluate(model, test, attacks: tuple[AttackSpec, ...], classes: tuple[str, ...], *, device="cpu",
+             batch_size: int = 128, seed: int = 0) -> pd.DataFrame:
+    """Per-image predictions: image_id, label, and for clean and each attack the predicted class and
+    the softmax probability of every class (columns ``pred_<attack>``, ``p_<attack>_<class>``)."""
+    frame = {"image_id": list(test.image_ids), "label": test.y.cpu().numpy()}
+    for spec in (None, *attacks):
+        name = CLEAN if spec is None else spec.name
+        p = attacked_probs(model, test.x, test.y, spec, device=device, batch_size=batch_size, seed=seed)
+        frame[f"pred_{name}"] = p.argmax(1).numpy()
+        for k, c in enumerate(classes):
+            frame[f"p_{name}_{c}"] = np.round(p[:, k].numpy().astype(np.float64), 6)
+    return pd.DataFrame(frame)
+
+
+def robust_accuracy_curve(model, test, attack: AttackSpec, eps_values, *, device="cpu",
+                          batch_size: int = 128, seed: int = 0) -> list[float]:
+    """Accuracy under ``attack`` at each radius in ``eps_values`` (the step keeps its ratio to eps)."""
+    accs = []
+    for eps in eps_values:
+        spec = attack.with_eps(float(eps)) if eps > 0 else None
+        p = attacked_probs(model, test.x, test.y, spec, device=device, batch_size=batch_size, seed=seed)
+        accs.append((p.argmax(1) == test.y.cpu()).float().mean().item())
+    return accs

@@ -1,0 +1,151 @@
+"""Load or compute one run: data -> split -> training -> evaluation -> metrics.
+
+``run(config, ...)`` is what notebooks and the command line call. A run whose
+folder is complete is loaded without the dataset or a GPU; otherwise the
+missing stages are computed (training resumes from its last epoch).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data as D
+from . import store
+from .config import DataConfig, RunConfig
+from .evaluation import evaluate
+from .metrics import compute_metrics
+from .synthetic import make_synthetic_ham
+from .training import load_trained, train_run
+
+SYNTHETIC_ARGS = {"n_per_class": 160, "size": 64, "seed": 0}
+
+
+def default_cache_dir() -> Path:
+    """Decoded-image cache: $DPAAT_CACHE, else ~/.cache/dpaat."""
+    return Path(os.environ.get("DPAAT_CACHE", Path.home() / ".cache" / "dpaat"))
+
+
+def synthetic_root(cache_dir: Path | None = None) -> Path:
+    """Where the synthetic stand-in is written (made on first use, deterministic)."""
+    root = (cache_dir or default_cache_dir()) / "synthetic-ham"
+    return make_synthetic_ham(root, **SYNTHETIC_ARGS)
+
+
+def data_root_for(source: str, data_root: str | Path | None, cache_dir: Path | None = None) -> Path | None:
+    if source == "synthetic":
+        return synthetic_root(cache_dir)
+    if source != "ham10000":
+        raise ValueError(f"unknown data source {source!r}; use 'ham10000' or 'synthetic'")
+    return None if data_root is None else Path(data_root)
+
+
+def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | Path | None = None,
+                 cache_dir: Path | None = None) -> DataConfig:
+    """Fill in ``data.digest`` from the data's content.
+
+    Without the data folder, the digest is taken from stored results of the
+    same source (so a published book re-executes without the dataset); with
+    neither, a :class:`dpaat_lib.data.DataError` says what to pass.
+    """
+    root = data_root_for(data.source, data_root, cache_dir)
+    if root is not None and (root / D.METADATA_FILE).exists():
+        return replace(data, digest=D.dataset_digest(D.read_metadata(root, data.classes)))
+    digests = set()
+    if results is not None and Path(results).exists():
+        for cfg in Path(results).glob("*/config.json"):
+            d = store.read_json(cfg)["data"]
+            if d["source"] == data.source and tuple(d["classes"]) == tuple(data.classes):
+                digests.add(d["digest"])
+    if len(digests) == 1:
+        return replace(data, digest=digests.pop())
+    raise D.DataError(f"no HAM10000 metadata at {root} and no unique stored results to identify the data "
+                      f"({len(digests)} digests in {results}). Pass the folder of your HAM10000 copy "
+                      "(official layout: HAM10000_metadata.csv plus HAM10000_images_part_1/_part_2 or "
+                      "images/), or use source='synthetic'.")
+
+
+def make_split_for(data: DataConfig, root: Path) -> dict[str, list[str]]:
+    meta = D.read_metadata(root, data.classes)
+    return D.make_split(meta, seed=data.split_seed, n_train=data.n_train, n_test=data.n_test,
+                        n_val=data.n_val, lesion_aware=data.lesion_aware)
+
+
+def load_data(data: DataConfig, data_root, cache_dir: Path | None = None):
+    """(split, tensors) for ``data``; images decoded once and cached."""
+    cache_dir = cache_dir or default_cache_dir()
+    root = data_root_for(data.source, data_root, cache_dir)
+    if root is None:
+        raise D.DataError("this run is not in the results store and needs the HAM10000 data: pass "
+                          "data_root=<folder of your HAM10000 copy> (or --data on the command line)")
+    split = make_split_for(data, root)
+    tensors = D.load_split(root, split, data.image_size, classes=data.classes, cache_dir=cache_dir / "images")
+    return split, tensors
+
+
+@dataclass
+class RunResult:
+    """What a run left in its folder."""
+
+    config: RunConfig
+    path: Path
+    history: dict
+    metrics: dict
+    predictions: pd.DataFrame
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+
+def load_result(config: RunConfig, results) -> RunResult | None:
+    run = store.RunDir(results, config.run_id)
+    if not run.done:
+        return None
+    return RunResult(config, run.path, store.read_json(run / "history.json"),
+                     store.read_json(run / "metrics.json"), pd.read_csv(run / "predictions.csv"))
+
+
+def amat_threshold(config: RunConfig, results, **kw) -> float:
+    """AMAT's T: mean (+ z std) per-sample validation CE of the STD run of the same architecture."""
+    std = run(config.std_counterpart(), results=results, **kw)
+    best = std.history["best"]
+    return best["val_loss"] + config.method.amat_z * best["val_ce_std"]
+
+
+def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: Path | None = None,
+        progress: bool = True, time_budget_s: float | None = None, tensors=None) -> RunResult | None:
+    """Load the run's results, or compute what is missing. Returns None only when a
+    ``time_budget_s`` ran out before training finished (call again to continue)."""
+    if not config.data.digest:
+        raise ValueError("config.data.digest is empty: build configurations with resolve_data() "
+                         "(or the profiles in dpaat_lib.profiles), which identify the data by content")
+    done = load_result(config, results)
+    if done is not None:
+        return done
+    kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress)
+    threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
+    run_dir = store.RunDir(results, config.run_id)
+    if tensors is None:
+        split, tensors = load_data(config.data, data_root, cache_dir)
+    else:
+        split = {k: v.image_ids for k, v in tensors.items()}
+    store.write_json(run_dir / "config.json", config.to_dict())
+    store.write_json(run_dir / "split.json", split)
+    history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
+                        time_budget_s=time_budget_s)
+    if not history["finished"]:
+        return None
+    model = load_trained(config, run_dir, device)
+    predictions = evaluate(model, tensors["test"], config.eval_attacks, config.data.classes, device=device,
+                           seed=config.train.seed)
+    metrics = compute_metrics(predictions, config.data.classes)
+    if threshold is not None:
+        metrics["amat_threshold"] = threshold
+    store.write_csv(run_dir / "predictions.csv", predictions)
+    store.write_json(run_dir / "metrics.json", metrics)
+    run_dir.mark_done()
+    return load_result(config, results)

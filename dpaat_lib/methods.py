@@ -1,0 +1,318 @@
+"""The training methods of method.md section 5 as small strategy objects.
+
+Each method exposes ``loss(model, x, y, idx) -> (loss, logs)`` for one batch
+(``idx`` are the training-set indices of the batch, so a method can keep one
+radius per training image) and ``end_epoch() -> logs``. Per-sample state lives
+on the object and travels with ``state_dict()`` so a run resumes exactly.
+
+The training loop puts the model in train mode; the attacks switch it to eval
+mode for their own forward passes and back (:func:`dpaat_lib.attacks.perturb`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .attacks import AttackSpec, training_attack
+
+METHODS = ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b")
+LABELS = {"std": "STD", "at": "AT", "sat": "SAT", "amat": "AMAT", "dpaat": "DPAAT",
+          "d-a": "D-A", "d-b": "D-B"}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Hyper-parameters of a method; defaults are method.md's.
+
+    ``eta=None`` means eta = eps0 per nat; ``eps_max=None`` means 2 * eps0.
+    ``mu``: "batch" (eq. 13-14, default) or "epoch" (mean loss change of the
+    previous epoch). ``length``: "linear" (eta * |dL - mu|) or "normalized"
+    (gamma * eps0 * |dL - mu| / max |dL - mu|). ``amat_z``: AMAT's threshold
+    is mean + z * std of the STD model's validation CE.
+    """
+
+    name: str = "std"
+    attack: AttackSpec = training_attack()
+    alpha: float = 0.5
+    lam: float = 1.0
+    eta: float | None = None
+    gamma: float = 1.0
+    eps_min: float = 0.0
+    eps_max: float | None = None
+    mu: str = "batch"
+    length: str = "linear"
+    amat_z: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; choose one of {METHODS}")
+        if self.mu not in ("batch", "epoch"):
+            raise ValueError(f"mu must be 'batch' or 'epoch', got {self.mu!r}")
+        if self.length not in ("linear", "normalized"):
+            raise ValueError(f"length must be 'linear' or 'normalized', got {self.length!r}")
+
+    @property
+    def eps0(self) -> float:
+        return self.attack.eps
+
+    @property
+    def needs_threshold(self) -> bool:
+        return self.name == "amat"
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.name]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def per_sample_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def sync_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Tensor:
+    """Eq. 11: symmetric KL between clean and adversarial softmax outputs, per sample.
+
+    sum_k (p_k - p'_k)(log p_k - log p'_k); gradients flow through both sides.
+    """
+    logp, logq = F.log_softmax(logits_clean, 1), F.log_softmax(logits_adv, 1)
+    return ((logp.exp() - logq.exp()) * (logp - logq)).sum(1)
+
+
+def radius_summary(radii: torch.Tensor, eps_max: float, bins: int = 20) -> dict:
+    """Distribution of per-sample radii for the training log (histogram on [0, eps_max])."""
+    r = radii.detach().float().cpu()
+    hist = torch.histc(r, bins=bins, min=0.0, max=eps_max)
+    q = torch.quantile(r, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95]))
+    return {"radius_mean": r.mean().item(), "radius_std": r.std().item(), "radius_min": r.min().item(),
+            "radius_max": r.max().item(), "radius_quantiles": [round(v, 6) for v in q.tolist()],
+            "radius_hist": hist.int().tolist(), "radius_hist_max": eps_max}
+
+
+class Method:
+    """Base: no per-sample state. Subclasses override :meth:`loss`."""
+
+    def __init__(self, config: MethodConfig, n_train: int, generator: torch.Generator | None = None):
+        self.config = config
+        self.n_train = n_train
+        self.generator = generator
+
+    def attack(self, model, x, y, eps=None):
+        return self.config.attack(model, x, y, eps=eps, generator=self.generator)
+
+    def loss(self, model, x, y, idx):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def end_epoch(self) -> dict:
+        return {}
+
+    def radii(self) -> torch.Tensor | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class STD(Method):
+    """Standard training: mean CE(x)."""
+
+    def loss(self, model, x, y, idx):
+        logits = model(x)
+        loss = per_sample_ce(logits, y).mean()
+        return loss, {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+class AT(Method):
+    """Madry AT: mean CE(x') with x' = PGD within eps0."""
+
+    def loss(self, model, x, y, idx):
+        x_adv = self.attack(model, x, y)
+        logits = model(x_adv)
+        loss = per_sample_ce(logits, y).mean()
+        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+class SAT(Method):
+    """Goodfellow's mixed objective: alpha * mean CE(x) + (1 - alpha) * mean CE(x')."""
+
+    def loss(self, model, x, y, idx):
+        a = self.config.alpha
+        x_adv = self.attack(model, x, y)
+        logits, logits_adv = model(x), model(x_adv)
+        loss = a * per_sample_ce(logits, y).mean() + (1 - a) * per_sample_ce(logits_adv, y).mean()
+        return loss, {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item(),
+                      "adv_acc": (logits_adv.argmax(1) == y).float().mean().item()}
+
+
+class RadiusTable(Method):
+    """A method with one radius per training image (AMAT, DPAAT)."""
+
+    def __init__(self, config, n_train, generator=None, init: float = 0.0):
+        super().__init__(config, n_train, generator)
+        self.eps = torch.full((n_train,), float(init))
+
+    @property
+    def eps_max(self) -> float:
+        return 2 * self.config.eps0 if self.config.eps_max is None else self.config.eps_max
+
+    def radii(self):
+        return self.eps
+
+    def radius_log(self) -> dict:
+        return radius_summary(self.eps, self.eps_max)
+
+    def state_dict(self):
+        return {"eps": self.eps.clone()}
+
+    def load_state_dict(self, state):
+        self.eps = state["eps"].clone()
+
+
+class AMAT(RadiusTable):
+    """Adaptive-margin AT (Ma & Liang 2022), adapted to classification.
+
+    Radii start at delta = eps0 / 10 and are capped at 2 * eps0. The threshold
+    T comes from an already trained STD model of the same architecture (mean
+    per-sample validation CE, + z * std as an option) and stays fixed. Only
+    correctly classified samples are attacked; after each epoch their radius
+    grows by delta if CE(x') <= T, else moves half-way to ||x' - x||.
+    """
+
+    def __init__(self, config, n_train, generator=None, threshold: float | None = None):
+        super().__init__(config, n_train, generator, init=config.eps0 / 10)
+        if threshold is None:
+            raise ValueError("AMAT needs the threshold of a trained STD model of the same architecture: "
+                             "train the STD run first (dpaat_lib.grid orders this for you) and pass "
+                             "threshold=<its validation CE>")
+        self.threshold = float(threshold)
+        self.delta = config.eps0 / 10
+        # What the last visit of each sample saw; applied at the end of the epoch.
+        self.seen = torch.zeros(n_train, dtype=torch.bool)
+        self.adv_loss = torch.zeros(n_train)
+        self.adv_dist = torch.zeros(n_train)
+
+    def loss(self, model, x, y, idx):
+        a = self.config.alpha
+        logits = model(x)
+        ce = per_sample_ce(logits, y)
+        correct = (logits.argmax(1) == y).detach()
+        adv_term = torch.zeros((), device=x.device)
+        logs = {"acc": correct.float().mean().item(), "attacked": int(correct.sum())}
+        if correct.any():
+            sel = correct.nonzero().flatten()
+            cidx = idx.to(sel.device)[sel].cpu()
+            xs, ys = x[sel], y[sel]
+            x_adv = self.attack(model, xs, ys, eps=self.eps[cidx].to(x.device))
+            ce_adv = per_sample_ce(model(x_adv), ys)
+            adv_term = ce_adv.mean()
+            self.seen[cidx] = True
+            self.adv_loss[cidx] = ce_adv.detach().float().cpu()
+            self.adv_dist[cidx] = (x_adv - xs).flatten(1).norm(dim=1).detach().float().cpu()
+        loss = a * ce.mean() + (1 - a) * adv_term
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def end_epoch(self):
+        s = self.seen
+        grow = s & (self.adv_loss <= self.threshold)
+        shrink = s & ~grow
+        self.eps[grow] += self.delta
+        self.eps[shrink] = (self.eps[shrink] + self.adv_dist[shrink]) / 2
+        self.eps.clamp_(0.0, self.eps_max)
+        logs = {"grown": int(grow.sum()), "shrunk": int(shrink.sum()), **self.radius_log()}
+        self.seen.zero_()
+        return logs
+
+    def state_dict(self):
+        return {"eps": self.eps.clone(), "seen": self.seen.clone(), "adv_loss": self.adv_loss.clone(),
+                "adv_dist": self.adv_dist.clone(), "threshold": self.threshold}
+
+    def load_state_dict(self, state):
+        for k in ("eps", "seen", "adv_loss", "adv_dist"):
+            setattr(self, k, state[k].clone())
+        self.threshold = state["threshold"]
+
+
+class DPAAT(RadiusTable):
+    """DPAAT (Li et al. 2024), eq. 11-15 as reconstructed in method.md.
+
+    Per batch: l = CE(x), x' = PGD within eps_i, l' = CE(x'); dL = l' - l
+    (detached), mu its batch mean; eps_i <- clip(eps_i - eta (dL_i - mu),
+    eps_min, eps_max): relatively fragile samples (dL_i > mu) shrink, stable
+    ones grow. Loss: alpha mean(l) + (1 - alpha) mean(l') + lambda L_sync.
+    ``adapt=False`` keeps eps0 (ablation D-B); ``lam = 0`` is D-A.
+    """
+
+    def __init__(self, config, n_train, generator=None, adapt: bool = True):
+        super().__init__(config, n_train, generator, init=config.eps0)
+        self.adapt = adapt
+        self.eta = config.eps0 if config.eta is None else config.eta
+        self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
+        self.prev_epoch_mu: float | None = None
+
+    def step_length(self, dl: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
+        """Signed change of each radius: -eta (dL - mu), or the normalised length option."""
+        dev = dl - mu
+        if self.config.length == "normalized":
+            scale = dev.abs().max().clamp_min(1e-12)
+            return -self.config.gamma * self.config.eps0 * dev / scale
+        return -self.eta * dev
+
+    def loss(self, model, x, y, idx):
+        c = self.config
+        eps = self.eps[idx.cpu()].to(x.device)
+        x_adv = self.attack(model, x, y, eps=eps)
+        logits, logits_adv = model(x), model(x_adv)
+        l, l_adv = per_sample_ce(logits, y), per_sample_ce(logits_adv, y)
+        l_sync = sync_loss(logits, logits_adv).mean()
+        loss = c.alpha * l.mean() + (1 - c.alpha) * l_adv.mean() + c.lam * l_sync
+        dl = (l_adv - l).detach().float().cpu()
+        self.epoch_dl_sum += dl.sum().item()
+        self.epoch_dl_n += dl.numel()
+        if self.adapt:
+            mu = dl.mean() if (c.mu == "batch" or self.prev_epoch_mu is None) else self.prev_epoch_mu
+            i = idx.cpu()
+            self.eps[i] = (self.eps[i] + self.step_length(dl, mu)).clamp(c.eps_min, self.eps_max)
+        return loss, {"loss": loss.item(), "sync": l_sync.item(), "dL_mean": dl.mean().item(),
+                      "acc": (logits.argmax(1) == y).float().mean().item(),
+                      "adv_acc": (logits_adv.argmax(1) == y).float().mean().item()}
+
+    def end_epoch(self):
+        if self.epoch_dl_n:
+            self.prev_epoch_mu = self.epoch_dl_sum / self.epoch_dl_n
+        self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
+        return {"epoch_mu": self.prev_epoch_mu, **self.radius_log()}
+
+    def state_dict(self):
+        return {"eps": self.eps.clone(), "prev_epoch_mu": self.prev_epoch_mu}
+
+    def load_state_dict(self, state):
+        self.eps = state["eps"].clone()
+        self.prev_epoch_mu = state["prev_epoch_mu"]
+
+
+def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,
+                 threshold: float | None = None) -> Method:
+    """The strategy object for ``config.name``; AMAT needs its STD model's ``threshold``."""
+    name = config.name
+    if name == "std":
+        return STD(config, n_train, generator)
+    if name == "at":
+        return AT(config, n_train, generator)
+    if name == "sat":
+        return SAT(config, n_train, generator)
+    if name == "amat":
+        return AMAT(config, n_train, generator, threshold=threshold)
+    if name == "dpaat":
+        return DPAAT(config, n_train, generator)
+    if name == "d-a":  # dynamic adaptation only
+        return DPAAT(replace(config, lam=0.0), n_train, generator)
+    if name == "d-b":  # synchronisation loss only, fixed eps0
+        return DPAAT(config, n_train, generator, adapt=False)
+    raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")

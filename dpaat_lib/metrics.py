@@ -1,0 +1,77 @@
+"""The metrics of method.md section 7, computed from a run's per-image predictions.
+
+GAcc is the clean test accuracy (eq. 17), RAcc the accuracy under an attack;
+mAP (eq. 18) is the mean over classes of one-vs-rest average precision of the
+clean softmax scores, mARP the same under 20-step PGD. scikit-learn computes
+average precision and the macro scores (well tested, and the definitions
+readers know).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support
+
+from .evaluation import CLEAN
+
+MARP_ATTACK = "20-PGD"
+
+
+def attack_names(pred: pd.DataFrame) -> list[str]:
+    return [c[len("pred_"):] for c in pred.columns if c.startswith("pred_")]
+
+
+def accuracy(pred: pd.DataFrame, attack: str = CLEAN) -> float:
+    return float((pred[f"pred_{attack}"] == pred["label"]).mean())
+
+
+def mean_average_precision(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
+    y = pred["label"].to_numpy()
+    aps = [average_precision_score(y == k, pred[f"p_{attack}_{c}"].to_numpy()) for k, c in enumerate(classes)]
+    return float(np.mean(aps))
+
+
+def confusion(pred: pd.DataFrame, classes, attack: str = CLEAN) -> np.ndarray:
+    """Rows: true class, columns: predicted class (counts)."""
+    return confusion_matrix(pred["label"], pred[f"pred_{attack}"], labels=list(range(len(classes))))
+
+
+def compute_metrics(pred: pd.DataFrame, classes) -> dict:
+    """All scalar metrics of one run, plus confusion matrices (lists, JSON-ready)."""
+    names = attack_names(pred)
+    p, r, f1, _ = precision_recall_fscore_support(pred["label"], pred[f"pred_{CLEAN}"],
+                                                  labels=list(range(len(classes))), average="macro",
+                                                  zero_division=0)
+    out = {"GAcc": accuracy(pred, CLEAN), "RAcc": {a: accuracy(pred, a) for a in names if a != CLEAN},
+           "mAP": mean_average_precision(pred, classes, CLEAN),
+           "precision": float(p), "recall": float(r), "f1": float(f1),
+           "confusion": {a: confusion(pred, classes, a).tolist() for a in names}}
+    if MARP_ATTACK in names:
+        out["mARP"] = mean_average_precision(pred, classes, MARP_ATTACK)
+    return out
+
+
+def metrics_row(metrics: dict) -> dict:
+    """A flat row for tables: GAcc, each RAcc, mAP, mARP, P/R/F1."""
+    row = {"GAcc": metrics["GAcc"], **metrics["RAcc"]}
+    for k in ("mAP", "mARP", "precision", "recall", "f1"):
+        if k in metrics:
+            row[k] = metrics[k]
+    return row
+
+
+def group_average(table: pd.DataFrame, groups: dict[str, tuple[str, ...]], by: str = "method") -> pd.DataFrame:
+    """Average a per-model table (columns: model, method, metrics...) over the paper's CNN groups.
+
+    Only groups whose every model is present are reported, so a partial grid
+    never shows an average that the paper's group does not mean.
+    """
+    rows = []
+    for g, members in groups.items():
+        sub = table[table["model"].isin(members)]
+        if sub.empty or set(members) - set(sub["model"]):
+            continue
+        mean = sub.drop(columns=["model"]).groupby(by, sort=False).mean(numeric_only=True).reset_index()
+        mean.insert(0, "group", g)
+        rows.append(mean)
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()

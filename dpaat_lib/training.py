@@ -1,0 +1,184 @@
+"""One training loop for every method (method.md section 6), seeded and resumable.
+
+The loop owns the schedule (Adam, batch size, early stopping on the
+validation set, the best checkpoint); the method object owns the loss and its
+per-sample state. The whole training set sits on the device as uint8 and is
+flipped there, so an epoch never decodes a JPEG. After every epoch the state
+(model, optimiser, method, random generators, history) is saved atomically to
+``ckpt/last.pt``; a call on a run folder that has it continues from there.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import store
+from .config import RunConfig
+from .methods import build_method
+from .models import build_model, head
+
+
+def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div_(255)
+
+
+def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Horizontal and vertical flips, each with probability 1/2 per image (dermoscopy has no 'up')."""
+    n = x.shape[0]
+    h = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    v = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    x = torch.where(h.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
+    return torch.where(v.to(x.device).view(n, 1, 1, 1), x.flip(2), x)
+
+
+@torch.no_grad()
+def predict_logits(model, x_uint8: torch.Tensor, *, batch_size: int = 256, device="cpu",
+                   channels_last: bool = False) -> torch.Tensor:
+    """Eval-mode logits of uint8 images, in batches; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    out = []
+    for i in range(0, x_uint8.shape[0], batch_size):
+        xb = to_float(x_uint8[i:i + batch_size].to(device))
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        out.append(model(xb).float().cpu())
+    model.train(was)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def validation_stats(model, x, y, *, device, channels_last=False) -> dict:
+    logits = predict_logits(model, x, device=device, channels_last=channels_last)
+    ce = F.cross_entropy(logits, y.cpu(), reduction="none")
+    return {"val_acc": (logits.argmax(1) == y.cpu()).float().mean().item(), "val_loss": ce.mean().item(),
+            "val_ce_std": ce.std().item()}
+
+
+def _score(stats: dict, select_on: str) -> float:
+    """Higher is better."""
+    return stats["val_acc"] if select_on == "val_acc" else -stats["val_loss"]
+
+
+def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
+              threshold: float | None = None, weights_path=None, progress: bool = True,
+              time_budget_s: float | None = None) -> dict:
+    """Train ``config`` on ``data`` ({"train", "val"} SplitTensors) into ``run``; resumable.
+
+    Returns the history dict (also in ``history.json``) with ``finished`` True
+    once early stopping or the epoch limit ended the run; with a
+    ``time_budget_s`` it may return unfinished, and the next call continues.
+    """
+    tc, device = config.train, torch.device(device)
+    if run.trained:
+        return store.read_json(run / "history.json")
+    torch.manual_seed(tc.seed)
+    model = build_model(config.model, len(config.data.classes), weights_path).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train, val = data["train"], data["val"]
+    x_train, y_train = train.x.to(device), train.y.to(device)
+    n = x_train.shape[0]
+    shuffle_gen = torch.Generator(device="cpu").manual_seed(tc.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
+    attack_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
+    method = build_method(config.method, n, generator=attack_gen, threshold=threshold)
+
+    two_phase = weights_path is not None
+    total_epochs = tc.epochs + (tc.head_epochs if two_phase else 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    state = {"epoch": 0, "best_score": -math.inf, "bad_epochs": 0, "epochs": []}
+
+    last = run.ckpt / "last.pt"
+    if last.exists():
+        ck = store.load_torch(last, map_location=device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        method.load_state_dict(ck["method"])
+        shuffle_gen.set_state(ck["shuffle_gen"])
+        aug_gen.set_state(ck["aug_gen"].to(aug_gen.get_state().device))
+        attack_gen.set_state(ck["attack_gen"].to(attack_gen.get_state().device))
+        state = ck["state"]
+
+    store.write_json(run / "config.json", config.to_dict())
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext())
+    started = time.perf_counter()
+    bar = tqdm(total=total_epochs, initial=state["epoch"], desc=config.run_id, disable=not progress,
+               leave=False)
+    finished = False
+    while state["epoch"] < total_epochs:
+        epoch = state["epoch"]
+        head_only = two_phase and epoch < tc.head_epochs
+        for p in model.parameters():
+            p.requires_grad_(not head_only)
+        if head_only:
+            for p in head(model, config.model).parameters():
+                p.requires_grad_(True)
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=shuffle_gen).to(device)
+        sums: dict[str, float] = {}
+        batches = 0
+        for i in range(0, n, tc.batch_size):
+            idx = order[i:i + tc.batch_size]
+            xb = to_float(x_train[idx])
+            if tc.flips:
+                xb = random_flips(xb, aug_gen)
+            if tc.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                loss, logs = method.loss(model, xb, y_train[idx], idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            batches += 1
+        record = {"epoch": epoch + 1, "phase": "head" if head_only else "all",
+                  **{f"train_{k}": v / batches for k, v in sums.items()}, **method.end_epoch(),
+                  **validation_stats(model, val.x, val.y, device=device, channels_last=tc.channels_last),
+                  "seconds": time.perf_counter() - t0}
+        state["epochs"].append(record)
+        state["epoch"] = epoch + 1
+        score = _score(record, tc.select_on)
+        if score > state["best_score"]:
+            state["best_score"], state["bad_epochs"] = score, 0
+            store.save_torch(run.ckpt / "best.pt", model.state_dict())
+        elif not head_only:
+            state["bad_epochs"] += 1
+        stop = state["bad_epochs"] >= tc.patience
+        store.save_torch(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "method": method.state_dict(), "shuffle_gen": shuffle_gen.get_state(),
+                                "aug_gen": aug_gen.get_state(), "attack_gen": attack_gen.get_state(),
+                                "state": state})
+        store.write_json(run / "history.json", {"finished": False, "epochs": state["epochs"]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{record.get('train_loss', float('nan')):.3f}", val_acc=f"{record['val_acc']:.3f}")
+        if stop:
+            finished = True
+            break
+        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+            break
+    bar.close()
+    finished = finished or state["epoch"] >= total_epochs
+    history = {"finished": finished, "epochs": state["epochs"], "select_on": tc.select_on}
+    if finished:
+        model.load_state_dict(store.load_torch(run.ckpt / "best.pt", map_location=device))
+        best = validation_stats(model, val.x, val.y, device=device, channels_last=tc.channels_last)
+        history.update(best_epoch=1 + max(range(len(state["epochs"])),
+                                          key=lambda j: _score(state["epochs"][j], tc.select_on)),
+                       best=best, train_seconds=sum(e["seconds"] for e in state["epochs"]))
+    store.write_json(run / "history.json", history)
+    return history
+
+
+def load_trained(config: RunConfig, run: store.RunDir, device="cpu"):
+    """The kept (best) model of a trained run, in eval mode."""
+    model = build_model(config.model, len(config.data.classes))
+    model.load_state_dict(store.load_torch(run.ckpt / "best.pt"))
+    return model.to(device).eval()

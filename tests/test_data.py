@@ -1,0 +1,382 @@
+"""Tests for dpaat_lib.data and dpaat_lib.synthetic (method.md section 1)."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpaat_lib.data import (
+    ALL_CLASSES,
+    CLASSES,
+    DataError,
+    SplitTensors,
+    dataset_digest,
+    find_images,
+    load_images,
+    load_masks,
+    load_split,
+    make_split,
+    read_metadata,
+)
+from dpaat_lib.synthetic import make_synthetic_ham
+
+SMALL = dict(n_train=60, n_test=20, n_val=10)
+OFFICIAL_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+# Content digest of the real 3-class metadata: a change here silently orphans
+# every cached tensor and stored result, so it is pinned.
+HAM10000_DIGEST = "ec41ab353aae7a39"
+
+
+def _copy(src: pathlib.Path, dst: pathlib.Path) -> pathlib.Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _sides_of_lesions(meta: pd.DataFrame, split: dict[str, list[str]]) -> dict[str, set[str]]:
+    lesion = dict(zip(meta["image_id"], meta["lesion_id"]))
+    return {side: {lesion[i] for i in ids} for side, ids in split.items()}
+
+
+def _check_split(meta: pd.DataFrame, split: dict[str, list[str]], n_train: int, n_test: int,
+                 n_val: int, lesion_aware: bool = True) -> None:
+    dx = dict(zip(meta["image_id"], meta["dx"]))
+    classes = sorted(set(meta["dx"]))
+    expected = {"train": n_train - n_val, "val": n_val, "test": n_test}
+    for side, n in expected.items():
+        counts = collections.Counter(dx[i] for i in split[side])
+        assert counts == {c: n for c in classes}, (side, counts)
+    all_ids = split["train"] + split["val"] + split["test"]
+    assert len(all_ids) == len(set(all_ids)), "an image is on two sides"
+    label = dict(zip(meta["image_id"], meta["label"]))
+    for ids in split.values():
+        assert ids == sorted(ids, key=lambda i: (label[i], i))
+    if lesion_aware:
+        les = _sides_of_lesions(meta, split)
+        assert not les["train"] & les["val"]
+        assert not les["train"] & les["test"]
+        assert not les["val"] & les["test"]
+
+
+# --------------------------------------------------------------------------
+# Synthetic generator
+# --------------------------------------------------------------------------
+
+def test_synthetic_layout_is_readable(synthetic_root: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_root)
+    assert list(meta.columns[:7]) == OFFICIAL_COLUMNS
+    assert meta["dx"].value_counts().to_dict() == {c: 150 for c in CLASSES}
+    assert set(meta["dx_type"]) == {"synthetic"}
+    assert [meta.loc[meta["dx"] == c, "label"].iloc[0] for c in CLASSES] == [0, 1, 2]
+    assert "not ham10000" in (synthetic_root / "SYNTHETIC.md").read_text().lower()
+    # about 20% of lesions have two images, so lesion-aware splitting matters
+    sizes = meta.groupby("lesion_id").size()
+    assert set(sizes) == {1, 2}
+    assert 0.1 < (sizes == 2).mean() < 0.3
+    # the same lesion never carries two diagnoses
+    assert (meta.groupby("lesion_id")["dx"].nunique() == 1).all()
+
+
+def test_synthetic_is_deterministic_and_idempotent(tmp_path: pathlib.Path) -> None:
+    args = dict(n_per_class=12, size=32)
+    a = make_synthetic_ham(tmp_path / "a", seed=3, **args)
+    b = make_synthetic_ham(tmp_path / "b", seed=3, **args)
+    c = make_synthetic_ham(tmp_path / "c", seed=4, **args)
+    csv = "HAM10000_metadata.csv"
+    assert (a / csv).read_bytes() == (b / csv).read_bytes()
+    ma, mb, mc = read_metadata(a), read_metadata(b), read_metadata(c)
+    xa, xb, xc = (load_images(m["path"].tolist(), 32) for m in (ma, mb, mc))
+    assert torch.equal(xa, xb)
+    assert not torch.equal(xa, xc)
+    # images are 4:3 like the real data
+    from PIL import Image
+
+    with Image.open(ma["path"].iloc[0]) as img:
+        assert img.size == (32 * 4 // 3, 32)
+    # a second call with the same arguments rewrites nothing
+    stamp = {p: p.stat().st_mtime_ns for p in a.rglob("*")}
+    make_synthetic_ham(a, seed=3, **args)
+    assert {p: p.stat().st_mtime_ns for p in a.rglob("*")} == stamp
+    # other arguments regenerate cleanly (no stale images left behind)
+    make_synthetic_ham(a, seed=3, n_per_class=5, size=32)
+    assert len(find_images(a)) == 15
+    assert len(read_metadata(a)) == 15
+
+
+def test_synthetic_masks(synthetic_root: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_root)
+    ids = meta["image_id"].tolist()
+    masks = load_masks(synthetic_root, ids, 48)
+    assert masks is not None and masks.dtype == torch.bool and masks.shape == (len(ids), 48, 48)
+    frac = masks.float().mean(dim=(1, 2))
+    assert (frac > 0.01).all() and (frac < 0.9).all()
+    # masks line up with the lesion: darker inside than outside
+    x = load_images(meta["path"].tolist()[:30], 48).float().mean(1)
+    m = masks[:30]
+    assert ((x * m).sum((1, 2)) / m.sum((1, 2)) < (x * ~m).sum((1, 2)) / (~m).sum((1, 2))).all()
+
+
+def test_masks_absent_gives_none(synthetic_without_masks: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_without_masks)
+    assert load_masks(synthetic_without_masks, meta["image_id"].tolist()[:3], 32) is None
+
+
+@pytest.fixture
+def synthetic_without_masks(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    root = _copy(synthetic_root, tmp_path / "nomasks")
+    shutil.rmtree(root / "masks")
+    return root
+
+
+def test_synthetic_refuses_to_overwrite_other_data(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n")
+    with pytest.raises(DataError, match="did not\\s+write"):
+        make_synthetic_ham(tmp_path, n_per_class=3, size=16)
+
+
+# --------------------------------------------------------------------------
+# Split
+# --------------------------------------------------------------------------
+
+def test_split_counts_and_lesions(synthetic_root: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_root)
+    split = make_split(meta, seed=0, **SMALL)
+    _check_split(meta, split, **SMALL)
+    assert make_split(meta, seed=0, **SMALL) == split
+    assert make_split(meta, seed=1, **SMALL) != split
+    # pure function of the content: row order of the table does not matter
+    shuffled = meta.sample(frac=1.0, random_state=7)
+    assert make_split(shuffled, seed=0, **SMALL) == split
+
+
+def test_split_uses_all_images_when_class_is_exactly_big_enough(synthetic_root: pathlib.Path) -> None:
+    # like bkl in HAM10000: 1099 = 800 + 299 images, every image is used
+    meta = read_metadata(synthetic_root)
+    split = make_split(meta, seed=5, n_train=110, n_test=40, n_val=12)
+    _check_split(meta, split, n_train=110, n_test=40, n_val=12)
+    assert sum(len(v) for v in split.values()) == len(meta)
+
+
+def test_split_image_level(synthetic_root: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_root)
+    split = make_split(meta, seed=0, lesion_aware=False, **SMALL)
+    _check_split(meta, split, lesion_aware=False, **SMALL)
+    assert split == make_split(meta, seed=0, lesion_aware=False, **SMALL)
+    assert split != make_split(meta, seed=0, lesion_aware=True, **SMALL)
+    # with the whole class in play, an image-level split does put lesions on two sides
+    full = make_split(meta, seed=0, lesion_aware=False, n_train=110, n_test=40, n_val=12)
+    les = _sides_of_lesions(meta, full)
+    assert les["train"] & (les["test"] | les["val"])
+
+
+def test_split_class_too_small(synthetic_root: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_root)
+    with pytest.raises(DataError, match=r"Class 'nv' has 150 images but the split needs 200"):
+        make_split(meta, seed=0, n_train=150, n_test=50, n_val=10)
+    with pytest.raises(DataError, match="n_val"):
+        make_split(meta, seed=0, n_train=10, n_test=5, n_val=20)
+
+
+# --------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------
+
+def test_wrong_folder(tmp_path: pathlib.Path, synthetic_root: pathlib.Path) -> None:
+    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))}.*HAM10000_metadata.csv.*images/"):
+        read_metadata(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        read_metadata(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=f"No images.*{re.escape(str(tmp_path))}"):
+        find_images(tmp_path)
+    # pointing at the parent of the data folder: the message suggests the right one
+    parent = tmp_path / "parent"
+    _copy(synthetic_root, parent / "ham")
+    with pytest.raises(DataError, match="Did you mean .*ham"):
+        read_metadata(parent)
+
+
+def _edit_csv(root: pathlib.Path, edit) -> None:
+    path = root / "HAM10000_metadata.csv"
+    meta = pd.read_csv(path, dtype=str, keep_default_na=False)
+    edit(meta).to_csv(path, index=False)
+
+
+def test_missing_column(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    root = _copy(synthetic_root, tmp_path / "d")
+    _edit_csv(root, lambda m: m.drop(columns=["dx"]))
+    with pytest.raises(DataError, match=r"HAM10000_metadata.csv has no column 'dx'"):
+        read_metadata(root)
+
+
+def test_unknown_dx(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    root = _copy(synthetic_root, tmp_path / "d")
+
+    def edit(m: pd.DataFrame) -> pd.DataFrame:
+        m.loc[7, "dx"] = "melanoma"
+        return m
+
+    _edit_csv(root, edit)
+    image_id = pd.read_csv(root / "HAM10000_metadata.csv")["image_id"][7]
+    with pytest.raises(DataError, match=f"unknown value 'melanoma'.*{image_id}"):
+        read_metadata(root)
+
+
+def test_missing_image_file(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    root = _copy(synthetic_root, tmp_path / "d")
+    victims = sorted((root / "images").glob("*.jpg"))[:2]
+    for v in victims:
+        v.unlink()
+    with pytest.raises(DataError, match=f"2 image\\(s\\).*{victims[0].stem}.*Re-download"):
+        read_metadata(root)
+    # only the kept classes need their files
+    meta = pd.read_csv(root / "HAM10000_metadata.csv")
+    other = [c for c in CLASSES if c not in set(meta.loc[meta.image_id.isin([v.stem for v in victims]), "dx"])]
+    assert len(read_metadata(root, classes=other)) == 150 * len(other)
+
+
+def test_corrupt_image(tmp_path: pathlib.Path, synthetic_root: pathlib.Path) -> None:
+    garbage = tmp_path / "ISIC_0000001.jpg"
+    garbage.write_bytes(b"this is not a jpeg" * 10)
+    good = str(sorted((synthetic_root / "images").glob("*.jpg"))[0])
+    with pytest.raises(DataError, match="ISIC_0000001.jpg.*re-download"):
+        load_images([good, str(garbage)], 32)
+    truncated = tmp_path / "ISIC_0000002.jpg"
+    truncated.write_bytes(pathlib.Path(good).read_bytes()[:300])
+    with pytest.raises(DataError, match="ISIC_0000002.jpg"):
+        load_images([str(truncated)], 32)
+
+
+def test_bad_classes_argument(synthetic_root: pathlib.Path) -> None:
+    with pytest.raises(DataError, match="classes"):
+        read_metadata(synthetic_root, classes=("nv", "melanoma"))
+
+
+# --------------------------------------------------------------------------
+# Layouts, resolutions, digest, cache
+# --------------------------------------------------------------------------
+
+def test_official_two_part_layout(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "official"
+    root.mkdir()
+    shutil.copy(synthetic_root / "HAM10000_metadata.csv", root)
+    files = sorted((synthetic_root / "images").glob("*.jpg"))
+    for k, f in enumerate(files):
+        part = root / ("HAM10000_images_part_1" if k % 2 else "HAM10000_images_part_2")
+        part.mkdir(exist_ok=True)
+        shutil.copy(f, part)
+    flat = tmp_path / "flat"  # jpgs directly in the folder are tolerated too
+    shutil.copytree(synthetic_root / "images", flat)
+    shutil.copy(synthetic_root / "HAM10000_metadata.csv", flat)
+
+    ref = read_metadata(synthetic_root)
+    for other in (root, flat):
+        meta = read_metadata(other)
+        pd.testing.assert_frame_equal(meta.drop(columns="path"), ref.drop(columns="path"))
+        assert dataset_digest(meta) == dataset_digest(ref)
+        assert torch.equal(load_images(meta["path"][:5].tolist(), 24),
+                           load_images(ref["path"][:5].tolist(), 24))
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_any_resolution(synthetic_root: pathlib.Path, size: int) -> None:
+    paths = read_metadata(synthetic_root)["path"].tolist()[:8]
+    x = load_images(paths, size)
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, size, size)
+    assert x.float().std() > 5  # not blank
+
+
+def test_centre_crop(tmp_path: pathlib.Path) -> None:
+    from PIL import Image
+
+    # 40x20 image: left and right quarters red, centre square green
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :10, 0] = arr[:, 30:, 0] = 255
+    arr[:, 10:30, 1] = 255
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    x = load_images([str(tmp_path / "a.png")], 10)
+    assert x[0, 0].max() == 0 and x[0, 1].min() == 255
+
+
+def test_digest_independent_of_location(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    moved = _copy(synthetic_root, tmp_path / "elsewhere" / "ham")
+    a, b = read_metadata(synthetic_root), read_metadata(moved)
+    assert dataset_digest(a) == dataset_digest(b)
+    assert len(dataset_digest(a)) == 16
+    changed = b.copy()
+    changed.loc[0, "lesion_id"] = "HAM_other"
+    assert dataset_digest(changed) != dataset_digest(a)
+
+
+def test_cache_roundtrip(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    root = _copy(synthetic_root, tmp_path / "d")
+    paths = read_metadata(root)["path"].tolist()[:10]
+    cache = tmp_path / "cache"
+    first = load_images(paths, 32, cache_dir=cache, key="abc")
+    assert (cache / "abc_32.pt").is_file()
+    assert not list(cache.glob("*.tmp"))
+    shutil.rmtree(root / "images")  # the second call must not touch the sources
+    second = load_images(paths, 32, cache_dir=cache, key="abc", progress=True)
+    assert torch.equal(first, second)
+    with pytest.raises(DataError):  # another size is not cached: it needs the files
+        load_images(paths, 24, cache_dir=cache, key="abc")
+
+
+def test_load_split(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_root)
+    split = make_split(meta, seed=0, **SMALL)
+    cache = tmp_path / "cache"
+    parts = load_split(synthetic_root, split, 32, cache_dir=cache)
+    assert set(parts) == {"train", "val", "test"}
+    for side, part in parts.items():
+        assert isinstance(part, SplitTensors)
+        assert part.image_ids == split[side]
+        assert part.x.shape == (len(split[side]), 3, 32, 32) and part.x.dtype == torch.uint8
+        assert part.y.dtype == torch.long
+        assert part.y.tolist() == [int(meta.set_index("image_id").loc[i, "label"]) for i in split[side]]
+    assert len(list(cache.glob("*_32.pt"))) == 3
+    again = load_split(synthetic_root, split, 32, cache_dir=cache)
+    assert torch.equal(again["test"].x, parts["test"].x)
+    with pytest.raises(DataError, match="not .*rows"):
+        load_split(synthetic_root, {"test": ["ISIC_0000000"]}, 32)
+
+
+# --------------------------------------------------------------------------
+# Real HAM10000 (skipped when absent)
+# --------------------------------------------------------------------------
+
+def test_real_metadata(ham10000_root: pathlib.Path) -> None:
+    meta = read_metadata(ham10000_root)
+    assert meta["dx"].value_counts().to_dict() == {"nv": 6705, "mel": 1113, "bkl": 1099}
+    assert meta.groupby("dx")["lesion_id"].nunique().to_dict() == {"nv": 5403, "mel": 614, "bkl": 727}
+    assert dataset_digest(meta) == HAM10000_DIGEST
+    assert len(read_metadata(ham10000_root, classes=ALL_CLASSES)) == 10015
+
+
+def test_real_split(ham10000_root: pathlib.Path) -> None:
+    meta = read_metadata(ham10000_root)
+    split = make_split(meta, seed=0)
+    _check_split(meta, split, n_train=800, n_test=299, n_val=80)
+    assert make_split(meta, seed=0) == split
+    assert make_split(meta, seed=1) != split
+    # bkl has exactly 800 + 299 images: all of them are used
+    dx = dict(zip(meta["image_id"], meta["dx"]))
+    assert sum(dx[i] == "bkl" for ids in split.values() for i in ids) == 1099
+    # the image-level option leaks lesions across sides (what it exists to measure)
+    leaky = make_split(meta, seed=0, lesion_aware=False)
+    _check_split(meta, leaky, n_train=800, n_test=299, n_val=80, lesion_aware=False)
+    les = _sides_of_lesions(meta, leaky)
+    assert les["train"] & les["test"]
+
+
+def test_real_decode_sample(ham10000_root: pathlib.Path) -> None:
+    meta = read_metadata(ham10000_root)
+    sample = meta.groupby("dx").head(7)
+    x = load_images(sample["path"].tolist(), 64)
+    assert x.shape == (21, 3, 64, 64)
+    assert 20 < x.float().mean() < 235 and x.float().std() > 10
