@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from dataclasses import replace
 
 import pandas as pd
 
@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--image-size", type=int)
     p.add_argument("--epochs", type=int)
     p.add_argument("--time-budget", type=float, help="seconds; stop cleanly after it, resumable")
+    p.add_argument("--weights", help="local state-dict file (e.g. ImageNet weights of the model): two-phase "
+                                     "fine-tuning as in the paper instead of training from scratch")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -39,12 +41,17 @@ def _grid(args, models, methods) -> int:
     over = {"image_size": args.image_size, "epochs": args.epochs, "seeds": args.seeds}
     if args.data:
         over["source"] = "ham10000"
+        if args.profile == "quick":  # the paper's split sizes; the quick profile's small ones are for synthetic
+            over.update(n_train=800, n_val=80, n_test=299)
     prof = profiles.get_profile(args.profile, **over)
     data = experiment.resolve_data(profiles.data_config(prof), args.data, args.results)
     print(prof.describe(), flush=True)
     cfgs = profiles.configs(prof, data, models=models, methods=methods)
+    if args.weights:
+        digest = experiment.weights_digest(args.weights)
+        cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
     done = grid.run_grid(cfgs, results=args.results, data_root=args.data, device=args.device,
-                         progress=not args.no_progress, time_budget_s=args.time_budget)
+                         progress=not args.no_progress, time_budget_s=args.time_budget, weights_path=args.weights)
     if done:
         table = grid.results_table(done)
         with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):

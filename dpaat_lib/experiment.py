@@ -112,21 +112,44 @@ def load_result(config: RunConfig, results) -> RunResult | None:
 def amat_threshold(config: RunConfig, results, **kw) -> float:
     """AMAT's T: mean (+ z std) per-sample validation CE of the STD run of the same architecture."""
     std = run(config.std_counterpart(), results=results, **kw)
+    if std is None:
+        raise RuntimeError(f"the STD run {config.std_counterpart().run_id} that AMAT needs did not finish")
     best = std.history["best"]
     return best["val_loss"] + config.method.amat_z * best["val_ce_std"]
 
 
+def weights_digest(path) -> str:
+    """Content digest of a local weights file: what a configuration records instead of its path."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()[:16]
+
+
 def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: Path | None = None,
-        progress: bool = True, time_budget_s: float | None = None, tensors=None) -> RunResult | None:
+        progress: bool = True, time_budget_s: float | None = None, tensors=None,
+        weights_path=None) -> RunResult | None:
     """Load the run's results, or compute what is missing. Returns None only when a
-    ``time_budget_s`` ran out before training finished (call again to continue)."""
+    ``time_budget_s`` ran out before training finished (call again to continue).
+
+    ``weights_path``: the local state-dict file whose :func:`weights_digest` is
+    ``config.train.weights`` (two-phase fine-tuning, method.md section 6).
+    """
+    if config.train.weights and (weights_path is None or weights_digest(weights_path) != config.train.weights):
+        raise ValueError(f"run {config.run_id} fine-tunes from weights {config.train.weights}: pass "
+                         "weights_path=<that state-dict file> (its digest must match)")
+    if not config.train.weights and weights_path is not None:
+        raise ValueError("weights_path given but config.train.weights is None: set "
+                         "train.weights=weights_digest(path) so the run's identity records the weights")
     if not config.data.digest:
         raise ValueError("config.data.digest is empty: build configurations with resolve_data() "
                          "(or the profiles in dpaat_lib.profiles), which identify the data by content")
     done = load_result(config, results)
     if done is not None:
         return done
-    kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress)
+    kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path)
     threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
     run_dir = store.RunDir(results, config.run_id)
     if tensors is None:
@@ -136,7 +159,7 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     store.write_json(run_dir / "config.json", config.to_dict())
     store.write_json(run_dir / "split.json", split)
     history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
-                        time_budget_s=time_budget_s)
+                        time_budget_s=time_budget_s, weights_path=weights_path)
     if not history["finished"]:
         return None
     model = load_trained(config, run_dir, device)

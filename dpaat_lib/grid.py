@@ -48,5 +48,5 @@ def results_table(results: dict[str, experiment.RunResult] | list[experiment.Run
     """One row per run: model, method, seed, then GAcc, RAcc per attack, mAP, mARP, P/R/F1."""
     rs = results.values() if isinstance(results, dict) else results
     rows = [{"model": r.config.model, "method": r.config.method.label, "seed": r.config.train.seed,
-             **metrics_row(r.metrics)} for r in rs]
+             **metrics_row(r.metrics, [a.name for a in r.config.eval_attacks])} for r in rs]
     return pd.DataFrame(rows)

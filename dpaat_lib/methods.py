@@ -290,11 +290,14 @@ class DPAAT(RadiusTable):
         return {"epoch_mu": self.prev_epoch_mu, **self.radius_log()}
 
     def state_dict(self):
-        return {"eps": self.eps.clone(), "prev_epoch_mu": self.prev_epoch_mu}
+        return {"eps": self.eps.clone(), "prev_epoch_mu": self.prev_epoch_mu,
+                "epoch_dl_sum": self.epoch_dl_sum, "epoch_dl_n": self.epoch_dl_n}
 
     def load_state_dict(self, state):
         self.eps = state["eps"].clone()
         self.prev_epoch_mu = state["prev_epoch_mu"]
+        # The running sums of the current epoch (zero at an epoch's end, where checkpoints are taken).
+        self.epoch_dl_sum, self.epoch_dl_n = state.get("epoch_dl_sum", 0.0), state.get("epoch_dl_n", 0)
 
 
 def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,

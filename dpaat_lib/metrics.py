@@ -51,9 +51,10 @@ def compute_metrics(pred: pd.DataFrame, classes) -> dict:
     return out
 
 
-def metrics_row(metrics: dict) -> dict:
-    """A flat row for tables: GAcc, each RAcc, mAP, mARP, P/R/F1."""
-    row = {"GAcc": metrics["GAcc"], **metrics["RAcc"]}
+def metrics_row(metrics: dict, attacks: list[str] | None = None) -> dict:
+    """A flat row for tables: each RAcc (in ``attacks`` order, the paper's), GAcc, mAP, mARP, P/R/F1."""
+    attacks = attacks or list(metrics["RAcc"])
+    row = {**{a: metrics["RAcc"][a] for a in attacks}, "GAcc": metrics["GAcc"]}
     for k in ("mAP", "mARP", "precision", "recall", "f1"):
         if k in metrics:
             row[k] = metrics[k]

@@ -70,7 +70,7 @@ _REGISTRY: dict[str, tuple[Callable[[int], nn.Module], str, str, int]] = {
     "mobilenet_v2": (lambda n: torchvision.models.mobilenet_v2(num_classes=n), "classifier.1", "features.-1", 32),
     "shufflenet_v2": (lambda n: torchvision.models.shufflenet_v2_x1_0(num_classes=n), "fc", "conv5", 32),
     "squeezenet1_1": (lambda n: torchvision.models.squeezenet1_1(num_classes=n), "classifier.1", "features.-1", 32),
-    "smallcnn": (lambda n: SmallCNN(n), "classifier.2", "features.-1", 16),
+    "smallcnn": (lambda n: SmallCNN(n), "classifier.2", "features.-2", 16),  # before the last pool: a finer CAM
 }
 
 
@@ -132,10 +132,17 @@ def build_model(name: str, num_classes: int = 3, weights: str | Path | None = No
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"weights file {path} does not exist; pass a local state-dict "
-                                    "file of torchvision's {name} or weights=None to train from scratch")
+                                    f"file of torchvision's {name} or weights=None to train from scratch")
         state = torch.load(path, map_location="cpu", weights_only=True)
         fresh_head = _get(net, head_path).state_dict()
         state = {k: v for k, v in state.items() if not k.startswith(head_path.replace(".-1", "") + ".")}
+        if getattr(net, "AuxLogits", None) is None:  # torchvision's ImageNet InceptionV3 file has the aux head
+            state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+        own = net.state_dict()
+        wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"weights file {path} does not match {name}: shape of {wrong[0]} is "
+                             f"{tuple(state[wrong[0]].shape)}, expected {tuple(own[wrong[0]].shape)}")
         missing, unexpected = net.load_state_dict(state, strict=False)
         bad = [k for k in missing if not k.startswith(head_path + ".")]
         if bad or unexpected:

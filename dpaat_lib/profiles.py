@@ -82,8 +82,11 @@ def data_config(p: Profile, digest: str = "") -> DataConfig:
 
 def run_config(p: Profile, model: str, method: str, seed: int, data: DataConfig) -> RunConfig:
     attack = training_attack(p.eps0, p.train_step_size, p.train_steps)
+    # DPAAT's options only enter DPAAT's configurations, so that a sweep of them
+    # shares one STD (and AT, SAT, AMAT) run instead of retraining it.
+    extra = dict(lam=p.lam, eta=p.eta, mu=p.mu) if method in ("dpaat", "d-a", "d-b") else {}
     return RunConfig(model=model,
-                     method=MethodConfig(name=method, attack=attack, lam=p.lam, eta=p.eta, mu=p.mu),
+                     method=MethodConfig(name=method, attack=attack, **extra),
                      data=data,
                      train=TrainConfig(epochs=p.epochs, patience=p.patience, seed=seed, batch_size=p.batch_size,
                                        bf16=p.bf16, channels_last=p.channels_last),

@@ -65,6 +65,37 @@ def _score(stats: dict, select_on: str) -> float:
     return stats["val_acc"] if select_on == "val_acc" else -stats["val_loss"]
 
 
+def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, *,
+                batch_size: int, flips: torch.Generator | None = None, channels_last: bool = False,
+                autocast=None) -> dict:
+    """One pass over ``x_train`` (uint8, on the device) in the given ``order``; returns mean batch logs.
+
+    This is the library's training path (also timed by benchmarks/): data
+    already on the device, augmentation there, optional bf16 autocast and
+    channels_last memory format.
+    """
+    model.train()
+    autocast = autocast or contextlib.nullcontext()
+    sums: dict[str, float] = {}
+    batches = 0
+    for i in range(0, order.shape[0], batch_size):
+        idx = order[i:i + batch_size]
+        xb = to_float(x_train[idx])
+        if flips is not None:
+            xb = random_flips(xb, flips)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            loss, logs = method.loss(model, xb, y_train[idx], idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+        batches += 1
+    return {k: v / max(batches, 1) for k, v in sums.items()}
+
+
 def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
               threshold: float | None = None, weights_path=None, progress: bool = True,
               time_budget_s: float | None = None) -> dict:
@@ -119,30 +150,16 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         if head_only:
             for p in head(model, config.model).parameters():
                 p.requires_grad_(True)
-        model.train()
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=shuffle_gen).to(device)
-        sums: dict[str, float] = {}
-        batches = 0
-        for i in range(0, n, tc.batch_size):
-            idx = order[i:i + tc.batch_size]
-            xb = to_float(x_train[idx])
-            if tc.flips:
-                xb = random_flips(xb, aug_gen)
-            if tc.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                loss, logs = method.loss(model, xb, y_train[idx], idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            batches += 1
+        logs = train_epoch(model, method, optimizer, x_train, y_train, order, batch_size=tc.batch_size,
+                           flips=aug_gen if tc.flips else None, channels_last=tc.channels_last,
+                           autocast=autocast)
+        seconds = time.perf_counter() - t0  # training only: the cost of the method, not of validation
         record = {"epoch": epoch + 1, "phase": "head" if head_only else "all",
-                  **{f"train_{k}": v / batches for k, v in sums.items()}, **method.end_epoch(),
+                  **{f"train_{k}": v for k, v in logs.items()}, **method.end_epoch(),
                   **validation_stats(model, val.x, val.y, device=device, channels_last=tc.channels_last),
-                  "seconds": time.perf_counter() - t0}
+                  "seconds": seconds}
         state["epochs"].append(record)
         state["epoch"] = epoch + 1
         score = _score(record, tc.select_on)

@@ -39,3 +39,48 @@ def ham10000_root() -> pathlib.Path:
     if not (root / "HAM10000_metadata.csv").is_file():
         pytest.skip(f"real HAM10000 not found at {root} (set DPAAT_HAM10000)")
     return root
+
+
+# --------------------------------------------------------------------------
+# Fixtures of the core tests (attacks, models, methods, training)
+# --------------------------------------------------------------------------
+
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run torch on one intra-op thread ($DPAAT_TEST_THREADS to change).
+
+    The tests use tiny tensors; on a small, shared machine several OpenMP
+    threads spin against each other and make a 16-pixel forward pass a
+    hundred times slower than one thread does.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("DPAAT_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Decoded-image cache shared by the end-to-end tests (keys depend on content, not path)."""
+    return tmp_path_factory.mktemp("dpaat_cache")
+
+
+@pytest.fixture
+def smallcnn():
+    """A seeded, fresh ``smallcnn`` (3 classes) in eval mode."""
+    from dpaat_lib.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("smallcnn", 3).eval()
+
+
+@pytest.fixture
+def image_batch():
+    """Four seeded 16 px images in [0, 1] (away from the borders) and their labels."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.2 + 0.6 * torch.rand(4, 3, 16, 16, generator=g)
+    y = torch.tensor([0, 1, 2, 0])
+    return x, y

@@ -1,0 +1,54 @@
+"""The library's fast training path must not change the numbers (beyond bf16 noise on a GPU).
+
+On CPU/float32, channels_last and the plain layout must give the same losses
+and parameters; the benchmark script runs end to end at a tiny size.
+"""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpaat_lib.attacks import training_attack
+from dpaat_lib.methods import MethodConfig, build_method
+from dpaat_lib.models import build_model
+from dpaat_lib.training import train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _one_epoch(method_name: str, channels_last: bool):
+    torch.manual_seed(0)
+    model = build_model("smallcnn")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(1)
+    method = build_method(MethodConfig(name=method_name, attack=training_attack(steps=2)), 16, generator=gen,
+                          threshold=1.0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(16) % 3
+    logs = train_epoch(model, method, opt, x, y, torch.arange(16), batch_size=8, flips=gen,
+                       channels_last=channels_last)
+    return logs, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("method_name", ["std", "at", "dpaat"])
+def test_channels_last_matches_plain_layout(method_name):
+    logs_a, params_a = _one_epoch(method_name, False)
+    logs_b, params_b = _one_epoch(method_name, True)
+    assert logs_a.keys() == logs_b.keys()
+    for k in logs_a:
+        assert logs_a[k] == pytest.approx(logs_b[k], abs=1e-4), k
+    for a, b in zip(params_a, params_b):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--device", "cpu", "--models", "smallcnn", "--size", "16", "--images", "16",
+                       "--workers", "0", "--json", str(tmp_path / "rows.json")])
+    assert len(rows) == 1 and rows[0]["ratio"] > 0 and rows[0]["paper_img_s"] > 0
+    assert (tmp_path / "rows.json").exists()

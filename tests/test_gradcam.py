@@ -1,0 +1,179 @@
+"""Grad-CAM maps and their faithfulness measures (dpaat_lib.gradcam), on tiny CPU inputs."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from dpaat_lib import experiment, gradcam, profiles
+from dpaat_lib.models import build_model, gradcam_target_layer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny inputs: one thread is as fast, and far faster when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name,size", [("smallcnn", 32), ("mobilenet_v2", 64)])
+def test_cams_shape_range_hooks_and_mode(name, size):
+    torch.manual_seed(0)
+    model = build_model(name, 3).train()
+    x = torch.rand(3, 3, size, size)
+    x_before = x.clone()
+    maps = gradcam.cams(model, name, x, torch.tensor([0, 1, 2]))
+    assert maps.shape == (3, size, size) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6 and maps.max() > 0.5
+    layer = gradcam_target_layer(model, name)
+    assert len(layer._forward_hooks) == 0 and len(layer._backward_hooks) == 0
+    assert model.training  # mode restored
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(x, x_before)
+    model.eval()
+    gradcam.cams(model, name, (x * 255).to(torch.uint8), torch.tensor([0, 1, 2]))  # uint8 accepted
+    assert not model.training
+
+
+def test_cams_bad_target_raises_instead_of_being_swallowed():
+    model = build_model("smallcnn", 3)
+    with pytest.raises(ValueError, match="out of range"):
+        gradcam.cams(model, "smallcnn", torch.rand(1, 3, 32, 32), torch.tensor([7]))
+    assert len(gradcam_target_layer(model, "smallcnn")._forward_hooks) == 0
+
+
+def test_energy_in_mask():
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, 2:5, 2:5] = True
+    inside = mask.astype(np.float32)
+    outside = (~mask).astype(np.float32)
+    np.testing.assert_allclose(gradcam.energy_in_mask(inside, mask), [1.0, 1.0])
+    np.testing.assert_allclose(gradcam.energy_in_mask(outside, mask), [0.0, 0.0])
+    uniform = np.ones((1, 8, 8), np.float32)
+    np.testing.assert_allclose(gradcam.energy_in_mask(uniform, mask[:1]), [9 / 64], rtol=1e-6)
+
+
+class PatchModel(nn.Module):
+    """Two-class logits from the mean of one fixed patch: the only evidence lies there."""
+
+    PATCH = (slice(8, 16), slice(8, 16))
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(30.0))
+
+    def forward(self, x):
+        s = self.scale * (x[:, :, self.PATCH[0], self.PATCH[1]].mean(dim=(1, 2, 3)) - 0.9)
+        return torch.stack([s, -s], dim=1)
+
+
+def _patch_images(n=4, size=32):
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 * torch.rand(n, 3, size, size, generator=g)
+    x[:, :, PatchModel.PATCH[0], PatchModel.PATCH[1]] = 1.0
+    return x
+
+
+@pytest.mark.parametrize("baseline", ["blur", "mean"])
+def test_deletion_insertion_prefers_the_map_on_the_evidence(baseline):
+    model, x = PatchModel(), _patch_images()
+    y = torch.zeros(4, dtype=torch.long)
+    good = np.zeros((4, 32, 32), np.float32)
+    good[:, PatchModel.PATCH[0], PatchModel.PATCH[1]] = 1
+    bad = 1 - good  # everywhere but the evidence
+    r_good = gradcam.deletion_insertion(model, x, y, good, steps=10, baseline=baseline)
+    r_bad = gradcam.deletion_insertion(model, x, y, bad, steps=10, baseline=baseline)
+    assert r_good["deletion_auc"].shape == (4,) and len(r_good["fractions"]) == 11
+    assert r_good["deletion_curve"].shape == (11,)
+    assert (r_good["deletion_auc"] < 0.1).all() and (r_bad["deletion_auc"] > 0.8).all()
+    assert (r_good["insertion_auc"] > 0.9).all() and (r_bad["insertion_auc"] < 0.2).all()
+    # both curves run between the original image and the baseline
+    assert r_good["deletion_curve"][0] == pytest.approx(r_good["insertion_curve"][-1], abs=1e-6)
+    assert r_good["deletion_curve"][-1] == pytest.approx(r_good["insertion_curve"][0], abs=1e-6)
+
+
+def test_road_scores_finite_and_seeded():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 3).eval()
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    maps = gradcam.cams(model, "smallcnn", x, y)
+    state = torch.get_rng_state()
+    scores = gradcam.road_scores(model, x, y, maps, percentiles=(20, 50, 80))
+    assert torch.equal(state, torch.get_rng_state())  # global random state untouched
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    np.testing.assert_array_equal(scores, gradcam.road_scores(model, x, y, maps, percentiles=(20, 50, 80)))
+    # the patch model: a map on the evidence scores higher than one elsewhere
+    px, py = _patch_images(2), torch.zeros(2, dtype=torch.long)
+    good = np.zeros((2, 32, 32), np.float32)
+    good[:, PatchModel.PATCH[0], PatchModel.PATCH[1]] = 1
+    bad = np.zeros((2, 32, 32), np.float32)
+    bad[:, 20:28, 20:28] = 1
+    assert (gradcam.road_scores(PatchModel(), px, py, good, percentiles=(10, 30))
+            > gradcam.road_scores(PatchModel(), px, py, bad, percentiles=(10, 30))).all()
+
+
+def test_select_correct():
+    frame = pd.DataFrame({"image_id": [f"i{k}" for k in range(9)], "label": [0, 0, 0, 1, 1, 1, 2, 2, 2],
+                          "pred_clean": [0, 0, 1, 1, 1, 1, 2, 0, 0]})
+    with pytest.warns(UserWarning, match="'bkl': only 1"):
+        ids = gradcam.select_correct(frame, 2, ("nv", "mel", "bkl"), seed=3)
+    assert ids[:2] == ["i0", "i1"] and set(ids[2:4]) <= {"i3", "i4", "i5"} and ids[4:] == ["i6"]
+    assert gradcam.select_correct(frame, 1, ("nv", "mel", "bkl"), seed=3) == \
+        gradcam.select_correct(frame, 1, ("nv", "mel", "bkl"), seed=3)
+    other = frame.assign(pred_clean=[0, 1, 0, 1, 1, 0, 2, 2, 2])  # correct in both: i0, i3, i4, i6
+    with pytest.warns(UserWarning):
+        assert gradcam.select_correct([frame, other], 3, ("nv", "mel", "bkl")) == ["i0", "i3", "i4", "i6"]
+    with pytest.raises(ValueError, match="pred_FGSM"):
+        gradcam.select_correct(frame, 1, ("nv", "mel", "bkl"), attack="FGSM")
+
+
+def test_overlay():
+    img = np.full((8, 8, 3), 128, np.uint8)
+    out = gradcam.overlay(img, np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
+    assert out.shape == (8, 8, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A two-epoch smallcnn STD run on the synthetic data at 32 px (one evaluation attack)."""
+    tmp = tmp_path_factory.mktemp("gradcam_run")
+    cache, results = tmp / "cache", tmp / "results"
+    prof = profiles.get_profile("quick", n_train=24, n_val=6, n_test=12, image_size=32, epochs=2)
+    data = experiment.resolve_data(profiles.data_config(prof), None, cache_dir=cache)
+    cfg = profiles.run_config(prof, "smallcnn", "std", 0, data)
+    cfg = replace(cfg, eval_attacks=cfg.eval_attacks[:1])
+    result = experiment.run(cfg, results=results, cache_dir=cache, progress=False)
+    return cfg, result, results, cache
+
+
+def test_cam_result_computes_stores_and_reloads(tiny_run):
+    cfg, result, results, cache = tiny_run
+    ids = list(result.predictions["image_id"][::6])  # 6 test images, two per class
+    out = gradcam.cam_result(cfg, results=results, image_ids=ids, cache_dir=cache)
+    path = gradcam.cam_file(result.path, ids)
+    assert path.is_file() and not list(result.path.glob(".*.tmp"))
+    assert out["image_ids"] == ids
+    assert out["images"].shape == (6, 32, 32, 3) and out["images"].dtype == np.uint8
+    assert out["cams"].shape == (6, 32, 32) and out["cams"].dtype == np.float32
+    assert out["labels"].tolist() == result.predictions.set_index("image_id").loc[ids, "label"].tolist()
+    assert out["masks"].shape == (6, 32, 32) and out["masks"].dtype == bool
+    e = out["energy_in_mask"]
+    assert e.shape == (6,) and (np.isnan(e) | ((e >= 0) & (e <= 1))).all()
+    for k in ("deletion_auc", "insertion_auc", "road"):
+        assert out[k].shape == (6,) and np.isfinite(out[k]).all()
+
+    shutil.rmtree(result.path / "ckpt")  # stored maps need neither checkpoint nor data
+    again = gradcam.cam_result(cfg, results=results, image_ids=ids, cache_dir=cache.parent / "no-cache")
+    assert again["image_ids"] == ids
+    for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "insertion_auc", "road"):
+        np.testing.assert_array_equal(again[k], out[k])
+
+    with pytest.raises(FileNotFoundError, match="checkpoint"):  # another selection needs the model
+        gradcam.cam_result(cfg, results=results, image_ids=ids[:2], cache_dir=cache)

@@ -1,0 +1,163 @@
+"""Tests for dpaat_lib.models (method.md section 2): every registered CNN on tiny inputs."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from dpaat_lib import models
+from dpaat_lib.models import (PAPER_MODELS, Normalized, build_model, gradcam_target_layer, head, list_models,
+                              min_input_size)
+
+ALL = list_models()
+
+
+def _side(name: str) -> int:
+    return max(min_input_size(name), 32) if name != "smallcnn" else 16
+
+
+def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
+    return next((k, m) for k, m in net.named_modules() if isinstance(m, nn.Conv2d))
+
+
+def test_registry_holds_the_six_paper_models_then_smallcnn():
+    assert ALL[:6] == list(PAPER_MODELS)
+    assert ALL[-1] == "smallcnn"
+    assert set(models.GROUPS["all_six"]) == set(models.GROUPS["widely_used"]) | set(models.GROUPS["lightweight"])
+    assert min_input_size("inception_v3") == 75
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_builds_runs_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3)
+    assert isinstance(model, Normalized)
+    model.train()
+    x = torch.rand(2, 3, _side(name), _side(name))
+    out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 3)
+    assert torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    no_grad = [k for k, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # Normalisation lives in buffers, not parameters: attacks work in [0, 1] pixel space.
+    assert {"mean", "std"} <= {k for k, _ in model.named_buffers()}
+    assert head(model, name).weight.shape[0] == 3
+
+
+@pytest.mark.parametrize("name", ["smallcnn", "mobilenet_v2"])
+def test_normalisation_is_inside_the_model(name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    x = torch.rand(2, 3, _side(name), _side(name))
+    mean = torch.tensor(models.IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(models.IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net((x - mean) / std))
+
+
+def test_num_classes():
+    assert build_model("smallcnn", num_classes=7)(torch.rand(2, 3, 16, 16)).shape == (2, 7)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        build_model("resnet1000")
+    msg = str(err.value)
+    assert "resnet1000" in msg
+    for name in ALL:
+        assert name in msg
+    for fn in (min_input_size, lambda n: gradcam_target_layer(nn.Identity(), n)):
+        with pytest.raises(ValueError, match="unknown model"):
+            fn("vgg16")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradcam_target_layer_is_a_conv_block_of_the_model(name):
+    torch.manual_seed(0)
+    model = build_model(name).eval()
+    layer = gradcam_target_layer(model, name)
+    assert isinstance(layer, nn.Module)
+    assert any(m is layer for m in model.modules())
+    assert layer is not model and layer is not model.net
+    seen = []
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+    with torch.no_grad():
+        model(torch.rand(2, 3, _side(name), _side(name)))
+    handle.remove()
+    assert len(seen) == 1 and seen[0].dim() == 4 and seen[0].shape[0] == 2  # a spatial feature map
+
+
+# --------------------------------------------------------------------------
+# Local weight files
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["smallcnn", "mobilenet_v2", "squeezenet1_1", "resnet34"])
+def test_weights_load_backbone_and_keep_a_fresh_head(tmp_path, name):
+    torch.manual_seed(1)
+    donor = build_model(name, num_classes=5).net  # e.g. ImageNet's 1000 classes: another head size
+    path = tmp_path / f"{name}.pt"
+    torch.save(donor.state_dict(), path)
+    torch.manual_seed(2)
+    model = build_model(name, num_classes=3, weights=path)
+    key, conv = _first_conv(model.net)
+    assert torch.equal(conv.weight, dict(donor.named_modules())[key].weight)
+    # Every backbone tensor came from the file (BatchNorm statistics included)...
+    donor_state = donor.state_dict()
+    head_prefix = next(p for p, m in model.net.named_modules() if m is head(model, name)) + "."
+    backbone = [k for k in model.net.state_dict() if not k.startswith(head_prefix)]
+    assert len(backbone) > 2
+    for k in backbone:
+        assert torch.equal(model.net.state_dict()[k], donor_state[k]), k
+    # ... and the head is a fresh 3-way one.
+    assert head(model, name).weight.shape[0] == 3
+    assert model(torch.rand(2, 3, _side(name), _side(name))).shape == (2, 3)
+
+
+def test_weights_head_is_freshly_initialised(tmp_path):
+    torch.manual_seed(1)
+    donor = build_model("smallcnn", num_classes=3).net  # same head size: its head must still be dropped
+    path = tmp_path / "same_head.pt"
+    torch.save(donor.state_dict(), path)
+    torch.manual_seed(2)
+    model = build_model("smallcnn", num_classes=3, weights=path)
+    assert not torch.equal(head(model, "smallcnn").weight, donor.classifier[2].weight)
+    assert torch.equal(model.net.features[0].weight, donor.features[0].weight)
+
+
+def test_inception_weights_with_aux_head_load(tmp_path):
+    """torchvision's ImageNet InceptionV3 file carries the auxiliary head; ours has none."""
+    torch.manual_seed(0)
+    donor = torchvision.models.inception_v3(weights=None, num_classes=10, aux_logits=True, init_weights=False)
+    path = tmp_path / "inception.pt"
+    torch.save(donor.state_dict(), path)
+    model = build_model("inception_v3", num_classes=3, weights=path)
+    assert torch.equal(model.net.Conv2d_1a_3x3.conv.weight, donor.Conv2d_1a_3x3.conv.weight)
+    assert model.net.fc.out_features == 3
+
+
+@pytest.mark.parametrize("donor_name, name", [("resnet34", "smallcnn"), ("smallcnn", "mobilenet_v2")])
+def test_weights_of_another_architecture_raise(tmp_path, donor_name, name):
+    path = tmp_path / "wrong.pt"
+    torch.save(build_model(donor_name).net.state_dict(), path)
+    with pytest.raises(ValueError, match=f"does not match {name}"):
+        build_model(name, weights=path)
+
+
+def test_weights_of_another_width_raise(tmp_path):
+    path = tmp_path / "narrow.pt"
+    torch.save(models.SmallCNN(num_classes=3, width=8).state_dict(), path)
+    with pytest.raises(ValueError, match="does not match smallcnn"):
+        build_model("smallcnn", weights=path)
+
+
+def test_missing_weights_file_raises(tmp_path):
+    path = tmp_path / "nowhere.pt"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(path))) as err:
+        build_model("mobilenet_v2", weights=path)
+    assert "mobilenet_v2" in str(err.value) and "{name}" not in str(err.value)

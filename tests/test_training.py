@@ -1,0 +1,330 @@
+"""End-to-end tests of dpaat_lib.training, experiment, grid and store (method.md sections 6 and 7).
+
+Tiny runs on the synthetic stand-in in HAM10000 layout: smallcnn at 16 px,
+12 training images per class (4 held out for validation), 4 test images per
+class, 3 epochs, a 2-step training PGD and two cheap evaluation attacks. One
+run takes about a second on one CPU thread.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from dpaat_lib import experiment, grid, profiles, store, training
+from dpaat_lib.attacks import AttackSpec
+from dpaat_lib.config import RunConfig
+from dpaat_lib.models import build_model
+
+EVAL_ATTACKS = (AttackSpec("FGSM", "linf", 2 / 255, 2 / 255, 1, False),
+                AttackSpec("2-PGD", "l2", 0.5, 0.15, 2, True))
+
+
+def tiny_profile(**overrides) -> profiles.Profile:
+    args = dict(source="ham10000", n_train=12, n_val=4, n_test=4, image_size=16, epochs=3, patience=3,
+                train_steps=2, batch_size=8)
+    return profiles.get_profile("quick", **{**args, **overrides})
+
+
+def tiny_config(data, method="dpaat", seed=0, prof=None) -> RunConfig:
+    cfg = profiles.run_config(prof or tiny_profile(), "smallcnn", method, seed, data)
+    return dataclasses.replace(cfg, eval_attacks=EVAL_ATTACKS)
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_root):
+    """The tiny profile's DataConfig, its digest taken from the synthetic folder's content."""
+    return experiment.resolve_data(profiles.data_config(tiny_profile()), synthetic_root)
+
+
+@pytest.fixture(scope="module")
+def run_kw(synthetic_root, cache_dir):
+    return dict(data_root=synthetic_root, cache_dir=cache_dir, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data, run_kw):
+    """One uninterrupted DPAAT run: (config, results folder, RunResult)."""
+    results = tmp_path_factory.mktemp("results_reference")
+    cfg = tiny_config(data)
+    return cfg, results, experiment.run(cfg, results=results, **run_kw)
+
+
+def per_epoch(history: dict, key: str) -> list[float]:
+    return [e[key] for e in history["epochs"]]
+
+
+def assert_same_run(a: experiment.RunResult, b: experiment.RunResult):
+    """Same history (timings aside), metrics and predictions."""
+    assert len(a.history["epochs"]) == len(b.history["epochs"])
+    for ea, eb in zip(a.history["epochs"], b.history["epochs"]):
+        assert ea.keys() == eb.keys()
+        for k in ea:
+            if k == "seconds":
+                continue
+            if isinstance(ea[k], float):
+                assert ea[k] == pytest.approx(eb[k], abs=1e-6), (ea["epoch"], k)
+            else:
+                assert ea[k] == eb[k], (ea["epoch"], k)
+    assert a.history["best_epoch"] == b.history["best_epoch"]
+    assert_close_nested(a.metrics, b.metrics)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions, atol=1e-6)
+
+
+def assert_close_nested(a, b, where="metrics"):
+    """Equal structure, floats equal to 1e-6 (metrics hold dicts, lists and confusion matrices)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_close_nested(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (u, v) in enumerate(zip(a, b)):
+            assert_close_nested(u, v, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-6, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+# --------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------
+
+
+def test_dpaat_run_lowers_its_training_loss(reference):
+    cfg, results, res = reference
+    h = res.history
+    assert h["finished"] and len(h["epochs"]) == 3
+    losses = per_epoch(h, "train_loss")
+    assert losses[-1] < losses[0], losses
+    assert all(torch.isfinite(torch.tensor(losses)))
+    # DPAAT's per-sample radii moved away from eps0 and stayed in [eps_min, eps_max].
+    last = h["epochs"][-1]
+    assert last["radius_std"] > 0
+    assert 0.0 <= last["radius_min"] <= last["radius_max"] <= 2 * cfg.method.eps0
+    assert 1 <= h["best_epoch"] <= 3
+    assert h["best"]["val_acc"] == max(per_epoch(h, "val_acc"))  # select_on val_acc keeps the best epoch
+    # The result is complete: metrics for clean and each attack, one prediction row per test image.
+    assert set(res.metrics["RAcc"]) == {a.name for a in EVAL_ATTACKS}
+    assert len(res.predictions) == 3 * cfg.data.n_test
+    assert 0.0 <= res.metrics["GAcc"] <= 1.0
+
+
+def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, run_kw):
+    cfg, _, uninterrupted = reference
+    results = tmp_path / "results"
+    # A zero budget stops after the first epoch; the run is resumable, not done.
+    assert experiment.run(cfg, results=results, time_budget_s=0, **run_kw) is None
+    run_dir = store.RunDir(results, cfg.run_id)
+    h = store.read_json(run_dir / "history.json")
+    assert not h["finished"] and len(h["epochs"]) == 1
+    assert (run_dir.ckpt / "last.pt").exists() and not run_dir.done
+    assert experiment.load_result(cfg, results) is None
+    # A second call continues from epoch 2 and finishes.
+    resumed = experiment.run(cfg, results=results, **run_kw)
+    assert resumed is not None and resumed.history["finished"] and run_dir.done
+    assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2, 3]
+    assert per_epoch(resumed.history, "train_loss") == pytest.approx(
+        per_epoch(uninterrupted.history, "train_loss"), abs=1e-6)
+    assert_same_run(resumed, uninterrupted)
+
+
+def test_time_budget_resume_one_epoch_at_a_time(tmp_path, data, run_kw):
+    cfg = tiny_config(data, method="std")
+    results = tmp_path / "results"
+    epochs = []
+    for _ in range(3):
+        r = experiment.run(cfg, results=results, time_budget_s=0, **run_kw)
+        h = store.read_json(store.RunDir(results, cfg.run_id) / "history.json")
+        epochs.append(len(h["epochs"]))
+    assert epochs == [1, 2, 3]
+    assert r is not None and r.history["finished"]  # the third epoch is the last: the run completes
+
+
+def test_same_config_in_two_folders_is_identical(tmp_path, reference, run_kw):
+    cfg, _, first = reference
+    second = experiment.run(cfg, results=tmp_path / "elsewhere", **run_kw)
+    assert_same_run(first, second)
+    assert torch.equal(
+        torch.tensor(second.predictions.filter(like="p_").to_numpy()),
+        torch.tensor(first.predictions.filter(like="p_").to_numpy()))
+
+
+def test_another_seed_gives_another_run(tmp_path, data, reference, run_kw):
+    cfg, _, first = reference
+    other_cfg = tiny_config(data, seed=1)
+    assert other_cfg.run_id != cfg.run_id and other_cfg.run_id.startswith("smallcnn-dpaat-s1-")
+    other = experiment.run(other_cfg, results=tmp_path, **run_kw)
+    assert per_epoch(other.history, "train_loss") != pytest.approx(per_epoch(first.history, "train_loss"),
+                                                                   abs=1e-6)
+
+
+def test_second_call_loads_instead_of_training(monkeypatch, reference):
+    cfg, results, first = reference
+    run_dir = store.RunDir(results, cfg.run_id)
+    files = sorted(p for p in run_dir.path.rglob("*") if p.is_file())
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished run must be loaded, not recomputed")
+
+    for target in (training, experiment):
+        monkeypatch.setattr(target, "train_run", forbidden)
+    monkeypatch.setattr(experiment, "load_data", forbidden)
+    monkeypatch.setattr(experiment, "evaluate", forbidden)
+    again = experiment.run(cfg, results=results, data_root=None)  # no data needed either
+    assert again.run_id == first.run_id and again.history == first.history and again.metrics == first.metrics
+    pd.testing.assert_frame_equal(again.predictions, first.predictions)
+    assert sorted(p for p in run_dir.path.rglob("*") if p.is_file()) == files
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+
+
+def test_train_run_on_a_trained_folder_returns_its_history(reference, data, synthetic_root, cache_dir):
+    cfg, results, first = reference
+    run_dir = store.RunDir(results, cfg.run_id)
+    stamp = (run_dir.ckpt / "best.pt").stat().st_mtime_ns
+    _, tensors = experiment.load_data(cfg.data, synthetic_root, cache_dir)
+    t0 = time.perf_counter()
+    h = training.train_run(cfg, tensors, run_dir, progress=False)
+    assert time.perf_counter() - t0 < 1.0
+    assert h == first.history
+    assert (run_dir.ckpt / "best.pt").stat().st_mtime_ns == stamp
+
+
+def test_kept_model_is_the_best_epoch(reference, run_kw):
+    cfg, results, res = reference
+    run_dir = store.RunDir(results, cfg.run_id)
+    model = training.load_trained(cfg, run_dir)
+    assert not model.training
+    _, tensors = experiment.load_data(cfg.data, run_kw["data_root"], run_kw["cache_dir"])
+    stats = training.validation_stats(model, tensors["val"].x, tensors["val"].y, device="cpu")
+    assert stats["val_acc"] == pytest.approx(res.history["best"]["val_acc"])
+    assert stats["val_loss"] == pytest.approx(res.history["best"]["val_loss"], abs=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Grid order and AMAT's threshold
+# --------------------------------------------------------------------------
+
+
+def test_ordered_puts_std_first_and_adds_amat_counterpart(data):
+    prof = tiny_profile()
+    amat, at, dpaat = (tiny_config(data, m) for m in ("amat", "at", "dpaat"))
+    std = tiny_config(data, "std")
+    order = grid.ordered([at, amat, dpaat])
+    assert [c.method.name for c in order] == ["std", "at", "amat", "dpaat"]
+    # The added STD run is the grid's own STD run (same id), so it is trained once.
+    assert order[0].run_id == std.run_id == amat.std_counterpart().run_id
+    order = grid.ordered([amat, std, amat, dpaat, std])
+    assert [c.method.name for c in order] == ["std", "amat", "dpaat"]
+    assert len({c.run_id for c in order}) == len(order)
+    assert [c.method.name for c in grid.ordered([at, dpaat])] == ["at", "dpaat"]  # no AMAT: no STD added
+    # Every STD run comes before every other run, whatever the order it was listed in.
+    std1, amat1 = tiny_config(data, "std", seed=1), tiny_config(data, "amat", seed=1)
+    order = grid.ordered([at, amat1, std1, amat])
+    assert [(c.method.name, c.train.seed) for c in order] == [("std", 1), ("std", 0), ("at", 0), ("amat", 1),
+                                                               ("amat", 0)]
+    assert [c.method.name for c in grid.ordered([at, dpaat, std])] == ["std", "at", "dpaat"]
+    full = grid.ordered(profiles.configs(prof, data))
+    names = [c.method.name for c in full]
+    assert names.index("std") < names.index("amat") and names.count("std") == 1
+
+
+@pytest.mark.parametrize("override", [{"lam": 0.5}, {"mu": "epoch"}])
+def test_one_std_run_per_grid_whatever_dpaat_options(data, override):
+    prof = tiny_profile(**override)
+    order = grid.ordered(profiles.configs(prof, data))
+    assert [c.method.name for c in order].count("std") == 1
+
+
+def test_amat_threshold_comes_from_the_std_run(tmp_path, data, run_kw):
+    amat = tiny_config(data, "amat")
+    std = amat.std_counterpart()
+    logs = []
+    done = grid.run_grid([amat], results=tmp_path, log=logs.append, **run_kw)
+    assert list(done) == [std.run_id, amat.run_id]
+    assert len(logs) == 2
+    std_res = experiment.load_result(std, tmp_path)
+    assert std_res is not None
+    threshold = done[amat.run_id].metrics["amat_threshold"]
+    assert threshold == pytest.approx(std_res.history["best"]["val_loss"], abs=1e-9)
+    assert threshold > 0
+    assert "amat_threshold" not in std_res.metrics
+    # AMAT's per-sample radii stay in [0, 2 eps0].
+    last = done[amat.run_id].history["epochs"][-1]
+    assert 0.0 <= last["radius_min"] <= last["radius_max"] <= 2 * amat.method.eps0 + 1e-9
+    # With z != 0 the threshold moves by z standard deviations of the STD model's validation CE.
+    z = dataclasses.replace(amat, method=dataclasses.replace(amat.method, amat_z=1.0))
+    assert experiment.amat_threshold(z, tmp_path, **run_kw) == pytest.approx(
+        std_res.history["best"]["val_loss"] + std_res.history["best"]["val_ce_std"])
+
+
+# --------------------------------------------------------------------------
+# Identity of a run, store
+# --------------------------------------------------------------------------
+
+
+def test_run_id_does_not_depend_on_the_data_folder(tmp_path, synthetic_root, data):
+    copy = shutil.copytree(synthetic_root, tmp_path / "somewhere" / "else")
+    moved = experiment.resolve_data(profiles.data_config(tiny_profile()), copy)
+    assert moved.digest == data.digest and moved.digest
+    assert tiny_config(moved).run_id == tiny_config(data).run_id
+    assert str(synthetic_root) not in json.dumps(tiny_config(data).to_dict())
+    # Content does count: drop one image from the metadata and the digest changes.
+    meta = pd.read_csv(copy / "HAM10000_metadata.csv")
+    meta.iloc[1:].to_csv(copy / "HAM10000_metadata.csv", index=False)
+    changed = experiment.resolve_data(profiles.data_config(tiny_profile()), copy)
+    assert changed.digest != data.digest
+
+
+def test_resolve_data_without_data_uses_stored_results(reference):
+    cfg, results, _ = reference
+    found = experiment.resolve_data(profiles.data_config(tiny_profile()), None, results=results)
+    assert found.digest == cfg.data.digest
+
+
+def test_run_needs_a_data_digest(tmp_path):
+    cfg = RunConfig(model="smallcnn")
+    with pytest.raises(ValueError, match="digest"):
+        experiment.run(cfg, results=tmp_path)
+
+
+def test_run_folder_is_complete_and_checkpoints_load_weights_only(reference):
+    cfg, results, _ = reference
+    run_dir = store.RunDir(results, cfg.run_id)
+    for name in ("config.json", "split.json", "history.json", "metrics.json", "predictions.csv", "done"):
+        assert (run_dir / name).is_file(), name
+    assert not list(results.rglob("*.tmp")), "an atomic write left a temporary file behind"
+    assert RunConfig.from_dict(store.read_json(run_dir / "config.json")) == cfg
+    split = store.read_json(run_dir / "split.json")
+    assert {len(split[k]) for k in split} and not set(split["train"]) & set(split["test"])
+    best = torch.load(run_dir.ckpt / "best.pt", weights_only=True)
+    build_model("smallcnn").load_state_dict(best)
+    last = torch.load(run_dir.ckpt / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "method", "state"} <= set(last)
+    assert last["state"]["epoch"] == 3
+    assert torch.equal(last["method"]["eps"].float(), last["method"]["eps"])
+
+
+def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "a" / "x.json"
+    store.write_json(path, {"v": 1})
+    with pytest.raises(TypeError):
+        store.write_json(path, {"v": 2, "bad": object()})  # json.dump fails half-way
+    assert store.read_json(path) == {"v": 1}
+    store.save_torch(tmp_path / "t.pt", {"w": torch.ones(2)})
+    with pytest.raises(Exception):
+        store.save_torch(tmp_path / "t.pt", {"w": torch.zeros(2), "f": lambda: 0})  # lambdas do not pickle
+    assert torch.equal(store.load_torch(tmp_path / "t.pt")["w"], torch.ones(2))
+    store.write_csv(tmp_path / "p.csv", pd.DataFrame({"a": [1.0, 2.0]}))
+    assert pd.read_csv(tmp_path / "p.csv")["a"].tolist() == [1.0, 2.0]
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+    assert sorted(os.listdir(tmp_path / "a")) == ["x.json"]
