@@ -35,6 +35,9 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--weights", help="local state-dict file (e.g. ImageNet weights of the model): two-phase "
                                      "fine-tuning as in the paper instead of training from scratch")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--shard", help="K/N: run only the models with index %% N == K, so N processes can share "
+                                   "one GPU (a model's AMAT and STD runs stay in one shard)")
 
 
 def _grid(args, models, methods) -> int:
@@ -47,6 +50,8 @@ def _grid(args, models, methods) -> int:
     data = experiment.resolve_data(profiles.data_config(prof), args.data, args.results)
     print(prof.describe(), flush=True)
     cfgs = profiles.configs(prof, data, models=models, methods=methods)
+    if args.shard:
+        cfgs = grid.shard(cfgs, args.shard)
     if args.weights:
         digest = experiment.weights_digest(args.weights)
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
@@ -76,6 +81,9 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     sub.add_parser("models", help="list model names")
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         if args.command == "models":
             print("\n".join(list_models()))

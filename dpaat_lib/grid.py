@@ -22,6 +22,19 @@ def ordered(configs: list[RunConfig]) -> list[RunConfig]:
     return first + [c for c in out.values() if c.method.name != "std"]
 
 
+def shard(configs: list[RunConfig], spec: str) -> list[RunConfig]:
+    """The configurations of shard "K/N": models are dealt round-robin, so a model's runs
+    (its AMAT and the STD run AMAT needs) all land in one shard and shards never wait on each other."""
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise ValueError(f"shard must be K/N with 0 <= K < N, got {spec!r}") from None
+    models = list(dict.fromkeys(c.model for c in configs))
+    mine = set(models[k::n])
+    return [c for c in configs if c.model in mine]
+
+
 def run_grid(configs: list[RunConfig], *, results, time_budget_s: float | None = None, log=print,
              **kw) -> dict[str, experiment.RunResult]:
     """Run (or load) every configuration; with a time budget, stop cleanly when it is spent

@@ -328,3 +328,14 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
     assert sorted(os.listdir(tmp_path / "a")) == ["x.json"]
+
+
+def test_shards_partition_the_grid_by_model(data):
+    prof = profiles.get_profile("paper")
+    cfgs = profiles.configs(prof, data)
+    parts = [grid.shard(cfgs, f"{k}/4") for k in range(4)]
+    assert sorted(c.run_id for p in parts for c in p) == sorted(c.run_id for c in cfgs)
+    for p in parts:
+        assert len({c.model for c in p} & {c.model for q in parts if q is not p for c in q}) == 0
+    with pytest.raises(ValueError, match="K/N"):
+        grid.shard(cfgs, "4/4")
