@@ -43,7 +43,9 @@ class TrainConfig:
     ``weights``: None trains from scratch; otherwise the digest-named local
     state dict used for two-phase fine-tuning (``head_epochs`` of the head
     alone, then all layers). ``select_on``: the validation metric that picks
-    the kept checkpoint and drives early stopping.
+    the kept checkpoint and drives early stopping: the clean validation
+    cross-entropy by default, because validation accuracy on 80 images per
+    class moves in steps of 0.4 % and stopped runs after their first epoch.
     """
 
     epochs: int = 60
@@ -54,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     flips: bool = True
     weights: str | None = None
-    select_on: str = "val_acc"
+    select_on: str = "val_loss"
     bf16: bool = False
     channels_last: bool = False
 

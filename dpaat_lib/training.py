@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import store
 from .config import RunConfig

@@ -110,7 +110,9 @@ def test_dpaat_run_lowers_its_training_loss(reference):
     assert last["radius_std"] > 0
     assert 0.0 <= last["radius_min"] <= last["radius_max"] <= 2 * cfg.method.eps0
     assert 1 <= h["best_epoch"] <= 3
-    assert h["best"]["val_acc"] == max(per_epoch(h, "val_acc"))  # select_on val_acc keeps the best epoch
+    # select_on (val_loss by default) keeps the best epoch
+    assert cfg.train.select_on == "val_loss"
+    assert h["best"]["val_loss"] == pytest.approx(min(per_epoch(h, "val_loss")), abs=1e-6)
     # The result is complete: metrics for clean and each attack, one prediction row per test image.
     assert set(res.metrics["RAcc"]) == {a.name for a in EVAL_ATTACKS}
     assert len(res.predictions) == 3 * cfg.data.n_test

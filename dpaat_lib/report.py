@@ -1,0 +1,1153 @@
+"""What the book's chapters need beyond the library: loading a profile's grid,
+the paper's tables beside ours, small load-or-compute extras and the figures.
+
+The notebooks under ``notebooks/`` stay thin: every table, figure and number
+they show comes from a function here (or from the library), so a notebook
+never defines logic of its own.
+
+Paths: ``results_root`` and ``data_root`` may be absolute; a relative path (and
+the default ``results_root=None``, i.e. ``results``) is taken relative to the
+repository root (:func:`repo_root`), not to the working directory, so the same
+notebook finds the same results whether papermill, nbval or a person runs it,
+from the repository or from a build folder.
+
+Numbers shown in the book are rounded here (:func:`fmt`), so executed
+notebooks are identical from one execution to the next.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+with warnings.catch_warnings():
+    # tqdm.auto (imported by the training loop) warns inside Jupyter when ipywidgets is missing; the
+    # book shows no progress bars, and an executed page must not depend on ipywidgets being there.
+    warnings.simplefilter("ignore")
+    import tqdm.auto  # noqa: F401
+
+from . import data as D
+from . import experiment, grid, profiles, store
+from .attacks import AttackSpec
+from .config import DataConfig, RunConfig
+from .evaluation import CLEAN, robust_accuracy_curve
+from .methods import LABELS, MethodConfig
+from .metrics import MARP_ATTACK, group_average
+from .models import GROUPS
+
+log = logging.getLogger(__name__)
+
+TABLE1_COLUMNS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD", "GAcc")
+TABLE2_COLUMNS = ("mAP", "mARP", "precision", "recall", "f1")
+PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
+METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))
+ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = DPAAT"}
+DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
+CURVE_ATTACK = {"linf": "20-IFGSM", "l2": "20-PGD"}
+PAPER_SPLIT = {"n_train": 800, "n_val": 80, "n_test": 299}
+CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
+            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility")
+
+
+# --------------------------------------------------------------------------
+# Paths and the grid
+# --------------------------------------------------------------------------
+
+def repo_root() -> Path:
+    """The checkout: the folder above this package if it holds pyproject.toml (an
+    editable install), else the first folder upwards from the working directory
+    that holds pyproject.toml, else the working directory."""
+    here = Path(__file__).resolve().parents[1]
+    if (here / "pyproject.toml").is_file():
+        return here
+    cwd = Path.cwd().resolve()
+    for d in (cwd, *cwd.parents):
+        if (d / "pyproject.toml").is_file() and (d / "dpaat_lib").is_dir():
+            return d
+    return cwd
+
+
+def resolve_path(path: str | os.PathLike | None, default: str | None = None) -> Path | None:
+    """``path`` (or ``default``) as an absolute path; relative ones are relative to :func:`repo_root`."""
+    p = default if path is None else path
+    if p is None:
+        return None
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else (repo_root() / p).resolve()
+
+
+def results_dir(prof: profiles.Profile, results_root=None) -> Path:
+    """Where a profile's runs live: ``<results_root>/<profile name>`` (default ``<repo>/results/<name>``)."""
+    return resolve_path(results_root, "results") / prof.name
+
+
+def make_profile(profile: str = "quick", *, data_root=None, **overrides) -> profiles.Profile:
+    """The profile with its overrides (None values ignored, as papermill parameters are).
+
+    As on the command line, the quick profile given a ``data_root`` runs on
+    that HAM10000 copy with the paper's split sizes (800/299 per class) unless
+    they are overridden; without one it uses the synthetic stand-in.
+    """
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if data_root is not None and profiles.PROFILES[profile].synthetic and "source" not in over:
+        over["source"] = "ham10000"
+        for k, v in PAPER_SPLIT.items():
+            over.setdefault(k, v)
+    return profiles.get_profile(profile, **over)
+
+
+def load_grid(profile: str = "quick", *, data_root=None, results_root=None, models=None,
+              methods: Sequence[str] | None = profiles.MAIN_METHODS, seeds=None, device: str = "cpu",
+              cache_dir=None, **overrides) -> tuple[profiles.Profile, list[experiment.RunResult]]:
+    """Load (or train and evaluate) a profile's grid; returns (profile, results in config order).
+
+    ``overrides`` are Profile fields (``image_size``, ``epochs`` ...); None
+    values are ignored. Results go to ``<results_root>/<profile>``. Nothing is
+    printed: the progress of a long run goes to the ``dpaat_lib.report``
+    logger, so executed notebooks do not depend on whether a run was trained
+    or loaded.
+    """
+    prof = make_profile(profile, data_root=data_root, seeds=seeds, **overrides)
+    root = resolve_path(data_root)
+    out = results_dir(prof, results_root)
+    data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
+    cfgs = profiles.configs(prof, data, models=models, methods=tuple(methods or profiles.MAIN_METHODS))
+    done = grid.run_grid(cfgs, results=out, data_root=root, device=device, cache_dir=cache_dir, progress=False,
+                         log=log.info)
+    missing = [c.run_id for c in cfgs if c.run_id not in done]
+    if missing:
+        raise RuntimeError(f"{len(missing)} run(s) of profile {prof.name!r} did not finish: {missing[:3]}")
+    return prof, [done[c.run_id] for c in cfgs]
+
+
+def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResult] | None = None):
+    """A Markdown box saying which profile produced the page, and whether its data are synthetic."""
+    from IPython.display import Markdown
+
+    if prof.synthetic:
+        data = ("**SYNTHETIC data**: procedurally drawn stand-in lesions in HAM10000's layout, *not* "
+                "HAM10000. Every number on this page is a synthetic result that says nothing about "
+                "dermoscopy or about the paper's claims; it only shows that the pipeline runs end to end.")
+    else:
+        data = "**real HAM10000** (three classes: nv, mel, bkl)"
+    lines = [f"> **Profile `{prof.name}`** | data: {data}",
+             ">",
+             f"> resolution {prof.image_size} px | models: {', '.join(prof.models)} | "
+             f"ablation models: {', '.join(prof.ablation_models)} | up to {prof.epochs} epochs "
+             f"(patience {prof.patience}) | seeds: {', '.join(map(str, prof.seeds))} | "
+             f"{prof.n_train} train (incl. {prof.n_val} validation) / {prof.n_test} test images per class | "
+             f"{'lesion-aware' if prof.lesion_aware else 'image-level'} split | "
+             f"training attack PGD-L2 eps0 = {prof.eps0}, {prof.train_steps} steps of {prof.train_step_size}"]
+    if results:
+        lines[-1] += f" | {len(results)} run(s) on this page"
+    return Markdown("\n".join(lines))
+
+
+def md(text: str):
+    """``IPython.display.Markdown`` (imported late so the module works without IPython)."""
+    from IPython.display import Markdown
+
+    return Markdown(text)
+
+
+# --------------------------------------------------------------------------
+# The paper's tables
+# --------------------------------------------------------------------------
+
+def _paper_csv(name: str) -> pd.DataFrame:
+    return pd.read_csv(Path(__file__).with_name("paper_tables") / name)
+
+
+def paper_table1() -> pd.DataFrame:
+    """The paper's Table I (percent): group, method, FGSM, 10-IFGSM, 20-IFGSM, 20-PGD, 50-PGD, GAcc."""
+    return _paper_csv("table1_robustness.csv")
+
+
+def paper_table2() -> pd.DataFrame:
+    """The paper's Table II (fractions): group, method, mAP, mARP, precision, recall, f1 (no STD row)."""
+    return _paper_csv("table2_precision.csv")
+
+
+def paper_value(table: str, group: str, method: str, column: str) -> float:
+    """One number of the paper's Table I ("I") or II ("II"); NaN when the paper has none."""
+    t = paper_table1() if table == "I" else paper_table2()
+    row = t[(t["group"] == group) & (t["method"] == method)]
+    return float(row[column].iloc[0]) if len(row) else float("nan")
+
+
+# --------------------------------------------------------------------------
+# Our numbers
+# --------------------------------------------------------------------------
+
+def _method_key(label: str) -> int:
+    return METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def results_frame(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """One row per run: model, method (label), seed, run_id and every scalar metric (fractions)."""
+    t = grid.results_table(list(results))
+    t.insert(3, "run_id", [r.run_id for r in results])
+    return t
+
+
+def summary(results: Sequence[experiment.RunResult], columns: Sequence[str]) -> pd.DataFrame:
+    """Mean, std (NaN for one seed) and number of seeds per (model, method) of ``columns`` (fractions)."""
+    t = results_frame(results)
+    columns = [c for c in columns if c in t.columns]
+    g = t.groupby(["model", "method"], sort=False)[columns]
+    mean, std, n = g.mean(), g.std(ddof=1), g.size().rename("n")
+    out = pd.concat({"mean": mean, "std": std}, axis=1)
+    out[("n", "")] = n
+    return out
+
+
+def fmt(mean: float, std: float = float("nan"), n: int = 1, scale: float = 100.0, digits: int = 1) -> str:
+    """``"71.2"`` or, over several seeds, ``"71.2 ± 1.3"``; ``"—"`` for a missing value."""
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    s = f"{mean * scale:.{digits}f}"
+    if n > 1 and np.isfinite(std):
+        s += f" ± {std * scale:.{digits}f}"
+    return s
+
+
+def _table_spec(table: str) -> tuple[tuple[str, ...], float, int]:
+    if table == "I":
+        return TABLE1_COLUMNS, 100.0, 1
+    if table == "II":
+        return TABLE2_COLUMNS, 1.0, 3
+    raise ValueError(f"table must be 'I' or 'II', got {table!r}")
+
+
+def ours_table(results: Sequence[experiment.RunResult], table: str = "I") -> pd.DataFrame:
+    """Our per-model table: rows (model, method), columns the paper's; Table I in percent, Table II as
+    fractions (the paper's scales); mean ± std over seeds when there are several."""
+    cols, scale, digits = _table_spec(table)
+    s = summary(results, cols)
+    cols = [c for c in cols if c in s["mean"].columns]
+    rows = {}
+    for key in s.index:
+        n = int(s.loc[key, ("n", "")])
+        rows[key] = {c: fmt(s.loc[key, ("mean", c)], s.loc[key, ("std", c)], n, scale, digits) for c in cols}
+        rows[key]["seeds"] = str(n)
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method"])
+    return out
+
+
+def complete_groups(models: Iterable[str]) -> list[str]:
+    """The paper's CNN groups whose every model is in ``models``."""
+    have = set(models)
+    return [g for g, members in GROUPS.items() if set(members) <= have]
+
+
+def group_note(models: Iterable[str]) -> str:
+    """One sentence on which of the paper's groups our models complete."""
+    models = list(dict.fromkeys(models))
+    full = complete_groups(models)
+    if full:
+        return (f"Our group averages cover {', '.join(full)} (all their models are in this profile); "
+                "other groups are not averaged.")
+    return (f"This profile's models ({', '.join(models)}) complete none of the paper's groups "
+            f"(widely used = {', '.join(GROUPS['widely_used'])}; lightweight = "
+            f"{', '.join(GROUPS['lightweight'])}), so our numbers are per model and the paper's are "
+            "group averages: the columns compare a method's ranking, not the same quantity.")
+
+
+def ours_group_average(results: Sequence[experiment.RunResult], table: str = "I") -> pd.DataFrame:
+    """Our group averages (over models of seed-means), only for complete groups (metrics.group_average)."""
+    cols, _, _ = _table_spec(table)
+    s = summary(results, cols)["mean"].reset_index()
+    return group_average(s, GROUPS)
+
+
+def side_by_side(results: Sequence[experiment.RunResult], table: str = "I",
+                 paper_groups: Sequence[str] = PAPER_GROUPS, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Ours beside the paper's: rows (metric, method); columns ``ours: <model>`` (mean ± std over
+    seeds), ``ours: <group>`` (complete groups only), ``paper: <group>``. Formatted strings."""
+    cols, scale, digits = _table_spec(table)
+    cols = [c for c in (metrics or cols) if c in cols]
+    paper = paper_table1() if table == "I" else paper_table2()
+    s = summary(results, cols)
+    models = list(dict.fromkeys(s.index.get_level_values("model")))
+    methods = sorted(dict.fromkeys(s.index.get_level_values("method")), key=_method_key)
+    groups = ours_group_average(results, table)
+    rows = {}
+    for c in cols:
+        if c not in s["mean"].columns:
+            continue
+        for m in methods:
+            row = {}
+            for mod in models:
+                key = (mod, m)
+                row[f"ours: {mod}"] = (fmt(s.loc[key, ("mean", c)], s.loc[key, ("std", c)],
+                                           int(s.loc[key, ("n", "")]), scale, digits) if key in s.index else "—")
+            for g in complete_groups(models):
+                sub = groups[(groups["group"] == g) & (groups["method"] == m)] if len(groups) else groups
+                row[f"ours: {g}"] = fmt(float(sub[c].iloc[0]), scale=scale, digits=digits) if len(sub) else "—"
+            for g in paper_groups:
+                p = paper[(paper["group"] == g) & (paper["method"] == m)]
+                # as published: Table I in percent with 2 decimals, Table II as fractions with 4
+                row[f"paper: {g}"] = fmt(float(p[c].iloc[0]), scale=1.0, digits=2 if table == "I" else 4) \
+                    if len(p) else "—"
+            rows[(c, m)] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["metric", "method"])
+    return out
+
+
+def headline(results: Sequence[experiment.RunResult], group: str = "all_six") -> pd.DataFrame:
+    """The one-table summary of chapter 1: GAcc and 20-PGD RAcc per method, ours per model and the
+    paper's ``group`` average."""
+    return side_by_side(results, "I", paper_groups=(group,), metrics=("GAcc", "20-PGD"))
+
+
+# --------------------------------------------------------------------------
+# Comparing two methods honestly
+# --------------------------------------------------------------------------
+
+def _mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value from the discordant counts b, c."""
+    from scipy.stats import binomtest
+
+    n = b + c
+    return 1.0 if n == 0 else float(binomtest(min(b, c), n, 0.5).pvalue)
+
+
+def paired_comparison(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
+                      attacks: Sequence[str] = (CLEAN, "20-PGD")) -> pd.DataFrame:
+    """Method ``a`` minus method ``b`` per model, seed and attack, on the same test images.
+
+    Columns: model, seed, attack, acc_a, acc_b, diff (points), a_only / b_only (images that only one of
+    them gets right) and the exact McNemar p-value. The test only covers the test-set sampling of
+    one training run per method; variation between training seeds is not in it.
+    """
+    by = {(r.config.model, r.config.method.label, r.config.train.seed): r for r in results}
+    rows = []
+    for (model, meth, seed), ra in by.items():
+        if meth != a or (model, b, seed) not in by:
+            continue
+        rb = by[(model, b, seed)]
+        pa = ra.predictions.set_index("image_id")
+        pb = rb.predictions.set_index("image_id").loc[pa.index]
+        for att in attacks:
+            ca = (pa[f"pred_{att}"] == pa["label"]).to_numpy()
+            cb = (pb[f"pred_{att}"] == pb["label"]).to_numpy()
+            a_only, b_only = int((ca & ~cb).sum()), int((~ca & cb).sum())
+            rows.append({"model": model, "seed": seed, "attack": "GAcc" if att == CLEAN else att,
+                         "acc_a": ca.mean(), "acc_b": cb.mean(), "diff": 100 * (ca.mean() - cb.mean()),
+                         "a_only": a_only, "b_only": b_only, "p": _mcnemar_p(a_only, b_only),
+                         "n_test": len(ca)})
+    return pd.DataFrame(rows)
+
+
+def comparison_sentence(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
+                        attacks: Sequence[str] = (CLEAN, "20-PGD")) -> str:
+    """Plain-language summary of :func:`paired_comparison`, with its caveats."""
+    t = paired_comparison(results, a, b, attacks)
+    if t.empty:
+        return f"No run pairs of {a} and {b} to compare."
+    parts = []
+    for _, r in t.iterrows():
+        sign = "higher" if r["diff"] > 0 else ("lower" if r["diff"] < 0 else "equal")
+        verdict = "not significant at 5%" if r["p"] >= 0.05 else "significant at 5% for these two runs"
+        parts.append(f"{r['model']} (seed {r['seed']}), {r['attack']}: {a} {r['diff']:+.1f} points vs {b} "
+                     f"({sign}; test images right only under {a}: {r['a_only']}, only under {b}: {r['b_only']}; "
+                     f"McNemar p = {r['p']:.2f}, {verdict})")
+    n_seeds = t.groupby("model")["seed"].nunique().max()
+    caveat = (f"Single training seed per method: a difference between two training runs also contains "
+              f"the run-to-run variation of training, which one seed cannot measure, so no difference "
+              f"here is evidence for or against the paper." if n_seeds == 1 else
+              f"{n_seeds} seeds per method; the McNemar test is per seed and covers the test sample only.")
+    return "- " + "\n- ".join(parts) + f"\n\n{caveat}"
+
+
+def rank_sentence(results: Sequence[experiment.RunResult], metric: str, scale: float = 100.0, digits: int = 1) -> str:
+    """The methods of each model ordered by ``metric``, best first (seed means)."""
+    s = summary(results, [metric])["mean"][metric]
+    parts = []
+    for model in dict.fromkeys(s.index.get_level_values("model")):
+        sub = s.xs(model, level="model").sort_values(ascending=False)
+        order = ", ".join(f"{m} {scale * v:.{digits}f}" for m, v in sub.items())
+        parts.append(f"{model}: {order}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Data: split counts and leakage (load or compute, counts only)
+# --------------------------------------------------------------------------
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _split_stats(meta: pd.DataFrame, split: dict[str, list[str]], classes) -> dict:
+    lesion = dict(zip(meta["image_id"], meta["lesion_id"]))
+    label = dict(zip(meta["image_id"], meta["dx"]))
+    counts = {s: {c: sum(label[i] == c for i in ids) for c in classes} for s, ids in split.items()}
+    lesions = {s: {c: len({lesion[i] for i in ids if label[i] == c}) for c in classes} for s, ids in split.items()}
+    fit = set(split["train"]) | set(split["val"])
+    fit_lesions = {lesion[i] for i in fit}
+    test_lesions = {lesion[i] for i in split["test"]}
+    shared = fit_lesions & test_lesions
+    return {"counts": counts, "lesions": lesions, "shared_lesions": len(shared),
+            "test_images_with_lesion_in_training": sum(lesion[i] in shared for i in split["test"]),
+            "n_test": len(split["test"])}
+
+
+def split_summary(data: DataConfig, data_root=None, results_root=None, profile_name: str = "quick",
+                  cache_dir=None) -> dict | None:
+    """Counts per class and side of the run's split and of the image-level alternative, and how many
+    test images share a lesion with a training image under each. Stored as
+    ``<results>/<profile>/split-summary-<hash>.json`` (counts only, no images); None when neither
+    the file nor the data is there."""
+    out_dir = resolve_path(results_root, "results") / profile_name
+    key = _digest(asdict(data))
+    path = out_dir / f"split-summary-{key}.json"
+    if path.exists():
+        return store.read_json(path)
+    root = experiment.data_root_for(data.source, resolve_path(data_root), cache_dir)
+    if root is None or not (root / D.METADATA_FILE).exists():
+        return None
+    meta = D.read_metadata(root, data.classes)
+    sizes = dict(seed=data.split_seed, n_train=data.n_train, n_test=data.n_test, n_val=data.n_val)
+    aware = D.make_split(meta, lesion_aware=True, **sizes)
+    image = D.make_split(meta, lesion_aware=False, **sizes)
+    per_class = meta.groupby("dx").agg(images=("image_id", "size"), lesions=("lesion_id", "nunique"))
+    res = {"data": asdict(data),
+           "available": {c: {"images": int(per_class.loc[c, "images"]), "lesions": int(per_class.loc[c, "lesions"])}
+                         for c in data.classes},
+           "lesion_aware": _split_stats(meta, aware, data.classes),
+           "image_level": _split_stats(meta, image, data.classes),
+           "used": "lesion_aware" if data.lesion_aware else "image_level",
+           "split_digest": _digest(aware if data.lesion_aware else image)}
+    store.write_json(path, res)
+    return res
+
+
+def stored_split_matches(result: experiment.RunResult, summary_: dict) -> bool:
+    """Whether the split saved with a run is the one ``split_summary`` describes."""
+    split = store.read_json(Path(result.path) / "split.json")
+    return _digest(split) == summary_["split_digest"]
+
+
+def split_counts_frame(summary_: dict, which: str | None = None) -> pd.DataFrame:
+    """Images (and lesions) per class and side of the split (``which``: lesion_aware / image_level)."""
+    s = summary_[which or summary_["used"]]
+    rows = {}
+    for side in ("train", "val", "test"):
+        for c, n in s["counts"][side].items():
+            rows.setdefault(c, {})[f"{side} images"] = n
+            rows[c][f"{side} lesions"] = s["lesions"][side][c]
+    for c, a in summary_["available"].items():
+        rows[c]["available images"] = a["images"]
+        rows[c]["available lesions"] = a["lesions"]
+    out = pd.DataFrame.from_dict(rows, orient="index").loc[list(summary_["data"]["classes"])]
+    out.index.name = "class"
+    return out
+
+
+def example_images(data: DataConfig, data_root=None, n_per_class: int = 4, seed: int = 0,
+                   cache_dir=None) -> tuple[np.ndarray, list[int], list[str]] | None:
+    """A few test-split images per class as the models see them (uint8 (N, S, S, 3)), with labels and
+    ids; None without the data. Nothing is stored (real images must not enter the results)."""
+    root = experiment.data_root_for(data.source, resolve_path(data_root), cache_dir)
+    if root is None or not (root / D.METADATA_FILE).exists():
+        return None
+    meta = D.read_metadata(root, data.classes)
+    split = experiment.make_split_for(data, root)
+    test = meta.set_index("image_id").loc[split["test"]]
+    rng = np.random.default_rng(seed)
+    ids, labels = [], []
+    for k, c in enumerate(data.classes):
+        pool = sorted(test.index[test["dx"] == c])
+        take = sorted(pool[j] for j in rng.choice(len(pool), size=min(n_per_class, len(pool)), replace=False))
+        ids += take
+        labels += [k] * len(take)
+    x = D.load_images(list(test.loc[ids, "path"]), data.image_size)
+    return x.permute(0, 2, 3, 1).numpy(), labels, ids
+
+
+# --------------------------------------------------------------------------
+# Robust accuracy against eps (load or compute, stored beside the run)
+# --------------------------------------------------------------------------
+
+def curve_attack(config: RunConfig, norm: str) -> AttackSpec:
+    """The evaluation attack swept over eps: 20-step I-FGSM for Linf, 20-step PGD for L2."""
+    name = CURVE_ATTACK[norm]
+    for a in config.eval_attacks:
+        if a.name == name:
+            return a
+    raise ValueError(f"run {config.run_id} has no {name} evaluation attack to sweep")
+
+
+def eps_curve_path(config: RunConfig, results_dir, norm: str, eps_values) -> Path:
+    attack = curve_attack(config, norm)
+    key = _digest({"attack": attack.to_dict(), "eps": [float(e) for e in eps_values], "seed": config.train.seed})
+    return Path(results_dir) / config.run_id / f"eps_curve-{norm}-{key}.json"
+
+
+def eps_curve(config: RunConfig, results_dir, data_root=None, norm: str = "l2", eps_values=None,
+              device: str = "cpu", *, cache_dir=None, tensors=None) -> dict | None:
+    """Robust accuracy of a trained run against the radius: ``{"norm", "attack", "eps", "acc"}``.
+
+    Loads ``<run>/eps_curve-<norm>-<hash>.json`` if present; else computes it with
+    :func:`dpaat_lib.evaluation.robust_accuracy_curve` from the run's ``ckpt/best.pt`` and its test
+    set, and writes the file atomically. Returns None when neither the file nor the checkpoint is
+    there (checkpoints are not committed).
+    """
+    eps_values = tuple(float(e) for e in (DEFAULT_EPS[norm] if eps_values is None else eps_values))
+    path = eps_curve_path(config, results_dir, norm, eps_values)
+    if path.exists():
+        return store.read_json(path)
+    run = store.RunDir(results_dir, config.run_id)
+    if not (run.ckpt / "best.pt").exists():
+        return None
+    from .training import load_trained
+
+    if tensors is None:
+        _, tensors = experiment.load_data(config.data, resolve_path(data_root), cache_dir)
+    model = load_trained(config, run, device)
+    attack = curve_attack(config, norm)
+    acc = robust_accuracy_curve(model, tensors["test"], attack, eps_values, device=device, seed=config.train.seed)
+    res = {"norm": norm, "attack": attack.to_dict(), "eps": list(eps_values), "acc": [float(a) for a in acc],
+           "run_id": config.run_id}
+    store.write_json(path, res)
+    return res
+
+
+def eps_curves(results: Sequence[experiment.RunResult], results_dir, data_root=None, norm: str = "l2",
+               eps_values=None, device: str = "cpu", cache_dir=None) -> dict[tuple[str, str], dict]:
+    """:func:`eps_curve` for every run, keyed (model, method label, seed); runs without a stored curve or a
+    checkpoint are left out. The test set is decoded once per data configuration."""
+    out, tensors = {}, {}
+    for r in results:
+        c = r.config
+        path = eps_curve_path(c, results_dir, norm, DEFAULT_EPS[norm] if eps_values is None else eps_values)
+        t = None
+        if not path.exists() and (Path(r.path) / "ckpt" / "best.pt").exists():
+            k = c.data
+            if k not in tensors:
+                tensors[k] = experiment.load_data(k, resolve_path(data_root), cache_dir)[1]
+            t = tensors[k]
+        res = eps_curve(c, results_dir, data_root, norm, eps_values, device, cache_dir=cache_dir, tensors=t)
+        if res is not None:
+            out[(c.model, c.method.label, c.train.seed)] = res
+    return out
+
+
+def eps_curve_frame(curves: dict) -> pd.DataFrame:
+    """The curves as a table: rows (model, method, seed), columns eps; accuracy in percent (1 decimal)."""
+    rows = {}
+    for key, c in curves.items():
+        unit = 255 if c["norm"] == "linf" else 1
+        rows[key] = {(f"{e * 255:g}/255" if unit == 255 else f"{e:g}"): f"{100 * a:.1f}"
+                     for e, a in zip(c["eps"], c["acc"])}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method", "seed"])
+    return out
+
+
+# --------------------------------------------------------------------------
+# Grad-CAM (thin wrapper over dpaat_lib.gradcam)
+# --------------------------------------------------------------------------
+
+def figure_models(prof: profiles.Profile, n: int = 2) -> list[str]:
+    """The models a per-model figure shows: the paper's two representative CNNs (ResNet34,
+    MobileNetV2) where the profile has them, then the profile's other models, ``n`` at most."""
+    paper = [m for m in ("resnet34", "mobilenet_v2") if m in prof.models]
+    return (paper + [m for m in prof.models if m not in paper])[:n]
+
+
+def gradcam_selection(results: Sequence[experiment.RunResult], model: str, n_per_class: int = 2,
+                      methods: Sequence[str] = ("STD", "AT", "DPAAT"), seed: int = 0) -> tuple[list[str], str]:
+    """Test images of ``model`` predicted correctly by all ``methods`` (seed-0 runs), ``n_per_class`` per
+    class; if a class has too few, images correct under DPAAT alone. Returns (ids, note)."""
+    from . import gradcam
+
+    runs = {r.config.method.label: r for r in results if r.config.model == model and r.config.train.seed ==
+            min(rr.config.train.seed for rr in results)}
+    classes = next(iter(runs.values())).config.data.classes
+    frames = [runs[m].predictions for m in methods if m in runs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ids = gradcam.select_correct(frames, n_per_class, classes, seed=seed)
+    note = f"images correctly classified (clean) by all of {', '.join(m for m in methods if m in runs)}"
+    if caught or len(ids) < n_per_class * len(classes):
+        ids = gradcam.select_correct(runs[methods[-1]].predictions, n_per_class, classes, seed=seed) \
+            if methods[-1] in runs else ids
+        note = (f"too few images are correct under all of {', '.join(methods)}; these are correct under "
+                f"{methods[-1]} only")
+    return ids, note
+
+
+def gradcam_results(results: Sequence[experiment.RunResult], model: str, image_ids: Sequence[str],
+                    results_dir, data_root=None, device: str = "cpu", methods=("STD", "AT", "DPAAT"),
+                    cache_dir=None) -> dict[str, dict]:
+    """``gradcam.cam_result`` of each method's (first-seed) run of ``model`` for ``image_ids``."""
+    from . import gradcam
+
+    seed = min(r.config.train.seed for r in results)
+    runs = {r.config.method.label: r for r in results if r.config.model == model and r.config.train.seed == seed}
+    return {m: gradcam.cam_result(runs[m].config, results=results_dir, image_ids=image_ids,
+                                  data_root=resolve_path(data_root), device=device, cache_dir=cache_dir)
+            for m in methods if m in runs}
+
+
+def gradcam_scores(cams: dict[str, dict]) -> pd.DataFrame:
+    """Mean faithfulness scores per method: deletion AUC (lower better), insertion AUC, ROAD (higher
+    better), share of CAM energy in the lesion mask (synthetic only). Rounded to 3 decimals."""
+    rows = {}
+    for m, c in cams.items():
+        row = {"images": len(c["image_ids"]),
+               "deletion AUC (lower = better)": np.nanmean(c["deletion_auc"]),
+               "insertion AUC (higher = better)": np.nanmean(c["insertion_auc"]),
+               "ROAD (higher = better)": np.nanmean(c["road"])}
+        if c.get("energy_in_mask") is not None:
+            row["energy in lesion mask"] = np.nanmean(c["energy_in_mask"])
+            masks = c.get("masks")
+            if masks is not None:
+                row["lesion area share (uniform map)"] = float(np.mean(np.asarray(masks, dtype=float)))
+        rows[m] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    for col in out.columns:
+        if col != "images":
+            out[col] = out[col].map(lambda v: f"{v:.3f}")
+    out.index.name = "method"
+    return out
+
+
+# --------------------------------------------------------------------------
+# Training dynamics
+# --------------------------------------------------------------------------
+
+def radius_stats(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """Per run with per-sample radii (AMAT, DPAAT, D-A, D-B): radius mean, std, 5%/95% quantiles at the
+    first and the last epoch (rounded to 3 decimals)."""
+    rows = []
+    for r in results:
+        eps = r.history["epochs"]
+        if not eps or "radius_mean" not in eps[0]:
+            continue
+        first, last = eps[0], eps[-1]
+        rows.append({"model": r.config.model, "method": r.config.method.label, "seed": r.config.train.seed,
+                     "epochs": len(eps),
+                     "mean (epoch 1)": f"{first['radius_mean']:.3f}", "std (epoch 1)": f"{first['radius_std']:.3f}",
+                     "mean (last)": f"{last['radius_mean']:.3f}", "std (last)": f"{last['radius_std']:.3f}",
+                     "5% (last)": f"{last['radius_quantiles'][0]:.3f}",
+                     "95% (last)": f"{last['radius_quantiles'][-1]:.3f}"})
+    return pd.DataFrame(rows)
+
+
+def training_cost(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """Epochs run, best epoch, and mean seconds per epoch relative to the STD run of the same model and
+    seed (the wall time itself depends on the machine; both come from the stored history)."""
+    rows = []
+    std = {(r.config.model, r.config.train.seed): r for r in results if r.config.method.name == "std"}
+    for r in results:
+        eps = r.history["epochs"]
+        spe = float(np.mean([e["seconds"] for e in eps]))
+        base = std.get((r.config.model, r.config.train.seed))
+        rel = spe / float(np.mean([e["seconds"] for e in base.history["epochs"]])) if base else float("nan")
+        rows.append({"model": r.config.model, "method": r.config.method.label, "seed": r.config.train.seed,
+                     "epochs run": len(eps), "best epoch": r.history.get("best_epoch"),
+                     # fixed width, so the text table keeps its layout when the nbval sanitizer blanks timings
+                     "s/epoch": f"{spe:8.1f} s/epoch",
+                     "relative to STD": f"x{rel:6.1f}" if np.isfinite(rel) else "—"})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------
+# Reproducibility
+# --------------------------------------------------------------------------
+
+def environment(device: str = "cpu") -> str:
+    """Versions and hardware of the machine that executed the page, as a Markdown list; each line
+    reads ``- env `item`: value`` (the book's nbval sanitizer blanks the values, which differ
+    from machine to machine)."""
+    import matplotlib
+    import sklearn
+    import torch
+    import torchvision
+
+    items = {"python": platform.python_version(), "torch": torch.__version__,
+             "torchvision": torchvision.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+             "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__,
+             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+             "cpu count": str(os.cpu_count()), "torch threads": str(torch.get_num_threads()),
+             "cuda available": str(torch.cuda.is_available()), "device used": device}
+    try:
+        from importlib.metadata import version
+
+        items["grad-cam"] = version("grad-cam")
+    except Exception:  # pragma: no cover - optional
+        pass
+    if torch.cuda.is_available():
+        items["gpu"] = torch.cuda.get_device_name(0)
+    return "\n".join(f"- env `{k}`: {v}" for k, v in items.items())
+
+
+def runs_frame(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """Every run: id (its configuration hash), model, method, seed, data source and digest, image size,
+    epochs run and best epoch."""
+    rows = []
+    for r in results:
+        c = r.config
+        rows.append({"run_id": r.run_id, "model": c.model, "method": c.method.label, "seed": c.train.seed,
+                     "data": f"{c.data.source} ({c.data.digest})", "size": c.data.image_size,
+                     "epochs run": len(r.history["epochs"]), "best epoch": r.history.get("best_epoch")})
+    return pd.DataFrame(rows).drop_duplicates("run_id").reset_index(drop=True)
+
+
+def config_json(result: experiment.RunResult) -> str:
+    """The run's full configuration as stored in its folder (``config.json``), as a Markdown code block."""
+    return "```json\n" + json.dumps(result.config.to_dict(), indent=1, sort_keys=True) + "\n```"
+
+
+def papermill_commands(profile: str, chapters: Sequence[str] = CHAPTERS) -> str:
+    """Markdown code block with the commands that rebuild the book (all chapters, or one)."""
+    lines = [f"python scripts/build_book.py --profile {profile} --out _build/{profile}   # all chapters + HTML",
+             "# one chapter, from the repository root:",
+             "jupytext --to ipynb --set-kernel python3 notebooks/04_robustness.py -o /tmp/04_robustness.ipynb",
+             f"python -m papermill /tmp/04_robustness.ipynb book/04_robustness.ipynb -k python3 --cwd book "
+             f"-p profile {profile} -p device cpu   # add -p data_root /path/to/HAM10000 for real data"]
+    return "```bash\n" + "\n".join(lines) + "\n```"
+
+
+def source_block(obj) -> str:
+    """The source code of a library function or class as a Markdown code block (what the page
+    shows is what runs)."""
+    import inspect
+
+    return "```python\n" + inspect.getsource(obj).rstrip() + "\n```"
+
+
+# --------------------------------------------------------------------------
+# Figures: matplotlib figures, closed in pyplot before they are returned, so a
+# cell shows one only as its value and nothing is drawn twice
+# --------------------------------------------------------------------------
+
+def _figure(w: float, h: float):
+    import matplotlib.pyplot as plt
+
+    return plt.figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _done(fig):
+    """Close the figure in pyplot (so Jupyter does not draw it by itself at the end of the cell)
+    and return it: it is shown once, as the cell's value."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return fig
+
+
+def _method_colors() -> dict[str, str]:
+    return {"STD": "#7f7f7f", "AT": "#1f77b4", "SAT": "#2ca02c", "AMAT": "#9467bd", "DPAAT": "#d62728",
+            "D-A": "#ff7f0e", "D-B": "#17becf"}
+
+
+def plot_dpaat_rule(eps0: float = 0.5, eta: float | None = None, eps_max: float | None = None):
+    """Eq. 15 as implemented (``methods.DPAAT.step_length`` and its clip): the change of a sample's
+    radius against its loss change relative to the batch mean, dL - mu, and the new radius of a
+    sample that had eps0, a small and the largest radius."""
+    import torch
+
+    from .methods import DPAAT
+
+    cfg = MethodConfig(name="dpaat", eta=eta)
+    meth = DPAAT(cfg, n_train=1)
+    eps_max = meth.eps_max if eps_max is None else eps_max
+    x = torch.linspace(-1.5, 1.5, 301)
+    step = meth.step_length(x, 0.0).numpy()
+    fig = _figure(9, 3.4)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(x, step, color="#d62728")
+    ax1.axhline(0, color="k", lw=0.6)
+    ax1.axvline(0, color="k", lw=0.6)
+    ax1.fill_between(x, step, 0, where=x.numpy() > 0, color="#d62728", alpha=0.15, label="fragile: dL > mu, shrink")
+    ax1.fill_between(x, step, 0, where=x.numpy() < 0, color="#1f77b4", alpha=0.15, label="stable: dL < mu, grow")
+    ax1.set_xlabel("dL_i - mu  (loss increase under attack minus its batch mean, nats)")
+    ax1.set_ylabel("change of radius eps_i")
+    ax1.set_title(f"eq. 15: -eta (dL_i - mu), eta = {meth.eta:g}")
+    ax1.legend(fontsize=8, loc="upper right")
+    for start, ls in ((0.1 * eps0, ":"), (eps0, "-"), (eps_max, "--")):
+        new = np.clip(start + step, cfg.eps_min, eps_max)
+        ax2.plot(x, new, ls=ls, color="k", label=f"eps_i before = {start:g}")
+    ax2.axhline(eps0, color="#1f77b4", lw=0.6)
+    ax2.set_ylim(-0.05, eps_max + 0.1)
+    ax2.set_xlabel("dL_i - mu (nats)")
+    ax2.set_ylabel("eps_i after one update")
+    ax2.set_title(f"clipped to [{cfg.eps_min:g}, {eps_max:g}] (eps_max = 2 eps0)")
+    ax2.legend(fontsize=8)
+    return _done(fig)
+
+
+def plot_split_counts(summary_: dict):
+    """Images per class and side (lesion-aware split), and test images whose lesion also has an image
+    in training under each split."""
+    fig = _figure(9, 3.2)
+    ax1, ax2 = fig.subplots(1, 2, width_ratios=[2, 1])
+    s = summary_[summary_["used"]]
+    classes = list(summary_["data"]["classes"])
+    sides = ("train", "val", "test")
+    width = 0.8 / len(sides)
+    for j, side in enumerate(sides):
+        vals = [s["counts"][side][c] for c in classes]
+        bars = ax1.bar(np.arange(len(classes)) + (j - 1) * width, vals, width, label=side)
+        ax1.bar_label(bars, fontsize=7)
+    ax1.set_xticks(range(len(classes)), classes)
+    ax1.set_ylabel("images")
+    ax1.set_title(f"split used by the runs ({summary_['used'].replace('_', '-')})")
+    ax1.legend(fontsize=8)
+    names = ["lesion-aware", "image-level"]
+    vals = [summary_["lesion_aware"]["test_images_with_lesion_in_training"],
+            summary_["image_level"]["test_images_with_lesion_in_training"]]
+    bars = ax2.bar(names, vals, color=["#2ca02c", "#d62728"])
+    ax2.bar_label(bars, fontsize=8)
+    ax2.set_ylabel("test images")
+    ax2.set_title("test images whose lesion\nis also in train/val")
+    return _done(fig)
+
+
+def plot_examples(images: np.ndarray, labels: Sequence[int], classes: Sequence[str], ids: Sequence[str] = ()):
+    """A grid of example images, one row per class."""
+    per = max(sum(1 for l in labels if l == k) for k in range(len(classes)))
+    fig = _figure(1.6 * per, 1.7 * len(classes))
+    axes = np.atleast_2d(fig.subplots(len(classes), per, squeeze=False))
+    for ax in axes.ravel():
+        ax.axis("off")
+    col = {k: 0 for k in range(len(classes))}
+    for i, (img, l) in enumerate(zip(images, labels)):
+        ax = axes[l, col[l]]
+        ax.imshow(img)
+        ax.set_title(f"{classes[l]}" + (f"\n{ids[i]}" if ids else ""), fontsize=7)
+        col[l] += 1
+    return _done(fig)
+
+
+def plot_metric_bars(results: Sequence[experiment.RunResult], metrics: Sequence[str], scale: float = 100.0,
+                     ylabel: str = "accuracy (%)", paper: pd.DataFrame | None = None, paper_group: str = "all_six"):
+    """Grouped bars: one group per metric, one bar per method (seed mean, error bar = std when several
+    seeds), one panel per model; the paper's ``paper_group`` average as black ticks where given."""
+    s = summary(results, metrics)
+    models = list(dict.fromkeys(s.index.get_level_values("model")))
+    colors = _method_colors()
+    fig = _figure(max(6, 1.3 * len(metrics) + 2), 3.3 * len(models))
+    axes = np.atleast_1d(fig.subplots(len(models), 1, squeeze=False).ravel())
+    for ax, model in zip(axes, models):
+        sub = s.xs(model, level="model")
+        meths = sorted(sub.index, key=_method_key)
+        width = 0.8 / len(meths)
+        paper_label = f"paper ({paper_group})"
+        for j, m in enumerate(meths):
+            xs = np.arange(len(metrics)) + (j - (len(meths) - 1) / 2) * width
+            vals = [scale * sub.loc[m, ("mean", c)] for c in metrics]
+            err = [scale * sub.loc[m, ("std", c)] for c in metrics] if int(sub.loc[m, ("n", "")]) > 1 else None
+            ax.bar(xs, vals, width, yerr=err, label=m, color=colors.get(m))
+            if paper is not None:
+                p = paper[(paper["group"] == paper_group) & (paper["method"] == m)]
+                if len(p):
+                    pv = [float(p[c].iloc[0]) for c in metrics]  # same scale as the bars
+                    ax.scatter(xs, pv, marker="_", s=120, color="k", zorder=3, label=paper_label)
+                    paper_label = None  # one legend entry
+        ax.set_xticks(range(len(metrics)), metrics)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.2 * scale)  # headroom for the legend above the bars
+        ax.set_title(f"{model} (ours)")
+        ax.legend(fontsize=7, ncol=len(meths) + 1, loc="upper center")
+    return _done(fig)
+
+
+def plot_eps_curves(curves: dict, title: str = ""):
+    """Robust accuracy against eps, one line per method, one panel per model."""
+    models = list(dict.fromkeys(k[0] for k in curves))
+    colors = _method_colors()
+    fig = _figure(4.6 * max(1, len(models)), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(models)), squeeze=False).ravel())
+    for ax, model in zip(axes, models):
+        for (mod, meth, seed), c in sorted(curves.items(), key=lambda kv: (_method_key(kv[0][1]), kv[0][2])):
+            if mod != model:
+                continue
+            scale = 255 if c["norm"] == "linf" else 1
+            ax.plot(np.array(c["eps"]) * scale, 100 * np.array(c["acc"]), marker="o", color=colors.get(meth),
+                    label=f"{meth}" + (f" s{seed}" if seed else ""))
+        norm = next(c["norm"] for k, c in curves.items() if k[0] == model)
+        ax.set_xlabel("eps x 255 (Linf)" if norm == "linf" else "eps (L2)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{model}: {CURVE_ATTACK[norm]} {title}")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7)
+    return _done(fig)
+
+
+def plot_confusion_grid(results: Sequence[experiment.RunResult], model: str,
+                        attacks: Sequence[str] = (CLEAN, MARP_ATTACK), seed: int | None = None):
+    """Confusion matrices of ``model``: rows attacks (clean, 20-PGD), columns methods. Colour = share of
+    the true class (row-normalised), text = count."""
+    runs = [r for r in results if r.config.model == model and (seed is None or r.config.train.seed == seed)]
+    if seed is None and runs:
+        s0 = min(r.config.train.seed for r in runs)
+        runs = [r for r in runs if r.config.train.seed == s0]
+    runs = sorted(runs, key=lambda r: _method_key(r.config.method.label))
+    classes = runs[0].config.data.classes
+    fig = _figure(2.3 * len(runs), 2.3 * len(attacks) + 0.3)
+    axes = fig.subplots(len(attacks), len(runs), squeeze=False)
+    for i, att in enumerate(attacks):
+        for j, r in enumerate(runs):
+            cm = np.asarray(r.metrics["confusion"][att], dtype=float)
+            share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+            ax = axes[i, j]
+            ax.imshow(share, vmin=0, vmax=1, cmap="Blues")
+            for a in range(len(classes)):
+                for b in range(len(classes)):
+                    ax.text(b, a, f"{int(cm[a, b])}", ha="center", va="center", fontsize=8,
+                            color="white" if share[a, b] > 0.6 else "black")
+            ax.set_xticks(range(len(classes)), classes, fontsize=7)
+            ax.set_yticks(range(len(classes)), classes, fontsize=7)
+            acc = np.trace(cm) / max(cm.sum(), 1)
+            ax.set_title(f"{r.config.method.label}, {att}\nacc {100 * acc:.1f}%", fontsize=8)
+            if j == 0:
+                ax.set_ylabel("true")
+            if i == len(attacks) - 1:
+                ax.set_xlabel("predicted")
+    fig.suptitle(f"{model}: confusion matrices (colour: share of the true class)", fontsize=9)
+    return _done(fig)
+
+
+def confusion_balance(results: Sequence[experiment.RunResult], model: str, attack: str = MARP_ATTACK) -> pd.DataFrame:
+    """Per method: per-class recall (%) under ``attack``, the worst class and the spread (max - min),
+    the paper's 'more even diagonal' made a number (first seed)."""
+    s0 = min(r.config.train.seed for r in results)
+    rows = {}
+    for r in sorted(results, key=lambda r: _method_key(r.config.method.label)):
+        if r.config.model != model or r.config.train.seed != s0:
+            continue
+        cm = np.asarray(r.metrics["confusion"][attack], dtype=float)
+        rec = np.diag(cm) / np.maximum(cm.sum(1), 1)
+        rows[r.config.method.label] = {**{f"recall {c}": f"{100 * v:.1f}" for c, v in zip(r.config.data.classes, rec)},
+                                       "worst class": f"{100 * rec.min():.1f}",
+                                       "spread (max - min)": f"{100 * (rec.max() - rec.min()):.1f}"}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "method"
+    return out
+
+
+def plot_ablation(results: Sequence[experiment.RunResult], metrics: Sequence[str] = ("GAcc", "20-PGD")):
+    """Paper Fig. 3: GAcc and 20-PGD RAcc of AT, D-A, D-B, D-(A+B) = DPAAT, one panel per model."""
+    s = summary(results, metrics)
+    models = list(dict.fromkeys(s.index.get_level_values("model")))
+    labels = [ABLATION_LABELS[m] for m in profiles.ABLATION_METHODS]
+    fig = _figure(4.8 * len(models), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, len(models), squeeze=False).ravel())
+    colors = ["#1f77b4", "#ff7f0e", "#17becf", "#d62728"]
+    for ax, model in zip(axes, models):
+        sub = s.xs(model, level="model")
+        width = 0.8 / len(labels)
+        for j, (m, lab) in enumerate(zip(profiles.ABLATION_METHODS, labels)):
+            key = LABELS[m]
+            if key not in sub.index:
+                continue
+            xs = np.arange(len(metrics)) + (j - (len(labels) - 1) / 2) * width
+            vals = [100 * sub.loc[key, ("mean", c)] for c in metrics]
+            err = [100 * sub.loc[key, ("std", c)] for c in metrics] if int(sub.loc[key, ("n", "")]) > 1 else None
+            bars = ax.bar(xs, vals, width, yerr=err, label=lab, color=colors[j])
+            ax.bar_label(bars, fmt="%.1f", fontsize=6)
+        ax.set_xticks(range(len(metrics)), ["GAcc (clean)" if c == "GAcc" else f"RAcc {c}" for c in metrics])
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"{model}: ablation (ours)")
+        ax.legend(fontsize=7, loc="lower right")
+    return _done(fig)
+
+
+def plot_radius_heatmaps(results: Sequence[experiment.RunResult]):
+    """Per-epoch distribution of the per-sample radii (epoch x radius bin; colour = share of training
+    images) for every run that keeps radii (AMAT, DPAAT, D-A)."""
+    runs = [r for r in results if r.history["epochs"] and "radius_hist" in r.history["epochs"][0]
+            and r.config.method.name != "d-b"]
+    runs = sorted(runs, key=lambda r: (r.config.model, _method_key(r.config.method.label), r.config.train.seed))
+    fig = _figure(4.2 * max(1, len(runs)), 3.4)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(runs)), squeeze=False).ravel())
+    for ax, r in zip(axes, runs):
+        ep = r.history["epochs"]
+        hist = np.array([e["radius_hist"] for e in ep], dtype=float)
+        share = hist / np.maximum(hist.sum(1, keepdims=True), 1)
+        top = ep[0]["radius_hist_max"]
+        im = ax.imshow(share.T, origin="lower", aspect="auto", cmap="viridis", vmin=0,
+                       extent=(0.5, len(ep) + 0.5, 0, top))
+        ax.plot(range(1, len(ep) + 1), [e["radius_mean"] for e in ep], color="white", lw=1, label="mean")
+        ax.axhline(r.config.method.eps0, color="red", lw=0.8, ls="--", label="eps0")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("per-sample radius eps_i (L2)")
+        ax.set_title(f"{r.config.model}: {r.config.method.label}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        fig.colorbar(im, ax=ax, label="share of training images")
+    return _done(fig)
+
+
+def plot_training_curves(results: Sequence[experiment.RunResult]):
+    """Training loss and validation accuracy per epoch, one line per method, one row per model. The
+    kept checkpoint (best validation accuracy) is marked."""
+    models = list(dict.fromkeys(r.config.model for r in results))
+    colors = _method_colors()
+    fig = _figure(10, 3.2 * len(models))
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    for i, model in enumerate(models):
+        for r in sorted((r for r in results if r.config.model == model), key=lambda r: _method_key(r.config.method.label)):
+            ep = r.history["epochs"]
+            e = [x["epoch"] for x in ep]
+            lab = r.config.method.label + (f" s{r.config.train.seed}" if r.config.train.seed else "")
+            c = colors.get(r.config.method.label)
+            axes[i, 0].plot(e, [x.get("train_loss", np.nan) for x in ep], color=c, label=lab)
+            axes[i, 1].plot(e, [100 * x["val_acc"] for x in ep], color=c, label=lab)
+            b = r.history.get("best_epoch")
+            if b:
+                axes[i, 1].scatter([b], [100 * ep[b - 1]["val_acc"]], color=c, marker="*", s=60, zorder=3)
+        axes[i, 0].set_title(f"{model}: training loss (each method's own objective)", fontsize=9)
+        axes[i, 1].set_title(f"{model}: validation accuracy (clean; * = kept checkpoint)", fontsize=9)
+        for ax in axes[i]:
+            ax.set_xlabel("epoch")
+            ax.legend(fontsize=7)
+        axes[i, 1].set_ylabel("%")
+    return _done(fig)
+
+
+def plot_gradcam_grid(cams: dict[str, dict], classes: Sequence[str], model: str = ""):
+    """Paper Fig. 4: one row per image (grouped by class); columns: the image, then each method's
+    Grad-CAM overlay (``gradcam.overlay``); the lesion mask outline where known."""
+    from . import gradcam
+
+    methods = list(cams)
+    first = cams[methods[0]]
+    n = len(first["image_ids"])
+    fig = _figure(1.9 * (len(methods) + 1), 1.9 * n + 0.4)
+    axes = fig.subplots(n, len(methods) + 1, squeeze=False)
+    for i in range(n):
+        img = first["images"][i]
+        lab = classes[int(first["labels"][i])]
+        axes[i, 0].imshow(img)
+        axes[i, 0].set_ylabel(f"{lab}\n{first['image_ids'][i]}", fontsize=7)
+        masks = first.get("masks")
+        if masks is not None:
+            axes[i, 0].contour(np.asarray(masks[i], dtype=float), levels=[0.5], colors="w", linewidths=0.6)
+        for j, m in enumerate(methods, start=1):
+            c = cams[m]
+            axes[i, j].imshow(gradcam.overlay(c["images"][i], c["cams"][i]))
+            if c.get("energy_in_mask") is not None:
+                axes[i, j].set_xlabel(f"in mask {float(c['energy_in_mask'][i]):.2f}", fontsize=7)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("image", fontsize=9)
+    for j, m in enumerate(methods, start=1):
+        axes[0, j].set_title(m, fontsize=9)
+    fig.suptitle(f"Grad-CAM {model}".strip(), fontsize=10)
+    return _done(fig)
+
+
+# --------------------------------------------------------------------------
+# Sentences and small tables for the "what it shows" sections
+# --------------------------------------------------------------------------
+
+def method_difference(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
+                      metrics: Sequence[str] = ("GAcc", "20-PGD"), scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """Seed means of methods ``a`` and ``b`` and their difference, per model and metric (formatted)."""
+    s = summary(results, metrics)
+    rows = []
+    for model in dict.fromkeys(s.index.get_level_values("model")):
+        if (model, a) not in s.index or (model, b) not in s.index:
+            continue
+        for c in metrics:
+            va, vb = s.loc[(model, a), ("mean", c)], s.loc[(model, b), ("mean", c)]
+            rows.append({"model": model, "metric": c, a: fmt(va, scale=scale, digits=digits),
+                         b: fmt(vb, scale=scale, digits=digits), f"{a} - {b}": f"{scale * (va - vb):+.{digits}f}",
+                         "seeds": int(s.loc[(model, a), ("n", "")])})
+    return pd.DataFrame(rows)
+
+
+def ablation_claims(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """The paper's four statements about Fig. 3, checked on our ablation runs (seed means, per model):
+    D-A's GAcc above AT's; D-A's 20-PGD close to AT's (within 2 points); D-B's GAcc the highest;
+    D-(A+B)'s 20-PGD the highest."""
+    s = summary(results, ("GAcc", "20-PGD"))["mean"]
+    rows = []
+    for model in dict.fromkeys(s.index.get_level_values("model")):
+        sub = s.xs(model, level="model")
+        need = {"AT", "D-A", "D-B", "DPAAT"}
+        if not need <= set(sub.index):
+            continue
+        g, r = 100 * sub["GAcc"], 100 * sub["20-PGD"]
+        checks = [
+            ("D-A: higher GAcc than AT", g["D-A"] > g["AT"], f"D-A {g['D-A']:.1f} vs AT {g['AT']:.1f}"),
+            ("D-A: 20-PGD RAcc similar to AT (within 2 points)", abs(r["D-A"] - r["AT"]) <= 2,
+             f"D-A {r['D-A']:.1f} vs AT {r['AT']:.1f}"),
+            ("D-B: highest GAcc of the four", g.idxmax() == "D-B" and (g == g.max()).sum() == 1,
+             ", ".join(f"{k} {v:.1f}" for k, v in g.sort_values(ascending=False).items())),
+            ("D-(A+B) = DPAAT: highest 20-PGD RAcc", r.idxmax() == "DPAAT" and (r == r.max()).sum() == 1,
+             ", ".join(f"{k} {v:.1f}" for k, v in r.sort_values(ascending=False).items())),
+        ]
+        rows += [{"model": model, "paper's statement": c, "holds here": "yes" if ok else "no", "ours (%)": txt}
+                 for c, ok, txt in checks]
+    return pd.DataFrame(rows)
+
+
+def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] = ()) -> str:
+    """Markdown list of where this profile's runs differ from the paper (computed from the profile)."""
+    from .models import PAPER_MODELS
+
+    c = results[0].config if results else None
+    pretrained = c is not None and c.train.weights is not None
+    lines = [
+        "- **Threat model**: the paper does not state the norm or eps. We read them from its step size 0.15, "
+        f"its 7 steps and its identical 20/50-step PGD numbers: training adversary PGD-L2 with eps0 = {prof.eps0}, "
+        f"{prof.train_steps} steps of {prof.train_step_size}; FGSM and I-FGSM evaluated in Linf at eps = 2/255, "
+        "20/50-step PGD in L2 at eps0 (chapter 3).",
+        "- **Initialisation**: " + ("two-phase fine-tuning from local ImageNet weights, as the paper."
+                                    if pretrained else "training from scratch; the paper fine-tunes ImageNet "
+                                    "weights, which cannot be downloaded on the machines that built this book."),
+        "- **Unstated hyper-parameters**: DPAAT's step length eta "
+        f"({'eps0 per nat' if prof.eta is None else prof.eta}), radius bounds [0, 2 eps0], "
+        f"lambda = {prof.lam}, mu = the {prof.mu} mean; AMAT's threshold from a trained STD model; "
+        "flip augmentation; early stopping on a validation set carved from the 800 training images.",
+        f"- **Split**: {'lesion-aware' if prof.lesion_aware else 'image-level'} (no lesion on two sides); "
+        "the paper's split is not described and HAM10000 has several images of one lesion (chapter 2).",
+        f"- **Data**: {'the SYNTHETIC stand-in, not HAM10000' if prof.synthetic else 'HAM10000 as published at 200x150 px (the original is 600x450)'}; "
+        f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299).",
+        f"- **Resolution**: {prof.image_size} px (paper: 224 px, InceptionV3 299 px).",
+        f"- **Models**: {', '.join(prof.models)}"
+        + ("" if set(prof.models) == set(PAPER_MODELS) else f" (paper: {', '.join(PAPER_MODELS)})")
+        + f"; up to {prof.epochs} epochs, patience {prof.patience}, batch size {prof.batch_size} "
+          "(paper: 50 epochs after 10 head epochs; ablation batch 64, 100 epochs).",
+        f"- **Seeds**: {', '.join(map(str, prof.seeds))}; the paper reports single runs without seeds.",
+    ]
+    return "\n".join(lines)
+
+
+def leakage_text(summary_: dict | None, result: experiment.RunResult) -> str:
+    """Chapter 2's leakage paragraph (or why it is missing)."""
+    if summary_ is None:
+        return ("The split summary is not stored with the results and the data are not available: pass "
+                "`data_root` to compute it.")
+    aware, image = summary_["lesion_aware"], summary_["image_level"]
+    share = 100 * image["test_images_with_lesion_in_training"] / max(image["n_test"], 1)
+    return (f"With the same per-class counts and seed, a plain image-level split would put "
+            f"**{image['test_images_with_lesion_in_training']} of {image['n_test']} test images** ({share:.1f}%) "
+            f"beside another image of the same lesion in training or validation ({image['shared_lesions']} "
+            f"lesions on both sides). The lesion-aware split used here has "
+            f"{aware['test_images_with_lesion_in_training']} such images. The split stored with run "
+            f"`{result.run_id}` {'is' if stored_split_matches(result, summary_) else 'is NOT'} the one "
+            "recomputed here. Available per class: "
+            + ", ".join(f"{c} {summary_['available'][c]['images']} images of {summary_['available'][c]['lesions']} "
+                        "lesions" for c in summary_["data"]["classes"])
+            + ".")

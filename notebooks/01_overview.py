@@ -1,0 +1,96 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 1. Overview: what DPAAT does, and the headline numbers
+#
+# **Goal.** Show the idea of Dynamic Perturbation-Adaptive Adversarial Training (Li et al.,
+# arXiv 2403.06798) in one figure, and put the paper's headline result (its Table I, all six
+# CNNs: clean accuracy GAcc and robust accuracy under 20-step PGD) beside what this book's runs
+# measured. Everything on this page is computed by `dpaat_lib`; the chapters that follow
+# take each table and figure of the paper in turn.
+
+# %% tags=["parameters"]
+profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles)
+data_root = None  # HAM10000 folder (official layout); None: synthetic (quick) or the stored results
+results_root = "results"  # relative paths are relative to the repository root
+models = None  # None: the profile's models
+methods = None  # None: this chapter's methods (STD, AT, SAT, AMAT, DPAAT)
+image_size = None  # None: the profile's
+epochs = None  # None: the profile's
+seeds = None  # None: the profile's
+device = "cpu"
+
+# %%
+from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
+from dpaat_lib import profiles
+
+# %% [markdown]
+# ## Compute or load
+#
+# `report.load_grid` loads every run of the profile from `results/<profile>/`, or trains and
+# evaluates the missing ones (the quick profile takes a few minutes on a CPU the first time).
+
+# %%
+prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
+                                 methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device,
+                                 image_size=image_size, epochs=epochs)
+report.profile_banner(prof, results)
+
+# %% [markdown]
+# ## DPAAT in one figure
+#
+# Every training image i has its own perturbation radius eps_i. For each batch, DPAAT attacks
+# each image within its radius (PGD-L2), measures how much the attack raised its loss,
+# dL_i = CE(x'_i) - CE(x_i), and compares it with the batch mean mu. Relatively fragile images
+# (dL_i > mu) get a smaller radius next time, relatively stable ones a larger one, by a length
+# proportional to how far dL_i lies from mu (eq. 15). The model is trained on the clean and the
+# adversarial loss plus a symmetric-KL term that keeps the clean and adversarial predictions
+# together (eq. 11-12). The curves below are drawn by the library's own update rule
+# (`dpaat_lib.methods.DPAAT.step_length` and its clip), with this profile's eps0.
+
+# %%
+report.plot_dpaat_rule(eps0=prof.eps0, eta=prof.eta)
+
+# %% [markdown]
+# ## The headline table: paper beside ours
+#
+# GAcc (clean test accuracy) and RAcc under 20-step PGD (L2, eps0), in percent. Ours are per
+# model (mean ± std over seeds when there are several); the paper's are its average over all six
+# CNNs.
+
+# %%
+report.headline(results)
+
+# %%
+report.md(report.group_note(prof.models))
+
+# %% [markdown]
+# ## What it shows
+
+# %% tags=["hide-input"]
+report.md(
+    f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "
+    f"20-step PGD: {report.rank_sentence(results, '20-PGD')}.\n\n"
+    f"**The paper's claim.** Over its six CNNs the paper reports DPAAT at "
+    f"{report.paper_value('I', 'all_six', 'DPAAT', 'GAcc'):.2f}% clean and "
+    f"{report.paper_value('I', 'all_six', 'DPAAT', '20-PGD'):.2f}% under 20-PGD, against AT's "
+    f"{report.paper_value('I', 'all_six', 'AT', 'GAcc'):.2f}% and "
+    f"{report.paper_value('I', 'all_six', 'AT', '20-PGD'):.2f}%: DPAAT "
+    f"{report.paper_value('I', 'all_six', 'DPAAT', 'GAcc') - report.paper_value('I', 'all_six', 'AT', 'GAcc'):+.2f} "
+    f"and {report.paper_value('I', 'all_six', 'DPAAT', '20-PGD') - report.paper_value('I', 'all_six', 'AT', '20-PGD'):+.2f} "
+    f"points, from single runs.\n\n"
+    f"**DPAAT minus AT here, on the same test images:**\n\n"
+    + report.comparison_sentence(results, "DPAAT", "AT")
+    + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
+       if prof.synthetic else "")
+)

@@ -1,0 +1,105 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 8. Grad-CAM: the paper's Fig. 4, measured
+#
+# **Goal.** Reproduce Fig. 4: Grad-CAM maps (pytorch-grad-cam, last convolutional block) of
+# STD, AT and DPAAT on correctly predicted test images of each class. The paper judges them
+# by eye ("DPAAT covers the lesion regions"); beside the pictures we measure them on a larger
+# sample of test images: deletion and insertion curves (how fast the class probability falls
+# when the most relevant pixels are blurred away, or rises when only they are kept), the ROAD
+# score, and, on the synthetic data whose lesion masks are known, the share of the map's
+# energy inside the lesion.
+
+# %% tags=["parameters"]
+profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles)
+data_root = None  # HAM10000 folder (official layout); None: synthetic (quick) or the stored results
+results_root = "results"  # relative paths are relative to the repository root
+models = None  # None: the profile's models
+methods = None  # None: this chapter's methods (STD, AT, DPAAT)
+image_size = None  # None: the profile's
+epochs = None  # None: the profile's
+seeds = None  # None: the profile's
+device = "cpu"
+n_show = 2  # images per class in the figure
+n_score = 10  # images per class for the scores
+
+# %%
+from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
+
+# %%
+prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
+                                 methods=methods or ("std", "at", "dpaat"), seeds=seeds, device=device,
+                                 image_size=image_size, epochs=epochs)
+out = report.results_dir(prof, results_root)
+shown = report.figure_models(prof)  # the paper: ResNet34 and MobileNetV2
+classes = results[0].config.data.classes
+report.profile_banner(prof, results)
+
+# %% [markdown]
+# ## Maps of correctly predicted test images
+#
+# Columns: the image (white outline: the lesion mask, where known), then each method's
+# Grad-CAM for the true class, each scaled to [0, 1] on its own. Images are chosen at random
+# (seeded) among those all three methods classify correctly.
+
+# %%
+ids, note = report.gradcam_selection(results, shown[0], n_per_class=n_show)
+cams = report.gradcam_results(results, shown[0], ids, out, data_root, device)
+report.md(f"{shown[0]}: {len(ids)} {note}.")
+
+# %%
+report.plot_gradcam_grid(cams, classes, shown[0])
+
+# %%
+ids_2, note_2 = report.gradcam_selection(results, shown[-1], n_per_class=n_show)
+cams_2 = report.gradcam_results(results, shown[-1], ids_2, out, data_root, device)
+(report.plot_gradcam_grid(cams_2, classes, shown[-1]) if len(shown) > 1 else
+ report.md(f"This profile has one model ({shown[0]}); the paper also shows MobileNetV2."))
+
+# %% [markdown]
+# ## Scores on more images
+
+# %%
+score_tables = {}
+for m in shown:
+    score_ids, score_note = report.gradcam_selection(results, m, n_per_class=n_score, seed=1)
+    score_tables[m] = report.gradcam_scores(report.gradcam_results(results, m, score_ids, out, data_root, device))
+    score_tables[m].attrs["note"] = score_note
+report.md("\n\n".join(f"**{m}**: {t['images'].iloc[0]} {t.attrs['note']}." for m, t in score_tables.items()))
+
+# %%
+score_tables[shown[0]]
+
+# %%
+score_tables[shown[1]] if len(shown) > 1 else None
+
+# %% [markdown]
+# ## What it shows
+
+# %% tags=["hide-input"]
+t = score_tables[shown[0]].astype({c: float for c in score_tables[shown[0]].columns if c != "images"})
+has_mask = "energy in lesion mask" in t.columns
+report.md(
+    f"On {shown[0]}, the lowest deletion AUC (most faithful by that measure) is {t['deletion AUC (lower = better)'].idxmin()}'s, "
+    f"the highest insertion AUC {t['insertion AUC (higher = better)'].idxmax()}'s and the highest ROAD score "
+    f"{t['ROAD (higher = better)'].idxmax()}'s"
+    + (f"; the largest share of map energy inside the lesion is {t['energy in lesion mask'].idxmax()}'s "
+       f"({t['energy in lesion mask'].max():.3f}, against {t['lesion area share (uniform map)'].iloc[0]:.3f} for a "
+       f"uniform map)" if has_mask else "; lesion masks are not available for these data, so the share of energy in the "
+       "lesion cannot be measured")
+    + ". The paper's Fig. 4 shows hand-picked examples; these are random correct images, scored on a sample, "
+      "from a single training run per method."
+    + (f"\n\nThese are SYNTHETIC data at {prof.image_size} px: the last convolutional block sees a few pixels "
+       "per side, so the maps are coarse." if prof.synthetic else "")
+)

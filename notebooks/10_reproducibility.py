@@ -1,0 +1,85 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10. Reproducibility: environment, runs, how to re-run, deviations
+#
+# **Goal.** Say exactly what produced this book: the software and machine that executed the
+# pages, every run shown (its id is the hash of its full configuration, which names its folder
+# under `results/<profile>/`), how to re-run each chapter, and every way in which these runs
+# differ from the paper.
+
+# %% tags=["parameters"]
+profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles)
+data_root = None  # HAM10000 folder (official layout); None: synthetic (quick) or the stored results
+results_root = "results"  # relative paths are relative to the repository root
+models = None  # None: the profile's models
+methods = None  # None: this chapter's methods (every method of the book)
+image_size = None  # None: the profile's
+epochs = None  # None: the profile's
+seeds = None  # None: the profile's
+device = "cpu"
+
+# %%
+from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
+from dpaat_lib import profiles
+
+# %%
+prof, main = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
+                              methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device,
+                              image_size=image_size, epochs=epochs)
+_, ablation = report.load_grid(profile, data_root=data_root, results_root=results_root,
+                               models=models or prof.ablation_models, methods=("d-a", "d-b"), seeds=seeds,
+                               device=device, image_size=image_size, epochs=epochs)
+results = main + ablation
+report.profile_banner(prof, results)
+
+# %% [markdown]
+# ## Environment of this execution
+
+# %%
+report.md(report.environment(device))
+
+# %% [markdown]
+# ## Every run in the book
+#
+# A run is identified by `<model>-<method>-s<seed>-<hash>`, the hash being the first 12 hex
+# digits of the SHA-256 of its configuration (`config.json` in its folder). The data enter the
+# configuration by a digest of their content (metadata rows and image ids), never by path, so a
+# fresh clone finds the same results.
+
+# %%
+report.runs_frame(results)
+
+# %% [markdown]
+# The full configuration of the DPAAT run, as stored in its folder:
+
+# %%
+report.md(report.config_json(next(r for r in results if r.config.method.name == "dpaat")))
+
+# %% [markdown]
+# ## How to re-run
+#
+# Every chapter is a text notebook in `notebooks/` (jupytext percent format) whose first code
+# cell holds its parameters; runs that are already in `results/<profile>/` are loaded, missing
+# ones are trained (resumable: an interrupted run continues from its last epoch). The command
+# line trains a profile's grid without the book (`python -m dpaat_lib grid --profile cpu-real
+# --data /path/to/HAM10000 --results results/cpu-real`).
+
+# %%
+report.md(report.papermill_commands(prof.name))
+
+# %% [markdown]
+# ## Deviations from the paper
+
+# %%
+report.md(report.deviations(prof, results))

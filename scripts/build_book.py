@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Execute the book's notebooks for one profile and build the HTML.
+
+    python scripts/build_book.py --profile quick --out _build/quick [--data DIR] [--device cpu]
+                                 [--skip-execute] [--chapters 04 05]
+    python scripts/build_book.py --profile quick --out .      # the published book/ and _build/html
+
+Steps: convert ``notebooks/NN_*.py`` (jupytext percent format) to notebooks
+with the ``python3`` kernel; execute each with papermill (parameters
+``profile``, ``device`` and ``data_root``; the kernel's working directory is
+``<out>/book``) into ``<out>/book/NN_*.ipynb``; copy ``_config.yml``,
+``_toc.yml`` and ``book/intro.md`` to ``<out>``; run
+``jupyter-book build <out> -W -n --keep-going``; then ``scripts/check_book.py``.
+
+Results always go to ``results/<profile>/`` of the repository, whatever
+``--out`` is (``dpaat_lib.report`` resolves paths against the repository).
+Run it with the project's environment (``.venv/bin/python``): the kernel is
+that interpreter (its folder is put first on PATH for papermill).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BOOK_FILES = ("_config.yml", "_toc.yml", "book/intro.md")
+
+
+def tool(name: str) -> str:
+    """An executable of this interpreter's environment (a venv's bin/), else from PATH."""
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"build_book: cannot find {name!r} beside {sys.executable} or on PATH; "
+                 "install the project's book requirements (jupyter-book>=1,<2, jupytext, papermill)")
+    return found
+
+
+def kernel_env() -> dict:
+    """papermill starts the 'python3' kernel with the command 'python': make it this interpreter."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def clean_metadata(path: Path) -> None:
+    """Drop papermill's timings and timestamps so a re-execution changes only what changed."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+    pm = nb.get("metadata", {}).get("papermill")
+    if pm is not None:
+        nb["metadata"]["papermill"] = {"parameters": pm.get("parameters", {})}
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([str(c) for c in cmd], **kw)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="quick", help="quick | cpu-real | paper (default quick)")
+    p.add_argument("--out", default=None, help="build folder (default _build/<profile>); '.' builds the "
+                                               "published book/ in place")
+    p.add_argument("--data", help="HAM10000 folder (official layout), passed as data_root")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-execute", action="store_true", help="use the executed notebooks already in <out>/book")
+    p.add_argument("--chapters", nargs="+", help="execute only these chapters (e.g. 04 08); others are kept")
+    p.add_argument("--no-html", action="store_true", help="execute only; no jupyter-book build or check")
+    args = p.parse_args(argv)
+
+    out = Path(args.out or f"_build/{args.profile}").resolve()
+    book = out / "book"
+    book.mkdir(parents=True, exist_ok=True)
+    sources = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+    if args.chapters:
+        sources = [s for s in sources if any(s.name.startswith(c) for c in args.chapters)]
+    env = kernel_env()
+    print(f"build_book: profile {args.profile}, output {out}, kernel python {sys.executable}", flush=True)
+
+    if not args.skip_execute:
+        total = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            for src in sources:
+                plain = Path(tmp) / (src.stem + ".ipynb")
+                conv = run([sys.executable, "-m", "jupytext", "--to", "ipynb", "--set-kernel", "python3",
+                            "--quiet", src, "-o", plain], capture_output=True, text=True)
+                if conv.returncode:
+                    print(conv.stdout + conv.stderr, file=sys.stderr)
+                    return 1
+                target = book / plain.name
+                cmd = [sys.executable, "-m", "papermill", plain, target, "-k", "python3", "--cwd", book,
+                       "--no-progress-bar", "-p", "profile", args.profile, "-p", "device", args.device]
+                if args.data:
+                    cmd += ["-p", "data_root", str(Path(args.data).resolve())]
+                print(f"  {src.stem:22s} executing ...", end="", flush=True)
+                t0 = time.perf_counter()
+                res = run(cmd, env=env, capture_output=True, text=True, cwd=book)
+                dt = time.perf_counter() - t0
+                if res.returncode:
+                    print(f" FAILED after {dt:.1f}s\n{res.stderr[-6000:]}", file=sys.stderr)
+                    print(f"build_book: the failed notebook (with its error) is {target}", file=sys.stderr)
+                    return 1
+                clean_metadata(target)
+                print(f" done in {dt:.1f}s", flush=True)
+        print(f"build_book: executed {len(sources)} notebook(s) in {time.perf_counter() - total:.1f}s", flush=True)
+
+    if args.no_html:
+        return 0
+    if out != REPO:
+        for f in BOOK_FILES:
+            (out / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, out / f)
+    t0 = time.perf_counter()
+    jb = run([tool("jupyter-book"), "build", out, "-W", "-n", "--keep-going"], env=env,
+             capture_output=True, text=True)
+    if jb.returncode:
+        print(jb.stdout[-3000:] + "\n" + jb.stderr[-6000:], file=sys.stderr)
+        print(f"build_book: jupyter-book build failed (exit {jb.returncode})", file=sys.stderr)
+        return jb.returncode
+    print(f"build_book: HTML built in {time.perf_counter() - t0:.1f}s: {out / '_build' / 'html' / 'index.html'}")
+    return run([sys.executable, REPO / "scripts" / "check_book.py", out]).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Fast tests of dpaat_lib.report (no training, no data): the paper's tables, the side-by-side
+tables, group averages only for complete groups, the profile banner, paths, the paired
+comparison, the eps-curve store and the book checker."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dpaat_lib import profiles, report, store
+from dpaat_lib.experiment import RunResult
+from dpaat_lib.models import GROUPS
+
+REPO = Path(__file__).resolve().parents[1]
+ATTACKS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD")
+
+
+def fake_result(model: str, method: str, seed: int = 0, acc: float = 0.5, tmp: Path | None = None,
+                preds: pd.DataFrame | None = None) -> RunResult:
+    """A RunResult with made-up metrics: every RAcc = acc - 0.1, GAcc = acc, Table II scores = acc."""
+    prof = profiles.get_profile("quick")
+    data = profiles.data_config(prof, digest="0123456789abcdef")
+    cfg = profiles.run_config(prof, model, method, seed, data)
+    metrics = {"GAcc": acc, "RAcc": {a: acc - 0.1 for a in ATTACKS}, "mAP": acc, "mARP": acc - 0.1,
+               "precision": acc, "recall": acc, "f1": acc,
+               "confusion": {"clean": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}}
+    history = {"finished": True, "epochs": [{"epoch": 1, "seconds": 1.0, "val_acc": acc}], "best_epoch": 1}
+    if preds is None:
+        preds = pd.DataFrame({"image_id": ["a"], "label": [0], "pred_clean": [0]})
+    return RunResult(cfg, (tmp or Path("/nonexistent")) / cfg.run_id, history, metrics, preds)
+
+
+def test_paper_tables_have_the_published_shape_and_values():
+    t1, t2 = report.paper_table1(), report.paper_table2()
+    assert t1.shape == (15, 8) and list(t1.columns) == ["group", "method", *report.TABLE1_COLUMNS]
+    assert t2.shape == (12, 7) and list(t2.columns) == ["group", "method", *report.TABLE2_COLUMNS]
+    assert set(t1["group"]) == set(report.PAPER_GROUPS) == set(GROUPS)
+    assert "STD" not in set(t2["method"])
+    assert report.paper_value("I", "all_six", "DPAAT", "GAcc") == pytest.approx(70.71)
+    assert report.paper_value("I", "widely_used", "STD", "20-IFGSM") == pytest.approx(0.04)
+    assert report.paper_value("II", "all_six", "DPAAT", "mAP") == pytest.approx(0.8317)
+    assert np.isnan(report.paper_value("II", "all_six", "STD", "mAP"))
+
+
+def test_paper_tables_match_the_shared_copy_when_present():
+    shared = REPO.parent / "shared" / "paper"
+    if not (shared / "table1_robustness.csv").exists():
+        pytest.skip("no shared/paper beside the checkout")
+    pd.testing.assert_frame_equal(report.paper_table1(), pd.read_csv(shared / "table1_robustness.csv"))
+    pd.testing.assert_frame_equal(report.paper_table2(), pd.read_csv(shared / "table2_precision.csv"))
+
+
+def test_fmt_rounds_and_shows_spread_only_for_several_seeds():
+    assert report.fmt(0.71234) == "71.2"
+    assert report.fmt(0.71234, 0.0123, n=3) == "71.2 ± 1.2"
+    assert report.fmt(0.71234, 0.0123, n=1) == "71.2"
+    assert report.fmt(float("nan")) == "—"
+    assert report.fmt(0.8317, scale=1.0, digits=3) == "0.832"
+
+
+def test_side_by_side_aligns_methods_and_metrics():
+    results = [fake_result("smallcnn", m, acc=0.5 + 0.05 * i) for i, m in enumerate(profiles.MAIN_METHODS)]
+    t = report.side_by_side(results, "I")
+    assert t.index.names == ["metric", "method"]
+    assert list(t.columns) == ["ours: smallcnn", "paper: widely_used", "paper: lightweight", "paper: all_six"]
+    assert len(t) == len(report.TABLE1_COLUMNS) * 5
+    # ours in percent: DPAAT is the 5th method, acc 0.7
+    assert t.loc[("GAcc", "DPAAT"), "ours: smallcnn"] == "70.0"
+    assert t.loc[("20-PGD", "DPAAT"), "ours: smallcnn"] == "60.0"
+    # the paper's number of the same row, as published
+    assert t.loc[("GAcc", "DPAAT"), "paper: all_six"] == "70.71"
+    assert t.loc[("20-PGD", "AT"), "paper: lightweight"] == "61.35"
+    t2 = report.side_by_side(results, "II")
+    assert t2.loc[("mAP", "STD"), "paper: all_six"] == "—"
+    assert t2.loc[("mAP", "DPAAT"), "paper: all_six"] == "0.8317"
+    assert t2.loc[("mAP", "DPAAT"), "ours: smallcnn"] == "0.700"
+
+
+def test_mean_and_std_over_seeds():
+    results = [fake_result("smallcnn", "at", seed=s, acc=a) for s, a in ((0, 0.6), (1, 0.7))]
+    t = report.ours_table(results, "I")
+    assert t.loc[("smallcnn", "AT"), "GAcc"] == f"65.0 ± {100 * np.std([0.6, 0.7], ddof=1):.1f}"
+    assert t.loc[("smallcnn", "AT"), "seeds"] == "2"
+
+
+def test_group_average_only_for_complete_groups():
+    wide = GROUPS["widely_used"]
+    full = [fake_result(m, meth, acc=0.5 + 0.1 * k) for k, m in enumerate(wide) for meth in ("at", "dpaat")]
+    t = report.side_by_side(full, "I")
+    assert "ours: widely_used" in t.columns and "ours: all_six" not in t.columns
+    assert t.loc[("GAcc", "AT"), "ours: widely_used"] == "60.0"  # mean of 50, 60, 70
+    partial = [r for r in full if r.config.model != wide[-1]]
+    t = report.side_by_side(partial, "I")
+    assert not any(c.startswith("ours: widely") for c in t.columns)
+    assert "complete none" in report.group_note(m for m in wide[:2])
+    assert "widely_used" in report.group_note(wide)
+
+
+def test_profile_banner_says_synthetic_for_quick_only():
+    quick = report.profile_banner(profiles.get_profile("quick")).data
+    assert "SYNTHETIC" in quick and "`quick`" in quick and "32 px" in quick
+    real = report.profile_banner(profiles.get_profile("cpu-real")).data
+    assert "SYNTHETIC" not in real and "real HAM10000" in real
+
+
+def test_make_profile_with_data_switches_quick_to_real_data():
+    p = report.make_profile("quick", data_root="/some/where", epochs=None)
+    assert p.source == "ham10000" and (p.n_train, p.n_val, p.n_test) == (800, 80, 299)
+    assert report.make_profile("quick").synthetic
+    assert report.make_profile("quick", epochs=2).epochs == 2
+
+
+def test_paths_resolve_against_the_repository(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert report.repo_root() == REPO
+    assert report.resolve_path("results") == REPO / "results"
+    assert report.resolve_path(None, "results") == REPO / "results"
+    assert report.resolve_path(tmp_path / "x") == tmp_path / "x"
+    assert report.results_dir(profiles.get_profile("quick"), None) == REPO / "results" / "quick"
+
+
+def test_paired_comparison_counts_discordant_images():
+    ids = [f"i{k}" for k in range(10)]
+    label = [0] * 10
+    a = pd.DataFrame({"image_id": ids, "label": label, "pred_clean": [0] * 8 + [1] * 2})
+    b = pd.DataFrame({"image_id": ids, "label": label, "pred_clean": [0] * 5 + [1] * 5})
+    res = [fake_result("smallcnn", "dpaat", preds=a), fake_result("smallcnn", "at", preds=b)]
+    t = report.paired_comparison(res, "DPAAT", "AT", attacks=("clean",))
+    row = t.iloc[0]
+    assert row["diff"] == pytest.approx(30.0) and row["a_only"] == 3 and row["b_only"] == 0
+    assert row["p"] == pytest.approx(0.25)
+    assert "Single training seed" in report.comparison_sentence(res, "DPAAT", "AT", attacks=("clean",))
+
+
+def test_eps_curve_loads_stored_json_and_needs_a_checkpoint_otherwise(tmp_path):
+    r = fake_result("smallcnn", "dpaat", tmp=tmp_path)
+    assert report.eps_curve(r.config, tmp_path, norm="l2") is None
+    path = report.eps_curve_path(r.config, tmp_path, "l2", report.DEFAULT_EPS["l2"])
+    assert path.parent == tmp_path / r.run_id and path.name.startswith("eps_curve-l2-")
+    stored = {"norm": "l2", "eps": list(report.DEFAULT_EPS["l2"]), "acc": [0.9, 0.8, 0.7, 0.5, 0.3]}
+    store.write_json(path, stored)
+    assert report.eps_curve(r.config, tmp_path, norm="l2") == stored
+    # another radius list is another file
+    assert report.eps_curve_path(r.config, tmp_path, "l2", (0.0, 0.5)) != path
+    frame = report.eps_curve_frame({("smallcnn", "DPAAT", 0): stored})
+    assert list(frame.columns) == ["0", "0.25", "0.5", "1", "1.5"] and frame.iloc[0, 0] == "90.0"
+
+
+def test_check_book_reports_missing_pages_and_figures(tmp_path):
+    script = REPO / "scripts" / "check_book.py"
+    res = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
+    assert res.returncode == 1 and "does not exist" in res.stderr
+    html = tmp_path / "_build" / "html"
+    (html / "book").mkdir(parents=True)
+    (html / "index.html").write_text("<html></html>")
+    (html / "_images").mkdir()
+    (html / "_images" / "f.png").write_bytes(b"png")
+    for ch in report.CHAPTERS:
+        (html / "book" / f"{ch}.html").write_text('<img src="../_images/f.png" alt="">')
+    res = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (html / "book" / "06_confusion.html").write_text("<p>no figure</p>")
+    res = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
+    assert res.returncode == 1 and "06_confusion.html: no figure" in res.stderr
+
+
+def test_notebooks_define_no_functions_and_have_parameters_and_a_title():
+    nbs = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert [p.stem for p in nbs] == list(report.CHAPTERS)
+    for p in nbs:
+        text = p.read_text()
+        code = "\n" + "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert "\ndef " not in code and "\nclass " not in code and "lambda" not in code, p.name
+        assert '# %% tags=["parameters"]' in text, p.name
+        first_md = text.split("# %% [markdown]\n", 1)[1]
+        assert first_md.startswith("# # "), f"{p.name}: the first markdown cell must start with a # Title"
+        for name in ("profile", "data_root", "results_root", "models", "methods", "image_size", "epochs",
+                     "seeds", "device"):
+            assert f"\n{name} = " in text, f"{p.name}: parameter {name} missing"
+
+
+def test_toc_lists_every_chapter():
+    toc = (REPO / "_toc.yml").read_text()
+    for ch in report.CHAPTERS:
+        assert f"file: book/{ch}" in toc
+    assert json.dumps("off") in (REPO / "_config.yml").read_text()
