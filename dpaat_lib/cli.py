@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,7 +25,7 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--profile", default=default_profile, choices=list(profiles.PROFILES))
     p.add_argument("--data", help="folder of a HAM10000 copy (official layout); without it the quick profile "
                                   "uses the synthetic stand-in")
-    p.add_argument("--results", default="results", help="results store (default: ./results)")
+    p.add_argument("--results", help="results store (default: ./results/<profile>, as the book)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
     p.add_argument("--models", nargs="+", choices=list_models())
     p.add_argument("--methods", nargs="+", choices=METHODS)
@@ -41,13 +42,10 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
 
 
 def _grid(args, models, methods) -> int:
-    over = {"image_size": args.image_size, "epochs": args.epochs, "seeds": args.seeds}
-    if args.data:
-        over["source"] = "ham10000"
-        if args.profile == "quick":  # the paper's split sizes; the quick profile's small ones are for synthetic
-            over.update(n_train=800, n_val=80, n_test=299)
-    prof = profiles.get_profile(args.profile, **over)
-    data = experiment.resolve_data(profiles.data_config(prof), args.data, args.results)
+    prof = profiles.profile_for(args.profile, args.data, image_size=args.image_size, epochs=args.epochs,
+                                seeds=args.seeds)
+    results = args.results or str(Path("results") / prof.name)  # as the book: results/<profile>
+    data = experiment.resolve_data(profiles.data_config(prof), args.data, results)
     print(prof.describe(), flush=True)
     cfgs = profiles.configs(prof, data, models=models, methods=methods)
     if args.shard:
@@ -55,7 +53,8 @@ def _grid(args, models, methods) -> int:
     if args.weights:
         digest = experiment.weights_digest(args.weights)
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
-    done = grid.run_grid(cfgs, results=args.results, data_root=args.data, device=args.device,
+    print(f"results: {results}", flush=True)
+    done = grid.run_grid(cfgs, results=results, data_root=args.data, device=args.device,
                          progress=not args.no_progress, time_budget_s=args.time_budget, weights_path=args.weights)
     if done:
         table = grid.results_table(done)

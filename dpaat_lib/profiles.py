@@ -77,6 +77,24 @@ def get_profile(name: str, **overrides) -> Profile:
     return replace(PROFILES[name], **clean)
 
 
+PAPER_SPLIT = {"n_train": 800, "n_val": 80, "n_test": 299}
+
+
+def profile_for(name: str, data_root=None, **overrides) -> Profile:
+    """The profile ``name`` with its overrides (None values ignored, as papermill parameters are).
+
+    A synthetic profile given a ``data_root`` runs on that HAM10000 copy with
+    the paper's split sizes (800/299 per class) unless they are overridden:
+    ``dpaat quick --data DIR`` is the quick run on real data.
+    """
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if data_root is not None and PROFILES[name].synthetic and "source" not in over:
+        over["source"] = "ham10000"
+        for k, v in PAPER_SPLIT.items():
+            over.setdefault(k, v)
+    return get_profile(name, **over)
+
+
 def data_config(p: Profile, digest: str = "") -> DataConfig:
     return DataConfig(source=p.source, digest=digest, image_size=p.image_size, n_train=p.n_train, n_val=p.n_val,
                       n_test=p.n_test, lesion_aware=p.lesion_aware)

@@ -53,7 +53,6 @@ METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d
 ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = DPAAT"}
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
 CURVE_ATTACK = {"linf": "20-IFGSM", "l2": "20-PGD"}
-PAPER_SPLIT = {"n_train": 800, "n_val": 80, "n_test": 299}
 CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
             "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility")
 
@@ -91,18 +90,8 @@ def results_dir(prof: profiles.Profile, results_root=None) -> Path:
 
 
 def make_profile(profile: str = "quick", *, data_root=None, **overrides) -> profiles.Profile:
-    """The profile with its overrides (None values ignored, as papermill parameters are).
-
-    As on the command line, the quick profile given a ``data_root`` runs on
-    that HAM10000 copy with the paper's split sizes (800/299 per class) unless
-    they are overridden; without one it uses the synthetic stand-in.
-    """
-    over = {k: v for k, v in overrides.items() if v is not None}
-    if data_root is not None and profiles.PROFILES[profile].synthetic and "source" not in over:
-        over["source"] = "ham10000"
-        for k, v in PAPER_SPLIT.items():
-            over.setdefault(k, v)
-    return profiles.get_profile(profile, **over)
+    """The profile with its overrides; see :func:`dpaat_lib.profiles.profile_for`."""
+    return profiles.profile_for(profile, data_root, **overrides)
 
 
 def load_grid(profile: str = "quick", *, data_root=None, results_root=None, models=None,
