@@ -41,6 +41,12 @@ class Profile:
     lesion_aware: bool = True
     bf16: bool = False
     channels_last: bool = False
+    # The stronger evaluation of chapter 11 (dpaat_lib.robustness); evaluation only, never part of a
+    # RunConfig or a run's identity. strong_images: balanced test subset (None: the whole test set);
+    # apgd_steps: APGD-CE/DLR iterations (AutoAttack: 100); square_queries: Square's query budget.
+    strong_images: int | None = None
+    apgd_steps: int = 100
+    square_queries: int = 1000
 
     @property
     def synthetic(self) -> bool:
@@ -56,11 +62,12 @@ class Profile:
 
 PROFILES = {
     "quick": Profile("quick", "synthetic", ("smallcnn",), ("smallcnn",), image_size=32, n_train=100, n_val=20,
-                     n_test=40, epochs=8, patience=3),
+                     n_test=40, epochs=8, patience=3, strong_images=60, apgd_steps=20, square_queries=200),
     # What two CPU cores afford in well under an hour: the paper's split of real HAM10000, a small CNN at
     # 32 px (the torchvision CNNs' last feature map is 1x1 at that size, which makes Grad-CAM meaningless).
     "cpu-real": Profile("cpu-real", "ham10000", ("smallcnn",), ("smallcnn",), image_size=32,
-                        n_train=800, n_val=80, n_test=299, epochs=12, patience=4),
+                        n_train=800, n_val=80, n_test=299, epochs=12, patience=4, strong_images=90,
+                        apgd_steps=50, square_queries=300),
     "paper": Profile("paper", "ham10000", PAPER_MODELS, ("resnet34", "mobilenet_v2"), image_size=224,
                      n_train=800, n_val=80, n_test=299, epochs=60, patience=5, bf16=True, channels_last=True),
 }

@@ -54,7 +54,7 @@ ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = D
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
 CURVE_ATTACK = {"linf": "20-IFGSM", "l2": "20-PGD"}
 CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
-            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility")
+            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks")
 
 
 # --------------------------------------------------------------------------
@@ -1140,3 +1140,413 @@ def leakage_text(summary_: dict | None, result: experiment.RunResult) -> str:
             + ", ".join(f"{c} {summary_['available'][c]['images']} images of {summary_['available'][c]['lesions']} "
                         "lesions" for c in summary_["data"]["classes"])
             + ".")
+
+
+# --------------------------------------------------------------------------
+# Chapter 11: stronger attacks, the worst case, gradient-masking checks, cost
+# --------------------------------------------------------------------------
+
+STRONG_CHECK_LABELS = {"more_steps": "more steps", "restarts": "more restarts", "eps_to_zero": "eps grows -> 0",
+                       "blackbox_not_stronger": "black box not stronger"}
+_NORM_NAME = {"linf": "Linf", "l2": "L2"}
+
+
+def run_eps(config: RunConfig) -> tuple[float, float]:
+    """The run's own evaluation radii (Linf, L2): those of its paper attacks (2/255 and eps0)."""
+    from .attacks import L2_EPS, LINF_EPS
+
+    linf = next((a.eps for a in config.eval_attacks if a.norm == "linf"), LINF_EPS)
+    l2 = next((a.eps for a in config.eval_attacks if a.norm == "l2"), L2_EPS)
+    return float(linf), float(l2)
+
+
+def strong_suite_for(prof: profiles.Profile, config: RunConfig):
+    """APGD-CE, APGD-DLR and Square in Linf and L2 at the run's radii, with the profile's budget
+    (``apgd_steps``, ``square_queries``), seeded with the run's seed (:func:`robustness.strong_suite`)."""
+    from . import robustness
+
+    return robustness.strong_suite(*run_eps(config), apgd_steps=prof.apgd_steps,
+                                   square_queries=prof.square_queries, seed=config.train.seed)
+
+
+def strong_masking_options(prof: profiles.Profile) -> dict:
+    """The masking checks scaled to the profile's APGD budget s: APGD-CE with s/4, s and 2s steps (the
+    suite's own s is reused, 2s goes beyond it; APGD-DLR runs at 2s for the black-box check); 1, 2 and 4
+    restarts of the s/4-step attack; 20-step PGD over the default radii up to a large one.
+    For the paper profile (s = 100) that is 25, 100 and 200 steps."""
+    s = int(prof.apgd_steps)
+    return {"steps": sorted({max(1, s // 4), s, 2 * s}), "restarts": [1, 2, 4], "pgd_steps": 20}
+
+
+def strong_evaluations(results: Sequence[experiment.RunResult], prof: profiles.Profile, results_dir,
+                       data_root=None, device: str = "cpu", cache_dir=None) -> tuple[dict, list[str]]:
+    """:func:`dpaat_lib.robustness.robust_eval_result` for every run, with the profile's suite, subset
+    (``strong_images``) and masking options: load ``<run>/robustness-<hash>.json`` or compute and store it.
+
+    Returns ({(model, method label, seed): result}, run ids left out because they have neither the
+    stored file nor a checkpoint to compute it). The test set is decoded once per data configuration.
+    """
+    from . import robustness
+
+    masking = strong_masking_options(prof)
+    out, missing, tensors = {}, [], {}
+    for r in results:
+        c = r.config
+        suite = strong_suite_for(prof, c)
+        path = robustness.robust_eval_path(c, results_dir, suite, prof.strong_images, masking=masking)
+        t = None
+        if not path.exists():
+            if not (store.RunDir(results_dir, c.run_id).ckpt / "best.pt").exists():
+                missing.append(c.run_id)
+                continue
+            if c.data not in tensors:
+                tensors[c.data] = experiment.load_data(c.data, resolve_path(data_root), cache_dir)[1]
+            t = tensors[c.data]
+        out[(c.model, c.method.label, c.train.seed)] = robustness.robust_eval_result(
+            c, results=results_dir, data_root=resolve_path(data_root), device=device, cache_dir=cache_dir,
+            suite=suite, n_images=prof.strong_images, masking=masking, tensors=t)
+    return out, missing
+
+
+def _sorted_items(evals: dict):
+    return sorted(evals.items(), key=lambda kv: (kv[0][0], _method_key(kv[0][1]), kv[0][2]))
+
+
+def _pct(v) -> str:
+    return fmt(float(v)) if v is not None else "—"
+
+
+def strong_settings(prof: profiles.Profile, evals: dict) -> str:
+    """One paragraph: which attacks, budgets, images and checks the chapter's numbers come from."""
+    m = strong_masking_options(prof)
+    n = sorted({int(e["n_images"]) for e in evals.values()})
+    images = (f"{n[0]} test images" if len(n) == 1 else f"{', '.join(map(str, n))} test images") if n else "—"
+    subset = ("the whole test set" if prof.strong_images is None else
+              f"a class-balanced subset of the first {prof.strong_images} test images ({images})")
+    return (f"**Attacks** (profile `{prof.name}`): APGD-CE and APGD-DLR with {prof.apgd_steps} steps and "
+            f"Square with {prof.square_queries} queries (AutoAttack's defaults: 100 and 5000), each in Linf "
+            "(eps = 2/255) and L2 (eps = eps0), one restart, seeded with the run's seed, on "
+            f"{subset}; the paper's attacks are read from the same images' stored predictions. "
+            f"**Masking checks**: APGD-CE with {'/'.join(map(str, m['steps']))} steps; "
+            f"{'/'.join(map(str, m['restarts']))} restarts of the {min(m['steps'])}-step attack; "
+            f"{m['pgd_steps']}-step PGD as eps grows to a large radius; Square against the worst case of every "
+            "white-box attack at the paper's radius. A check tolerates one image of noise.")
+
+
+def strong_table(evals: dict) -> pd.DataFrame:
+    """Per run: accuracy (%) clean, under the paper's Linf and L2 attacks and the strong suite (same
+    images), the per-image worst case per norm, over the paper's five attacks and over all attacks.
+    A worst case counts an image as robust only if it is correct clean and under every attack named."""
+    rows = {}
+    for key, e in _sorted_items(evals):
+        ra, wc = e["robust_accuracy"], e["worst_case"]
+        rows[key] = {
+            "images": str(e["n_images"]), "clean": _pct(e["clean_accuracy"]),
+            "Linf: 20-IFGSM (paper)": _pct(ra.get("20-IFGSM")), "Linf: APGD-CE": _pct(ra.get("APGD-CE-Linf")),
+            "Linf: APGD-DLR": _pct(ra.get("APGD-DLR-Linf")), "Linf: Square": _pct(ra.get("Square-Linf")),
+            "Linf: worst case": _pct(wc.get("all_linf")),
+            "L2: 20-PGD (paper)": _pct(ra.get("20-PGD")), "L2: 50-PGD (paper)": _pct(ra.get("50-PGD")),
+            "L2: APGD-CE": _pct(ra.get("APGD-CE-L2")), "L2: APGD-DLR": _pct(ra.get("APGD-DLR-L2")),
+            "L2: Square": _pct(ra.get("Square-L2")), "L2: worst case": _pct(wc.get("all_l2")),
+            "worst case, paper's 5 attacks": _pct(wc.get("paper")), "worst case, all attacks": _pct(wc.get("all")),
+        }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method", "seed"])
+    return out
+
+
+def strong_beside_paper(evals: dict, group: str = "all_six") -> pd.DataFrame:
+    """The paper's published 20-IFGSM and 20-PGD (``group`` average, %) beside ours on the evaluated
+    images: the same attack and the per-image worst case of its norm."""
+    rows = {}
+    for (model, meth, seed), e in _sorted_items(evals):
+        ra, wc = e["robust_accuracy"], e["worst_case"]
+        rows[(model, meth, seed)] = {
+            f"paper ({group}): 20-IFGSM": fmt(paper_value("I", group, meth, "20-IFGSM"), scale=1.0, digits=2),
+            "ours: 20-IFGSM": _pct(ra.get("20-IFGSM")), "ours: worst case Linf": _pct(wc.get("all_linf")),
+            f"paper ({group}): 20-PGD": fmt(paper_value("I", group, meth, "20-PGD"), scale=1.0, digits=2),
+            "ours: 20-PGD": _pct(ra.get("20-PGD")), "ours: worst case L2": _pct(wc.get("all_l2"))}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method", "seed"])
+    return out
+
+
+def _accs(values) -> str:
+    return ", ".join(f"{100 * v:.1f}" for v in values)
+
+
+def _eps_text(norm: str, values) -> str:
+    return ", ".join((f"{v * 255:.3g}/255" if norm == "linf" else f"{v:.3g}") for v in values)
+
+
+def masking_numbers(check: dict) -> str:
+    """The key numbers of one masking check, in words (accuracy in %)."""
+    d, name = check["detail"], check["check"]
+    if name == "more_steps":
+        s = (f"{d['attack']} with {'/'.join(map(str, d['steps']))} steps: {_accs(d['accuracy'])}%")
+        return s + ("" if d.get("converged", True) else "; still falling at the most steps (not converged)")
+    if name == "restarts":
+        return (f"{d['attack']} with {'/'.join(map(str, d['restarts']))} restarts: {_accs(d['accuracy'])}%"
+                + ("" if d.get("converged", True) else "; the last restarts still found new examples"))
+    if name == "eps_to_zero":
+        return (f"{d['attack']} at eps {_eps_text(d['norm'], d['eps'])}: {_accs(d['accuracy'])}% "
+                f"({'monotone' if d['monotone'] else 'RISES'}; largest radius allows <= "
+                f"{100 * d['max_final_correct'] / max(d['n_images'], 1):.1f}%)")
+    if name == "blackbox_not_stronger":
+        return (f"worst case of the white-box attacks {100 * d['white_acc']:.1f}%, {d['black_attack']} "
+                f"{100 * d['black_acc']:.1f}%; images fooled only by the black box: "
+                f"{d.get('fooled_only_by_black_box', '—')}")
+    return json.dumps(d, sort_keys=True)
+
+
+def masking_summary(evals: dict) -> pd.DataFrame:
+    """Pass / FAIL of each masking check per norm, one row per run, and whether all passed."""
+    rows = {}
+    for key, e in _sorted_items(evals):
+        row = {}
+        for c in e.get("masking") or []:
+            norm = c["detail"]["norm"]
+            row[f"{STRONG_CHECK_LABELS.get(c['check'], c['check'])} ({_NORM_NAME[norm]})"] = \
+                "pass" if c["passed"] else "FAIL"
+        row["all checks"] = ("—" if e.get("masking_passed") is None else
+                             ("pass" if e["masking_passed"] else "FAIL"))
+        rows[key] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method", "seed"])
+    return out
+
+
+def _masking_columns(check: dict) -> dict:
+    """A check's numbers as short table cells: attack, what varies, its values, accuracy (%), note."""
+    d, name = check["detail"], check["check"]
+    if name in ("more_steps", "restarts"):
+        key = "steps" if name == "more_steps" else "restarts"
+        note = "" if d.get("converged", True) else \
+            ("not converged" if name == "more_steps" else "last restarts still found new examples")
+        return {"attack": d["attack"], "varied": key, "values": ", ".join(map(str, d[key])),
+                "accuracy (%)": _accs(d["accuracy"]), "note": note}
+    if name == "eps_to_zero":
+        allowed = 100 * d["max_final_correct"] / max(d["n_images"], 1)
+        return {"attack": d["attack"], "varied": "eps", "values": _eps_text(d["norm"], d["eps"]),
+                "accuracy (%)": _accs(d["accuracy"]),
+                "note": f"{'monotone' if d['monotone'] else 'RISES'}; <= {allowed:.1f}% allowed at the largest"}
+    if name == "blackbox_not_stronger":
+        return {"attack": f"{d['black_attack']} vs white box", "varied": "attack",
+                "values": f"white-box worst, {d['black_attack']}",
+                "accuracy (%)": _accs([d["white_acc"], d["black_acc"]]),
+                "note": f"fooled only by the black box: {d.get('fooled_only_by_black_box', '—')}"}
+    return {"attack": "", "varied": "", "values": "", "accuracy (%)": "", "note": json.dumps(d, sort_keys=True)}
+
+
+def masking_detail(evals: dict) -> pd.DataFrame:
+    """Every masking check of every run: model, method, seed, norm, check, result and its key numbers
+    (short columns, so no cell is cut in the page)."""
+    rows = []
+    for (model, meth, seed), e in _sorted_items(evals):
+        for c in e.get("masking") or []:
+            rows.append({"model": model, "method": meth, "seed": seed, "norm": _NORM_NAME[c["detail"]["norm"]],
+                         "check": STRONG_CHECK_LABELS.get(c["check"], c["check"]),
+                         "result": "pass" if c["passed"] else "FAIL", **_masking_columns(c)})
+    return pd.DataFrame(rows)
+
+
+def plot_masking_eps(evals: dict):
+    """Robust accuracy against eps from the masking checks' sweep (20-step PGD), one panel per model
+    and norm, one line per method; dotted: the paper's radius; dashed: the largest accuracy the check
+    allows at the largest radius."""
+    models = list(dict.fromkeys(k[0] for k, _ in _sorted_items(evals)))
+    colors = _method_colors()
+    fig = _figure(9, 3.4 * max(1, len(models)))
+    axes = fig.subplots(max(1, len(models)), 2, squeeze=False)
+    for i, model in enumerate(models):
+        for j, norm in enumerate(("linf", "l2")):
+            ax = axes[i, j]
+            limit, radius, ticks = None, None, set()
+            for (mod, meth, seed), e in _sorted_items(evals):
+                checks = [c for c in e.get("masking") or [] if c["check"] == "eps_to_zero"
+                          and c["detail"]["norm"] == norm]
+                if mod != model or not checks:
+                    continue
+                d = checks[0]["detail"]
+                scale = 255 if norm == "linf" else 1
+                ax.plot(np.array(d["eps"]) * scale, 100 * np.array(d["accuracy"]), marker="o",
+                        color=colors.get(meth), label=meth + (f" s{seed}" if seed else ""))
+                limit = 100 * d["max_final_correct"] / max(d["n_images"], 1)
+                radius = run_eps_from_detail(e, norm) * scale
+                ticks |= {float(v) * scale for v in d["eps"]}
+            if limit is not None:
+                ax.axhline(limit, color="k", ls="--", lw=0.8, label="allowed at the largest eps")
+            if radius is not None:
+                ax.axvline(radius, color="k", ls=":", lw=0.8, label="paper's radius")
+                ax.set_xscale("symlog", linthresh=radius)
+            if ticks:
+                ax.set_xticks(sorted(ticks), [f"{t:.3g}" for t in sorted(ticks)], fontsize=7)
+                ax.set_xlim(0, 1.15 * max(ticks))
+            ax.set_xlabel("eps x 255 (Linf)" if norm == "linf" else "eps (L2)")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(-2, 100)
+            ax.set_title(f"{model}: 20-step PGD, {_NORM_NAME[norm]}", fontsize=9)
+            ax.legend(fontsize=7)
+    return _done(fig)
+
+
+def run_eps_from_detail(evaluation: dict, norm: str) -> float:
+    """The paper's radius in ``norm`` that a stored evaluation's suite used."""
+    return float(next(a["eps"] for a in evaluation["spec"]["suite"] if a["norm"] == norm))
+
+
+def _eps_failure_reading(check: dict) -> str:
+    """For a failed eps check: did the sweep reach the allowed accuracy at some radius (then lose it), or never?"""
+    if check["check"] != "eps_to_zero":
+        return ""
+    d = check["detail"]
+    allowed = d["max_final_correct"]
+    low = min(range(len(d["correct"])), key=lambda i: (d["correct"][i], i))
+    e = _eps_text(d["norm"], [d["eps"][low]])
+    if d["correct"][low] <= allowed:
+        return (f". It was already down to {100 * d['accuracy'][low]:.1f}% at eps {e} and rose again: the "
+                "most likely the fixed-step PGD's last iterate overshooting at a larger radius rather than "
+                "gradients that lead nowhere")
+    return (f". It never got below {100 * d['accuracy'][low]:.1f}% (at eps {e}): gradients that lead nowhere "
+            "cannot be ruled out")
+
+
+def strong_findings(evals: dict, missing: Sequence[str] = (), synthetic: bool = False) -> str:
+    """The chapter's "what it shows", computed from the stored evaluations (Markdown)."""
+    if not evals:
+        return ("No stronger evaluation is stored for these runs and no checkpoint is here to compute one "
+                f"({len(missing)} run(s) without either); train the grid here or copy the runs' ckpt/ folders.")
+    parts = []
+    n = sorted({int(e["n_images"]) for e in evals.values()})
+    point = 100 / n[0]
+    lines = []
+    for (model, meth, seed), e in _sorted_items(evals):
+        ra, wc = e["robust_accuracy"], e["worst_case"]
+        d_l2 = 100 * (wc["all_l2"] - ra["20-PGD"])
+        d_linf = 100 * (wc["all_linf"] - ra["20-IFGSM"])
+        lines.append(f"{model} {meth}{f' (seed {seed})' if seed else ''}: 20-PGD {_pct(ra['20-PGD'])} -> worst case L2 "
+                     f"{_pct(wc['all_l2'])} ({d_l2:+.1f} points); 20-IFGSM {_pct(ra['20-IFGSM'])} -> worst case "
+                     f"Linf {_pct(wc['all_linf'])} ({d_linf:+.1f}); all attacks {_pct(wc['all'])}")
+    parts.append("**How much the stronger attacks take away** (worst case per image minus the paper's attack, "
+                 f"same {', '.join(map(str, n))} images; one image = {point:.1f} points):\n\n- " + "\n- ".join(lines))
+    # DPAAT against AT, under the paper's attack and under the worst case
+    by = evals
+    cmp = []
+    for (model, meth, seed), e in _sorted_items(evals):
+        if meth != "DPAAT" or (model, "AT", seed) not in by:
+            continue
+        a = by[(model, "AT", seed)]
+        p = 100 * (e["robust_accuracy"]["20-PGD"] - a["robust_accuracy"]["20-PGD"])
+        w = 100 * (e["worst_case"]["all_l2"] - a["worst_case"]["all_l2"])
+        cmp.append(f"{model}: DPAAT minus AT is {p:+.1f} points under 20-PGD and {w:+.1f} under the L2 worst case"
+                   + (" (the sign changes)" if p * w < 0 else ""))
+    if cmp:
+        parts.append("**DPAAT against AT**: " + "; ".join(cmp) + ". These are single training runs: whether a "
+                     "difference exceeds the run-to-run variation of training needs several seeds (chapter 4).")
+    # the paper's own attacks: already at the worst case?
+    same = [f"{k[0]} {k[1]}" for k, e in _sorted_items(evals)
+            if abs(e["worst_case"]["all_l2"] - e["robust_accuracy"]["20-PGD"]) < 1e-9]
+    parts.append(f"The paper's 20-PGD already reaches the L2 worst case for {len(same)} of {len(evals)} runs"
+                 + (f" ({', '.join(same)})" if same and len(same) < len(evals) else "")
+                 + ": where it does, the stronger attacks find no image it missed, and the paper's number is "
+                   "not inflated by a weak attack at this budget.")
+    # masking
+    fails = [(k, c) for k, e in _sorted_items(evals) for c in (e.get("masking") or []) if not c["passed"]]
+    unconverged = [(k, c) for k, e in _sorted_items(evals) for c in (e.get("masking") or [])
+                   if c["check"] == "more_steps" and not c["detail"].get("converged", True)]
+    n_checks = sum(len(e.get("masking") or []) for e in evals.values())
+    if not fails:
+        parts.append(f"**Gradient masking**: every run passes all {n_checks} checks: more steps and restarts never "
+                     "raise robust accuracy, accuracy falls to about zero as eps grows, and Square finds no image "
+                     "the white-box attacks missed. Passing is necessary, not sufficient (Carlini et al. 2019): "
+                     "it rules out the common kinds of masking, not every adaptive attack.")
+    else:
+        meaning = {"more_steps": "more steps raised accuracy: the attack's optimisation is erratic (noisy or "
+                                 "masked gradients), so the fewer-step numbers are not reliable upper bounds",
+                   "restarts": "more restarts raised accuracy, which a deterministic evaluation cannot do "
+                               "(the first restart is identical): a bug or a non-deterministic model",
+                   "eps_to_zero": "a gradient attack with an ever larger budget should drive accuracy to about "
+                                  "zero and never let it rise; where it does not, either the gradients lead "
+                                  "nowhere (masking) or the fixed-step PGD (step 2.5 eps / steps) overshoots at "
+                                  "large radii, which APGD's adaptive step avoids: the table's APGD numbers at "
+                                  "the paper's radius are then the ones to trust",
+                   "blackbox_not_stronger": "a black-box search beat the gradient attacks: the signature of "
+                                            "masked gradients; the white-box numbers overstate robustness"}
+        items = [f"{k[0]} {k[1]}, {STRONG_CHECK_LABELS[c['check']]} ({_NORM_NAME[c['detail']['norm']]}): "
+                 f"{masking_numbers(c)}{_eps_failure_reading(c)}." for k, c in fails]
+        kinds = list(dict.fromkeys(c["check"] for _, c in fails))
+        parts.append(f"**Gradient masking**: {len(fails)} of {n_checks} checks fail:\n\n- " + "\n- ".join(items)
+                     + "\n\nWhat a failure means: " + "; ".join(f"*{STRONG_CHECK_LABELS[k]}*: {meaning[k]}"
+                                                              for k in kinds) + ".")
+    if unconverged:
+        parts.append("Not converged (accuracy still fell by more than one image at the largest step count): "
+                     + "; ".join(f"{k[0]} {k[1]} {_NORM_NAME[c['detail']['norm']]}" for k, c in unconverged)
+                     + ". For those runs even the worst case is an upper bound on the true robust accuracy.")
+    if missing:
+        parts.append(f"{len(missing)} run(s) have neither a stored stronger evaluation nor a checkpoint and are "
+                     f"not shown: {', '.join(missing)}.")
+    if synthetic:
+        parts.append("These are SYNTHETIC data: the numbers test the evaluation, not the paper.")
+    return "\n\n".join(parts)
+
+
+def passes_per_batch(method: MethodConfig) -> tuple[str, int]:
+    """Forward-backward passes per training batch (attack steps + training passes) and their total, from the
+    method's code: STD 1; AT k + 1; SAT, DPAAT, D-A, D-B k + 2; AMAT at most k + 2 (it attacks only the
+    correctly classified images), with k the training attack's steps (7)."""
+    k = int(method.attack.steps)
+    if method.name == "std":
+        return "1", 1
+    if method.name == "at":
+        return f"{k} + 1", k + 1
+    if method.name == "amat":
+        return f"<= {k} + 2", k + 2
+    return f"{k} + 2", k + 2
+
+
+def _cost_rows(results: Sequence[experiment.RunResult]) -> list[dict]:
+    """Per run (sorted): model, method, seed, epochs, median seconds per epoch, its ratio to STD's, passes."""
+    med = {r.run_id: float(np.median([e["seconds"] for e in r.history["epochs"]])) for r in results}
+    std = {(r.config.model, r.config.train.seed): r for r in results if r.config.method.name == "std"}
+    rows = []
+    for r in sorted(results, key=lambda r: (r.config.model, _method_key(r.config.method.label), r.config.train.seed)):
+        base = std.get((r.config.model, r.config.train.seed))
+        rel = med[r.run_id] / med[base.run_id] if base is not None and med[base.run_id] > 0 else float("nan")
+        text, total = passes_per_batch(r.config.method)
+        rows.append({"model": r.config.model, "method": r.config.method.label, "seed": r.config.train.seed,
+                     "epochs": len(r.history["epochs"]), "median": med[r.run_id], "rel": rel, "passes": text,
+                     "passes_total": f"{'<= ' if '<=' in text else ''}{total}"})
+    return rows
+
+
+def strong_cost_table(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """Per run: epochs run, median seconds per training epoch (stored history), its ratio to the median of
+    the STD run of the same model and seed, and the forward-backward passes per batch (:func:`passes_per_batch`)
+    with their ratio to STD's one."""
+    return pd.DataFrame([
+        {"model": r["model"], "method": r["method"], "seed": r["seed"], "epochs run": r["epochs"],
+         # fixed width, so the text table keeps its layout when the nbval sanitizer blanks timings
+         "median s/epoch": f"{r['median']:8.1f} s/epoch",
+         "median relative to STD": f"x{r['rel']:6.1f}" if np.isfinite(r["rel"]) else "—",
+         "passes per batch": r["passes"], "passes relative to STD": r["passes_total"]}
+        for r in _cost_rows(results)])
+
+
+def strong_cost_findings(results: Sequence[experiment.RunResult]) -> str:
+    """The cost paragraph: measured median ratios beside the pass counts, with the caveat on how they were
+    measured."""
+    rows = _cost_rows(results)
+    if not rows:
+        return "No runs."
+    parts = [f"{r['model']} {r['method']}: measured " + (f"x{r['rel']:.1f}" if np.isfinite(r["rel"]) else "—")
+             + f" (passes {r['passes_total']})" for r in rows if r["method"] != "STD"]
+    return ("**Cost relative to STD** (median seconds per training epoch, from each run's stored history; "
+            "forward-backward passes per batch in brackets): " + "; ".join(parts) + ". "
+            "The runs behind this book were trained on a shared CPU, partly at the same time as other runs, so "
+            "the measured ratios are indicative only; the pass counts are what the methods cost on any machine. "
+            "AT, SAT, AMAT and DPAAT all pay for the same 7-step attack per batch; DPAAT's radius update and "
+            "synchronisation loss add no pass, so its cost equals SAT's and exceeds AT's by one forward-backward "
+            "pass of the clean batch.")

@@ -105,7 +105,9 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, "-m", "papermill", plain, target, "-k", "python3", "--cwd", book,
                        "--no-progress-bar", "-p", "profile", args.profile, "-p", "device", args.device]
                 if args.data:
-                    cmd += ["-p", "data_root", str(Path(args.data).resolve())]
+                    # Relative to the checkout (report resolves it so), so the executed notebooks
+                    # stay valid in another clone with the data at the same place beside it.
+                    cmd += ["-p", "data_root", os.path.relpath(Path(args.data).resolve(), REPO)]
                 print(f"  {src.stem:22s} executing ...", end="", flush=True)
                 t0 = time.perf_counter()
                 res = run(cmd, env=env, capture_output=True, text=True, cwd=book)

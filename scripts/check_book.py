@@ -4,8 +4,8 @@
     python scripts/check_book.py <built dir>      # the folder that holds _build/html
 
 Jupyter Book 2 (and some misconfigurations) build nothing and still exit 0,
-so the build is checked by its output: ``_build/html/book/NN_*.html`` for the
-ten chapters, and at least one ``<img`` whose file exists on each chapter that
+so the build is checked by its output: ``_build/html/book/NN_*.html`` for every
+chapter, and at least one ``<img`` whose file exists on each chapter that
 should have a figure. Exits 1 with a message naming what is missing.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
-            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility")
+            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks")
 WITH_FIGURES = ("01_overview", "02_data", "04_robustness", "05_precision", "06_confusion", "07_ablation",
-                "08_gradcam", "09_dynamics")
+                "08_gradcam", "09_dynamics", "11_strong_attacks")
 IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", re.IGNORECASE)
 
 

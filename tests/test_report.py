@@ -189,3 +189,138 @@ def test_toc_lists_every_chapter():
     for ch in report.CHAPTERS:
         assert f"file: book/{ch}" in toc
     assert json.dumps("off") in (REPO / "_config.yml").read_text()
+
+
+# --------------------------------------------------------------------------
+# Chapter 11: stronger attacks, masking checks, cost
+# --------------------------------------------------------------------------
+
+def fake_strong_eval(cfg, *, fail: str | None = None, n: int = 60) -> dict:
+    """A stored robust_eval_result as the chapter reads it, with made-up accuracies; ``fail`` names a
+    masking check that fails (in L2)."""
+    paper = {"FGSM": 0.6, "10-IFGSM": 0.55, "20-IFGSM": 0.5, "20-PGD": 0.4, "50-PGD": 0.4}
+    strong = {"APGD-CE-Linf": 0.45, "APGD-DLR-Linf": 0.5, "Square-Linf": 0.7,
+              "APGD-CE-L2": 0.35, "APGD-DLR-L2": 0.4, "Square-L2": 0.65}
+    masking = []
+    for norm, eps in (("linf", 2 / 255), ("l2", 0.5)):
+        lab = "Linf" if norm == "linf" else "L2"
+        bad = norm == "l2"
+        masking += [
+            {"check": "more_steps", "passed": not (bad and fail == "more_steps"),
+             "detail": {"norm": norm, "eps": eps, "attack": f"APGD-CE-{lab}", "steps": [5, 20, 40],
+                        "accuracy": [0.5, 0.45, 0.45], "correct": [30, 27, 27], "n_images": n,
+                        "converged": True}},
+            {"check": "restarts", "passed": True,
+             "detail": {"norm": norm, "eps": eps, "attack": f"APGD-CE-{lab}", "restarts": [1, 2, 4],
+                        "accuracy": [0.5, 0.5, 0.5], "correct": [30, 30, 30], "n_images": n, "converged": True}},
+            {"check": "eps_to_zero", "passed": not (bad and fail == "eps_to_zero"),
+             "detail": {"norm": norm, "eps": [0.0, eps, 4 * eps, 0.3], "accuracy": [0.8, 0.45, 0.1, 0.0],
+                        "correct": [48, 27, 6, 0], "n_images": n, "monotone": True, "final_accuracy": 0.0,
+                        "max_final_correct": 6, "max_final_accuracy": 0.1, "attack": f"PGD-20-{lab}"}},
+            {"check": "blackbox_not_stronger", "passed": not (bad and fail == "blackbox_not_stronger"),
+             "detail": {"norm": norm, "eps": eps, "white_acc": 0.35, "black_acc": 0.65, "n_images": n,
+                        "black_attack": f"Square-{lab}", "fooled_only_by_black_box": 0}}]
+    return {"run_id": cfg.run_id, "n_images": n, "clean_accuracy": 0.8,
+            "robust_accuracy": {**paper, **strong},
+            "worst_case": {"paper": 0.4, "strong": 0.33, "all": 0.3, "all_linf": 0.43, "all_l2": 0.33},
+            "masking": masking, "masking_passed": all(c["passed"] for c in masking),
+            "spec": {"suite": [{"name": "APGD-CE-Linf", "norm": "linf", "eps": 2 / 255},
+                               {"name": "APGD-CE-L2", "norm": "l2", "eps": 0.5}]}}
+
+
+def test_profiles_carry_the_strong_evaluation_budget_outside_the_run_identity():
+    quick = profiles.get_profile("quick")
+    data = profiles.data_config(quick, digest="0123456789abcdef")
+    base = profiles.run_config(quick, "smallcnn", "dpaat", 0, data)
+    other = profiles.run_config(profiles.get_profile("quick", apgd_steps=7, strong_images=9, square_queries=3),
+                                "smallcnn", "dpaat", 0, data)
+    assert base.run_id == other.run_id
+    text = json.dumps(base.to_dict())
+    assert "apgd" not in text and "square" not in text and "strong" not in text
+
+
+def test_strong_suite_and_masking_scale_with_the_profile():
+    assert report.strong_masking_options(profiles.get_profile("paper"))["steps"] == [25, 100, 200]
+    quick = profiles.get_profile("quick")
+    m = report.strong_masking_options(quick)
+    assert m["steps"] == [5, 20, 40] and m["restarts"] == [1, 2, 4]
+    cfg = fake_result("smallcnn", "at", seed=3).config
+    suite = report.strong_suite_for(quick, cfg)
+    assert [a.name for a in suite] == ["APGD-CE-Linf", "APGD-DLR-Linf", "Square-Linf",
+                                       "APGD-CE-L2", "APGD-DLR-L2", "Square-L2"]
+    assert {a.seed for a in suite} == {3}
+    assert {a.steps for a in suite if a.kind != "square"} == {20}
+    assert {a.steps for a in suite if a.kind == "square"} == {200}
+    assert {a.eps for a in suite if a.norm == "l2"} == {cfg.method.eps0}
+    assert [a.eps for a in suite if a.norm == "linf"] == pytest.approx([2 / 255] * 3)
+
+
+def test_strong_evaluations_load_stored_results_and_list_runs_without_a_checkpoint(tmp_path):
+    from dpaat_lib import robustness
+
+    prof = profiles.get_profile("quick")
+    stored, bare = fake_result("smallcnn", "at", tmp=tmp_path), fake_result("smallcnn", "dpaat", tmp=tmp_path)
+    path = robustness.robust_eval_path(stored.config, tmp_path, report.strong_suite_for(prof, stored.config),
+                                       prof.strong_images, masking=report.strong_masking_options(prof))
+    assert path.parent == tmp_path / stored.run_id
+    store.write_json(path, fake_strong_eval(stored.config))
+    evals, missing = report.strong_evaluations([stored, bare], prof, tmp_path)
+    assert list(evals) == [("smallcnn", "AT", 0)] and missing == [bare.run_id]
+    assert evals[("smallcnn", "AT", 0)]["worst_case"]["all"] == 0.3
+    assert "60 test images" in report.strong_settings(prof, evals)
+
+
+def test_strong_tables_and_findings_from_stored_evaluations():
+    at, dp = (fake_result("smallcnn", m).config for m in ("at", "dpaat"))
+    evals = {("smallcnn", "DPAAT", 0): fake_strong_eval(dp, fail="blackbox_not_stronger"),
+             ("smallcnn", "AT", 0): fake_strong_eval(at)}
+    t = report.strong_table(evals)
+    assert list(t.index) == [("smallcnn", "AT", 0), ("smallcnn", "DPAAT", 0)]  # method order, not dict order
+    row = t.loc[("smallcnn", "AT", 0)]
+    assert (row["clean"], row["L2: 20-PGD (paper)"], row["L2: APGD-CE"], row["L2: worst case"],
+            row["worst case, all attacks"]) == ("80.0", "40.0", "35.0", "33.0", "30.0")
+    side = report.strong_beside_paper(evals)
+    assert side.loc[("smallcnn", "DPAAT", 0), "paper (all_six): 20-PGD"] == \
+        f"{report.paper_value('I', 'all_six', 'DPAAT', '20-PGD'):.2f}"
+    s = report.masking_summary(evals)
+    assert s.loc[("smallcnn", "AT", 0), "all checks"] == "pass"
+    assert s.loc[("smallcnn", "DPAAT", 0), "black box not stronger (L2)"] == "FAIL"
+    assert s.loc[("smallcnn", "DPAAT", 0), "black box not stronger (Linf)"] == "pass"
+    d = report.masking_detail(evals)
+    assert len(d) == 16 and (d["result"] == "FAIL").sum() == 1
+    first = d.iloc[0]
+    assert (first["attack"], first["varied"], first["values"], first["accuracy (%)"]) == \
+        ("APGD-CE-Linf", "steps", "5, 20, 40", "50.0, 45.0, 45.0")
+    assert d.drop(columns=["seed"]).map(len).max().max() <= 50  # pandas cuts longer cells in the page
+    text = report.strong_findings(evals, missing=["x"], synthetic=True)
+    assert "1 of 16 checks fail" in text and "signature of masked gradients" in text
+    assert "-7.0 points" in text  # 20-PGD 40.0 -> worst case L2 33.0
+    assert "SYNTHETIC" in text and "1 run(s)" in text
+    assert "every run passes all 8 checks" in report.strong_findings({("smallcnn", "AT", 0): evals[("smallcnn", "AT", 0)]})
+    assert "No stronger evaluation" in report.strong_findings({}, missing=["a"])
+    fig = report.plot_masking_eps(evals)
+    assert len(fig.axes) == 2
+
+
+def test_strong_cost_table_uses_medians_and_counts_passes(tmp_path):
+    runs = [fake_result("smallcnn", m) for m in ("std", "at", "sat", "amat", "dpaat")]
+    for r, secs in zip(runs, ([1.0, 1.0, 9.0], [8.0, 8.0, 1.0], [9.0], [5.0], [10.0, 8.0])):
+        r.history["epochs"] = [{"epoch": i + 1, "seconds": s, "val_acc": 0.5} for i, s in enumerate(secs)]
+    t = report.strong_cost_table(runs).set_index("method")
+    assert t.loc["AT", "median relative to STD"] == "x   8.0"
+    assert t.loc["DPAAT", "median relative to STD"] == "x   9.0"
+    assert t.loc["STD", "median s/epoch"] == "     1.0 s/epoch"
+    assert list(t["passes per batch"]) == ["1", "7 + 1", "7 + 2", "<= 7 + 2", "7 + 2"]
+    assert list(t["passes relative to STD"]) == ["1", "8", "9", "<= 9", "9"]
+    assert "shared CPU" in report.strong_cost_findings(runs)
+
+
+def test_a_failed_eps_check_says_whether_the_sweep_reached_zero_before():
+    cfg = fake_result("smallcnn", "amat").config
+    e = fake_strong_eval(cfg, fail="eps_to_zero")
+    text = report.strong_findings({("smallcnn", "AMAT", 0): e})
+    assert "already down to 0.0%" in text and "overshooting" in text
+    sweep = next(c for c in e["masking"] if c["check"] == "eps_to_zero" and c["detail"]["norm"] == "l2")
+    sweep["detail"]["correct"] = [48, 40, 30, 20]
+    sweep["detail"]["accuracy"] = [0.8, 40 / 60, 0.5, 20 / 60]
+    assert "never got below 33.3%" in report.strong_findings({("smallcnn", "AMAT", 0): e})
