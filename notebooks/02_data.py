@@ -70,7 +70,9 @@ report.md(report.leakage_text(summary, results[0]))
 # %% [markdown]
 # ## Example test images, as the models see them
 
-# %%
+# %% tags=["nbval-ignore-output"]
+# (nbval: this picture needs the data folder, which a re-execution may not have; real images
+# are never stored with the results, so without the data the cell says so instead.)
 examples = report.example_images(data, data_root, n_per_class=5)
 (report.plot_examples(*examples[:2], data.classes, examples[2]) if examples else
  report.md("Example images need the data (`data_root`); real images are never stored with the results."))
