@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from .attacks import AttackSpec, paper_attacks
 from .methods import MethodConfig
@@ -100,7 +100,3 @@ class RunConfig:
         return cls(model=d["model"], method=MethodConfig(**m), data=DataConfig(**data),
                    train=TrainConfig(**d["train"]),
                    eval_attacks=tuple(AttackSpec(**a) for a in d["eval_attacks"]))
-
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]

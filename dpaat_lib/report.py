@@ -353,7 +353,7 @@ def comparison_sentence(results: Sequence[experiment.RunResult], a: str = "DPAAT
                      f"({sign}; test images right only under {a}: {r['a_only']}, only under {b}: {r['b_only']}; "
                      f"McNemar p = {r['p']:.2f}, {verdict})")
     n_seeds = t.groupby("model")["seed"].nunique().max()
-    caveat = (f"Single training seed per method: a difference between two training runs also contains "
+    caveat = ("Single training seed per method: a difference between two training runs also contains "
               f"the run-to-run variation of training, which one seed cannot measure, so no difference "
               f"here is evidence for or against the paper." if n_seeds == 1 else
               f"{n_seeds} seeds per method; the McNemar test is per seed and covers the test sample only.")
