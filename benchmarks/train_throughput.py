@@ -7,13 +7,19 @@ batch 32 (method.md section 6), AT with the training adversary (PGD-L2, 7 steps)
     the CPU workers), no compilation;
 (b) library: ``dpaat_lib.training.train_epoch``: uint8 data resident on the
     device, flips there, bf16 autocast and channels_last on CUDA
-    (``--compile`` adds torch.compile).
+    (``--compile`` adds torch.compile);
+(c) with ``--procs N``: the library path in N processes at once on the same
+    card, as the grid runs (``dpaat grid --claim``): batch 32 leaves one
+    process's GPU mostly idle. Reported as the images/s of all N together.
 
-Prints images/s of each and the ratio (b)/(a), with the card's name. Speed is
-a ratio against a baseline run in the same process, never an absolute number
-in a test. Example (GPU)::
+Prints images/s of each and the ratios (b)/(a), (c)/(a), with the card's name.
+The first ``--warmup`` batches of every loop are not timed (cuDNN autotuning,
+lazy initialisation). ``--cost-model M`` adds one timed epoch of each method
+(STD, AT, SAT, AMAT, DPAAT) on the library path: seconds relative to STD.
+Speed is a ratio against a baseline run in the same process, never an absolute
+number in a test. Example (GPU)::
 
-    python benchmarks/train_throughput.py --device cuda --size 224 --images 2400
+    python benchmarks/train_throughput.py --device cuda --size 224 --images 1280 --procs 4
     python benchmarks/train_throughput.py --device cpu --size 32 --images 64 --models smallcnn   # smoke
 """
 from __future__ import annotations
@@ -21,7 +27,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -55,7 +66,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def paper_style_epoch(model_name, x, y, device, batch_size, workers) -> float:
+def paper_style_epoch(model_name, x, y, device, batch_size, workers, warmup: int = 2) -> float:
     torch.manual_seed(0)
     model = build_model(model_name).to(device)
     method = build_method(MethodConfig(name="at", attack=training_attack()), len(y))
@@ -63,36 +74,74 @@ def paper_style_epoch(model_name, x, y, device, batch_size, workers) -> float:
     loader = DataLoader(DecodedImages(x, y), batch_size=batch_size, shuffle=True, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=False)
     model.train()
-    _sync(device)
-    t0 = time.perf_counter()
-    for xb, yb, idx in loader:
+    t0, timed = None, 0
+    for b, (xb, yb, idx) in enumerate(loader):
+        if b == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         loss, _ = method.loss(model, xb, yb, idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        timed += len(yb) if t0 is not None else 0
     _sync(device)
-    return len(y) / (time.perf_counter() - t0)
+    return timed / (time.perf_counter() - t0)
 
 
-def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_model: bool) -> float:
+def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_model: bool, warmup: int = 2,
+                  method_name: str = "at") -> float:
     torch.manual_seed(0)
     model = build_model(model_name).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_model else model
     gen = torch.Generator(device=device).manual_seed(0)
-    method = build_method(MethodConfig(name="at", attack=training_attack()), len(y), generator=gen)
+    # AMAT's threshold comes from a trained STD model in a run; any value exercises the same passes here.
+    method = build_method(MethodConfig(name=method_name, attack=training_attack()), len(y), generator=gen,
+                          threshold=1.0 if method_name == "amat" else None)
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     xd, yd = x.to(device), y.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)).to(device)
+    kw = dict(batch_size=batch_size, flips=gen, channels_last=fast, autocast=autocast)
+    train_epoch(net, method, opt, xd, yd, order[:warmup * batch_size], **kw)  # untimed warm-up
     _sync(device)
     t0 = time.perf_counter()
-    train_epoch(net, method, opt, xd, yd, order, batch_size=batch_size, flips=gen, channels_last=fast,
-                autocast=autocast)
+    train_epoch(net, method, opt, xd, yd, order[warmup * batch_size:], **kw)
     _sync(device)
-    return len(y) / (time.perf_counter() - t0)
+    return (len(y) - warmup * batch_size) / (time.perf_counter() - t0)
+
+
+def _worker(args) -> None:
+    """One of --procs processes: warm up, wait for the others at a file barrier, time one epoch."""
+    device = torch.device(args.device)
+    name = args.models[0]
+    size = max(args.size, min_input_size(name))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (args.images,), generator=g)
+    library_epoch(name, x[:2 * args.batch_size], y[:2 * args.batch_size], device, args.batch_size,
+                  device.type == "cuda", False, warmup=0)  # CUDA context, cuDNN plans
+    barrier = Path(args.worker)
+    (barrier / f"ready-{os.getpid()}").touch()
+    while len(list(barrier.glob("ready-*"))) < args.procs:
+        time.sleep(0.01)
+    print(json.dumps({"img_s": library_epoch(name, x, y, device, args.batch_size, device.type == "cuda", False,
+                                             warmup=args.warmup)}), flush=True)
+
+
+def concurrent_img_s(args, name: str) -> float:
+    """Images/s of ``args.procs`` library-path processes training ``name`` at once (their sum)."""
+    with tempfile.TemporaryDirectory() as barrier:
+        cmd = [sys.executable, __file__, "--worker", barrier, "--models", name, "--device", args.device,
+               "--size", str(args.size), "--images", str(args.images), "--batch-size", str(args.batch_size),
+               "--warmup", str(args.warmup), "--procs", str(args.procs)]
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.procs)]
+        outs = [p.communicate()[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise RuntimeError(f"a benchmark worker failed: {outs}")
+    return sum(json.loads(o.strip().splitlines()[-1])["img_s"] for o in outs)
 
 
 def main(argv=None) -> list[dict]:
@@ -104,27 +153,57 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--compile", action="store_true", help="torch.compile the library path")
+    p.add_argument("--warmup", type=int, default=2, help="untimed batches at the start of every loop")
+    p.add_argument("--procs", type=int, default=1, help="also time N library-path processes at once (N > 1)")
+    p.add_argument("--cost-model", choices=list_models(), help="also time one epoch of each method on this model")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: barrier folder of a --procs worker
     args = p.parse_args(argv)
+    if args.worker:
+        _worker(args)
+        return []
     device = torch.device(args.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     fast = device.type == "cuda"  # bf16 + channels_last only pay off on a GPU
     g = torch.Generator().manual_seed(0)
     rows = []
-    print(f"card: {card}; PGD-7 AT, batch {args.batch_size}, {args.images} images, {args.size} px")
-    print(f"{'model':<15}{'paper img/s':>12}{'library img/s':>15}{'ratio':>8}")
+    print(f"card: {card}; PGD-7 AT, batch {args.batch_size}, {args.images} images, {args.size} px, "
+          f"{args.warmup} warm-up batches untimed")
+    many = f"x{args.procs} img/s" if args.procs > 1 else ""
+    print(f"{'model':<15}{'paper img/s':>12}{'library img/s':>15}{'ratio':>8}" +
+          (f"{many:>15}{'ratio':>8}" if many else ""))
     for name in args.models:
         size = max(args.size, min_input_size(name))
         x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
         y = torch.randint(0, 3, (args.images,), generator=g)
-        a = paper_style_epoch(name, x, y, device, args.batch_size, args.workers)
-        b = library_epoch(name, x, y, device, args.batch_size, fast, args.compile)
-        rows.append({"model": name, "card": card, "size": size, "paper_img_s": a, "library_img_s": b,
-                     "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile})
-        print(f"{name:<15}{a:>12.1f}{b:>15.1f}{b / a:>8.2f}", flush=True)
+        a = paper_style_epoch(name, x, y, device, args.batch_size, args.workers, args.warmup)
+        b = library_epoch(name, x, y, device, args.batch_size, fast, args.compile, args.warmup)
+        row = {"model": name, "card": card, "size": size, "images": args.images, "paper_img_s": a,
+               "library_img_s": b, "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile}
+        line = f"{name:<15}{a:>12.1f}{b:>15.1f}{b / a:>8.2f}"
+        if args.procs > 1:
+            c = concurrent_img_s(args, name)
+            row.update(procs=args.procs, concurrent_img_s=c, concurrent_ratio=c / a)
+            line += f"{c:>15.1f}{c / a:>8.2f}"
+        rows.append(row)
+        print(line, flush=True)
+    cost = []
+    if args.cost_model:
+        name = args.cost_model
+        size = max(args.size, min_input_size(name))
+        x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
+        y = torch.randint(0, 3, (args.images,), generator=g)
+        for meth in ("std", "at", "sat", "amat", "dpaat"):
+            ips = library_epoch(name, x, y, device, args.batch_size, fast, False, args.warmup, method_name=meth)
+            cost.append({"model": name, "method": meth, "card": card, "img_s": ips})
+        std = cost[0]["img_s"]
+        print(f"\nseconds per epoch relative to STD ({name}, library path, {card}):")
+        for c in cost:
+            c["relative_to_std"] = std / c["img_s"]
+            print(f"  {c['method']:<6} {c['img_s']:>9.1f} img/s  x{c['relative_to_std']:.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"throughput": rows, "method_cost": cost}, f, indent=1)
     return rows
 
 

@@ -3,6 +3,8 @@
     dpaat quick [--data DIR]                 STD, AT, SAT, AMAT, DPAAT on a small CNN, CPU, minutes
     dpaat grid --profile paper --data DIR    a whole profile's grid, resumable
     dpaat train --model resnet34 --method dpaat --data DIR [--profile ...]   one run
+    dpaat prepare --profile paper --data DIR decode the profile's images once into the cache
+    dpaat extras --profile paper --data DIR  eps curves, stronger attacks, Grad-CAM from the checkpoints
     dpaat synthetic DIR                      write the synthetic stand-in folder
     dpaat models                             list the model names
 """
@@ -10,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
 
-from . import experiment, grid, profiles
+from . import experiment, grid, precompute, profiles
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
@@ -39,28 +41,101 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--shard", help="K/N: run only the models with index %% N == K, so N processes can share "
                                    "one GPU (a model's AMAT and STD runs stay in one shard)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a profile field (repeatable), e.g. --set eta=0.25 --set mu=epoch")
+    p.add_argument("--book", action="store_true",
+                   help="every run the book loads: the main grid plus the ablation (D-A, D-B) on the ablation models")
+    p.add_argument("--claim", metavar="DIR",
+                   help="cooperative mode: processes given the same fresh DIR share the runs (each takes the next "
+                        "unclaimed one), so several can share one GPU")
+    p.add_argument("--extras", action="store_true",
+                   help="after each run, compute what the book derives from its checkpoint (eps curves, stronger "
+                        "attacks, Grad-CAM), as on a GPU whose checkpoints do not outlive the call")
+
+
+def _overrides(pairs) -> dict:
+    """``["eta=0.25", "models=resnet34,mobilenet_v2"]`` -> Profile overrides, typed as the profile's fields."""
+    types = {f.name: f.type for f in fields(profiles.Profile)}
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {sorted(types)}, got {pair!r}")
+        t = str(types[key])
+        if t.startswith("tuple"):
+            items = [v for v in value.split(",") if v]
+            out[key] = tuple(int(v) for v in items) if "int" in t else tuple(items)
+        elif value.lower() == "none" and "None" in t:
+            out[key] = None
+        elif t.startswith("bool"):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif t.startswith("int"):
+            out[key] = int(value)
+        elif t.startswith("float"):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _profile(args):
+    over = {**dict(image_size=args.image_size, epochs=args.epochs, seeds=args.seeds), **_overrides(args.set)}
+    return profiles.profile_for(args.profile, args.data, **over)
 
 
 def _grid(args, models, methods) -> int:
-    prof = profiles.profile_for(args.profile, args.data, image_size=args.image_size, epochs=args.epochs,
-                                seeds=args.seeds)
+    prof = _profile(args)
     results = args.results or str(Path("results") / prof.name)  # as the book: results/<profile>
     data = experiment.resolve_data(profiles.data_config(prof), args.data, results)
     print(prof.describe(), flush=True)
-    cfgs = profiles.configs(prof, data, models=models, methods=methods)
+    if args.book:
+        cfgs = [c for c in profiles.book_configs(prof, data) if models is None or c.model in models]
+    else:
+        cfgs = profiles.configs(prof, data, models=models, methods=methods)
     if args.shard:
         cfgs = grid.shard(cfgs, args.shard)
     if args.weights:
         digest = experiment.weights_digest(args.weights)
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
     print(f"results: {results}", flush=True)
-    done = grid.run_grid(cfgs, results=results, data_root=args.data, device=args.device,
-                         progress=not args.no_progress, time_budget_s=args.time_budget, weights_path=args.weights)
+    kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
+              time_budget_s=args.time_budget, weights_path=args.weights)
+    if args.claim:
+        after = None
+        if args.extras:
+            def after(r):
+                got = precompute.run_extras(r, prof, results, args.data, args.device)
+                m = r.config.model
+                # Grad-CAM needs STD, AT and DPAAT of a model: the process that finishes the last of them does it.
+                if (r.config.method.name in precompute.GRADCAM_METHODS
+                        and precompute.gradcam_ready(prof, cfgs, results, m) and grid.claim(args.claim, f"gradcam-{m}")):
+                    got += [f"Grad-CAM {x}" for x in precompute.gradcam_extras(prof, cfgs, results, args.data,
+                                                                             args.device, model=m)]
+                print(f"{r.run_id}: extras: {', '.join(got) or 'none'}", flush=True)
+        done = grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after,
+                                log=lambda m: print(m, flush=True), **kw)
+        return 0
+    done = grid.run_grid(cfgs, **kw)
+    if args.extras:
+        precompute.precompute_all(prof, cfgs, results, args.data, args.device)
     if done:
         table = grid.results_table(done)
         with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
             print(table.to_string(index=False))
     return 0 if len(done) == len(grid.ordered(cfgs)) else 3
+
+
+def _prepare_or_extras(args) -> int:
+    prof = _profile(args)
+    results = args.results or str(Path("results") / prof.name)
+    data = experiment.resolve_data(profiles.data_config(prof), args.data, results)
+    if args.command == "prepare":
+        split, tensors = experiment.load_data(data, args.data)
+        print(", ".join(f"{k}: {tuple(v.x.shape)}" for k, v in tensors.items()), flush=True)
+        return 0
+    cfgs = profiles.book_configs(prof, data)
+    precompute.precompute_all(prof, cfgs, results, args.data, args.device, log=lambda m: print(m, flush=True))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -73,6 +148,10 @@ def main(argv=None) -> int:
     _common(t, "paper")
     t.add_argument("--model", required=True, choices=list_models())
     t.add_argument("--method", required=True, choices=METHODS)
+    _common(sub.add_parser("prepare", help="decode the profile's images once into the cache (before several "
+                                           "processes start)"), "paper")
+    _common(sub.add_parser("extras", help="eps curves, stronger attacks and Grad-CAM of the finished runs that "
+                                          "have checkpoints"), "paper")
     s = sub.add_parser("synthetic", help="write the synthetic stand-in in HAM10000's layout")
     s.add_argument("folder")
     s.add_argument("--n-per-class", type=int, default=150)
@@ -93,6 +172,8 @@ def main(argv=None) -> int:
             return 0
         if args.command == "train":
             return _grid(args, [args.model], [args.method])
+        if args.command in ("prepare", "extras"):
+            return _prepare_or_extras(args)
         return _grid(args, args.models, args.methods or profiles.MAIN_METHODS)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"dpaat: error: {err}", file=sys.stderr)

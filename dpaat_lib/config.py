@@ -14,6 +14,25 @@ from .attacks import AttackSpec, paper_attacks
 from .methods import MethodConfig
 
 
+SAMPLERS = ("shuffle", "balanced")
+
+# Fields added after results were published. A run's identity (the hash that names its folder) leaves
+# each of them out while it holds its default, so every configuration that existed before them keeps
+# its run_id and its stored results are still found. Section -> {field: default}.
+IDENTITY_OPTIONAL: dict[str, dict[str, object]] = {
+    "data": {"test_fraction": None, "val_fraction": None},
+    "train": {"sampler": "shuffle", "epoch_draws": None},
+    "method": {},
+}
+
+
+def drop_optional_defaults(section: str, d: dict) -> dict:
+    """``d`` (the asdict of one section of a RunConfig) without the fields of
+    :data:`IDENTITY_OPTIONAL` that hold their default: what identifies it."""
+    optional = IDENTITY_OPTIONAL[section]
+    return {k: v for k, v in d.items() if not (k in optional and v == optional[k])}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which images, how they are split and at what size.
@@ -34,6 +53,27 @@ class DataConfig:
     n_test: int = 299
     lesion_aware: bool = True
     split_seed: int = 0
+    # Split by fractions instead of counts (the 7-class task, whose classes differ 60-fold in size):
+    # per class, ``test_fraction`` of the images go to test, ``val_fraction`` of the rest to
+    # validation, all others to training; n_train/n_val/n_test are then unused (0 by convention).
+    test_fraction: float | None = None
+    val_fraction: float | None = None
+
+    def __post_init__(self):
+        if (self.test_fraction is None) != (self.val_fraction is None):
+            raise ValueError("give both test_fraction and val_fraction, or neither")
+        for f in (self.test_fraction, self.val_fraction):
+            if f is not None and not 0.0 < f < 1.0:
+                raise ValueError(f"split fractions must lie in (0, 1), got {f}")
+
+    @property
+    def by_fraction(self) -> bool:
+        return self.test_fraction is not None
+
+    def identity(self) -> dict:
+        """asdict without the optional fields at their default: a hash of it names caches and stored
+        summaries of this data configuration, and stays what it was before those fields existed."""
+        return drop_optional_defaults("data", asdict(self))
 
 
 @dataclass(frozen=True)
@@ -59,10 +99,24 @@ class TrainConfig:
     select_on: str = "val_loss"
     bf16: bool = False
     channels_last: bool = False
+    # Each epoch's order: "shuffle" (a permutation of the training set, the paper's) or "balanced"
+    # (n draws with replacement, each class equally likely, so every class gets about n / K draws
+    # per epoch: the 7-class task's imbalance handling, the same for every method; the indices stay
+    # training-set indices, so per-sample radii work unchanged).
+    sampler: str = "shuffle"
+    # Draws per epoch of the "balanced" sampler (None: the training-set size). Draws with replacement
+    # make an epoch's length a choice: the 7-class CPU profile uses the 3-class training-set size, so
+    # that an epoch costs the same in both tasks.
+    epoch_draws: int | None = None
 
     def __post_init__(self):
         if self.select_on not in ("val_acc", "val_loss"):
             raise ValueError(f"select_on must be 'val_acc' or 'val_loss', got {self.select_on!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.epoch_draws is not None and (self.sampler != "balanced" or self.epoch_draws < 1):
+            raise ValueError(f"epoch_draws={self.epoch_draws!r} needs sampler='balanced' and a positive count "
+                             "(a permutation always has the training-set size)")
 
 
 @dataclass(frozen=True)
@@ -76,10 +130,18 @@ class RunConfig:
     eval_attacks: tuple[AttackSpec, ...] = paper_attacks()
 
     def to_dict(self) -> dict:
+        """Every field (what ``config.json`` records)."""
         return asdict(self)
 
+    def identity_dict(self) -> dict:
+        """:meth:`to_dict` without the fields of :data:`IDENTITY_OPTIONAL` that hold their default."""
+        d = self.to_dict()
+        for section in IDENTITY_OPTIONAL:
+            d[section] = drop_optional_defaults(section, d[section])
+        return d
+
     def digest(self) -> str:
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.identity_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     @property

@@ -10,7 +10,8 @@ The whole data path of the project goes through this module:
 2. ``make_split`` draws the paper's protocol (800 train incl. validation, 299
    test per class) as a pure function of (metadata, seed); by default it keeps
    every lesion on one side so images of one lesion cannot leak from training
-   into the test set.
+   into the test set. ``make_fraction_split`` is the split by fractions that
+   uses every image (the 7-class task, whose classes differ 60-fold in size).
 3. ``load_images`` / ``load_split`` decode, centre-crop and resize the images
    once into a uint8 tensor and cache it on disk, keyed by data *content*
    (``dataset_digest``), never by path, so a checkout in another folder finds
@@ -220,13 +221,9 @@ def dataset_digest(meta: pd.DataFrame) -> str:
 # Split
 # --------------------------------------------------------------------------
 
-def _exact_fill(lesions: list[list[str]], n: int) -> tuple[list[str], list[list[str]]] | None:
-    """Greedy exact-count fill: walk the (shuffled) lesions and take a whole
-    lesion whenever it still fits into the remaining count.
-
-    Returns (taken image ids, lesions not taken), or None if no combination
-    reached exactly ``n`` on this pass.
-    """
+def _take_whole_lesions(lesions: list[list[str]], n: int) -> tuple[list[str], list[list[str]]]:
+    """Walk the lesions in order, taking each whole lesion that still fits into ``n`` images; returns
+    (taken image ids, lesions not taken)."""
     taken: list[str] = []
     rest: list[list[str]] = []
     for lesion in lesions:
@@ -234,6 +231,17 @@ def _exact_fill(lesions: list[list[str]], n: int) -> tuple[list[str], list[list[
             taken.extend(lesion)
         else:
             rest.append(lesion)
+    return taken, rest
+
+
+def _exact_fill(lesions: list[list[str]], n: int) -> tuple[list[str], list[list[str]]] | None:
+    """Greedy exact-count fill: walk the (shuffled) lesions and take a whole
+    lesion whenever it still fits into the remaining count.
+
+    Returns (taken image ids, lesions not taken), or None if no combination
+    reached exactly ``n`` on this pass.
+    """
+    taken, rest = _take_whole_lesions(lesions, n)
     if len(taken) != n:
         return None
     return taken, rest
@@ -247,8 +255,13 @@ def make_split(
     n_test: int = 299,
     n_val: int = 80,
     lesion_aware: bool = True,
+    test_fraction: float | None = None,
+    val_fraction: float | None = None,
 ) -> dict[str, list[str]]:
     """Per-class train/validation/test split, a pure function of (meta, seed).
+
+    With ``test_fraction`` and ``val_fraction`` the split is by fractions and
+    uses every image (:func:`make_fraction_split`; the counts are ignored).
 
     Per class: exactly ``n_test`` test images, ``n_val`` validation images and
     ``n_train - n_val`` training images (the paper has 800 training images per
@@ -266,6 +279,9 @@ def make_split(
     ``{"train", "val", "test"}`` lists of image_ids sorted by (label, image_id).
     Raises DataError if a class is too small.
     """
+    if test_fraction is not None or val_fraction is not None:
+        return make_fraction_split(meta, seed=seed, test_fraction=test_fraction, val_fraction=val_fraction,
+                                   lesion_aware=lesion_aware)
     if not (0 <= n_val <= n_train) or n_test < 0:
         raise DataError(
             f"Invalid split sizes n_train={n_train}, n_val={n_val}, n_test={n_test}: "
@@ -335,6 +351,87 @@ def make_split(
 
     label_of = dict(zip(meta["image_id"], meta["label"]))
     return {side: sorted(ids, key=lambda i: (int(label_of[i]), i)) for side, ids in sides.items()}
+
+
+def _greedy_fill(lesions: list[list[str]], n: int) -> tuple[list[str], list[list[str]]]:
+    """Take whole lesions, in order, while they still fit into ``n`` images; if none fits, the
+    smallest. Returns (taken image ids, lesions left). Reaches ``n`` exactly when enough
+    single-image lesions remain, otherwise comes as close from below as the walk allows."""
+    taken, rest = _take_whole_lesions(lesions, n)
+    if not taken and rest and n > 0:
+        k = min(range(len(rest)), key=lambda j: len(rest[j]))
+        taken = list(rest.pop(k))
+    return taken, rest
+
+
+def _check_fractions(test_fraction, val_fraction) -> None:
+    for name, f in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if f is None or not 0.0 < float(f) < 1.0:
+            raise DataError(f"{name}={f!r}: a fraction split needs both test_fraction and val_fraction in (0, 1).")
+
+
+def make_fraction_split(
+    meta: pd.DataFrame,
+    *,
+    seed: int,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    lesion_aware: bool = True,
+) -> dict[str, list[str]]:
+    """Per-class split by fractions that uses every image: a pure function of (meta, seed).
+
+    For the task whose classes differ widely in size (all seven HAM10000 diagnoses: nv has 6705
+    images, df 115), counts per class cannot be equal. Per class with n images:
+    ``round(test_fraction * n)`` go to test, ``round(val_fraction * rest)`` of the rest to
+    validation, all others to training, so every side keeps the class proportions.
+
+    ``lesion_aware=True`` (default): each class's lesions are shuffled and test, then validation
+    are filled with whole lesions (a lesion is taken while it still fits; the count is exact
+    whenever enough single-image lesions remain, within a few images otherwise); no lesion_id is
+    on two sides and no image is dropped. ``lesion_aware=False``: an image-level shuffle.
+
+    Classes are processed in label order with one ``np.random.default_rng(seed)``. Returns
+    ``{"train", "val", "test"}`` lists of image_ids sorted by (label, image_id). Raises DataError
+    if a class is too small to give every side at least one image.
+    """
+    _check_fractions(test_fraction, val_fraction)
+    for col in ("image_id", "lesion_id", "dx", "label"):
+        if col not in meta.columns:
+            raise DataError(f"make_fraction_split needs a metadata table with column '{col}'; pass the "
+                            f"result of read_metadata().")
+    if lesion_aware and (meta.groupby("lesion_id")["dx"].nunique() > 1).any():
+        raise DataError("a lesion_id has images of several classes, so a lesion-aware per-class split cannot "
+                        "keep it on one side. Fix the metadata or use lesion_aware=False.")
+    rng = np.random.default_rng(seed)
+    sides: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    table = meta.sort_values(["label", "image_id"], kind="stable")
+    for _, group in table.groupby("label", sort=True):
+        dx, n = group["dx"].iloc[0], len(group)
+        n_test = int(round(test_fraction * n))
+        n_val = int(round(val_fraction * (n - n_test)))
+        if lesion_aware:
+            by_lesion = group.groupby("lesion_id", sort=True)["image_id"].apply(sorted)
+            lesions = [by_lesion.iloc[i] for i in rng.permutation(len(by_lesion))]
+        else:
+            ids = list(group["image_id"])
+            lesions = [[ids[i]] for i in rng.permutation(n)]
+        test, lesions = _greedy_fill(lesions, n_test)
+        val, lesions = _greedy_fill(lesions, n_val)
+        train = [i for lesion in lesions for i in lesion]
+        if not (test and val and train):
+            raise DataError(f"Class '{dx}' ({n} images) is too small for a split with test_fraction="
+                            f"{test_fraction} and val_fraction={val_fraction}: a side would be empty. "
+                            f"Raise the fractions or drop the class.")
+        for side, part in (("train", train), ("val", val), ("test", test)):
+            sides[side] += part
+    label_of = dict(zip(meta["image_id"], meta["label"]))
+    return {side: sorted(ids, key=lambda i: (int(label_of[i]), i)) for side, ids in sides.items()}
+
+
+def class_counts(labels, n_classes: int | None = None) -> np.ndarray:
+    """Images per class of an integer label vector (length ``n_classes``, zeros where absent)."""
+    y = np.asarray(labels, dtype=int)
+    return np.bincount(y, minlength=n_classes or (int(y.max()) + 1 if y.size else 0))
 
 
 # --------------------------------------------------------------------------

@@ -255,6 +255,25 @@ def select_correct(pred_frame: pd.DataFrame | Sequence[pd.DataFrame], n_per_clas
     return chosen
 
 
+DISPLAY_PX = 96  # stored thumbnails and maps: enough for a figure, small enough to commit at 224 px
+
+
+def _display(images: torch.Tensor, cam: torch.Tensor, masks: torch.Tensor | None) -> dict:
+    """uint8 thumbnails (N,h,w,3), float16 maps (N,h,w) and bool masks, area-downsampled so the longer
+    side is at most DISPLAY_PX (unchanged when already that small)."""
+    h, w = images.shape[-2:]
+    if max(h, w) > DISPLAY_PX:
+        size = (max(1, round(h * DISPLAY_PX / max(h, w))), max(1, round(w * DISPLAY_PX / max(h, w))))
+        images = F.interpolate(images.float(), size=size, mode="area").round().clamp(0, 255).to(torch.uint8)
+        cam = F.interpolate(cam[:, None].float(), size=size, mode="area")[:, 0]
+        if masks is not None:
+            masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
+    out = {"images": images.permute(0, 2, 3, 1).numpy(), "cams": cam.numpy().astype(np.float16)}
+    if masks is not None:
+        out["masks"] = masks.numpy()
+    return out
+
+
 def cam_file(run_dir: Path, image_ids: Sequence[str]) -> Path:
     """``<run>/gradcam-<sha8 of the ids>.npz``: one file per image selection (order matters)."""
     key = hashlib.sha256("\n".join(image_ids).encode()).hexdigest()[:8]
@@ -280,7 +299,8 @@ def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_roo
     Stored as ``<results>/<run_id>/gradcam-<hash>.npz`` (:func:`cam_file`,
     atomic write) with the ids, uint8 thumbnails at the run's image size and,
     where the data has lesion masks, the masks, so later calls need neither
-    the data nor the checkpoint. Computing needs the run's checkpoint
+    the data nor the checkpoint; above ``DISPLAY_PX`` a side the stored thumbnails, maps and masks are
+    downsampled (the scores are computed at full size). Computing needs the run's checkpoint
     (``ckpt/best.pt``) and its data.
 
     Returns ``{"image_ids", "images" (N,H,W,3 uint8), "cams" (N,H,W float32),
@@ -315,14 +335,14 @@ def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_roo
     model = load_trained(config, run_dir, device)
     cam = cams(model, config.model, x, y)
     di = deletion_insertion(model, x, y, cam)
-    arrays = {"image_ids": np.array(image_ids), "images": test.x[idx].permute(0, 2, 3, 1).numpy(),
-              "cams": cam.astype(np.float16), "labels": y.numpy(),
+    arrays = {"image_ids": np.array(image_ids), "labels": y.numpy(),
               "road": road_scores(model, x, y, cam), **{k: np.asarray(v) for k, v in di.items()}}
     root = experiment.data_root_for(config.data.source, data_root, cache_dir or experiment.default_cache_dir())
     masks = D.load_masks(root, image_ids, config.data.image_size) if root is not None else None
     if masks is not None:
-        arrays["masks"] = masks.numpy()
-        arrays["energy_in_mask"] = energy_in_mask(cam, arrays["masks"])
+        arrays["energy_in_mask"] = energy_in_mask(cam, masks.numpy())
+    # Scores above are computed at full size; what is stored for the figures is at most DISPLAY_PX a side.
+    arrays.update(_display(test.x[idx], torch.from_numpy(cam), masks))
 
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name

@@ -2,7 +2,8 @@
 
 GAcc is the clean test accuracy (eq. 17), RAcc the accuracy under an attack;
 mAP (eq. 18) is the mean over classes of one-vs-rest average precision of the
-clean softmax scores, mARP the same under 20-step PGD. scikit-learn computes
+clean softmax scores, mARP the same under 20-step PGD. For imbalanced test sets (the 7-class task) balanced
+accuracy (mean per-class recall) and macro F1 per attack stand beside accuracy. scikit-learn computes
 average precision and the macro scores (well tested, and the definitions
 readers know).
 """
@@ -25,6 +26,36 @@ def accuracy(pred: pd.DataFrame, attack: str = CLEAN) -> float:
     return float((pred[f"pred_{attack}"] == pred["label"]).mean())
 
 
+def balanced_accuracy(pred: pd.DataFrame, attack: str = CLEAN) -> float:
+    """Mean over the classes present in the test set of the recall of each (sklearn's balanced
+    accuracy): what accuracy means when classes differ in size; equal to accuracy on a balanced set."""
+    y = pred["label"].to_numpy()
+    hit = pred[f"pred_{attack}"].to_numpy() == y
+    return float(np.mean([hit[y == k].mean() for k in np.unique(y)]))
+
+
+def macro_f1(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
+    """Unweighted mean over ``classes`` of the per-class F1 (a class never predicted scores 0)."""
+    _, _, f1, _ = precision_recall_fscore_support(pred["label"], pred[f"pred_{attack}"],
+                                                  labels=list(range(len(classes))), average="macro",
+                                                  zero_division=0)
+    return float(f1)
+
+
+def per_class_recall(pred: pd.DataFrame, classes, attack: str = CLEAN) -> dict[str, float]:
+    """Recall (sensitivity) of each class under ``attack``; NaN for a class absent from the test set."""
+    y = pred["label"].to_numpy()
+    hit = pred[f"pred_{attack}"].to_numpy() == y
+    return {c: (float(hit[y == k].mean()) if (y == k).any() else float("nan")) for k, c in enumerate(classes)}
+
+
+def imbalance_metrics(pred: pd.DataFrame, classes) -> dict[str, dict[str, float]]:
+    """Per attack (clean included): accuracy, balanced accuracy and macro F1, the metrics that
+    respect class imbalance beside the plain one."""
+    return {a: {"acc": accuracy(pred, a), "bacc": balanced_accuracy(pred, a), "f1": macro_f1(pred, classes, a)}
+            for a in attack_names(pred)}
+
+
 def mean_average_precision(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
     y = pred["label"].to_numpy()
     aps = [average_precision_score(y == k, pred[f"p_{attack}_{c}"].to_numpy()) for k, c in enumerate(classes)]
@@ -45,7 +76,9 @@ def compute_metrics(pred: pd.DataFrame, classes) -> dict:
     out = {"GAcc": accuracy(pred, CLEAN), "RAcc": {a: accuracy(pred, a) for a in names if a != CLEAN},
            "mAP": mean_average_precision(pred, classes, CLEAN),
            "precision": float(p), "recall": float(r), "f1": float(f1),
-           "confusion": {a: confusion(pred, classes, a).tolist() for a in names}}
+           "confusion": {a: confusion(pred, classes, a).tolist() for a in names},
+           "BAcc": {a: balanced_accuracy(pred, a) for a in names},
+           "macroF1": {a: macro_f1(pred, classes, a) for a in names}}
     if MARP_ATTACK in names:
         out["mARP"] = mean_average_precision(pred, classes, MARP_ATTACK)
     return out

@@ -54,7 +54,7 @@ ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = D
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
 CURVE_ATTACK = {"linf": "20-IFGSM", "l2": "20-PGD"}
 CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
-            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks")
+            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks", "12_study")
 
 
 # --------------------------------------------------------------------------
@@ -127,13 +127,13 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
                 "HAM10000. Every number on this page is a synthetic result that says nothing about "
                 "dermoscopy or about the paper's claims; it only shows that the pipeline runs end to end.")
     else:
-        data = "**real HAM10000** (three classes: nv, mel, bkl)"
+        data = f"**real HAM10000** ({len(prof.classes)} classes: {', '.join(prof.classes)})"
     lines = [f"> **Profile `{prof.name}`** | data: {data}",
              ">",
              f"> resolution {prof.image_size} px | models: {', '.join(prof.models)} | "
              f"ablation models: {', '.join(prof.ablation_models)} | up to {prof.epochs} epochs "
              f"(patience {prof.patience}) | seeds: {', '.join(map(str, prof.seeds))} | "
-             f"{prof.n_train} train (incl. {prof.n_val} validation) / {prof.n_test} test images per class | "
+             f"{prof.split_text()} | "
              f"{'lesion-aware' if prof.lesion_aware else 'image-level'} split | "
              f"training attack PGD-L2 eps0 = {prof.eps0}, {prof.train_steps} steps of {prof.train_step_size}"]
     if results:
@@ -179,6 +179,15 @@ def paper_value(table: str, group: str, method: str, column: str) -> float:
 
 def _method_key(label: str) -> int:
     return METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def first_seed(results: Sequence[experiment.RunResult]) -> list[experiment.RunResult]:
+    """The runs of the smallest seed: what the costly per-run analyses (stronger attacks, Grad-CAM,
+    radius heat maps) use when a profile has several seeds."""
+    if not results:
+        return []
+    s0 = min(r.config.train.seed for r in results)
+    return [r for r in results if r.config.train.seed == s0]
 
 
 def results_frame(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
@@ -339,25 +348,136 @@ def paired_comparison(results: Sequence[experiment.RunResult], a: str = "DPAAT",
     return pd.DataFrame(rows)
 
 
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _attack_name(attack: str) -> str:
+    return "GAcc" if attack == CLEAN else attack
+
+
 def comparison_sentence(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
-                        attacks: Sequence[str] = (CLEAN, "20-PGD")) -> str:
-    """Plain-language summary of :func:`paired_comparison`, with its caveats."""
+                        attacks: Sequence[str] = (CLEAN, "20-PGD"), alpha: float = 0.05) -> str:
+    """Plain-language comparison of method ``a`` with ``b`` on the same test images, with its caveats:
+    one bullet per model and attack, then a paragraph on what the test covers.
+
+    Where both methods have two or more training seeds of a model, the seed-aware test of
+    :func:`dpaat_lib.study.significance`: the mean of the per-seed differences ± their standard deviation,
+    the paired t-test across seeds (the verdict: does the difference exceed seed-to-seed noise?) and the
+    paired bootstrap confidence interval over test images. With one seed, :func:`paired_comparison`'s exact
+    McNemar test per seed, which covers the test sample only.
+    """
+    from . import study
+
     t = paired_comparison(results, a, b, attacks)
     if t.empty:
         return f"No run pairs of {a} and {b} to compare."
-    parts = []
-    for _, r in t.iterrows():
+    n_by_model = t.groupby("model", sort=False)["seed"].nunique()
+    multi = [m for m, n in n_by_model.items() if n >= 2]
+    parts, notes = [], []
+    if multi:
+        sig = study.significance([r for r in results if r.config.model in multi], a, b, attacks=attacks,
+                                 alpha=alpha)
+        for _, r in sig.iterrows():
+            verdict = (f"beyond seed-to-seed noise ({a} {'higher' if r['mean'] > 0 else 'lower'})"
+                       if r["p_ttest"] < alpha else "within seed-to-seed noise")
+            parts.append(f"{r['model']}, {_attack_name(r['attack'])}: {a} {r['mean']:+.1f} ± {r['seed_std']:.1f} "
+                         f"points vs {b} over {r['seeds']} seeds (per seed "
+                         f"{', '.join(f'{d:+.1f}' for d in r['per_seed'])}); paired t-test across seeds "
+                         f"{_p_text(r['p_ttest'])}, {verdict} at {alpha:g}; 95% paired bootstrap CI over test "
+                         f"images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
+        n = int(sig["seeds"].min()) if len(sig) else 0
+        notes.append(f"{n} seeds per method: the verdict is the paired t-test across seeds ({n - 1} degrees of "
+                     "freedom) of the per-seed accuracy differences (mean ± standard deviation over seeds): does "
+                     "the difference exceed the variation between training runs? The bootstrap interval "
+                     "resamples the test images within each seed and covers the test sample only. With few seeds "
+                     "the t-test detects only large, consistent differences: *within noise* means not shown, "
+                     "not shown equal.")
+    for _, r in t[~t["model"].isin(multi)].iterrows():
         sign = "higher" if r["diff"] > 0 else ("lower" if r["diff"] < 0 else "equal")
         verdict = "not significant at 5%" if r["p"] >= 0.05 else "significant at 5% for these two runs"
         parts.append(f"{r['model']} (seed {r['seed']}), {r['attack']}: {a} {r['diff']:+.1f} points vs {b} "
                      f"({sign}; test images right only under {a}: {r['a_only']}, only under {b}: {r['b_only']}; "
                      f"McNemar p = {r['p']:.2f}, {verdict})")
-    n_seeds = t.groupby("model")["seed"].nunique().max()
-    caveat = ("Single training seed per method: a difference between two training runs also contains "
-              f"the run-to-run variation of training, which one seed cannot measure, so no difference "
-              f"here is evidence for or against the paper." if n_seeds == 1 else
-              f"{n_seeds} seeds per method; the McNemar test is per seed and covers the test sample only.")
-    return "- " + "\n- ".join(parts) + f"\n\n{caveat}"
+    if len(multi) < len(n_by_model):
+        notes.append("Single training seed per method: a difference between two training runs also contains "
+                     "the run-to-run variation of training, which one seed cannot measure, so no difference "
+                     "here is evidence for or against the paper.")
+    return "- " + "\n- ".join(parts) + "\n\n" + " ".join(notes)
+
+
+def comparison_headline(results: Sequence[experiment.RunResult], a: str = "DPAAT",
+                        others: Sequence[str] = ("AT", "SAT", "AMAT"), attacks: Sequence[str] = ("20-PGD", CLEAN),
+                        alpha: float = 0.05) -> str:
+    """The overview's headline (Markdown): is ``a`` more robust (and more accurate) than each of ``others``
+    on this profile's runs? It follows the test, whichever way it goes: the paired t-test across seeds
+    where every method has two or more seeds (:func:`dpaat_lib.study.significance`), else the exact
+    McNemar test on the test images (one seed, which cannot separate a method from its training run)."""
+    from . import study
+
+    present = {r.config.method.label for r in results}
+    others = [o for o in others if o in present]
+    if a not in present or not others:
+        return f"No runs of {a} and {', '.join(others) or 'the other methods'} to compare."
+    seeds = {}
+    for r in results:
+        seeds.setdefault((r.config.model, r.config.method.label), set()).add(r.config.train.seed)
+    n_min = min(len(v) for (_, m), v in seeds.items() if m in (a, *others))
+    what = {"20-PGD": "robust accuracy under 20-step PGD", CLEAN: "clean accuracy"}
+    out = []
+    for model in dict.fromkeys(r.config.model for r in results):
+        res = [r for r in results if r.config.model == model]
+        for att in attacks:
+            up, down, flat = [], [], []
+            for o in others:
+                if n_min >= 2:
+                    row = study.significance(res, a, o, attacks=(att,), alpha=alpha)
+                    if row.empty:
+                        continue
+                    row = row.iloc[0]
+                    d, p = row["mean"], row["p_ttest"]
+                else:
+                    row = paired_comparison(res, a, o, attacks=(att,))
+                    if row.empty:
+                        continue
+                    row = row.iloc[0]
+                    d, p = row["diff"], row["p"]
+                item = f"{o} ({d:+.1f} points, {_p_text(p)})"
+                (up if p < alpha and d > 0 else down if p < alpha and d < 0 else flat).append(item)
+            multi = n_min >= 2
+            seg = []
+            if up:
+                seg.append(f"higher than {', '.join(up)}, "
+                           + ("beyond seed-to-seed noise" if multi else "significant on these test images"))
+            if down:
+                seg.append(f"lower than {', '.join(down)}, "
+                           + ("beyond seed-to-seed noise" if multi else "significant on these test images"))
+            if flat:
+                seg.append(("within seed-to-seed noise of " if multi else "not significantly different from ")
+                           + ", ".join(flat))
+            text = f"{a}'s {what.get(att, att + ' accuracy')} is " + "; ".join(seg)
+            out.append((model, att, text, up, down, flat))
+    test = (f"paired t-test across {n_min} training seeds at {alpha:g}" if n_min >= 2 else
+            f"exact McNemar test on the test images at {alpha:g}, one training seed per method")
+    lines = [f"{'(' + m + ') ' if len({o[0] for o in out}) > 1 else ''}{t}." for m, _, t, *_ in out]
+    rob = [o for o in out if o[1] == "20-PGD"]
+    if rob and all(len(o[3]) == len(others) for o in rob):
+        claim = (f"The paper's headline, that {a} is more robust than {', '.join(others)}, holds "
+                 + ("on these runs beyond seed-to-seed noise." if n_min >= 2 else
+                    "for these single runs on these test images; with one training run per method it may still "
+                    "be that run's luck."))
+    elif rob and any(o[3] for o in rob):
+        claim = (f"The paper's headline, that {a} is more robust than {', '.join(others)}, holds here only against "
+                 + ", ".join(dict.fromkeys(x.split(' (')[0] for o in rob for x in o[3]))
+                 + ("." if n_min >= 2 else " on these test images, for one training run per method."))
+    elif rob:
+        claim = (f"The paper's headline, that {a} is more robust than {', '.join(others)}, is not supported by "
+                 "these runs" + (": no difference in its favour exceeds seed-to-seed noise." if n_min >= 2 else
+                                 ", and one training run per method could not have shown it beyond the variation "
+                                 "between training runs anyway."))
+    else:
+        claim = ""
+    return f"**Headline ({test}).** " + " ".join(lines) + (" " + claim if claim else "")
 
 
 def rank_sentence(results: Sequence[experiment.RunResult], metric: str, scale: float = 100.0, digits: int = 1) -> str:
@@ -400,7 +520,7 @@ def split_summary(data: DataConfig, data_root=None, results_root=None, profile_n
     ``<results>/<profile>/split-summary-<hash>.json`` (counts only, no images); None when neither
     the file nor the data is there."""
     out_dir = resolve_path(results_root, "results") / profile_name
-    key = _digest(asdict(data))
+    key = _digest(data.identity())  # asdict minus fields added since at their default (config.IDENTITY_OPTIONAL)
     path = out_dir / f"split-summary-{key}.json"
     if path.exists():
         return store.read_json(path)
@@ -859,18 +979,23 @@ def plot_metric_bars(results: Sequence[experiment.RunResult], metrics: Sequence[
 
 
 def plot_eps_curves(curves: dict, title: str = ""):
-    """Robust accuracy against eps, one line per method, one panel per model."""
+    """Robust accuracy against eps, one line per method (the mean over seeds, with the range of the seeds
+    shaded when there are several), one panel per model."""
     models = list(dict.fromkeys(k[0] for k in curves))
     colors = _method_colors()
     fig = _figure(4.6 * max(1, len(models)), 3.4)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(models)), squeeze=False).ravel())
     for ax, model in zip(axes, models):
-        for (mod, meth, seed), c in sorted(curves.items(), key=lambda kv: (_method_key(kv[0][1]), kv[0][2])):
-            if mod != model:
-                continue
-            scale = 255 if c["norm"] == "linf" else 1
-            ax.plot(np.array(c["eps"]) * scale, 100 * np.array(c["acc"]), marker="o", color=colors.get(meth),
-                    label=f"{meth}" + (f" s{seed}" if seed else ""))
+        methods = sorted({k[1] for k in curves if k[0] == model}, key=_method_key)
+        for meth in methods:
+            runs = [c for k, c in curves.items() if k[0] == model and k[1] == meth]
+            scale = 255 if runs[0]["norm"] == "linf" else 1
+            eps = np.array(runs[0]["eps"]) * scale
+            acc = 100 * np.array([c["acc"] for c in runs if len(c["acc"]) == len(eps)])
+            ax.plot(eps, acc.mean(0), marker="o", color=colors.get(meth),
+                    label=meth + (f" ({len(acc)} seeds)" if len(acc) > 1 else ""))
+            if len(acc) > 1:
+                ax.fill_between(eps, acc.min(0), acc.max(0), color=colors.get(meth), alpha=0.15, lw=0)
         norm = next(c["norm"] for k, c in curves.items() if k[0] == model)
         ax.set_xlabel("eps x 255 (Linf)" if norm == "linf" else "eps (L2)")
         ax.set_ylabel("accuracy (%)")
@@ -962,13 +1087,19 @@ def plot_ablation(results: Sequence[experiment.RunResult], metrics: Sequence[str
 
 def plot_radius_heatmaps(results: Sequence[experiment.RunResult]):
     """Per-epoch distribution of the per-sample radii (epoch x radius bin; colour = share of training
-    images) for every run that keeps radii (AMAT, DPAAT, D-A)."""
-    runs = [r for r in results if r.history["epochs"] and "radius_hist" in r.history["epochs"][0]
+    images) for every first-seed run that keeps radii (AMAT, DPAAT, D-A): a row per model, a column per
+    method."""
+    runs = [r for r in first_seed(results) if r.history["epochs"] and "radius_hist" in r.history["epochs"][0]
             and r.config.method.name != "d-b"]
-    runs = sorted(runs, key=lambda r: (r.config.model, _method_key(r.config.method.label), r.config.train.seed))
-    fig = _figure(4.2 * max(1, len(runs)), 3.4)
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(runs)), squeeze=False).ravel())
-    for ax, r in zip(axes, runs):
+    models = list(dict.fromkeys(r.config.model for r in runs))
+    methods = sorted({r.config.method.label for r in runs}, key=_method_key)
+    fig = _figure(4.2 * max(1, len(methods)), 3.2 * max(1, len(models)))
+    axes = fig.subplots(max(1, len(models)), max(1, len(methods)), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for r in runs:
+        ax = axes[models.index(r.config.model), methods.index(r.config.method.label)]
+        ax.set_axis_on()
         ep = r.history["epochs"]
         hist = np.array([e["radius_hist"] for e in ep], dtype=float)
         share = hist / np.maximum(hist.sum(1, keepdims=True), 1)
@@ -1120,6 +1251,10 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
           "(paper: 50 epochs after 10 head epochs; ablation batch 64, 100 epochs).",
         f"- **Seeds**: {', '.join(map(str, prof.seeds))}; the paper reports single runs without seeds.",
     ]
+    if prof.bf16 or prof.channels_last:
+        lines.append("- **Numerics**: training forward and backward passes under bf16 autocast"
+                     + (" in channels_last memory format" if prof.channels_last else "")
+                     + " on the GPU (tested against the fp32 path on CPU); attacks at evaluation in fp32.")
     return "\n".join(lines)
 
 
@@ -1173,7 +1308,7 @@ def strong_masking_options(prof: profiles.Profile) -> dict:
     """The masking checks scaled to the profile's APGD budget s: APGD-CE with s/4, s and 2s steps (the
     suite's own s is reused, 2s goes beyond it; APGD-DLR runs at 2s for the black-box check); 1, 2 and 4
     restarts of the s/4-step attack; 20-step PGD over the default radii up to a large one.
-    For the paper profile (s = 100) that is 25, 100 and 200 steps."""
+    For AutoAttack's budget (s = 100) that is 25, 100 and 200 steps; the paper profile uses s = 50."""
     s = int(prof.apgd_steps)
     return {"steps": sorted({max(1, s // 4), s, 2 * s}), "restarts": [1, 2, 4], "pgd_steps": 20}
 
@@ -1533,6 +1668,36 @@ def strong_cost_table(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
          "median relative to STD": f"x{r['rel']:6.1f}" if np.isfinite(r["rel"]) else "—",
          "passes per batch": r["passes"], "passes relative to STD": r["passes_total"]}
         for r in _cost_rows(results)])
+
+
+def benchmark_cost(results_dir) -> pd.DataFrame | None:
+    """Each method's cost relative to STD measured by ``benchmarks/train_throughput.py --cost-model``
+    (one epoch per method, same process, nothing else running), from the ``benchmark*.json`` files in
+    the results folder: rows (card, model), columns the methods. None when no benchmark is stored."""
+    rows = {}
+    for path in sorted(Path(results_dir).glob("benchmark*.json")):
+        for c in store.read_json(path).get("method_cost", []):
+            rows.setdefault((c["card"], c["model"]), {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
+    if not rows:
+        return None
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["hardware", "model"])
+    return out
+
+
+def benchmark_throughput(results_dir) -> pd.DataFrame | None:
+    """The stored throughput benchmark: images/s of PGD-7 training in the paper-style loop, the library's
+    path and several library processes at once, with the ratios (None when none is stored)."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("benchmark*.json")):
+        for r in store.read_json(path).get("throughput", []):
+            row = {"hardware": r["card"], "model": r["model"], "paper-style img/s": f"{r['paper_img_s']:.0f}",
+                   "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
+            if "concurrent_img_s" in r:
+                row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
+                row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["hardware", "model"]) if rows else None
 
 
 def strong_cost_findings(results: Sequence[experiment.RunResult]) -> str:

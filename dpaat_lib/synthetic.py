@@ -8,12 +8,21 @@ that ``dpaat_lib.data.read_metadata`` reads exactly like the real one:
 official HAM10000 segmentations). Everything is drawn procedurally; it is
 *not* HAM10000, and the folder says so in ``SYNTHETIC.md``.
 
-The three classes differ in shape, border and colour, with enough random
+The classes differ in shape, border and colour, with enough random
 jitter that a small CNN learns them above chance but not perfectly:
 
 - nv: round, smooth border, fairly uniform brown;
 - mel: irregular blobby border, several colours (dark brown, black, blue-grey);
-- bkl: oval, well demarcated, lighter tan/waxy with a fissured texture.
+- bkl: oval, well demarcated, lighter tan/waxy with a fissured texture;
+
+and, for the 7-class task (classes beyond the paper's three are drawn after
+them, so a set's nv/mel/bkl images do not depend on whether the others are
+drawn too):
+
+- bcc: pink, translucent ("pearly") with thin red branching vessels;
+- akiec: flat, irregular, red-pink with white scale;
+- vasc: small, sharply bordered, red to purple with darker lacunae;
+- df: small, light brown rim around a pale central patch.
 
 About 20% of lesions have a second image (a slightly shifted, rotated and
 rescaled view), so a lesion-aware split is exercised.
@@ -24,19 +33,19 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .data import CLASSES, METADATA_FILE, MASK_SUFFIX, DataError
+from .data import ALL_CLASSES, CLASSES, METADATA_FILE, MASK_SUFFIX, DataError
 
 ARGS_FILE = "synthetic_args.json"
 GENERATOR_VERSION = 1
 SECOND_VIEW_P = 0.2
 JPEG_QUALITY = 90
-SUPPORTED = ("nv", "mel", "bkl")
+SUPPORTED = ALL_CLASSES
 LOCALIZATIONS = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest")
 
 _README = """# Synthetic data: NOT HAM10000
@@ -81,6 +90,30 @@ def _lesion_params(rng: np.random.Generator, dx: str, size: int) -> dict[str, An
         base = (np.array([185, 145, 105]) + rng.uniform(0, 0.7) * np.array([-40, -55, -45])
                 ) * rng.uniform(0.85, 1.08)
         radius = rng.uniform(0.18, 0.29)
+    elif dx == "bcc":
+        aspect = rng.uniform(0.7, 1.0)
+        amps = rng.uniform(0.0, 0.06, size=4)
+        softness = rng.uniform(0.05, 0.12)
+        base = np.array([200, 140, 140]) * rng.uniform(0.85, 1.08)
+        radius = rng.uniform(0.16, 0.26)
+    elif dx == "akiec":
+        aspect = rng.uniform(0.6, 0.95)
+        amps = rng.uniform(0.02, 0.09, size=6) / np.arange(1, 7) ** 0.3
+        softness = rng.uniform(0.08, 0.16)
+        base = np.array([190, 110, 100]) * rng.uniform(0.8, 1.1)
+        radius = rng.uniform(0.18, 0.3)
+    elif dx == "vasc":
+        aspect = rng.uniform(0.8, 1.0)
+        amps = rng.uniform(0.0, 0.03, size=3)
+        softness = rng.uniform(0.015, 0.04)
+        base = np.array([150, 40, 60]) + rng.uniform(0, 1) * np.array([-40, 0, 40])
+        radius = rng.uniform(0.11, 0.19)
+    elif dx == "df":
+        aspect = rng.uniform(0.75, 1.0)
+        amps = rng.uniform(0.0, 0.04, size=3)
+        softness = rng.uniform(0.06, 0.14)
+        base = np.array([165, 115, 85]) * rng.uniform(0.8, 1.1)
+        radius = rng.uniform(0.12, 0.2)
     else:  # pragma: no cover - guarded in make_synthetic_ham
         raise ValueError(dx)
     return {
@@ -139,11 +172,25 @@ def _draw(rng: np.random.Generator, p: dict[str, Any], w: int, h: int, second_vi
         lesion = lesion * (1 - 0.8 * blue) + 0.8 * blue * np.array([90, 95, 110]) * tex.uniform(0.8, 1.2)
         lesion = lesion * (1 - 0.9 * black) + 0.9 * black * np.array([45, 32, 30]) * tex.uniform(0.8, 1.3)
         lesion *= 1.0 + 0.12 * _smooth_noise(tex, h, w, 9)[..., None]
-    else:  # bkl: waxy, fissured ("brain-like") texture
+    elif p["dx"] == "bkl":  # waxy, fissured ("brain-like") texture
         freq = tex.uniform(0.25, 0.5)
         ridges = np.sin(freq * (u + 2.0 * _smooth_noise(tex, h, w, 6) * radius * 0.3))
         depth = tex.uniform(0.03, 0.10)
         lesion *= (1.0 + depth * ridges + 0.08 * _smooth_noise(tex, h, w, 10))[..., None]
+    elif p["dx"] == "bcc":  # pearly pink, thin red branching vessels
+        lesion *= (1.0 + 0.12 * (1 - rel) + 0.05 * _smooth_noise(tex, h, w, 5)[..., None])
+        vessels = np.abs(_smooth_noise(tex, h, w, 7)) < tex.uniform(0.04, 0.09)
+        lesion[vessels & (rel[..., 0] < 0.9)] = np.array([170, 40, 50]) * tex.uniform(0.8, 1.1)
+    elif p["dx"] == "akiec":  # rough red-pink with white scale
+        lesion *= 1.0 + 0.15 * _smooth_noise(tex, h, w, 12)[..., None]
+        scale = np.clip((_smooth_noise(tex, h, w, 14) - tex.uniform(0.3, 0.6)) * 5, 0, 1)[..., None]
+        lesion = lesion * (1 - 0.7 * scale) + 0.7 * scale * np.array([235, 225, 215])
+    elif p["dx"] == "vasc":  # red-purple with darker round lacunae
+        lac = np.clip((_smooth_noise(tex, h, w, 8) - tex.uniform(0.1, 0.4)) * 4, 0, 1)[..., None]
+        lesion = lesion * (1 - 0.6 * lac) + 0.6 * lac * np.array([70, 15, 40])
+    else:  # df: light brown rim, pale centre
+        centre = np.clip((0.55 - rel) * 5, 0, 1)
+        lesion = lesion * (1 - 0.75 * centre) + 0.75 * centre * np.array([230, 210, 195])
 
     skin = np.broadcast_to(p["skin"], (h, w, 3)).astype(np.float32).copy()
     skin *= 1.0 + 0.05 * _smooth_noise(rng, h, w, 3)[..., None]
@@ -161,11 +208,22 @@ def _draw(rng: np.random.Generator, p: dict[str, Any], w: int, h: int, second_vi
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
-def _args_record(n_per_class: int, size: int, seed: int, classes: Sequence[str]) -> dict[str, Any]:
+def _counts(n_per_class: int | Mapping[str, int], classes: Sequence[str]) -> dict[str, int]:
+    if isinstance(n_per_class, Mapping):
+        missing = [c for c in classes if c not in n_per_class]
+        if missing:
+            raise ValueError(f"n_per_class has no count for {missing}")
+        return {c: int(n_per_class[c]) for c in classes}
+    return {c: int(n_per_class) for c in classes}
+
+
+def _args_record(n_per_class: int | Mapping[str, int], size: int, seed: int, classes: Sequence[str]
+                 ) -> dict[str, Any]:
     return {
         "generator": "dpaat_lib.synthetic.make_synthetic_ham",
         "version": GENERATOR_VERSION,
-        "n_per_class": int(n_per_class),
+        "n_per_class": (_counts(n_per_class, classes) if isinstance(n_per_class, Mapping)
+                        else int(n_per_class)),
         "size": int(size),
         "seed": int(seed),
         "classes": list(classes),
@@ -181,7 +239,7 @@ def _is_complete(root: pathlib.Path, record: dict[str, Any]) -> bool:
         ids = pd.read_csv(root / METADATA_FILE, usecols=["image_id"])["image_id"]
     except (OSError, ValueError):
         return False
-    return len(ids) == record["n_per_class"] * len(record["classes"]) and all(
+    return len(ids) == sum(_counts(record["n_per_class"], record["classes"]).values()) and all(
         (root / "images" / f"{i}.jpg").is_file() and (root / "masks" / f"{i}{MASK_SUFFIX}").is_file()
         for i in ids
     )
@@ -190,7 +248,7 @@ def _is_complete(root: pathlib.Path, record: dict[str, Any]) -> bool:
 def make_synthetic_ham(
     root: str | os.PathLike,
     *,
-    n_per_class: int = 150,
+    n_per_class: int | Mapping[str, int] = 150,
     size: int = 96,
     seed: int = 0,
     classes: Sequence[str] = CLASSES,
@@ -198,7 +256,11 @@ def make_synthetic_ham(
     """Write a synthetic HAM10000-layout folder at ``root`` and return its path.
 
     Images are ``size*4//3`` x ``size`` (4:3 like the real data) JPEGs at
-    quality 90; masks are 0/255 PNGs. Deterministic in ``seed``. Idempotent:
+    quality 90; masks are 0/255 PNGs. ``n_per_class``: one count for every
+    class, or a count per class (an imbalanced set, like the real seven
+    classes). Classes are drawn in the order given from one generator, so the
+    images of the first classes do not depend on the ones after them.
+    Deterministic in ``seed``. Idempotent:
     a complete folder made with the same arguments is left untouched. A
     folder that already holds a non-synthetic ``HAM10000_metadata.csv`` is
     refused, so real data is never overwritten.
@@ -208,7 +270,8 @@ def make_synthetic_ham(
     bad = [c for c in classes if c not in SUPPORTED]
     if bad or not classes or len(set(classes)) != len(classes):
         raise ValueError(f"classes must be distinct values from {SUPPORTED}, got {classes}")
-    if n_per_class < 1 or size < 8:
+    counts = _counts(n_per_class, classes)
+    if min(counts.values()) < 1 or size < 8:
         raise ValueError(f"need n_per_class >= 1 and size >= 8, got {n_per_class}, {size}")
     record = _args_record(n_per_class, size, seed, classes)
     if _is_complete(root, record):
@@ -232,9 +295,9 @@ def make_synthetic_ham(
     n_image = n_lesion = 0
     for dx in classes:
         count = 0
-        while count < n_per_class:
+        while count < counts[dx]:
             params = _lesion_params(rng, dx, size)
-            views = 2 if (rng.random() < SECOND_VIEW_P and count + 2 <= n_per_class) else 1
+            views = 2 if (rng.random() < SECOND_VIEW_P and count + 2 <= counts[dx]) else 1
             lesion_id = f"HAM_{9000000 + n_lesion:07d}"
             n_lesion += 1
             age = f"{float(rng.integers(4, 18) * 5):.1f}"

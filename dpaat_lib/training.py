@@ -36,6 +36,29 @@ def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(v.to(x.device).view(n, 1, 1, 1), x.flip(2), x)
 
 
+def epoch_order(y: torch.Tensor, generator: torch.Generator, sampler: str = "shuffle",
+                draws: int | None = None) -> torch.Tensor:
+    """The training-set indices of one epoch, on the CPU.
+
+    ``"shuffle"``: a random permutation (every image once; the paper's).
+    ``"balanced"``: ``len(y)`` draws with replacement, image i with probability proportional to
+    1 / (images of its class), so each class is drawn equally often in expectation (about
+    ``len(y) / K`` times per epoch): minority images are seen several times, majority images not
+    all in every epoch. The epoch keeps its length, and the indices stay indices into the training
+    set, so per-sample state (DPAAT's and AMAT's radii) works unchanged. ``draws`` sets the
+    balanced epoch's length instead (``TrainConfig.epoch_draws``).
+    """
+    n = y.shape[0]
+    if sampler == "shuffle":
+        return torch.randperm(n, generator=generator)
+    if sampler == "balanced":
+        y = y.cpu()
+        counts = torch.bincount(y).double()
+        weights = 1.0 / counts[y]
+        return torch.multinomial(weights, draws or n, replacement=True, generator=generator)
+    raise ValueError(f"unknown sampler {sampler!r}; use 'shuffle' or 'balanced'")
+
+
 @torch.no_grad()
 def predict_logits(model, x_uint8: torch.Tensor, *, batch_size: int = 256, device="cpu",
                    channels_last: bool = False) -> torch.Tensor:
@@ -150,7 +173,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
             for p in head(model, config.model).parameters():
                 p.requires_grad_(True)
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=shuffle_gen).to(device)
+        order = epoch_order(train.y, shuffle_gen, tc.sampler, tc.epoch_draws).to(device)
         logs = train_epoch(model, method, optimizer, x_train, y_train, order, batch_size=tc.batch_size,
                            flips=aug_gen if tc.flips else None, channels_last=tc.channels_last,
                            autocast=autocast)

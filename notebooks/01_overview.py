@@ -79,6 +79,7 @@ report.md(report.group_note(prof.models))
 
 # %% tags=["hide-input"]
 report.md(
+    report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "
     f"20-step PGD: {report.rank_sentence(results, '20-PGD')}.\n\n"
     f"**The paper's claim.** Over its six CNNs the paper reports DPAAT at "
@@ -89,7 +90,8 @@ report.md(
     f"{report.paper_value('I', 'all_six', 'DPAAT', 'GAcc') - report.paper_value('I', 'all_six', 'AT', 'GAcc'):+.2f} "
     f"and {report.paper_value('I', 'all_six', 'DPAAT', '20-PGD') - report.paper_value('I', 'all_six', 'AT', '20-PGD'):+.2f} "
     f"points, from single runs.\n\n"
-    f"**DPAAT minus AT here, on the same test images:**\n\n"
+    f"**DPAAT minus AT here, on the same test images** (chapter 12 tests DPAAT against AT, SAT and AMAT "
+    f"over three seeds):\n\n"
     + report.comparison_sentence(results, "DPAAT", "AT")
     + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
        if prof.synthetic else "")

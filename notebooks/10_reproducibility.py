@@ -79,6 +79,18 @@ report.md(report.config_json(next(r for r in results if r.config.method.name == 
 report.md(report.papermill_commands(prof.name))
 
 # %% [markdown]
+# ## Training speed
+#
+# `benchmarks/train_throughput.py` trains one epoch of PGD-7 adversarial training (batch 32) in a
+# paper-style loop (fp32, NCHW, a DataLoader over decoded images) and in the library's path (data
+# on the device, bf16 and channels_last on a GPU), in the same process, and with `--procs N` in N
+# library processes sharing the card, as the GPU grid runs. Its stored result, if any:
+
+# %%
+speed = report.benchmark_throughput(report.results_dir(prof, results_root))
+speed if speed is not None else report.md("No benchmark stored for this profile.")
+
+# %% [markdown]
 # ## Deviations from the paper
 
 # %%

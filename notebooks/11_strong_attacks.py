@@ -50,10 +50,13 @@ report.profile_banner(prof, results)
 #
 # Computed once per run from its checkpoint and stored beside it
 # (`robustness-<hash>.json`, the hash naming the attacks, their budgets, the images and the
-# checks), so re-executing the page without checkpoints loads it.
+# checks), so re-executing the page without checkpoints loads it. With several training seeds,
+# the runs of the first seed are evaluated (the checks are about how a method trains, and each
+# costs hundreds of attack steps per image).
 
 # %%
-evals, missing = report.strong_evaluations(results, prof, out, data_root=data_root, device=device)
+evals, missing = report.strong_evaluations(report.first_seed(results), prof, out, data_root=data_root,
+                                           device=device)
 report.md(report.strong_settings(prof, evals))
 
 # %% [markdown]
@@ -108,6 +111,18 @@ report.plot_masking_eps(evals) if evals else report.md("No stored evaluations an
 
 # %%
 report.strong_cost_table(results)
+
+# %% [markdown]
+# The stored timings above come from the grid's own runs, which shared their machine. The
+# benchmark (`benchmarks/train_throughput.py --cost-model M`, stored in the results folder as
+# `benchmark*.json`) times one epoch of each method in one process on an otherwise idle machine:
+# seconds per epoch relative to STD.
+
+# %%
+cost = report.benchmark_cost(out)
+cost if cost is not None else report.md("No benchmark stored for this profile: run "
+                                        "`python benchmarks/train_throughput.py --cost-model smallcnn --json "
+                                        "results/<profile>/benchmark-cpu.json` (or `-cuda` on a GPU).")
 
 # %% [markdown]
 # ## What it shows

@@ -16,9 +16,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
-            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks")
+            "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks", "12_study")
 WITH_FIGURES = ("01_overview", "02_data", "04_robustness", "05_precision", "06_confusion", "07_ablation",
-                "08_gradcam", "09_dynamics", "11_strong_attacks")
+                "08_gradcam", "09_dynamics", "11_strong_attacks", "12_study")
 IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", re.IGNORECASE)
 
 

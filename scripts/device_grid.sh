@@ -1,24 +1,87 @@
 #!/usr/bin/env bash
-# Continue the paper grid on a lent GPU for at most BUDGET seconds, then pack the results into $OUT.
-# Each call picks up where the last one stopped (finished runs are loaded, unfinished ones resume
-# from their last epoch while the machine keeps its files). SHARDS processes share the GPU, each
-# with its own models (dpaat grid --shard K/N), because batch 32 leaves one process's GPU mostly idle.
+# One call on a lent GPU: continue a profile's book grid for at most LIMIT seconds, then pack the results.
 #
-#   BUDGET=540 SHARDS=3 DATA=scratch/ham10000 bash scripts/device_grid.sh
+#   LIMIT=570 WORKERS=8 BENCH=1 DATA=scratch/ham10000 bash scripts/device_grid.sh
+#
+# - installs the wheels carried in .whl/ (grad-cam, ttach, torchattacks) when the machine lacks them;
+# - decodes the profile's images once (dpaat prepare), before the workers start;
+# - BENCH=1: benchmarks/train_throughput.py first (paper-style loop vs library path vs 4 processes,
+#   and the cost of each method relative to STD), into $RESULTS/benchmark-$DEVICE.json (packed);
+# - MPS=1 (default): starts NVIDIA's multi-process service when the machine has it, so the workers'
+#   small kernels run side by side (checked with a tiny CUDA program; switched off if that fails);
+# - WORKERS processes run `dpaat grid --book --claim` together: each takes the next unclaimed run
+#   (STD runs first, AMAT once its STD is done), and right after a run computes what the book derives
+#   from its checkpoint (--extras: eps curves, stronger attacks, Grad-CAM), because checkpoints do
+#   not outlive the machine. No run is started or continued after TRAIN_END seconds (resumable);
+#   everything is stopped at LIMIT - 20 s;
+# - packs the results store without checkpoints, and the logs, into $OUT.
+# Extra arguments for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
+# outside the paths a call carries (the device tool replaces those), so a warm machine keeps the
+# checkpoints of unfinished runs from one call to the next.
 set -uo pipefail
-BUDGET=${BUDGET:-540}
-SHARDS=${SHARDS:-1}
+START=$(date +%s)
+LIMIT=${LIMIT:-570}
+WORKERS=${WORKERS:-8}
 DATA=${DATA:-scratch/ham10000}
-RESULTS=${RESULTS:-results/paper}
+PROFILE=${PROFILE:-paper}
+RESULTS=${RESULTS:-results/$PROFILE}
+BENCH=${BENCH:-0}
+MPS=${MPS:-1}
+EXTRAS_RESERVE=${EXTRAS_RESERVE:-90}
+GRID_ARGS=${GRID_ARGS:-}
 PY=${PY:-python3}
-mkdir -p "$RESULTS"
-for k in $(seq 0 $((SHARDS - 1))); do
-  "$PY" -m dpaat_lib grid --profile paper --data "$DATA" --results "$RESULTS" --device cuda \
-    --time-budget "$BUDGET" --shard "$k/$SHARDS" --no-progress >> "$RESULTS/shard$k.log" 2>&1 &
+DEVICE=${DEVICE:-cuda}
+OUT=${OUT:-/tmp/dpaat-out}
+mkdir -p "$OUT" "$RESULTS/logs"
+export PYTHONUNBUFFERED=1
+elapsed() { echo $(( $(date +%s) - START )); }
+
+if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pytorch_grad_cam, torchattacks" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+
+"$PY" -m dpaat_lib prepare --profile "$PROFILE" --data "$DATA" --results "$RESULTS" $GRID_ARGS
+echo "[$(elapsed)s] data ready"
+
+if [ "$BENCH" = 1 ]; then
+  "$PY" benchmarks/train_throughput.py --device "$DEVICE" --size 224 --images 1280 --procs 4 --cost-model resnet34 \
+    --json "$RESULTS/benchmark-$DEVICE.json" 2>&1 | tee "$OUT/benchmark.txt"
+  echo "[$(elapsed)s] benchmark done"
+fi
+
+if [ "$MPS" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && timeout 60 "$PY" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
+    echo "MPS on"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "MPS off (could not start it)"
+  fi
+else
+  echo "MPS off"
+fi
+
+LEFT=$(( LIMIT - $(elapsed) ))
+TRAIN_END=$(( LEFT - EXTRAS_RESERVE ))
+CLAIMS=/tmp/claims-$START
+echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"
+for k in $(seq 1 "$WORKERS"); do
+  timeout -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" \
+    --device "$DEVICE" --claim "$CLAIMS" --extras --time-budget "$TRAIN_END" --no-progress --threads 1 $GRID_ARGS \
+    > "$RESULTS/logs/worker$k-$START.log" 2>&1 &
+  sleep 2  # staggered starts: the first runs claimed are the STD runs, in order
 done
 wait
-tail -n 3 "$RESULTS"/shard*.log
-if [ -n "${OUT:-}" ]; then
-  # Everything but checkpoints: metrics, predictions, histories, configs, logs (a few MB).
-  tar czf "$OUT/results-paper.tgz" --exclude=ckpt "$RESULTS"
-fi
+echo "[$(elapsed)s] workers done"
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+
+grep -h "done in\|FAILED\|interrupted\|extras:" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
+grep -h -A12 "FAILED" "$RESULTS"/logs/worker*-"$START".log | head -n 60
+tar czf "$OUT/results-$PROFILE.tgz" --exclude=ckpt -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+ls -la "$OUT"
+echo "[$(elapsed)s] packed"

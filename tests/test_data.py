@@ -380,3 +380,76 @@ def test_real_decode_sample(ham10000_root: pathlib.Path) -> None:
     x = load_images(sample["path"].tolist(), 64)
     assert x.shape == (21, 3, 64, 64)
     assert 20 < x.float().mean() < 235 and x.float().std() > 10
+
+
+# --------------------------------------------------------------------------
+# Split by fractions (the 7-class task) and the synthetic seven classes
+# --------------------------------------------------------------------------
+
+from dpaat_lib.data import make_fraction_split  # noqa: E402
+
+SEVEN = {"nv": 60, "mel": 30, "bkl": 30, "bcc": 20, "akiec": 16, "vasc": 12, "df": 12}
+
+
+@pytest.fixture(scope="module")
+def synthetic_seven(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A small imbalanced synthetic folder with all seven classes."""
+    return make_synthetic_ham(tmp_path_factory.mktemp("synthetic_seven"), n_per_class=SEVEN, size=24, seed=1,
+                              classes=ALL_CLASSES)
+
+
+def _check_fraction_split(meta: pd.DataFrame, split: dict[str, list[str]], test_fraction: float,
+                          val_fraction: float, lesion_aware: bool = True, slack: int = 2) -> None:
+    all_ids = split["train"] + split["val"] + split["test"]
+    assert sorted(all_ids) == sorted(meta["image_id"]), "every image on exactly one side"
+    dx = dict(zip(meta["image_id"], meta["dx"]))
+    for c, n in meta["dx"].value_counts().items():
+        got = {side: sum(dx[i] == c for i in ids) for side, ids in split.items()}
+        assert min(got.values()) > 0, (c, got)  # every class on every side
+        assert abs(got["test"] - round(test_fraction * n)) <= slack, (c, got)
+        assert abs(got["val"] - round(val_fraction * (n - got["test"]))) <= slack, (c, got)
+    if lesion_aware:
+        les = _sides_of_lesions(meta, split)
+        assert not les["train"] & les["val"] and not les["train"] & les["test"] and not les["val"] & les["test"]
+
+
+def test_fraction_split_is_lesion_aware_and_covers_all_classes(synthetic_seven: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_seven, ALL_CLASSES)
+    assert meta.groupby("lesion_id").size().max() > 1  # lesions with two images exist
+    split = make_split(meta, seed=0, test_fraction=0.2, val_fraction=0.1)
+    _check_fraction_split(meta, split, 0.2, 0.1)
+    assert split == make_fraction_split(meta, seed=0, test_fraction=0.2, val_fraction=0.1)
+    assert split == make_split(meta.sample(frac=1, random_state=3), seed=0, test_fraction=0.2, val_fraction=0.1)
+    assert split != make_split(meta, seed=1, test_fraction=0.2, val_fraction=0.1)
+
+
+def test_fraction_split_image_level(synthetic_seven: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_seven, ALL_CLASSES)
+    split = make_fraction_split(meta, seed=0, test_fraction=0.25, val_fraction=0.2, lesion_aware=False)
+    _check_fraction_split(meta, split, 0.25, 0.2, lesion_aware=False, slack=0)
+
+
+def test_fraction_split_errors(synthetic_seven: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_seven, ALL_CLASSES)
+    with pytest.raises(DataError, match="fraction"):
+        make_fraction_split(meta, seed=0, test_fraction=0.0, val_fraction=0.1)
+    with pytest.raises(DataError, match="too small"):
+        make_fraction_split(meta[meta["dx"] != "df"].iloc[:2].assign(dx="nv"), seed=0, test_fraction=0.2,
+                            val_fraction=0.1)
+
+
+def test_synthetic_seven_classes_keep_the_first_three(synthetic_seven: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    meta = read_metadata(synthetic_seven, ALL_CLASSES)
+    assert meta["dx"].value_counts().to_dict() == SEVEN
+    three = make_synthetic_ham(tmp_path / "three", n_per_class={c: SEVEN[c] for c in CLASSES}, size=24, seed=1)
+    m3 = read_metadata(three)
+    assert dataset_digest(m3) == dataset_digest(read_metadata(synthetic_seven))
+    for i in m3["image_id"][::25]:
+        assert (three / "images" / f"{i}.jpg").read_bytes() == (synthetic_seven / "images" / f"{i}.jpg").read_bytes()
+
+
+def test_real_seven_class_fraction_split(ham10000_root: pathlib.Path) -> None:
+    meta = read_metadata(ham10000_root, ALL_CLASSES)
+    assert len(meta) == 10015
+    split = make_fraction_split(meta, seed=0, test_fraction=0.2, val_fraction=0.1)
+    _check_fraction_split(meta, split, 0.2, 0.1)

@@ -3,7 +3,9 @@
 On CPU/float32, channels_last and the plain layout must give the same losses
 and parameters; the benchmark script runs end to end at a tiny size.
 """
+import importlib
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,20 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = bench.main(["--device", "cpu", "--models", "smallcnn", "--size", "16", "--images", "16",
-                       "--workers", "0", "--json", str(tmp_path / "rows.json")])
+    rows = bench.main(["--device", "cpu", "--models", "smallcnn", "--size", "16", "--images", "48",
+                       "--batch-size", "8", "--workers", "0", "--procs", "2", "--cost-model", "smallcnn",
+                       "--json", str(tmp_path / "benchmark-cpu.json")])
     assert len(rows) == 1 and rows[0]["ratio"] > 0 and rows[0]["paper_img_s"] > 0
-    assert (tmp_path / "rows.json").exists()
+    assert rows[0]["procs"] == 2 and rows[0]["concurrent_img_s"] > 0
+    stored = json.loads((tmp_path / "benchmark-cpu.json").read_text())
+    assert [c["method"] for c in stored["method_cost"]] == ["std", "at", "sat", "amat", "dpaat"]
+    # STD is one forward-backward per batch, AT eight: on any hardware AT costs more.
+    at = next(c for c in stored["method_cost"] if c["method"] == "at")
+    assert at["relative_to_std"] > 1.5
+    # The book's chapters 10 and 11 read the stored file from the results folder.
+    from dpaat_lib import report
+    cost = report.benchmark_cost(tmp_path)
+    assert list(cost.columns) == ["STD", "AT", "SAT", "AMAT", "DPAAT"] and cost.iloc[0]["STD"] == "x1.00"
+    speed = report.benchmark_throughput(tmp_path)
+    assert "ratio (2 processes)" in speed.columns and len(speed) == 1
+    assert report.benchmark_cost(tmp_path / "nothing") is None

@@ -240,7 +240,7 @@ def test_profiles_carry_the_strong_evaluation_budget_outside_the_run_identity():
 
 
 def test_strong_suite_and_masking_scale_with_the_profile():
-    assert report.strong_masking_options(profiles.get_profile("paper"))["steps"] == [25, 100, 200]
+    assert report.strong_masking_options(profiles.get_profile("paper", apgd_steps=100))["steps"] == [25, 100, 200]
     quick = profiles.get_profile("quick")
     m = report.strong_masking_options(quick)
     assert m["steps"] == [5, 20, 40] and m["restarts"] == [1, 2, 4]

@@ -341,3 +341,23 @@ def test_shards_partition_the_grid_by_model(data):
         assert len({c.model for c in p} & {c.model for q in parts if q is not p for c in q}) == 0
     with pytest.raises(ValueError, match="K/N"):
         grid.shard(cfgs, "4/4")
+
+
+def test_balanced_epoch_draws_set_the_epoch_length_and_keep_the_classes_even():
+    y = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
+    g = torch.Generator().manual_seed(0)
+    order = training.epoch_order(y, g, "balanced", draws=3000)
+    assert order.shape == (3000,) and order.max() < len(y)
+    share = torch.bincount(y[order], minlength=3).float() / 3000
+    assert torch.all((share - 1 / 3).abs() < 0.05), share
+    assert training.epoch_order(y, g, "balanced").shape == (100,)  # default: the training-set size
+    with pytest.raises(ValueError, match="epoch_draws"):
+        dataclasses.replace(profiles.run_config(tiny_profile(), "smallcnn", "std", 0, None).train, epoch_draws=10)
+
+
+def test_epoch_draws_leave_existing_run_ids_alone(data):
+    cfg = tiny_config(data, "at")
+    assert cfg.train.epoch_draws is None
+    other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, sampler="balanced", epoch_draws=50))
+    assert other.run_id != cfg.run_id
+    assert "epoch_draws" not in json.dumps(cfg.identity_dict())

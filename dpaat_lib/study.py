@@ -1,0 +1,846 @@
+"""Beyond the paper (issue 5, parts 2, 3 and 5): seeds and significance, DPAAT's free parameters, and
+all seven classes. The report-side functions of chapter 12; every number is computed from stored runs.
+
+- **Seeds.** :func:`seed_table` gives mean and spread over training seeds per (model, method);
+  :func:`significance` compares two methods on the same test images: the per-seed differences, a
+  *paired t-test across seeds* (the verdict: does the difference exceed seed-to-seed noise?) and a
+  *paired bootstrap confidence interval* of the mean difference that resamples test images within
+  each seed (the same resample for both methods) and averages over seeds (the test-sample
+  uncertainty of that mean).
+- **Sweeps.** :func:`load_sweeps` trains or loads DPAAT for each value of ``eta`` (adaptive length),
+  ``lam`` (synchronisation weight) and ``mu`` (batch or epoch criterion), every other option at its
+  default, on one seed (:data:`SWEEP_SEEDS`); :func:`sweep_frame`, :func:`plot_sweeps` and
+  :func:`sweep_findings` show clean and 20-PGD accuracy beside AT and read each point against the
+  default DPAAT's spread over seeds (its range and the 95% prediction interval of one more seed).
+- **Seven classes.** The profiles ``quick-7`` and ``cpu-real-7`` (dpaat_lib.profiles): every image,
+  a lesion-aware split by fractions, class-balanced sampling of each epoch for every method;
+  :func:`imbalance_table` reports accuracy, balanced accuracy and macro F1, clean and attacked.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import experiment, profiles
+from .evaluation import CLEAN
+from .metrics import balanced_accuracy, macro_f1
+from .methods import LABELS
+
+# --------------------------------------------------------------------------
+# Which profiles the chapter uses
+# --------------------------------------------------------------------------
+
+STUDY_PROFILES = {"quick": ("quick", "quick-7")}
+"""Book profile -> (the 3-class study profile, the 7-class profile). Any other book profile (cpu-real,
+paper: six CNNs at 224 px cannot afford three seeds and the sweeps) uses cpu-real and cpu-real-7."""
+
+STUDY_SEEDS = (0, 1, 2)
+"""The training seeds of the method comparison (section a)."""
+SWEEP_SEEDS = (0,)
+"""The sweeps' seed: one training run per swept value (what the CPU affords); the default DPAAT's spread
+over :data:`STUDY_SEEDS` is the yardstick a sweep point is read against."""
+STUDY_OVERRIDES: dict[str, dict] = {"quick": {"image_size": 16}}
+"""Profile overrides of the chapter's own runs per book profile. The quick build trains the study's 23
+runs (3 seeds x 5 methods, 3 sweep points, 5 on seven classes) at 16 px instead of 32, which keeps the
+chapter to about four minutes on one CPU core; on cpu-real the runs are the main grid's, unchanged."""
+
+SWEEP_PARAMS = ("eta", "lam", "mu")
+SWEEP_NAMES = {"eta": "adaptive length eta", "lam": "synchronisation weight lambda", "mu": "criterion mu"}
+DEFAULT_SWEEPS = {
+    # None is eta = eps0, the default: its point is the main grid's DPAAT run.
+    # method.md names {0.1, 0.5, 1, 2} for lambda; the CPU afforded the two ends of each sweep (a tenth and
+    # twice the default), one seed each: eta = 0.25 and lambda = 0.5 are left to a GPU session.
+    "cpu-real": {"eta": (0.05, None, 1.0), "lam": (0.1, 1.0, 2.0), "mu": ("batch", "epoch")},
+    "quick": {"eta": (0.05, None), "lam": (0.1, 1.0), "mu": ("batch", "epoch")},
+}
+COMPARED = ("AT", "SAT", "AMAT")
+"""The methods DPAAT is tested against (STD is not an adversarial defence)."""
+MAIN_COLUMNS = ("GAcc", "FGSM", "20-IFGSM", "20-PGD", "mAP")
+"""The columns of the three-seed table: clean accuracy, three of the paper's attacks, mean average precision."""
+TEST_ATTACKS = (CLEAN, "FGSM", "20-IFGSM", "20-PGD")
+"""The attacks under which DPAAT is compared with each method (accuracy on the same test images)."""
+
+
+def study_profiles(profile: str) -> tuple[str, str]:
+    """(3-class study profile, 7-class profile) for the book's ``profile``."""
+    return STUDY_PROFILES.get(profile, ("cpu-real", "cpu-real-7"))
+
+
+def study_overrides(profile: str, **given) -> dict:
+    """The profile overrides of the chapter's runs for the book's ``profile``: :data:`STUDY_OVERRIDES`,
+    then every ``given`` value that is not None (the notebook's parameters)."""
+    out = dict(STUDY_OVERRIDES.get(profile, {}))
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
+def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile: profiles.Profile,
+               overrides: dict, sweep_seeds: Sequence[int]) -> str:
+    """Markdown: which profiles this chapter's runs use and why, and how they differ from the book's."""
+    parts = []
+    if study_profile.name != book_profile:
+        parts.append(f"The book's profile is `{book_profile}`; three seeds, the sweeps and the seven-class task "
+                     f"are affordable only on profile `{study_profile.name}` ({study_profile.image_size} px, "
+                     f"{', '.join(study_profile.models)}), so this chapter uses it.")
+    base = profiles.get_profile(study_profile.name)
+    changed = [f"{k} {getattr(base, k)} -> {v}" for k, v in overrides.items() if getattr(base, k, None) != v]
+    if changed:
+        parts.append(f"This chapter's runs change the profile's {', '.join(changed)} (for `{study_profile.name}` "
+                     f"and `{seven_profile.name}`), so they are not the runs of the other chapters: "
+                     + ("the quick build must stay within minutes on one CPU core." if study_profile.synthetic
+                        else "given as parameters."))
+    parts.append(f"Seeds: the method comparison uses {len(study_profile.seeds)} training seed(s) "
+                 f"({', '.join(map(str, study_profile.seeds))}); each sweep value is trained on "
+                 f"{len(sweep_seeds)} seed(s) ({', '.join(map(str, sweep_seeds))}); the seven-class task on {len(seven_profile.seeds)} seed(s) "
+                 f"({', '.join(map(str, seven_profile.seeds))}). Only the first has a seed-to-seed spread of its "
+                 "own; the others are read against it.")
+    return " ".join(parts)
+
+
+def runs_of(results: Sequence[experiment.RunResult], label: str) -> list[experiment.RunResult]:
+    """The runs of one method (by its label: "AT", "DPAAT" ...)."""
+    return [r for r in results if _label(r) == label]
+
+
+def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
+    """The swept values per parameter for ``study_profile``; a ``given`` sequence (not None) replaces
+    that parameter's values. The profile's own value is always included (it is the reference point)."""
+    out = dict(DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
+    prof = profiles.get_profile(study_profile)
+    for param, values in given.items():
+        if param not in SWEEP_PARAMS:
+            raise ValueError(f"cannot sweep {param!r}; choose from {SWEEP_PARAMS}")
+        if values is None:
+            continue
+        values = tuple(values)
+        default = getattr(prof, param)
+        out[param] = values if default in values else (default, *values)
+    return out
+
+
+def value_label(param: str, value, eps0: float = 0.5) -> str:
+    """How a sweep value is written in tables: eta None is eps0."""
+    if param == "eta" and value is None:
+        return f"eps0 = {eps0:g}"
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+# --------------------------------------------------------------------------
+# Metrics from the stored per-image predictions
+# --------------------------------------------------------------------------
+
+METRICS: dict[str, str] = {"acc": "accuracy", "bacc": "balanced accuracy", "f1": "macro F1"}
+
+
+def _hits(pred: pd.DataFrame, attack: str) -> np.ndarray:
+    return (pred[f"pred_{attack}"] == pred["label"]).to_numpy()
+
+
+def metric_value(result: experiment.RunResult, metric: str = "acc", attack: str = CLEAN) -> float:
+    """``acc``, ``bacc`` (balanced accuracy) or ``f1`` (macro F1) of one run under ``attack``."""
+    pred = result.predictions
+    if metric == "acc":
+        return float(_hits(pred, attack).mean())
+    if metric == "bacc":
+        return balanced_accuracy(pred, attack)
+    if metric == "f1":
+        return macro_f1(pred, result.config.data.classes, attack)
+    raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
+
+
+def _label(result: experiment.RunResult) -> str:
+    return LABELS[result.config.method.name]
+
+
+def long_frame(results: Sequence[experiment.RunResult], metrics: Sequence[str] = ("acc",),
+               attacks: Sequence[str] = (CLEAN, "20-PGD")) -> pd.DataFrame:
+    """One row per run, metric and attack: model, method, seed, metric, attack, value."""
+    rows = []
+    for r in results:
+        for m in metrics:
+            for a in attacks:
+                rows.append({"model": r.config.model, "method": _label(r), "seed": r.config.train.seed,
+                             "metric": m, "attack": a, "value": metric_value(r, m, a)})
+    return pd.DataFrame(rows)
+
+
+def _column(metric: str, attack: str) -> str:
+    name = {"acc": "Acc", "bacc": "BAcc", "f1": "F1"}[metric]
+    return f"{name} {'clean' if attack == CLEAN else attack}"
+
+
+def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] = ("acc",),
+               attacks: Sequence[str] = (CLEAN, "20-PGD"), scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """Per (model, method): ``mean ± std (n seeds)`` of each metric x attack, in percent. The std is the
+    sample standard deviation over training seeds (the seed-to-seed spread); all runs share one test set."""
+    df = long_frame(results, metrics, attacks)
+    if df.empty:
+        return pd.DataFrame()
+    g = df.groupby(["model", "method", "metric", "attack"], sort=False)["value"]
+    stats = g.agg(["mean", "std", "count", "min", "max"]).reset_index()
+    rows: dict[tuple, dict] = {}
+    for _, s in stats.iterrows():
+        row = rows.setdefault((s["model"], s["method"]), {"model": s["model"], "method": s["method"]})
+        std = s["std"] if s["count"] > 1 else float("nan")
+        text = f"{scale * s['mean']:.{digits}f}"
+        if not math.isnan(std):
+            text += f" ± {scale * std:.{digits}f}"
+        row[_column(s["metric"], s["attack"])] = text
+        row["seeds"] = int(s["count"])
+    order = {lab: k for k, lab in enumerate(LABELS.values())}
+    out = pd.DataFrame(list(rows.values()))
+    out = out[[c for c in out.columns if c != "seeds"] + ["seeds"]]
+    out = out.sort_values(["model", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
+                          kind="stable")
+    return out.reset_index(drop=True)
+
+
+def seed_stats(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS) -> pd.DataFrame:
+    """Long table of the runs' stored metrics over seeds: model, method, column, mean, std, min, max,
+    seeds (percent; std NaN for one seed). ``columns`` are :func:`dpaat_lib.grid.results_table`'s."""
+    from . import report
+
+    t = report.results_frame(results)
+    if t.empty:
+        return pd.DataFrame()
+    columns = [c for c in columns if c in t.columns]
+    long = t.melt(id_vars=["model", "method", "seed"], value_vars=columns, var_name="column")
+    long["value"] = 100 * long["value"].astype(float)
+    g = long.groupby(["model", "method", "column"], sort=False)["value"]
+    out = g.agg(mean="mean", std="std", min="min", max="max", seeds="count").reset_index()
+    order = {lab: k for k, lab in enumerate(LABELS.values())}
+    col_order = {c: k for k, c in enumerate(columns)}
+    out = out.sort_values(["model", "method", "column"], kind="stable",
+                          key=lambda c: c.map(order) if c.name == "method" else
+                          (c.map(col_order) if c.name == "column" else c))
+    return out.reset_index(drop=True)
+
+
+def main_table(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS,
+               digits: int = 1) -> pd.DataFrame:
+    """Per (model, method): ``mean ± std`` over seeds of each column in percent, and the seeds."""
+    st = seed_stats(results, columns)
+    if st.empty:
+        return st
+    st["text"] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
+                  for m, s, n in zip(st["mean"], st["std"], st["seeds"])]
+    wide = st.pivot_table(index=["model", "method"], columns="column", values="text", aggfunc="first", sort=False)
+    wide = wide[[c for c in columns if c in wide.columns]]
+    wide["seeds"] = st.groupby(["model", "method"], sort=False)["seeds"].max()
+    wide.columns.name = None
+    return wide
+
+
+def plot_seed_points(results: Sequence[experiment.RunResult], columns: Sequence[str] = ("GAcc", "20-PGD")):
+    """One panel per column: every seed's value (dots) and the seed mean (bar) per method, so the
+    seed-to-seed spread is seen beside the differences between methods."""
+    import matplotlib.pyplot as plt
+
+    from . import report
+
+    t = report.results_frame(results)
+    models = list(dict.fromkeys(t["model"]))
+    fig, axes = plt.subplots(len(models), len(columns), figsize=(4.4 * len(columns), 3.3 * len(models)),
+                             squeeze=False)
+    order = [m for m in LABELS.values() if m in set(t["method"])]
+    for i, model in enumerate(models):
+        for j, col in enumerate(columns):
+            ax = axes[i][j]
+            sub = t[t["model"] == model]
+            for k, meth in enumerate(order):
+                v = 100 * sub.loc[sub["method"] == meth, col].astype(float).to_numpy()
+                if not len(v):
+                    continue
+                ax.bar(k, v.mean(), color="0.85", edgecolor="0.5", width=0.6)
+                ax.scatter(k + np.linspace(-0.12, 0.12, len(v)), v, color="k", s=14, zorder=3)
+            ax.set_xticks(range(len(order)), order)
+            lo = 100 * sub[col].astype(float).min()
+            ax.set_ylim(max(0.0, lo - 10), min(100.0, 100 * sub[col].astype(float).max() + 5))
+            ax.set_ylabel(f"{'clean accuracy' if col == 'GAcc' else col + ' accuracy'} (%)")
+            n = sub.groupby("method")["seed"].nunique().max()
+            ax.set_title(f"{model}: {col}, {n} seed(s) per method", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------
+# Is the difference larger than seed-to-seed noise?
+# --------------------------------------------------------------------------
+
+def _metric_fn(metric: str, n_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Vectorised metric over bootstrap replicates: (labels (B, n), predictions (B, n)) -> (B,)."""
+    if metric == "acc":
+        return lambda y, p: (y == p).mean(axis=1)
+    if metric == "bacc":
+        def bacc(y, p):
+            hit = (y == p)
+            per = []
+            for k in range(n_classes):
+                m = y == k
+                cnt = m.sum(axis=1)
+                per.append(np.where(cnt > 0, (hit & m).sum(axis=1) / np.maximum(cnt, 1), np.nan))
+            return np.nanmean(np.stack(per, 1), axis=1)
+        return bacc
+    if metric == "f1":
+        def f1(y, p):
+            out = []
+            for k in range(n_classes):
+                tp = ((p == k) & (y == k)).sum(axis=1)
+                fp = ((p == k) & (y != k)).sum(axis=1)
+                fn = ((p != k) & (y == k)).sum(axis=1)
+                denom = 2 * tp + fp + fn
+                out.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+            return np.mean(np.stack(out, 1), axis=1)
+        return f1
+    raise ValueError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
+
+
+def paired_difference_test(diffs: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test across seeds (H0: mean difference 0); NaN below two
+    seeds, 1.0 when every difference is 0, 0.0 when they are all equal and non-zero."""
+    from scipy.stats import ttest_1samp
+
+    d = np.asarray(diffs, dtype=float)
+    if d.size < 2:
+        return float("nan")
+    if np.allclose(d, d[0]):
+        return 1.0 if np.isclose(d[0], 0.0) else 0.0
+    return float(ttest_1samp(d, 0.0).pvalue)
+
+
+def bootstrap_ci(pairs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], metric: str = "acc",
+                 n_classes: int = 3, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Paired bootstrap CI of the seed-mean of (metric of a - metric of b).
+
+    ``pairs``: one (labels, predictions of a, predictions of b) per seed, on the same test images.
+    Each replicate resamples the test images of every seed with replacement (one resample used for
+    both methods, so the comparison stays paired) and averages the per-seed differences.
+    """
+    rng = np.random.default_rng(seed)
+    fn = _metric_fn(metric, n_classes)
+    total = np.zeros(n_boot)
+    for y, pa, pb in pairs:
+        idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+        total += fn(y[idx], pa[idx]) - fn(y[idx], pb[idx])
+    total /= max(len(pairs), 1)
+    lo, hi = np.quantile(total, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def significance(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT", *,
+                 metric: str = "acc", attacks: Sequence[str] = (CLEAN, "20-PGD"), n_boot: int = 2000,
+                 alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Method ``a`` minus method ``b`` per model and attack, over the seeds both have.
+
+    Columns: model, attack, metric, seeds, per_seed (differences in points, seed order), mean (points),
+    seed_std (points), p_ttest (paired t-test across seeds), ci_low / ci_high (points, paired
+    bootstrap over test images within each seed, averaged over seeds) and ``exceeds_noise``: True when
+    the t-test rejects a zero mean difference at ``alpha`` (which needs at least two seeds).
+    """
+    by = {(r.config.model, _label(r), r.config.train.seed): r for r in results}
+    models = sorted({k[0] for k in by})
+    rows = []
+    for model in models:
+        seeds = sorted(s for (m, meth, s) in by if m == model and meth == a and (m, b, s) in by)
+        if not seeds:
+            continue
+        for att in attacks:
+            diffs, pairs = [], []
+            for s in seeds:
+                ra, rb = by[(model, a, s)], by[(model, b, s)]
+                pa = ra.predictions.set_index("image_id")
+                pb = rb.predictions.set_index("image_id").loc[pa.index]
+                diffs.append(100 * (metric_value(ra, metric, att) - metric_value(rb, metric, att)))
+                pairs.append((pa["label"].to_numpy(), pa[f"pred_{att}"].to_numpy(), pb[f"pred_{att}"].to_numpy()))
+            n_classes = len(by[(model, a, seeds[0])].config.data.classes)
+            lo, hi = bootstrap_ci(pairs, metric, n_classes, n_boot=n_boot, level=1 - alpha, seed=seed)
+            p = paired_difference_test(diffs)
+            rows.append({"model": model, "comparison": f"{a} - {b}", "attack": "clean" if att == CLEAN else att,
+                         "metric": metric, "seeds": len(seeds), "per_seed": [round(d, 2) for d in diffs],
+                         "mean": float(np.mean(diffs)),
+                         "seed_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan"),
+                         "p_ttest": p, "ci_low": 100 * lo, "ci_high": 100 * hi,
+                         "exceeds_noise": bool(len(diffs) > 1 and p < alpha)})
+    return pd.DataFrame(rows)
+
+
+def significance_table(results: Sequence[experiment.RunResult], a: str = "DPAAT", others: Sequence[str] = COMPARED,
+                       **kw) -> pd.DataFrame:
+    """:func:`significance` of ``a`` against each of ``others`` that is present, stacked."""
+    present = {_label(r) for r in results}
+    parts = [significance(results, a, b, **kw) for b in others if b in present]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, ignore_index=True)
+    out["p_holm"] = holm(out["p_ttest"].to_numpy())
+    return out
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN entries are left out of the family and
+    stay NaN): controls the chance of any false "beyond noise" among the family at the nominal level."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    if not ok.size:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def significance_display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """The table for the page: rounded, the CI as one column, the verdict in words."""
+    if table.empty:
+        return table
+    keep = ["model", "comparison", "attack", "metric", "seeds"]
+    if table["metric"].nunique() == 1:
+        keep.remove("metric")  # one metric for the whole table: the page says which
+    out = table[keep].copy()
+    out["per-seed differences"] = [", ".join(f"{d:+.{digits}f}" for d in v) for v in table["per_seed"]]
+    out["mean"] = [f"{m:+.{digits}f}" for m in table["mean"]]
+    out["seed std"] = [f"{s:.{digits}f}" for s in table["seed_std"]]
+    out["t-test p"] = [f"{p:.3f}" if not math.isnan(p) else "n/a" for p in table["p_ttest"]]
+    if "p_holm" in table:
+        out["Holm p"] = [f"{p:.3f}" if not math.isnan(p) else "n/a" for p in table["p_holm"]]
+    out["95% bootstrap CI"] = [f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" for lo, hi in
+                               zip(table["ci_low"], table["ci_high"])]
+    out["beyond seed noise"] = ["yes" if e else ("n/a (one seed)" if n < 2 else "no")
+                                for e, n in zip(table["exceeds_noise"], table["seeds"])]
+    return out
+
+
+def significance_sentence(table: pd.DataFrame, alpha: float = 0.05) -> str:
+    """Plain-language verdict per comparison and attack (mean difference, t-test, bootstrap CI)."""
+    if table.empty:
+        return "No pairs of runs to compare."
+    parts = []
+    for _, r in table.iterrows():
+        what = f"{r['model']}, {r['comparison']}, {METRICS[r['metric']]} {r['attack']}"
+        ci = f"95% bootstrap CI over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+        if r["seeds"] < 2:
+            verdict = "one seed only: the seed-to-seed noise is not measured"
+        elif r["exceeds_noise"]:
+            verdict = f"beyond seed-to-seed noise (paired t-test across seeds p = {r['p_ttest']:.3f} < {alpha})"
+        else:
+            verdict = f"within seed-to-seed noise (paired t-test across seeds p = {r['p_ttest']:.3f})"
+        parts.append(f"{what}: {r['mean']:+.1f} points over {r['seeds']} seed(s) "
+                     f"(per seed {', '.join(f'{d:+.1f}' for d in r['per_seed'])}); {verdict}; {ci}")
+    return "- " + "\n- ".join(parts)
+
+
+def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") -> str:
+    """The reading of :func:`significance_table` for the page (Markdown): how many differences exceed
+    seed-to-seed noise (before and after Holm's correction), and which, per comparison under 20-PGD
+    and clean."""
+    if table.empty:
+        return f"No pairs of runs of {a} and the other methods to compare."
+    n_seeds = int(table["seeds"].max())
+    if n_seeds < 2:
+        return (f"One seed per method: the seed-to-seed noise is not measured, so no difference here can be "
+                f"judged against it. The bootstrap intervals cover the test images only.")
+    tested = table[table["seeds"] >= 2]
+    hits = tested[tested["p_ttest"] < alpha]
+    holm_hits = tested[tested["p_holm"] < alpha] if "p_holm" in tested else hits.iloc[0:0]
+    ci_excl = tested[(tested["ci_low"] > 0) | (tested["ci_high"] < 0)]
+
+    def name(r):
+        return f"{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
+
+    parts = [f"**{len(tested)} comparisons** ({a} against {', '.join(dict.fromkeys(c.split(' - ')[1] for c in tested['comparison']))}, "
+             f"under {', '.join(dict.fromkeys(tested['attack']))}), each a paired t-test across {n_seeds} seeds "
+             f"({n_seeds - 1} degrees of freedom) of the per-seed accuracy differences on the same test images."]
+    if len(hits):
+        ups = hits[hits["mean"] > 0]
+        downs = hits[hits["mean"] < 0]
+        txt = f"{len(hits)} of {len(tested)} exceed seed-to-seed noise at p < {alpha}"
+        if len(ups):
+            txt += f"; {a} higher: " + "; ".join(name(r) for _, r in ups.iterrows())
+        if len(downs):
+            txt += f"; {a} lower: " + "; ".join(name(r) for _, r in downs.iterrows())
+        txt += (f". With {len(tested)} tests about {alpha * len(tested):.1f} would pass by chance alone; after "
+                f"Holm's correction for the {len(tested)} tests, {len(holm_hits)} remain"
+                + (": " + "; ".join(name(r) for _, r in holm_hits.iterrows()) if len(holm_hits) else "") + ".")
+    else:
+        txt = (f"None of the {len(tested)} differences exceeds seed-to-seed noise at p < {alpha}: on this "
+               f"profile {a}'s differences from the other adversarial methods are within the variation between "
+               "training seeds.")
+    parts.append(txt)
+    parts.append(f"The 95% bootstrap intervals over test images exclude zero for {len(ci_excl)} of the "
+                 f"{len(tested)} comparisons; they measure the test sample only (how precisely the "
+                 f"{n_seeds}-seed mean is known on these images), not whether another training run would "
+                 "agree, which is what the t-test asks.")
+    if n_seeds < 5:
+        parts.append(f"With {n_seeds} seeds the t-test has little power: a difference of a few points that "
+                     "varies between seeds by as much stays undetected, so *within noise* means *not shown "
+                     "here*, not *shown equal*.")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Sweeps of DPAAT's free parameters
+# --------------------------------------------------------------------------
+
+def load_sweeps(profile: str, sweeps: dict[str, Sequence], *, data_root=None, results_root=None, models=None,
+                seeds=None, device: str = "cpu", cache_dir=None, **overrides) -> dict[str, dict]:
+    """DPAAT on the study profile for every value of every swept parameter (the others at the
+    profile's values). Returns ``{param: {value: [RunResult per model x seed]}}``. A value equal to the
+    profile's own (e.g. eta None) is the main grid's DPAAT run, loaded, not retrained."""
+    from . import report
+
+    out: dict[str, dict] = {}
+    for param, values in sweeps.items():
+        if param not in SWEEP_PARAMS:
+            raise ValueError(f"cannot sweep {param!r}; choose from {SWEEP_PARAMS}")
+        out[param] = {}
+        for v in values:
+            if param in ("eta", "lam") and v is not None:
+                v = float(v)  # 2 and 2.0 must name the same run (the CLI's --set gives floats)
+            _, res = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
+                                      methods=("dpaat",), seeds=seeds, device=device, cache_dir=cache_dir,
+                                      **{**overrides, param: v})
+            out[param][v] = res
+    return out
+
+
+def sweep_commands(study_profile: str, sweeps: dict[str, Sequence], seeds: Sequence[int], data: str = "DIR") -> list[str]:
+    """The command lines that train every run of :func:`load_sweeps` (a GPU's job)."""
+    base = f"python -m dpaat_lib grid --profile {study_profile} --data {data} --seeds {' '.join(map(str, seeds))}"
+    cmds = [base]
+    prof = profiles.get_profile(study_profile)
+    for param, values in sweeps.items():
+        for v in values:
+            if v == getattr(prof, param):
+                continue
+            cmds.append(f"{base} --methods dpaat --set {param}={'none' if v is None else v}")
+    return cmds
+
+
+def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Where one more training seed's value falls with probability ``level``, from ``values`` over seeds
+    (normal model: mean ± t(n-1) s sqrt(1 + 1/n)); (NaN, NaN) below two values. The yardstick for a
+    one-seed sweep point: with three seeds a fourth falls outside their min-max range half the time
+    by chance, so the range alone would flag noise as an effect."""
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, dtype=float)
+    if v.size < 2:
+        return float("nan"), float("nan")
+    half = student_t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def _stat_row(vals: Sequence[float]) -> dict:
+    """Mean, std, range and the prediction interval (clipped to accuracy's 0-100 %) of ``vals`` (percent)."""
+    lo, hi = prediction_interval(vals)
+    lo, hi = (lo, hi) if math.isnan(lo) else (max(lo, 0.0), min(hi, 100.0))
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"),
+            "min": float(np.min(vals)), "max": float(np.max(vals)), "pi_low": lo, "pi_high": hi, "seeds": len(vals)}
+
+
+REFERENCE_LABELS = {"AT": "AT", "default": "DPAAT default"}
+
+
+def sweep_frame(sweeps: dict[str, dict], reference: Sequence[experiment.RunResult] = (),
+                default: Sequence[experiment.RunResult] = (), attacks: Sequence[str] = (CLEAN, "20-PGD"),
+                metric: str = "acc", eps0: float = 0.5) -> pd.DataFrame:
+    """Long table of the sweeps: param, value, order, label, model, attack, mean, std, min, max, pi_low,
+    pi_high (95% prediction interval of one more seed), seeds; accuracies in percent. ``reference`` runs
+    (AT) and ``default`` runs (DPAAT at its default options, every seed) add rows with param "AT" and
+    "default": the yardsticks a sweep point is read against."""
+    rows = []
+    for param, by_value in sweeps.items():
+        for k, (v, res) in enumerate(by_value.items()):
+            for model in sorted({r.config.model for r in res}):
+                rs = [r for r in res if r.config.model == model]
+                for att in attacks:
+                    rows.append({"param": param, "value": v, "order": k, "label": value_label(param, v, eps0),
+                                 "model": model, "attack": "clean" if att == CLEAN else att,
+                                 **_stat_row([100 * metric_value(r, metric, att) for r in rs])})
+    for name, runs in (("AT", reference), ("default", default)):
+        for model in sorted({r.config.model for r in runs}):
+            rs = [r for r in runs if r.config.model == model]
+            for att in attacks:
+                rows.append({"param": name, "value": None, "order": -1, "label": REFERENCE_LABELS[name],
+                             "model": model, "attack": "clean" if att == CLEAN else att,
+                             **_stat_row([100 * metric_value(r, metric, att) for r in rs])})
+    return pd.DataFrame(rows)
+
+
+def sweep_table(frame: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    """One row per (param, value, model), columns per attack, in percent: a sweep point's value (``mean ±
+    std`` if it has several seeds); the reference rows (AT, the default DPAAT over its seeds) as ``mean ±
+    std (min-max)``."""
+    if frame.empty:
+        return frame
+    f = frame.copy()
+    f["text"] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
+                 + (f" ({lo:.{digits}f}-{hi:.{digits}f})" if n > 1 and p in REFERENCE_LABELS else "")
+                 for m, s, lo, hi, n, p in zip(f["mean"], f["std"], f["min"], f["max"], f["seeds"], f["param"])]
+    f["parameter"] = [SWEEP_NAMES.get(p, "reference") for p in f["param"]]
+    f["sort"] = [SWEEP_PARAMS.index(p) if p in SWEEP_PARAMS else len(SWEEP_PARAMS) for p in f["param"]]
+    wide = f.pivot_table(index=["sort", "parameter", "order", "label", "model", "seeds"], columns="attack",
+                         values="text", aggfunc="first", sort=False).reset_index()
+    wide = wide.sort_values(["sort", "model", "order"], kind="stable").drop(columns=["order", "sort"])
+    wide.columns.name = None
+    return wide.rename(columns={"label": "value", "clean": "clean acc (%)", "20-PGD": "20-PGD acc (%)"}
+                       ).reset_index(drop=True)
+
+
+def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD")):
+    """One panel per swept parameter: accuracy against the value (one line per attack and model). Beside
+    them, per attack: the default DPAAT's seed mean (dashed), its min-max over seeds (dark band) and the
+    95% prediction interval of one more seed (light band), and AT's seed mean (dotted)."""
+    import matplotlib.pyplot as plt
+
+    params = [p for p in SWEEP_PARAMS if p in set(frame["param"])]
+    fig, axes = plt.subplots(1, max(len(params), 1), figsize=(4.4 * max(len(params), 1), 3.6), squeeze=False)
+    colors = dict(zip(attacks, ("tab:blue", "tab:red", "tab:green", "tab:purple")))
+    models = sorted(set(frame.loc[frame["param"].isin(SWEEP_PARAMS), "model"]))
+    for ax, param in zip(axes[0], params):
+        sub = frame[frame["param"] == param]
+        labels = list(dict.fromkeys(sub.sort_values("order")["label"]))
+        x = {lab: k for k, lab in enumerate(labels)}
+        span = (-0.3, len(labels) - 0.7)
+        for model in models:
+            tag = f" ({model})" if len(models) > 1 else ""
+            for att in attacks:
+                g = sub[(sub["model"] == model) & (sub["attack"] == att)].sort_values("order")
+                if g.empty:
+                    continue
+                n = int(g["seeds"].max())
+                ax.errorbar([x[lab] for lab in g["label"]], g["mean"], yerr=g["std"].fillna(0),
+                            fmt="-o" if model == models[0] else "--s", color=colors[att], capsize=3, zorder=3,
+                            label=f"DPAAT {att}{tag}, {n} seed(s) per value")
+                d = frame[(frame["param"] == "default") & (frame["model"] == model) & (frame["attack"] == att)]
+                if not d.empty:
+                    d = d.iloc[0]
+                    ax.axhline(d["mean"], color=colors[att], ls="--", lw=0.9)
+                    if d["seeds"] > 1:
+                        ax.fill_between(span, d["pi_low"], d["pi_high"], color=colors[att], alpha=0.08, lw=0)
+                        ax.fill_between(span, d["min"], d["max"], color=colors[att], alpha=0.22, lw=0,
+                                        label=f"default DPAAT {att}{tag}: {int(d['seeds'])} seeds' mean, range, "
+                                              "95% PI")
+                r = frame[(frame["param"] == "AT") & (frame["model"] == model) & (frame["attack"] == att)]
+                if not r.empty:
+                    ax.axhline(float(r["mean"].iloc[0]), color=colors[att], ls=":", lw=1.4,
+                               label=f"AT {att}{tag} ({int(r['seeds'].iloc[0])}-seed mean)")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(*span)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel(SWEEP_NAMES[param])
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    handles, labs = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labs, fontsize=7, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    plt.close(fig)
+    return fig
+
+
+def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks: Sequence[str] = ("20-PGD", "clean")) -> str:
+    """The reading of the sweeps (Markdown): each non-default value's accuracy beside the default DPAAT's
+    seed mean and its 95% prediction interval for one more seed, and beside AT."""
+    if frame.empty or not set(frame["param"]) & set(SWEEP_PARAMS):
+        return "No sweep runs."
+    lines, outside, n_points = [], [], 0
+    for param in [p for p in SWEEP_PARAMS if p in set(frame["param"])]:
+        default = value_label(param, getattr(study_profile, param), study_profile.eps0)
+        for model in sorted(set(frame.loc[frame["param"] == param, "model"])):
+            parts = []
+            for att in attacks:
+                sub = frame[(frame["param"] == param) & (frame["model"] == model) & (frame["attack"] == att)]
+                d = frame[(frame["param"] == "default") & (frame["model"] == model) & (frame["attack"] == att)]
+                r = frame[(frame["param"] == "AT") & (frame["model"] == model) & (frame["attack"] == att)]
+                pts = []
+                for _, row in sub.sort_values("order").iterrows():
+                    txt = f"{row['mean']:.1f} at {row['label']}" + (" (default)" if row["label"] == default else "")
+                    if row["label"] != default and not d.empty and d.iloc[0]["seeds"] > 1:
+                        n_points += 1
+                        lo, hi = d.iloc[0]["pi_low"], d.iloc[0]["pi_high"]
+                        if not lo <= row["mean"] <= hi:
+                            txt += " **outside**"
+                            outside.append(f"{SWEEP_NAMES[param]} = {row['label']} ({att}, {row['mean']:.1f} vs "
+                                           f"[{lo:.1f}, {hi:.1f}])")
+                    pts.append(txt)
+                ref = ""
+                if not d.empty:
+                    dd = d.iloc[0]
+                    ref = (f"; default DPAAT over {int(dd['seeds'])} seeds {dd['mean']:.1f} (range "
+                           f"{dd['min']:.1f} to {dd['max']:.1f}"
+                           + (f", 95% PI [{dd['pi_low']:.1f}, {dd['pi_high']:.1f}])" if dd["seeds"] > 1 else ")"))
+                if not r.empty:
+                    ref += f"; AT {r.iloc[0]['mean']:.1f}"
+                parts.append(f"{att}: {', '.join(pts)}{ref}")
+            n_seed = int(frame.loc[frame["param"] == param, "seeds"].max())
+            lines.append(f"**{SWEEP_NAMES[param]}** ({model}, {n_seed} seed per value): " + ". ".join(parts) + ".")
+    if outside:
+        verdict = (f"{len(outside)} of {n_points} sweep points fall outside the 95% prediction interval of one "
+                   f"more default run: {'; '.join(outside)}. Each rests on one training seed, so this marks a value "
+                   "worth repeating over seeds, not an established effect (about one point in twenty falls "
+                   "outside by chance).")
+    elif n_points:
+        verdict = (f"All {n_points} sweep points fall inside the 95% prediction interval of one more default run: "
+                   "on this evidence no swept value changes DPAAT's clean or robust accuracy by more than the "
+                   "variation between training seeds.")
+    else:
+        verdict = "The default DPAAT has one seed here, so the sweep points cannot be set against seed noise."
+    return "- " + "\n- ".join(lines) + "\n\n" + verdict
+
+
+# --------------------------------------------------------------------------
+# Seven classes
+# --------------------------------------------------------------------------
+
+def imbalance_table(results: Sequence[experiment.RunResult], attacks: Sequence[str] = (CLEAN, "20-PGD"),
+                    metrics: Sequence[str] = ("acc", "bacc", "f1"), digits: int = 1) -> pd.DataFrame:
+    """Per (model, method): accuracy, balanced accuracy and macro F1 under each attack, ``mean ± std``
+    over seeds in percent (:func:`seed_table` with the imbalance-aware metrics)."""
+    return seed_table(results, metrics, attacks, digits=digits)
+
+
+def per_class_recall(results: Sequence[experiment.RunResult], attacks: Sequence[str] | str = (CLEAN, "20-PGD")
+                     ) -> pd.DataFrame:
+    """Recall (%) of each class per (model, method, attack), seed means: where the imbalance bites."""
+    attacks = (attacks,) if isinstance(attacks, str) else tuple(attacks)
+    rows = []
+    for r in results:
+        pred = r.predictions
+        y = pred["label"].to_numpy()
+        for att in attacks:
+            hit = _hits(pred, att)
+            row = {"model": r.config.model, "method": _label(r), "attack": "clean" if att == CLEAN else att,
+                   "seed": r.config.train.seed}
+            for k, c in enumerate(r.config.data.classes):
+                row[c] = 100 * float(hit[y == k].mean()) if (y == k).any() else float("nan")
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    out = df.drop(columns="seed").groupby(["model", "attack", "method"], sort=False).mean().round(1)
+    return out.reset_index()
+
+
+def _counts_key(data_config) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(data_config.identity(), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def split_class_counts(data_config, data_root=None, cache_dir=None, results=None, draws: int | None = None
+                       ) -> pd.DataFrame:
+    """Images per class and side of the split that ``data_config`` describes. Columns: class, train, val,
+    test, lesions, each class's share of the training set and how often the balanced sampler draws each
+    of its training images per epoch (``draws`` per epoch, default the training-set size).
+
+    Computed from the metadata (the data folder, or the synthetic stand-in) and stored as
+    ``<results>/class-counts-<hash>.json`` (counts only) when ``results`` is given, so a page re-executed
+    without the data still shows them; an empty frame when neither the file nor the data is there."""
+    from . import data as D
+    from . import store
+
+    path = None if results is None else Path(results) / f"class-counts-{_counts_key(data_config)}.json"
+    if path is not None and path.exists():
+        stored = store.read_json(path)
+    else:
+        root = experiment.data_root_for(data_config.source, data_root, cache_dir)
+        if root is None or not (root / D.METADATA_FILE).exists():
+            return pd.DataFrame()
+        meta = D.read_metadata(root, data_config.classes)
+        split = experiment.make_split_for(data_config, root)
+        dx = dict(zip(meta["image_id"], meta["dx"]))
+        lesion = dict(zip(meta["image_id"], meta["lesion_id"]))
+        stored = {"data": data_config.identity(), "classes": list(data_config.classes),
+                  "counts": {side: {c: sum(dx[i] == c for i in split[side]) for c in data_config.classes}
+                             for side in ("train", "val", "test")},
+                  "lesions": {c: len({lesion[i] for ids in split.values() for i in ids if dx[i] == c})
+                              for c in data_config.classes}}
+        if path is not None:
+            store.write_json(path, stored)
+    counts = stored["counts"]
+    n_train = sum(counts["train"].values())
+    k = len(stored["classes"])
+    per_epoch = draws or n_train
+    rows = []
+    for c in stored["classes"]:
+        row = {"class": c, **{side: int(counts[side][c]) for side in ("train", "val", "test")},
+               "lesions": int(stored["lesions"][c])}
+        row["train share (%)"] = round(100 * row["train"] / max(n_train, 1), 1)
+        row["balanced draws per image per epoch"] = round(per_epoch / k / max(row["train"], 1), 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seven_class_findings(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
+                         n_boot: int = 2000) -> str:
+    """The reading of the 7-class runs (Markdown): what a majority-class guess would score, the best method
+    by balanced accuracy clean and under 20-PGD, ``a`` minus ``b`` in balanced accuracy with its bootstrap
+    interval (and the t-test where there are seeds), and the classes the models miss."""
+    if not results:
+        return "No 7-class runs."
+    pred = results[0].predictions
+    classes = results[0].config.data.classes
+    shares = pred["label"].value_counts(normalize=True)
+    major = classes[int(shares.idxmax())]
+    n_seeds = max(sum(1 for r in results if _label(r) == m) for m in {_label(r) for r in results})
+    parts = [f"The test set holds {len(pred)} images; the largest class, {major}, is "
+             f"{100 * shares.max():.1f}% of them: a model that answers {major} for every image scores "
+             f"{100 * shares.max():.1f}% accuracy but {100 / len(classes):.1f}% balanced accuracy and "
+             f"{100 * shares.max() / (1 + shares.max()) * 2 / len(classes):.1f}% macro F1. Balanced accuracy (the mean "
+             "recall over the seven classes) and macro F1 are the numbers to compare."]
+    for att, name in ((CLEAN, "clean"), ("20-PGD", "under 20-PGD")):
+        vals = {}
+        for r in results:
+            vals.setdefault(_label(r), []).append(100 * metric_value(r, "bacc", att))
+        ranked = sorted(vals.items(), key=lambda kv: -np.mean(kv[1]))
+        parts.append(f"Balanced accuracy {name}: " + ", ".join(f"{m} {np.mean(v):.1f}" for m, v in ranked) + ".")
+    sig = significance(results, a, b, metric="bacc", n_boot=n_boot)
+    for _, r in sig.iterrows():
+        txt = (f"{a} minus {b}, balanced accuracy {r['attack']}: {r['mean']:+.1f} points, 95% bootstrap interval "
+               f"over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
+        if r["seeds"] > 1:
+            txt += f", paired t-test across {r['seeds']} seeds p = {r['p_ttest']:.3f}"
+        parts.append(txt + ".")
+    if n_seeds < 2:
+        parts.append("One training seed per method: the intervals cover the test images only, not the "
+                     "variation between training runs (the three-class section measures that variation).")
+    rec = per_class_recall(results, (CLEAN,))
+    cls = [c for c in classes if c in rec.columns]
+    worst = rec[cls].mean().sort_values()
+    parts.append("Mean clean recall over the methods, lowest first: "
+                 + ", ".join(f"{c} {v:.1f}" for c, v in worst.items()) + ".")
+    return " ".join(parts)
+
+
+def seven_class_banner(prof: profiles.Profile, results: Sequence[experiment.RunResult] = ()) -> str:
+    """Markdown: which profile and data the 7-class section uses, the split and the imbalance handling."""
+    data = ("**SYNTHETIC** stand-in data (seven procedurally drawn classes, *not* HAM10000)" if prof.synthetic
+            else "**real HAM10000**, all seven diagnoses")
+    return (f"> **Profile `{prof.name}`** | data: {data} | classes: {', '.join(prof.classes)} | "
+            f"{prof.image_size} px | models: {', '.join(prof.models)} | up to {prof.epochs} epochs "
+            f"(patience {prof.patience}) | seeds: {', '.join(map(str, prof.seeds))} | every image, lesion-aware "
+            f"split by fractions per class ({100 * prof.test_fraction:g} % test, {100 * prof.val_fraction:g} % "
+            f"of the rest validation) | imbalance: {sampler_text(prof)}, the same for every method"
+            + (f" | {len(results)} run(s)" if results else ""))
+
+
+def sampler_text(prof: profiles.Profile) -> str:
+    """How a profile's training handles class imbalance, in words."""
+    if prof.sampler == "balanced":
+        n = f"{prof.epoch_draws} images" if prof.epoch_draws else "as many images as the training set holds"
+        return (f"class-balanced sampling: each epoch draws {n} with replacement, each class equally likely "
+                "(plain cross-entropy)")
+    return "none (a plain shuffle of each epoch)"
+

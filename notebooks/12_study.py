@@ -1,0 +1,161 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 12. Beyond the paper: seeds, DPAAT's free parameters, all seven classes
+#
+# **Goal.** Answer three questions the paper leaves open, because it reports one training run
+# per method, fixes DPAAT's free parameters, and tests three of HAM10000's seven classes.
+# (a) Is DPAAT's advantage larger than the variation between training seeds? Three seeds per
+# method, mean ± std, and DPAAT against AT, SAT and AMAT with a paired t-test across seeds and a
+# paired bootstrap interval over test images. (b) What do the adaptive length eta, the
+# synchronisation weight lambda and the batch-or-epoch criterion mu (method.md section 5) do to
+# clean and robust accuracy? (c) Does the comparison carry over to all seven diagnoses, where
+# the classes are far from balanced?
+
+# %% tags=["parameters"]
+profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles); paper uses cpu-real here (dpaat_lib.study)
+data_root = None  # HAM10000 folder (official layout); None: synthetic (quick) or the stored results
+results_root = "results"  # relative paths are relative to the repository root
+models = None  # None: the profile's models
+methods = None  # None: this chapter's methods (STD, AT, SAT, AMAT, DPAAT)
+image_size = None  # None: the study's (quick: 16 px, study.STUDY_OVERRIDES; otherwise the profile's)
+epochs = None  # None: the profile's
+seeds = None  # the method comparison's seeds; None: 0, 1, 2 (study.STUDY_SEEDS)
+device = "cpu"
+sweep_seeds = None  # None: seed 0 only (study.SWEEP_SEEDS)
+eta_values = None  # None: the study's values (study.DEFAULT_SWEEPS); the default eps0 is always included
+lam_values = None  # None: the study's values; the default 1.0 is always included
+mu_values = None  # None: batch and epoch
+seven_seeds = None  # None: the 7-class profile's (one seed)
+n_boot = 2000  # bootstrap resamples of the test images
+
+# %%
+from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
+from dpaat_lib import profiles, study
+
+# %% [markdown]
+# ## Compute or load
+#
+# Three grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
+# methods on every seed, DPAAT once per swept value, and the five methods on seven classes.
+
+# %%
+name3, name7 = study.study_profiles(profile)
+over = study.study_overrides(profile, image_size=image_size, epochs=epochs)
+sweep_seeds = tuple(sweep_seeds or study.SWEEP_SEEDS)
+prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
+                                 methods=methods or profiles.MAIN_METHODS, seeds=seeds or study.STUDY_SEEDS,
+                                 device=device, **over)
+sweeps = study.load_sweeps(name3, study.default_sweeps(name3, eta=eta_values, lam=lam_values, mu=mu_values),
+                           data_root=data_root, results_root=results_root, models=models, seeds=sweep_seeds,
+                           device=device, **over)
+prof7, results7 = report.load_grid(name7, data_root=data_root, results_root=results_root, models=models,
+                                   methods=methods or profiles.MAIN_METHODS, seeds=seven_seeds, device=device,
+                                   **over)
+report.profile_banner(prof, results)
+
+# %%
+report.md(study.study_note(profile, prof, prof7, over, sweep_seeds))
+
+# %% [markdown]
+# ## (a) Three seeds: mean and spread
+#
+# Percent, mean ± standard deviation over training seeds; every run of a seed is evaluated on the
+# same test images. GAcc is clean accuracy; FGSM and 20-step I-FGSM attack in Linf (eps = 2/255),
+# 20-step PGD in L2 (eps0); mAP is the mean average precision over the classes.
+
+# %%
+study.main_table(results)
+
+# %% [markdown]
+# Each dot is one training seed, the bar their mean: differences between methods are to be read
+# against the spread of a method's own dots.
+
+# %%
+study.plot_seed_points(results, ("GAcc", "20-PGD"))
+
+# %% [markdown]
+# ## (a) DPAAT against AT, SAT and AMAT
+#
+# Per comparison and attack: the per-seed accuracy differences (points; same seed, same test
+# images), their mean and standard deviation; the **paired t-test across seeds** (H0: mean
+# difference 0), which asks whether the difference exceeds seed-to-seed noise; Holm's adjustment
+# of its p-values for the whole table; and a **paired bootstrap 95% interval** that resamples the
+# test images within each seed (the same resample for both methods) and averages over seeds,
+# which covers the test sample only.
+
+# %%
+sig = study.significance_table(results, "DPAAT", study.COMPARED, attacks=study.TEST_ATTACKS, n_boot=n_boot)
+study.significance_display(sig)
+
+# %% [markdown]
+# ## (b) DPAAT's free parameters
+#
+# DPAAT trained once per value of the adaptive length eta (eq. 15's step; default eps0), the
+# synchronisation weight lambda (eq. 12; default 1) and the criterion mu (the batch mean of the
+# loss increase, the default, or its running mean over the epoch), every other option at its
+# default. Each point is one training seed. The default DPAAT's spread over the seeds of part (a)
+# is the yardstick: dashed its mean, the dark band its range, the light band the 95% prediction
+# interval of one more seed (where a single run of an unchanged DPAAT would fall); dotted: AT's
+# mean over the same seeds.
+
+# %%
+frame = study.sweep_frame(sweeps, reference=study.runs_of(results, "AT"), default=study.runs_of(results, "DPAAT"),
+                          eps0=prof.eps0)
+study.plot_sweeps(frame)
+
+# %%
+study.sweep_table(frame)
+
+# %% [markdown]
+# ## (c) All seven classes
+#
+# Every image of the seven diagnoses, split per class by lesion (no lesion in more than one
+# side); the same imbalance handling for every method.
+
+# %%
+report.md(study.seven_class_banner(prof7, results7))
+
+# %% [markdown]
+# Images per class and side of the split, lesions per class, each class's share of the training
+# images, and how often the balanced sampler draws each training image of a class per epoch
+# (above 1: the class is over-sampled; below 1: under-sampled).
+
+# %%
+counts = study.split_class_counts(results7[0].config.data, data_root=report.resolve_path(data_root),
+                                  results=report.results_dir(prof7, results_root), draws=prof7.epoch_draws)
+counts if len(counts) else report.md("No stored class counts and no data folder to count them from.")
+
+# %% [markdown]
+# Accuracy, balanced accuracy (the mean recall over the classes) and macro F1, clean and under
+# 20-step PGD, in percent.
+
+# %%
+study.imbalance_table(results7)
+
+# %% [markdown]
+# Recall of each class (%), clean and under 20-step PGD.
+
+# %%
+study.per_class_recall(results7)
+
+# %% [markdown]
+# ## What it shows
+
+# %% tags=["hide-input"]
+report.md(
+    "**(a) Seeds.** " + study.seed_findings(sig) + "\n\n"
+    + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n"
+    + "**(c) Seven classes.** " + study.seven_class_findings(results7, n_boot=n_boot)
+    + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
+)

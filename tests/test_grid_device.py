@@ -1,0 +1,162 @@
+"""The GPU grid's machinery, tested on CPU at a tiny size: cooperative workers (dpaat grid --claim),
+the extras computed right after training (dpaat_lib.precompute) so that the book needs no checkpoint,
+profile overrides from the command line, and the small stored Grad-CAM thumbnails."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from dpaat_lib import cli, experiment, grid, gradcam, precompute, profiles, report
+from dpaat_lib.attacks import AttackSpec
+
+EVAL_ATTACKS = (AttackSpec("20-IFGSM", "linf", 2 / 255, 0.5 / 255, 2, False),
+                AttackSpec("20-PGD", "l2", 0.5, 0.15, 2, True))
+
+
+def tiny_profile(**overrides) -> profiles.Profile:
+    args = dict(source="ham10000", n_train=12, n_val=4, n_test=4, image_size=16, epochs=2, patience=3,
+                train_steps=2, batch_size=8, strong_images=6, apgd_steps=2, square_queries=4)
+    return profiles.get_profile("quick", **{**args, **overrides})
+
+
+@pytest.fixture(scope="module")
+def prof():
+    return tiny_profile()
+
+
+@pytest.fixture(scope="module")
+def data(prof, synthetic_root):
+    return experiment.resolve_data(profiles.data_config(prof), synthetic_root)
+
+
+@pytest.fixture(scope="module")
+def run_kw(synthetic_root, cache_dir):
+    return dict(data_root=synthetic_root, cache_dir=cache_dir, progress=False)
+
+
+def configs(prof, data, methods=("std", "at", "amat", "dpaat")):
+    return [dataclasses.replace(profiles.run_config(prof, "smallcnn", m, 0, data), eval_attacks=EVAL_ATTACKS)
+            for m in methods]
+
+
+def test_a_claim_is_taken_once(tmp_path):
+    assert grid.claim(tmp_path / "claims", "run-a")
+    assert not grid.claim(tmp_path / "claims", "run-a")
+    assert grid.claim(tmp_path / "claims", "run-b")
+
+
+def test_two_workers_share_a_grid_each_run_trained_once(tmp_path, prof, data, run_kw):
+    cfgs = configs(prof, data)
+    outs, logs = [{}, {}], [[], []]
+
+    def worker(k):
+        outs[k] = grid.run_claimed(cfgs, results=tmp_path / "r", claim_dir=tmp_path / "claims",
+                                   log=logs[k].append, poll_s=0.05, **run_kw)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert set(outs[0]) | set(outs[1]) == {c.run_id for c in cfgs}
+    assert not set(outs[0]) & set(outs[1]), "a run was trained by both workers"
+    assert not any("FAILED" in line for lines in logs for line in lines), logs
+    # AMAT ran after its STD run, whichever worker had it, and took its threshold from it.
+    std = experiment.load_result(cfgs[0], tmp_path / "r")
+    amat = experiment.load_result(cfgs[2], tmp_path / "r")
+    assert amat.metrics["amat_threshold"] == pytest.approx(std.history["best"]["val_loss"], abs=1e-9)
+
+
+def test_amat_is_skipped_when_its_std_run_failed(tmp_path, prof, data, run_kw):
+    amat = configs(prof, data, ("amat",))[0]
+    grid.claim(tmp_path / "claims", amat.std_counterpart().run_id)
+    grid.claim(tmp_path / "claims", f"{amat.std_counterpart().run_id}.failed")
+    logs = []
+    done = grid.run_claimed([amat], results=tmp_path / "r", claim_dir=tmp_path / "claims", log=logs.append,
+                            poll_s=0.01, **run_kw)
+    assert done == {}
+    assert any("its STD run failed" in line for line in logs)
+
+
+def test_a_spent_budget_starts_nothing(tmp_path, prof, data, run_kw):
+    logs = []
+    done = grid.run_claimed(configs(prof, data, ("std",)), results=tmp_path / "r", claim_dir=tmp_path / "c",
+                            time_budget_s=0, log=logs.append, **run_kw)
+    assert done == {} and not (tmp_path / "r").exists()
+    assert "time budget spent" in logs[0]
+
+
+def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof, data, run_kw, synthetic_root,
+                                                                 cache_dir):
+    """What the GPU workers do after each run (--extras), then the checkpoints are gone (a fresh machine):
+    chapters 4, 8 and 11 still find every curve, Grad-CAM map and stronger evaluation."""
+    results = tmp_path / "r"
+    cfgs = configs(prof, data, ("std", "at", "dpaat", "d-a"))
+    extras = []
+    grid.run_claimed(cfgs, results=results, claim_dir=tmp_path / "c", log=lambda m: None,
+                     after_run=lambda r: extras.append(precompute.run_extras(r, prof, results, synthetic_root,
+                                                                             cache_dir=cache_dir)), **run_kw)
+    assert extras[-1] == []  # D-A is shown by no chapter that needs a checkpoint
+    assert all(e == ["eps curve l2", "eps curve linf", "strong attacks"] for e in extras[:3]), extras
+    assert precompute.gradcam_ready(prof, cfgs, results, "smallcnn")
+    assert precompute.gradcam_extras(prof, cfgs, results, synthetic_root, cache_dir=cache_dir) == ["smallcnn"]
+    for c in cfgs:
+        shutil.rmtree(results / c.run_id / "ckpt")
+    main = [experiment.load_result(c, results) for c in cfgs[:3]]
+    for norm in ("l2", "linf"):
+        assert len(report.eps_curves(main, results, norm=norm)) == 3
+    evals, missing = report.strong_evaluations(main, prof, results)
+    assert len(evals) == 3 and missing == []
+    for n, seed in ((precompute.GRADCAM_SHOW, 0), (precompute.GRADCAM_SCORE, 1)):
+        ids, _ = report.gradcam_selection(main, "smallcnn", n_per_class=n, seed=seed)
+        cams = report.gradcam_results(main, "smallcnn", ids, results)
+        assert set(cams) == {"STD", "AT", "DPAAT"}
+
+
+def test_set_overrides_are_typed_as_the_profile_fields():
+    over = cli._overrides(["eta=0.25", "mu=epoch", "seeds=0,1,2", "strong_images=none", "bf16=true",
+                           "epochs=7", "models=resnet34,mobilenet_v2"])
+    assert over == {"eta": 0.25, "mu": "epoch", "seeds": (0, 1, 2), "strong_images": None, "bf16": True,
+                    "epochs": 7, "models": ("resnet34", "mobilenet_v2")}
+    p = profiles.get_profile("paper", **over)
+    assert p.eta == 0.25 and p.seeds == (0, 1, 2)
+    for bad in ("etta=1", "eta"):
+        with pytest.raises(ValueError, match="FIELD=VALUE"):
+            cli._overrides([bad])
+
+
+def test_book_configs_hold_the_main_grid_and_the_ablation(data):
+    p = profiles.get_profile("paper")
+    cfgs = profiles.book_configs(p, data)
+    assert len(cfgs) == len({c.run_id for c in cfgs}) == 6 * 5 + 2 * 2
+    assert {(c.model, c.method.name) for c in cfgs if c.method.name in ("d-a", "d-b")} == {
+        (m, x) for m in ("resnet34", "mobilenet_v2") for x in ("d-a", "d-b")}
+
+
+def test_cli_prepare_and_extras_run(tmp_path, synthetic_root, capsys):
+    args = ["--profile", "quick", "--data", str(synthetic_root), "--results", str(tmp_path),
+            "--set", "n_train=12", "--set", "n_val=4", "--set", "n_test=4", "--set", "image_size=16"]
+    assert cli.main(["prepare", *args]) == 0
+    assert "train: (24, 3, 16, 16)" in capsys.readouterr().out
+    assert cli.main(["extras", *args]) == 0  # nothing trained yet: nothing to do, no error
+    assert "no model ready" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size,stored", [(224, 96), (32, 32)])
+def test_stored_gradcam_thumbnails_are_small(size, stored):
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    cam = torch.rand(2, size, size)
+    masks = torch.rand(2, size, size) > 0.5
+    out = gradcam._display(x, cam, masks)
+    assert out["images"].shape == (2, stored, stored, 3) and out["images"].dtype == np.uint8
+    assert out["cams"].shape == (2, stored, stored) and out["cams"].dtype == np.float16
+    assert out["masks"].shape == (2, stored, stored) and out["masks"].dtype == bool
+    if size == stored:
+        assert np.array_equal(out["images"], x.permute(0, 2, 3, 1).numpy())
+    else:  # area averaging keeps the mean intensity
+        assert abs(out["images"].astype(float).mean() - x.float().mean().item()) < 1.0

@@ -1,0 +1,367 @@
+"""Tests for chapter 12's library side (dpaat_lib.study) and what it relies on: run identity kept
+for old configurations, the fraction split, the balanced sampler, the 7-class profiles."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpaat_lib import experiment, profiles, study
+from dpaat_lib.config import DataConfig, RunConfig, TrainConfig
+from dpaat_lib.data import ALL_CLASSES, CLASSES
+from dpaat_lib.methods import MethodConfig
+from dpaat_lib.metrics import balanced_accuracy, compute_metrics, macro_f1
+from dpaat_lib.training import epoch_order
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_REAL_DIGEST = "ec41ab353aae7a39"  # the real 3-class metadata (tests/test_data.py pins it too)
+# Run ids computed before the fields of config.IDENTITY_OPTIONAL existed: they name stored results.
+DEFAULT_IDS = {"smallcnn": "smallcnn-std-s0-b21daa31abc8", "resnet34": "resnet34-std-s0-2e230adf69fc"}
+CPU_REAL_IDS = ["smallcnn-std-s0-157b69e514f7", "smallcnn-at-s0-683db9918e21", "smallcnn-sat-s0-e0de1b707e95",
+                "smallcnn-amat-s0-ae71292d79ac", "smallcnn-dpaat-s0-d4756862386f", "smallcnn-d-a-s0-68af30fbd645",
+                "smallcnn-d-b-s0-cd0058f126a7"]
+PAPER_IDS = ["resnet34-std-s0-1dae4f970c21", "resnet34-at-s0-3530f214bf14", "resnet34-sat-s0-0f1525ea468a"]
+
+
+# --------------------------------------------------------------------------
+# Run identity
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model", sorted(DEFAULT_IDS))
+def test_default_run_id_is_unchanged(model):
+    assert RunConfig(model=model).run_id == DEFAULT_IDS[model]
+
+
+def test_cpu_real_and_paper_run_ids_are_unchanged():
+    p = profiles.get_profile("cpu-real")
+    assert p.seeds == (0, 1, 2)  # seed 0's runs are the ones stored before the profile had three seeds
+    assert [c.run_id for c in profiles.book_configs(p, profiles.data_config(p, CPU_REAL_DIGEST), seeds=(0,))] \
+        == CPU_REAL_IDS
+    p = profiles.get_profile("paper")
+    assert [c.run_id for c in profiles.book_configs(p, profiles.data_config(p, "abc"))][:3] == PAPER_IDS
+
+
+def test_stored_results_are_found_under_their_folder_names():
+    stored = sorted((REPO / "results" / "cpu-real").glob("*/config.json"))
+    if not stored:
+        pytest.skip("no committed results/cpu-real in this checkout")
+    for cfg in stored:
+        config = RunConfig.from_dict(json.loads(cfg.read_text()))
+        assert config.run_id == cfg.parent.name
+
+
+def test_new_fields_enter_the_identity_only_when_not_default():
+    base = RunConfig(model="smallcnn")
+    assert "sampler" not in base.identity_dict()["train"] and "test_fraction" not in base.identity_dict()["data"]
+    assert "sampler" in base.to_dict()["train"]  # config.json still records every field
+    balanced = replace(base, train=replace(base.train, sampler="balanced"))
+    by_fraction = replace(base, data=replace(base.data, test_fraction=0.2, val_fraction=0.1))
+    assert len({base.run_id, balanced.run_id, by_fraction.run_id}) == 3
+    for c in (balanced, by_fraction):
+        assert RunConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert base.data.identity() == {k: v for k, v in base.to_dict()["data"].items()
+                                    if k not in ("test_fraction", "val_fraction")}
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        TrainConfig(sampler="oversample")
+    with pytest.raises(ValueError):
+        DataConfig(test_fraction=0.2)
+    with pytest.raises(ValueError):
+        DataConfig(test_fraction=1.5, val_fraction=0.1)
+
+
+def test_seven_class_profiles():
+    for name in ("quick-7", "cpu-real-7"):
+        p = profiles.get_profile(name)
+        d = profiles.data_config(p, "abc")
+        assert d.classes == ALL_CLASSES and d.by_fraction and (d.n_train, d.n_val, d.n_test) == (0, 0, 0)
+        cfgs = profiles.configs(p, d)
+        assert {c.train.sampler for c in cfgs} == {"balanced"}  # the same imbalance handling for every method
+        assert [c.method.name for c in cfgs] == list(profiles.MAIN_METHODS)
+    # the 3-class profiles are as they were
+    for name in ("quick", "cpu-real", "paper"):
+        p = profiles.get_profile(name)
+        assert p.classes == CLASSES and p.test_fraction is None and p.sampler == "shuffle"
+
+
+# --------------------------------------------------------------------------
+# Sampler
+# --------------------------------------------------------------------------
+
+def test_balanced_sampler_balances_classes():
+    y = torch.tensor([0] * 600 + [1] * 100 + [2] * 30 + [3] * 10)
+    g = torch.Generator().manual_seed(0)
+    order = torch.cat([epoch_order(y, g, "balanced") for _ in range(20)])
+    assert len(order) == 20 * len(y) and int(order.min()) >= 0 and int(order.max()) < len(y)
+    share = torch.bincount(y[order], minlength=4).double() / len(order)
+    assert torch.allclose(share, torch.full((4,), 0.25, dtype=torch.double), atol=0.02), share
+    # every image of the smallest class is drawn
+    assert set(order[y[order] == 3].tolist()) == set(range(730, 740))
+
+
+def test_shuffle_sampler_is_the_old_permutation():
+    y = torch.tensor([0, 0, 1, 2, 2, 2])
+    a = epoch_order(y, torch.Generator().manual_seed(3), "shuffle")
+    assert torch.equal(a, torch.randperm(6, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError):
+        epoch_order(y, torch.Generator(), "nope")
+
+
+# --------------------------------------------------------------------------
+# Imbalance metrics
+# --------------------------------------------------------------------------
+
+def test_balanced_accuracy_and_macro_f1_match_sklearn():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y = rng.choice(7, size=400, p=[0.6, 0.1, 0.1, 0.08, 0.06, 0.03, 0.03])
+    p = np.where(rng.random(400) < 0.7, y, rng.integers(0, 7, 400))
+    pred = pd.DataFrame({"image_id": [f"i{k}" for k in range(400)], "label": y, "pred_clean": p})
+    assert balanced_accuracy(pred) == pytest.approx(balanced_accuracy_score(y, p))
+    assert macro_f1(pred, ALL_CLASSES) == pytest.approx(f1_score(y, p, average="macro", labels=list(range(7))))
+    fn = study._metric_fn("bacc", 7)
+    assert fn(y[None], p[None])[0] == pytest.approx(balanced_accuracy_score(y, p))
+    fn = study._metric_fn("f1", 7)
+    assert fn(y[None], p[None])[0] == pytest.approx(f1_score(y, p, average="macro", labels=list(range(7))))
+
+
+# --------------------------------------------------------------------------
+# Significance on planted differences (fake runs: only predictions matter)
+# --------------------------------------------------------------------------
+
+def _fake(method: str, seed: int, y: np.ndarray, p_right: dict[str, float], rng, model="smallcnn",
+          classes=CLASSES, **method_kw) -> experiment.RunResult:
+    n = len(y)
+    pred = {"image_id": [f"ISIC_{k:07d}" for k in range(n)], "label": y}
+    for att, p in p_right.items():
+        wrong = (y + rng.integers(1, len(classes), n)) % len(classes)
+        pred[f"pred_{att}"] = np.where(rng.random(n) < p, y, wrong)
+    cfg = RunConfig(model=model, method=MethodConfig(name=method, **method_kw),
+                    data=DataConfig(source="synthetic", classes=tuple(classes)), train=TrainConfig(seed=seed))
+    acc = {att: float((pred[f"pred_{att}"] == y).mean()) for att in p_right}
+    metrics = {"GAcc": acc.get("clean", 0.0), "mAP": acc.get("clean", 0.0),
+               "RAcc": {a.name: acc.get(a.name, 0.0) for a in cfg.eval_attacks}}
+    return experiment.RunResult(cfg, Path("."), {}, metrics, pd.DataFrame(pred))
+
+
+def _grid(effect: float, seeds=(0, 1, 2), n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n // 3)
+    out = []
+    for s in seeds:
+        base = 0.6 + 0.02 * rng.standard_normal()  # seed-to-seed variation shared by nothing
+        for m, shift in (("at", 0.0), ("sat", 0.0), ("amat", 0.0), ("dpaat", effect)):
+            out.append(_fake(m, s, y, {"clean": 0.8, "20-PGD": base + shift}, rng))
+    return out
+
+
+def test_significance_detects_a_planted_difference():
+    t = study.significance(_grid(0.15), "DPAAT", "AT", attacks=("20-PGD",))
+    row = t.iloc[0]
+    assert row["seeds"] == 3 and len(row["per_seed"]) == 3
+    assert 10 < row["mean"] < 20 and row["exceeds_noise"] and row["p_ttest"] < 0.05
+    assert 0 < row["ci_low"] < row["mean"] < row["ci_high"]
+
+
+def test_significance_does_not_flag_a_null_difference():
+    for seed in range(3):
+        t = study.significance(_grid(0.0, seed=seed), "DPAAT", "AT", attacks=("clean", "20-PGD"))
+        assert not t["exceeds_noise"].any(), t
+        assert ((t["ci_low"] < 0) & (t["ci_high"] > 0)).all() or (t["p_ttest"] > 0.05).all()
+
+
+def test_significance_with_one_seed_gives_no_verdict():
+    t = study.significance(_grid(0.15, seeds=(0,)), "DPAAT", "AT")
+    assert (t["seeds"] == 1).all() and not t["exceeds_noise"].any() and t["p_ttest"].isna().all()
+    assert "one seed" in study.significance_sentence(t)
+
+
+def test_paired_difference_test_edge_cases():
+    assert np.isnan(study.paired_difference_test([1.0]))
+    assert study.paired_difference_test([0.0, 0.0, 0.0]) == 1.0
+    assert study.paired_difference_test([2.0, 2.0]) == 0.0
+    assert study.paired_difference_test([5.0, 6.0, 4.0]) < 0.05
+
+
+def test_seed_table_and_significance_display():
+    res = _grid(0.15)
+    table = study.seed_table(res)
+    assert list(table["method"]) == ["AT", "SAT", "AMAT", "DPAAT"]
+    assert (table["seeds"] == 3).all() and all("±" in v for v in table["Acc 20-PGD"])
+    sig = study.significance_table(res, metric="acc")
+    assert set(sig["comparison"]) == {"DPAAT - AT", "DPAAT - SAT", "DPAAT - AMAT"}
+    shown = study.significance_display(sig)
+    assert set(shown["beyond seed noise"]) <= {"yes", "no"}
+    assert "paired t-test across seeds" in study.significance_sentence(sig)
+
+
+def test_sweep_frame_table_plot_and_findings():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 50)
+    sweeps = {"eta": {0.05: [_fake("dpaat", 0, y, {"clean": 0.7, "20-PGD": 0.5}, rng, eta=0.05)],
+                      None: [_fake("dpaat", 0, y, {"clean": 0.7, "20-PGD": 0.6}, rng)]},
+              "mu": {"batch": [_fake("dpaat", 0, y, {"clean": 0.7, "20-PGD": 0.6}, rng)],
+                     "epoch": [_fake("dpaat", 0, y, {"clean": 0.7, "20-PGD": 0.1}, rng, mu="epoch")]}}
+    ref = [_fake("at", s, y, {"clean": 0.75, "20-PGD": 0.45}, rng) for s in (0, 1, 2)]
+    default = [_fake("dpaat", s, y, {"clean": 0.7, "20-PGD": 0.6}, rng) for s in (0, 1, 2)]
+    frame = study.sweep_frame(sweeps, ref)
+    assert set(frame["param"]) == {"eta", "mu", "AT"}
+    frame = study.sweep_frame(sweeps, ref, default)
+    assert set(frame["param"]) == {"eta", "mu", "AT", "default"}
+    assert "eps0 = 0.5" in set(frame["label"])
+    d = frame[(frame["param"] == "default") & (frame["attack"] == "20-PGD")].iloc[0]
+    assert d["seeds"] == 3 and d["pi_low"] < d["min"] <= d["mean"] <= d["max"] < d["pi_high"]
+    table = study.sweep_table(frame)
+    assert {"clean acc (%)", "20-PGD acc (%)", "value", "parameter", "seeds"} <= set(table.columns)
+    assert list(table["parameter"])[:2] == ["adaptive length eta"] * 2 and "reference" in set(table["parameter"])
+    fig = study.plot_sweeps(frame)
+    assert len(fig.axes) == 2
+    text = study.sweep_findings(frame, profiles.get_profile("quick"))
+    # mu = epoch was planted 50 points below the default under 20-PGD: it must be flagged, and with one seed
+    assert "criterion mu = epoch (20-PGD" in text and "one training seed" in text
+    assert "(default)" in text
+
+
+def test_prediction_interval_and_holm():
+    lo, hi = study.prediction_interval([1.0, 2.0, 3.0])
+    # mean 2, s 1, t(2, 0.975) = 4.303, sqrt(1 + 1/3)
+    assert (lo, hi) == pytest.approx((2 - 4.3027 * 1.1547, 2 + 4.3027 * 1.1547), rel=1e-3)
+    assert all(np.isnan(study.prediction_interval([1.0])))
+    adj = study.holm([0.01, 0.04, np.nan, 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
+    assert np.isnan(adj[2])
+
+
+def test_main_table_and_seed_points():
+    res = _grid(0.15)
+    for r in res:  # the table needs every column, also mAP, from the stored metrics
+        assert "mAP" in r.metrics
+    table = study.main_table(res, ("GAcc", "20-PGD", "mAP"))
+    assert list(table.columns) == ["GAcc", "20-PGD", "mAP", "seeds"]
+    assert list(table.index.get_level_values("method")) == ["AT", "SAT", "AMAT", "DPAAT"]
+    assert (table["seeds"] == 3).all() and all("±" in v for v in table["20-PGD"])
+    st = study.seed_stats(res, ("20-PGD",))
+    at = st[st["method"] == "AT"].iloc[0]
+    vals = [100 * r.metrics["RAcc"]["20-PGD"] for r in res if r.config.method.name == "at"]
+    assert at["mean"] == pytest.approx(np.mean(vals)) and at["std"] == pytest.approx(np.std(vals, ddof=1))
+    fig = study.plot_seed_points(res)
+    assert len(fig.axes) == 2
+
+
+def test_seed_findings_report_the_test_either_way():
+    sig = study.significance_table(_grid(0.15), attacks=("20-PGD",))
+    assert "p_holm" in sig and (sig["p_holm"] >= sig["p_ttest"]).all()
+    text = study.seed_findings(sig)
+    assert "paired t-test across 3 seeds" in text and "exceed seed-to-seed noise" in text and "Holm" in text
+    null = study.seed_findings(study.significance_table(_grid(0.0), attacks=("20-PGD",)))
+    assert "None of the 3 differences exceeds seed-to-seed noise" in null
+    one = study.seed_findings(study.significance_table(_grid(0.15, seeds=(0,)), attacks=("20-PGD",)))
+    assert one.startswith("One seed per method")
+
+
+# --------------------------------------------------------------------------
+# The seed-aware comparison of the other chapters (report.comparison_sentence, comparison_headline)
+# --------------------------------------------------------------------------
+
+def test_comparison_sentence_with_seeds_names_the_test_and_its_numbers():
+    from dpaat_lib import report
+
+    res = _grid(0.15)
+    text = report.comparison_sentence(res, "DPAAT", "AT", attacks=("clean", "20-PGD"))
+    sig = study.significance(res, "DPAAT", "AT", attacks=("clean", "20-PGD"))
+    for _, r in sig.iterrows():
+        assert f"{r['mean']:+.1f} ± {r['seed_std']:.1f} points vs AT over 3 seeds" in text
+        assert f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" in text
+    assert "paired t-test across seeds" in text and "bootstrap CI" in text and "McNemar" not in text
+    assert "beyond seed-to-seed noise (DPAAT higher)" in text  # the planted 20-PGD difference
+    assert "3 seeds per method" in text and text.count("\n- ") == 1  # one bullet per attack
+
+
+def test_comparison_sentence_with_one_seed_keeps_mcnemar():
+    from dpaat_lib import report
+
+    text = report.comparison_sentence(_grid(0.15, seeds=(0,)), "DPAAT", "AT", attacks=("clean", "20-PGD"))
+    assert "McNemar p = " in text and "Single training seed" in text and "t-test" not in text
+    assert text.split("\n\n")[0].startswith("- smallcnn (seed 0), GAcc")
+
+
+def test_comparison_headline_follows_the_test():
+    from dpaat_lib import report
+
+    up = report.comparison_headline(_grid(0.15))
+    assert "paired t-test across 3 training seeds" in up and "higher than AT" in up
+    assert "beyond seed-to-seed noise" in up and "holds on these runs beyond seed-to-seed noise" in up
+    null = report.comparison_headline(_grid(0.0, seed=0), others=("AT",))  # no false alarm for this seed
+    assert "within seed-to-seed noise of AT" in null and "is not supported by these runs" in null
+    down = report.comparison_headline(_grid(-0.15))
+    assert "lower than AT" in down and "not supported" in down
+    one = report.comparison_headline(_grid(0.15, seeds=(0,)))
+    assert "exact McNemar test" in one and "one training seed per method" in one
+
+
+def test_sweep_commands_skip_the_default_value():
+    cmds = study.sweep_commands("cpu-real", {"eta": (0.25, None), "mu": ("batch", "epoch")}, (0, 1, 2), "D")
+    assert cmds == ["python -m dpaat_lib grid --profile cpu-real --data D --seeds 0 1 2",
+                    "python -m dpaat_lib grid --profile cpu-real --data D --seeds 0 1 2 --methods dpaat --set eta=0.25",
+                    "python -m dpaat_lib grid --profile cpu-real --data D --seeds 0 1 2 --methods dpaat --set mu=epoch"]
+
+
+def test_study_profiles():
+    assert study.study_profiles("quick") == ("quick", "quick-7")
+    assert study.study_profiles("paper") == ("cpu-real", "cpu-real-7")
+    for name in ("quick", "cpu-real"):
+        for param, values in study.default_sweeps(name).items():
+            assert param in study.SWEEP_PARAMS and len(values) >= 2
+    # given values replace the defaults; the profile's own value stays as the reference point
+    sw = study.default_sweeps("cpu-real", eta=[0.1], lam=None)
+    assert sw["eta"] == (None, 0.1) and sw["lam"] == study.DEFAULT_SWEEPS["cpu-real"]["lam"]
+    with pytest.raises(ValueError):
+        study.default_sweeps("quick", steps=[3])
+    assert study.study_overrides("quick") == {"image_size": 16}
+    assert study.study_overrides("quick", image_size=24, epochs=None) == {"image_size": 24}
+    assert study.study_overrides("cpu-real", epochs=None) == {}
+
+
+# --------------------------------------------------------------------------
+# A tiny real grid on the synthetic seven classes
+# --------------------------------------------------------------------------
+
+def test_seven_class_pipeline_end_to_end(tmp_path, cache_dir):
+    from dpaat_lib import report
+
+    kw = dict(results_root=tmp_path, cache_dir=cache_dir, image_size=16, epochs=1, seeds=(0, 1))
+    prof, res = report.load_grid("quick-7", methods=("std", "dpaat"), **kw)
+    assert len(res) == 4 and all(r.config.data.classes == ALL_CLASSES for r in res)
+    assert all(r.config.train.sampler == "balanced" for r in res)
+    m = res[0].metrics
+    assert set(m["BAcc"]) == set(m["macroF1"]) == {"clean", *m["RAcc"]}
+    labels = res[0].predictions["label"]
+    assert labels.nunique() == 7 and labels.value_counts().max() > 3 * labels.value_counts().min()
+    table = study.imbalance_table(res)
+    assert {"Acc clean", "BAcc clean", "F1 clean", "BAcc 20-PGD"} <= set(table.columns)
+    recall = study.per_class_recall(res)
+    assert set(recall.columns) >= set(ALL_CLASSES) and set(recall["attack"]) == {"clean", "20-PGD"}
+    assert "balanced accuracy" in study.seven_class_findings(res, "DPAAT", "STD", n_boot=200)
+    sig = study.significance(res, "DPAAT", "STD", metric="bacc")
+    assert list(sig["seeds"]) == [2, 2]
+    counts = study.split_class_counts(res[0].config.data, cache_dir=cache_dir, results=tmp_path)
+    assert list(counts["class"]) == list(ALL_CLASSES) and (counts[["train", "val", "test"]] > 0).all().all()
+    # stored, so a page re-executed without the data shows the same counts
+    assert list(tmp_path.glob("class-counts-*.json"))
+    stored = study.split_class_counts(replace(res[0].config.data, source="ham10000"), results=tmp_path)
+    assert stored.empty  # another data identity is not found in the store ...
+    again = study.split_class_counts(res[0].config.data, results=tmp_path, cache_dir=tmp_path / "no-cache")
+    pd.testing.assert_frame_equal(again, counts)  # ... the same one is, without making the data again
+    assert counts[["train", "val", "test"]].to_numpy().sum() == sum(experiment.SYNTHETIC_ARGS["n_per_class"].values())
+    assert "SYNTHETIC" in study.seven_class_banner(prof, res)
+    sweeps = study.load_sweeps("quick-7", {"lam": (0.5, 1.0)}, **kw)
+    assert [len(v) for v in sweeps["lam"].values()] == [2, 2]
+    assert sweeps["lam"][1.0][0].run_id == res[2].run_id  # lam = 1.0 is the main grid's DPAAT run, loaded
