@@ -27,20 +27,19 @@ GRADCAM_METHODS = ("std", "at", "dpaat")
 
 def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir, data_root=None,
                device: str = "cpu", cache_dir=None) -> list[str]:
-    """Eps curves and (for the profile's first seed) the stronger evaluation of one finished run of the
-    main grid (the chapters that show them load the main methods only); returns what was computed or
-    found."""
-    if result.config.method.name not in profiles.MAIN_METHODS:
+    """Eps curves and the stronger evaluation of one finished run of the main grid and the profile's first
+    seed (what chapters 4 and 11 show); returns what was computed or found."""
+    # Chapters 4 and 11 show the main methods' runs of the profile's first seed.
+    if result.config.method.name not in profiles.MAIN_METHODS or result.config.train.seed != min(prof.seeds):
         return []
     done = []
     for norm in ("l2", "linf"):
         if report.eps_curves([result], results_dir, data_root, norm=norm, device=device, cache_dir=cache_dir):
             done.append(f"eps curve {norm}")
-    if result.config.train.seed == min(prof.seeds):  # chapter 11 evaluates the first seed's runs
-        evals, missing = report.strong_evaluations([result], prof, results_dir, data_root=data_root, device=device,
-                                                   cache_dir=cache_dir)
-        if evals:
-            done.append("strong attacks")
+    evals, missing = report.strong_evaluations([result], prof, results_dir, data_root=data_root, device=device,
+                                               cache_dir=cache_dir)
+    if evals:
+        done.append("strong attacks")
     return done
 
 

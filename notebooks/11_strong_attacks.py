@@ -115,8 +115,9 @@ report.strong_cost_table(results)
 # %% [markdown]
 # The stored timings above come from the grid's own runs, which shared their machine. The
 # benchmark (`benchmarks/train_throughput.py --cost-model M`, stored in the results folder as
-# `benchmark*.json`) times one epoch of each method in one process on an otherwise idle machine:
-# seconds per epoch relative to STD.
+# `benchmark*.json`) times one epoch of each method in one process on random images: seconds per
+# epoch relative to STD. AMAT attacks only the samples its model classifies correctly, so its cost
+# grows with the model's accuracy; an untrained model on random labels gets about a third right.
 
 # %%
 cost = report.benchmark_cost(out)
