@@ -424,7 +424,7 @@ def comparison_headline(results: Sequence[experiment.RunResult], a: str = "DPAAT
         seeds.setdefault((r.config.model, r.config.method.label), set()).add(r.config.train.seed)
     n_min = min(len(v) for (_, m), v in seeds.items() if m in (a, *others))
     what = {"20-PGD": "robust accuracy under 20-step PGD", CLEAN: "clean accuracy"}
-    out = []
+    out, family = [], []
     for model in dict.fromkeys(r.config.model for r in results):
         res = [r for r in results if r.config.model == model]
         for att in attacks:
@@ -443,6 +443,7 @@ def comparison_headline(results: Sequence[experiment.RunResult], a: str = "DPAAT
                     row = row.iloc[0]
                     d, p = row["diff"], row["p"]
                 item = f"{o} ({d:+.1f} points, {_p_text(p)})"
+                family.append(p)
                 (up if p < alpha and d > 0 else down if p < alpha and d < 0 else flat).append(item)
             multi = n_min >= 2
             seg = []
@@ -477,7 +478,12 @@ def comparison_headline(results: Sequence[experiment.RunResult], a: str = "DPAAT
                                  "between training runs anyway."))
     else:
         claim = ""
-    return f"**Headline ({test}).** " + " ".join(lines) + (" " + claim if claim else "")
+    if n_min >= 2 and any(p < alpha for p in family):
+        # Several tests at once: say how many verdicts survive a correction for their number.
+        kept = int((study.holm(family) < alpha).sum())
+        claim += (f" These p-values are per comparison; adjusted for the {len(family)} comparisons of this "
+                  f"headline (Holm), {kept} remain{'s' if kept == 1 else ''} beyond seed-to-seed noise.")
+    return f"**Headline ({test}).** " + " ".join(lines) + (" " + claim.strip() if claim.strip() else "")
 
 
 def rank_sentence(results: Sequence[experiment.RunResult], metric: str, scale: float = 100.0, digits: int = 1) -> str:

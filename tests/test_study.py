@@ -299,12 +299,14 @@ def test_comparison_headline_follows_the_test():
     up = report.comparison_headline(_grid(0.15))
     assert "paired t-test across 3 training seeds" in up and "higher than AT" in up
     assert "beyond seed-to-seed noise" in up and "holds on these runs beyond seed-to-seed noise" in up
+    assert "adjusted for the" in up and "(Holm)" in up  # several tests at once: the correction is stated
     null = report.comparison_headline(_grid(0.0, seed=0), others=("AT",))  # no false alarm for this seed
     assert "within seed-to-seed noise of AT" in null and "is not supported by these runs" in null
     down = report.comparison_headline(_grid(-0.15))
     assert "lower than AT" in down and "not supported" in down
     one = report.comparison_headline(_grid(0.15, seeds=(0,)))
     assert "exact McNemar test" in one and "one training seed per method" in one
+    assert "Holm" not in one and "Holm" not in null  # nothing passed the test: no correction to state
 
 
 def test_sweep_commands_skip_the_default_value():
