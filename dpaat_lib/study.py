@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import experiment, profiles
+from . import experiment, profiles, report
 from .evaluation import CLEAN
 from .metrics import balanced_accuracy, macro_f1
 from .methods import LABELS
@@ -185,11 +185,7 @@ def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] =
     rows: dict[tuple, dict] = {}
     for _, s in stats.iterrows():
         row = rows.setdefault((s["model"], s["method"]), {"model": s["model"], "method": s["method"]})
-        std = s["std"] if s["count"] > 1 else float("nan")
-        text = f"{scale * s['mean']:.{digits}f}"
-        if not math.isnan(std):
-            text += f" ± {scale * std:.{digits}f}"
-        row[_column(s["metric"], s["attack"])] = text
+        row[_column(s["metric"], s["attack"])] = report.fmt(s["mean"], s["std"], int(s["count"]), scale, digits)
         row["seeds"] = int(s["count"])
     order = {lab: k for k, lab in enumerate(LABELS.values())}
     out = pd.DataFrame(list(rows.values()))
@@ -202,8 +198,6 @@ def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] =
 def seed_stats(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS) -> pd.DataFrame:
     """Long table of the runs' stored metrics over seeds: model, method, column, mean, std, min, max,
     seeds (percent; std NaN for one seed). ``columns`` are :func:`dpaat_lib.grid.results_table`'s."""
-    from . import report
-
     t = report.results_frame(results)
     if t.empty:
         return pd.DataFrame()
@@ -226,8 +220,7 @@ def main_table(results: Sequence[experiment.RunResult], columns: Sequence[str] =
     st = seed_stats(results, columns)
     if st.empty:
         return st
-    st["text"] = [f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else "")
-                  for m, s, n in zip(st["mean"], st["std"], st["seeds"])]
+    st["text"] = [report.fmt(m, s, n, scale=1.0, digits=digits) for m, s, n in zip(st["mean"], st["std"], st["seeds"])]
     wide = st.pivot_table(index=["model", "method"], columns="column", values="text", aggfunc="first", sort=False)
     wide = wide[[c for c in columns if c in wide.columns]]
     wide["seeds"] = st.groupby(["model", "method"], sort=False)["seeds"].max()
@@ -239,8 +232,6 @@ def plot_seed_points(results: Sequence[experiment.RunResult], columns: Sequence[
     """One panel per column: every seed's value (dots) and the seed mean (bar) per method, so the
     seed-to-seed spread is seen beside the differences between methods."""
     import matplotlib.pyplot as plt
-
-    from . import report
 
     t = report.results_frame(results)
     models = list(dict.fromkeys(t["model"]))
@@ -497,8 +488,6 @@ def load_sweeps(profile: str, sweeps: dict[str, Sequence], *, data_root=None, re
     """DPAAT on the study profile for every value of every swept parameter (the others at the
     profile's values). Returns ``{param: {value: [RunResult per model x seed]}}``. A value equal to the
     profile's own (e.g. eta None) is the main grid's DPAAT run, loaded, not retrained."""
-    from . import report
-
     out: dict[str, dict] = {}
     for param, values in sweeps.items():
         if param not in SWEEP_PARAMS:
