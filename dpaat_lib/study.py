@@ -43,6 +43,11 @@ STUDY_SEEDS = (0, 1, 2)
 SWEEP_SEEDS = (0,)
 """The sweeps' seed: one training run per swept value (what the CPU affords); the default DPAAT's spread
 over :data:`STUDY_SEEDS` is the yardstick a sweep point is read against."""
+SWEEP_MODELS = {"cpu-real": ("smallcnn", "mobilenet_v2"), "quick": ("smallcnn",)}
+"""The CNNs each study profile sweeps DPAAT's parameters on. On cpu-real: the small CNN of the main grid
+and MobileNetV2, one of the two CNNs method.md names for the sweep (ResNet34, about twice MobileNetV2's
+cost per image on a CPU, is left to the GPU). For a model outside the main grid, AT and the default
+DPAAT are trained on :data:`STUDY_SEEDS` too, as the sweep's yardsticks."""
 STUDY_OVERRIDES: dict[str, dict] = {"quick": {"image_size": 16}}
 """Profile overrides of the chapter's own runs per book profile. The quick build trains the study's 23
 runs (3 seeds x 5 methods, 3 sweep points, 5 on seven classes) at 16 px instead of 32, which keeps the
@@ -57,6 +62,9 @@ DEFAULT_SWEEPS = {
     "cpu-real": {"eta": (0.05, 0.25, None, 1.0), "lam": (0.1, 0.5, 1.0, 2.0), "mu": ("batch", "epoch")},
     "quick": {"eta": (0.05, None), "lam": (0.1, 1.0), "mu": ("batch", "epoch")},
 }
+MODEL_SWEEPS: dict[tuple[str, str], dict[str, tuple]] = {}
+"""(study profile, model) -> swept values where a model sweeps fewer values than the profile's
+:data:`DEFAULT_SWEEPS` (what the CPU afforded); the values of every other model are the profile's."""
 COMPARED = ("AT", "SAT", "AMAT")
 """The methods DPAAT is tested against (STD is not an adversarial defence)."""
 MAIN_COLUMNS = ("GAcc", "FGSM", "20-IFGSM", "20-PGD", "mAP")
@@ -79,7 +87,7 @@ def study_overrides(profile: str, **given) -> dict:
 
 
 def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile: profiles.Profile,
-               overrides: dict, sweep_seeds: Sequence[int]) -> str:
+               overrides: dict, sweep_seeds: Sequence[int], sweep_cnns: Sequence[str] = ()) -> str:
     """Markdown: which profiles this chapter's runs use and why, and how they differ from the book's."""
     parts = []
     if study_profile.name != book_profile:
@@ -93,11 +101,11 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
                      f"and `{seven_profile.name}`), so they are not the runs of the other chapters: "
                      + ("the quick build must stay within minutes on one CPU core." if study_profile.synthetic
                         else "given as parameters."))
-    parts.append(f"Seeds: the method comparison uses {len(study_profile.seeds)} training seed(s) "
-                 f"({', '.join(map(str, study_profile.seeds))}); each sweep value is trained on "
-                 f"{len(sweep_seeds)} seed(s) ({', '.join(map(str, sweep_seeds))}); the seven-class task on {len(seven_profile.seeds)} seed(s) "
-                 f"({', '.join(map(str, seven_profile.seeds))}). Only the first has a seed-to-seed spread of its "
-                 "own; the others are read against it.")
+    seeds = lambda ss: f"{len(ss)} training seed(s) ({', '.join(map(str, ss))})"  # noqa: E731
+    on = f" on {', '.join(sweep_cnns)}" if sweep_cnns else ""
+    parts.append(f"Seeds: the method comparison uses {seeds(study_profile.seeds)}; each sweep value{on} is trained "
+                 f"on {seeds(sweep_seeds)} and read against the default DPAAT's spread over "
+                 f"{seeds(study_profile.seeds)}; the seven-class task uses {seeds(seven_profile.seeds)}.")
     return " ".join(parts)
 
 
@@ -106,10 +114,16 @@ def runs_of(results: Sequence[experiment.RunResult], label: str) -> list[experim
     return [r for r in results if _label(r) == label]
 
 
-def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
-    """The swept values per parameter for ``study_profile``; a ``given`` sequence (not None) replaces
-    that parameter's values. The profile's own value is always included (it is the reference point)."""
-    out = dict(DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
+def sweep_models(study_profile: str) -> tuple[str, ...]:
+    """The CNNs ``study_profile``'s DPAAT parameters are swept on (:data:`SWEEP_MODELS`)."""
+    return SWEEP_MODELS.get(study_profile, tuple(profiles.get_profile(study_profile).models))
+
+
+def default_sweeps(study_profile: str, model: str | None = None, **given) -> dict[str, tuple]:
+    """The swept values per parameter for ``study_profile`` (and ``model``, :data:`MODEL_SWEEPS`); a
+    ``given`` sequence (not None) replaces that parameter's values. The profile's own value is always
+    included (it is the reference point)."""
+    out = dict(MODEL_SWEEPS.get((study_profile, model)) or DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
     prof = profiles.get_profile(study_profile)
     for param, values in given.items():
         if param not in SWEEP_PARAMS:
@@ -447,11 +461,16 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
     ci_excl = tested[(tested["ci_low"] > 0) | (tested["ci_high"] < 0)]
 
     def name(r):
-        return f"{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
+        where = f"{r['model']}, " if len(models) > 1 else ""
+        return f"{where}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
 
+    metric = METRICS.get(str(table["metric"].iloc[0]), "accuracy") if "metric" in table else "accuracy"
+    models = list(dict.fromkeys(tested["model"]))
     parts = [f"**{len(tested)} comparisons** ({a} against {', '.join(dict.fromkeys(c.split(' - ')[1] for c in tested['comparison']))}, "
-             f"under {', '.join(dict.fromkeys(tested['attack']))}), each a paired t-test across {n_seeds} seeds "
-             f"({n_seeds - 1} degrees of freedom) of the per-seed accuracy differences on the same test images."]
+             f"under {', '.join(dict.fromkeys(tested['attack']))}"
+             + (f", on {', '.join(models)}" if len(models) > 1 else "")
+             + f"), each a paired t-test across {n_seeds} seeds ({n_seeds - 1} degrees of freedom) of the per-seed "
+             f"{metric} differences on the same test images."]
     if len(hits):
         ups = hits[hits["mean"] > 0]
         downs = hits[hits["mean"] < 0]
@@ -501,6 +520,38 @@ def load_sweeps(profile: str, sweeps: dict[str, Sequence], *, data_root=None, re
                                       **{**overrides, param: v})
             out[param][v] = res
     return out
+
+
+def _value_key(param: str, value, eps0: float):
+    """Sort key of a swept value: eta None is eps0; mu keeps batch before epoch."""
+    if param == "mu":
+        return ("batch", "epoch").index(value) if value in ("batch", "epoch") else 2
+    return eps0 if value is None else float(value)
+
+
+def load_sweep_study(profile: str, models: Sequence[str], *, seeds: Sequence[int] = STUDY_SEEDS,
+                     sweep_seeds: Sequence[int] = SWEEP_SEEDS, given: dict | None = None,
+                     **kw) -> tuple[dict[str, dict], list, list]:
+    """The sweeps of every model in ``models`` and their yardsticks: ``(sweeps, at_runs, default_runs)``.
+
+    ``sweeps`` is :func:`load_sweeps`'s ``{param: {value: runs}}`` over all models, each model with its own
+    values (:func:`default_sweeps`, ``given`` the notebook's overrides), the values in ascending order;
+    ``at_runs`` and ``default_runs`` are AT and the default DPAAT of every model on ``seeds``. ``kw`` goes
+    to :func:`load_sweeps` and :func:`dpaat_lib.report.load_grid` (data_root, results_root, device ...)."""
+    eps0 = profiles.get_profile(profile).eps0
+    merged: dict[str, dict] = {}
+    at_runs, default_runs = [], []
+    for model in models:
+        sw = load_sweeps(profile, default_sweeps(profile, model, **(given or {})), models=(model,),
+                         seeds=sweep_seeds, **kw)
+        for param, by_value in sw.items():
+            for v, runs in by_value.items():
+                merged.setdefault(param, {}).setdefault(v, []).extend(runs)
+        _, ref = report.load_grid(profile, models=(model,), methods=("at", "dpaat"), seeds=seeds, **kw)
+        at_runs += runs_of(ref, "AT")
+        default_runs += runs_of(ref, "DPAAT")
+    merged = {p: dict(sorted(by.items(), key=lambda kv: _value_key(p, kv[0], eps0))) for p, by in merged.items()}
+    return merged, at_runs, default_runs
 
 
 def sweep_commands(study_profile: str, sweeps: dict[str, Sequence], seeds: Sequence[int], data: str = "DIR") -> list[str]:
@@ -588,30 +639,29 @@ def sweep_table(frame: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
 
 
 def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD")):
-    """One panel per swept parameter: accuracy against the value (one line per attack and model). Beside
-    them, per attack: the default DPAAT's seed mean (dashed), its min-max over seeds (dark band) and the
-    95% prediction interval of one more seed (light band), and AT's seed mean (dotted)."""
+    """One row of panels per model, one panel per swept parameter: accuracy against the value (one line
+    per attack). Beside them, per attack: the default DPAAT's seed mean (dashed), its min-max over seeds
+    (dark band) and the 95% prediction interval of one more seed (light band), and AT's seed mean (dotted)."""
     import matplotlib.pyplot as plt
 
     params = [p for p in SWEEP_PARAMS if p in set(frame["param"])]
-    fig, axes = plt.subplots(1, max(len(params), 1), figsize=(4.4 * max(len(params), 1), 3.6), squeeze=False)
+    models = sorted(set(frame.loc[frame["param"].isin(SWEEP_PARAMS), "model"])) or [None]
+    ncol, nrow = max(len(params), 1), len(models)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.3 * nrow + 0.6), squeeze=False)
     colors = dict(zip(attacks, ("tab:blue", "tab:red", "tab:green", "tab:purple")))
-    models = sorted(set(frame.loc[frame["param"].isin(SWEEP_PARAMS), "model"]))
-    for ax, param in zip(axes[0], params):
-        sub = frame[frame["param"] == param]
-        labels = list(dict.fromkeys(sub.sort_values("order")["label"]))
-        x = {lab: k for k, lab in enumerate(labels)}
-        span = (-0.3, len(labels) - 0.7)
-        for model in models:
-            tag = f" ({model})" if len(models) > 1 else ""
+    for row, model in zip(axes, models):
+        for ax, param in zip(row, params):
+            sub = frame[(frame["param"] == param) & (frame["model"] == model)]
+            labels = list(dict.fromkeys(sub.sort_values("order")["label"]))
+            x = {lab: k for k, lab in enumerate(labels)}
+            span = (-0.3, len(labels) - 0.7)
             for att in attacks:
-                g = sub[(sub["model"] == model) & (sub["attack"] == att)].sort_values("order")
+                g = sub[sub["attack"] == att].sort_values("order")
                 if g.empty:
                     continue
                 n = int(g["seeds"].max())
-                ax.errorbar([x[lab] for lab in g["label"]], g["mean"], yerr=g["std"].fillna(0),
-                            fmt="-o" if model == models[0] else "--s", color=colors[att], capsize=3, zorder=3,
-                            label=f"DPAAT {att}{tag}, {n} seed(s) per value")
+                ax.errorbar([x[lab] for lab in g["label"]], g["mean"], yerr=g["std"].fillna(0), fmt="-o",
+                            color=colors[att], capsize=3, zorder=3, label=f"DPAAT {att}, {n} seed(s) per value")
                 d = frame[(frame["param"] == "default") & (frame["model"] == model) & (frame["attack"] == att)]
                 if not d.empty:
                     d = d.iloc[0]
@@ -619,21 +669,20 @@ def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD"
                     if d["seeds"] > 1:
                         ax.fill_between(span, d["pi_low"], d["pi_high"], color=colors[att], alpha=0.08, lw=0)
                         ax.fill_between(span, d["min"], d["max"], color=colors[att], alpha=0.22, lw=0,
-                                        label=f"default DPAAT {att}{tag}: {int(d['seeds'])} seeds' mean, range, "
-                                              "95% PI")
+                                        label=f"default DPAAT {att}: seeds' mean, range, 95% PI")
                 r = frame[(frame["param"] == "AT") & (frame["model"] == model) & (frame["attack"] == att)]
                 if not r.empty:
                     ax.axhline(float(r["mean"].iloc[0]), color=colors[att], ls=":", lw=1.4,
-                               label=f"AT {att}{tag} ({int(r['seeds'].iloc[0])}-seed mean)")
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_xlim(*span)
-        ax.set_ylim(0, 100)
-        ax.set_xlabel(SWEEP_NAMES[param])
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
+                               label=f"AT {att} (seed mean)")
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_xlim(*span)
+            ax.set_ylim(0, 100)
+            ax.set_xlabel(SWEEP_NAMES[param])
+            ax.set_ylabel(f"{model}: accuracy (%)" if model else "accuracy (%)")
+            ax.grid(alpha=0.3)
     handles, labs = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labs, fontsize=7, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.17, 1, 1))
+    fig.legend(handles, labs, fontsize=7, loc="lower center", ncol=3, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.55 / (3.3 * nrow + 0.6), 1, 1))  # the legend's two lines below the panels
     plt.close(fig)
     return fig
 
@@ -672,7 +721,7 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
                 if not r.empty:
                     ref += f"; AT {r.iloc[0]['mean']:.1f}"
                 parts.append(f"{att}: {', '.join(pts)}{ref}")
-            n_seed = int(frame.loc[frame["param"] == param, "seeds"].max())
+            n_seed = int(frame.loc[(frame["param"] == param) & (frame["model"] == model), "seeds"].max())
             lines.append(f"**{SWEEP_NAMES[param]}** ({model}, {n_seed} seed per value): " + ". ".join(parts) + ".")
     if outside:
         verdict = (f"{len(outside)} of {n_points} sweep points fall outside the 95% prediction interval of one "
@@ -772,18 +821,18 @@ def split_class_counts(data_config, data_root=None, cache_dir=None, results=None
     return pd.DataFrame(rows)
 
 
-def seven_class_findings(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
-                         n_boot: int = 2000) -> str:
-    """The reading of the 7-class runs (Markdown): what a majority-class guess would score, the best method
-    by balanced accuracy clean and under 20-PGD, ``a`` minus ``b`` in balanced accuracy with its bootstrap
-    interval (and the t-test where there are seeds), and the classes the models miss."""
+def seven_class_findings(results: Sequence[experiment.RunResult], sig: pd.DataFrame | None = None,
+                         a: str = "DPAAT", n_boot: int = 2000) -> str:
+    """The reading of the 7-class runs (Markdown): what a majority-class guess would score, the methods
+    ranked by balanced accuracy clean and under 20-PGD, ``a`` against the other adversarial methods in
+    balanced accuracy (``sig``, a :func:`significance_table` on ``bacc``; computed when None) and the
+    classes the models miss."""
     if not results:
         return "No 7-class runs."
     pred = results[0].predictions
     classes = results[0].config.data.classes
     shares = pred["label"].value_counts(normalize=True)
     major = classes[int(shares.idxmax())]
-    n_seeds = max(sum(1 for r in results if _label(r) == m) for m in {_label(r) for r in results})
     parts = [f"The test set holds {len(pred)} images; the largest class, {major}, is "
              f"{100 * shares.max():.1f}% of them: a model that answers {major} for every image scores "
              f"{100 * shares.max():.1f}% accuracy but {100 / len(classes):.1f}% balanced accuracy and "
@@ -794,17 +843,17 @@ def seven_class_findings(results: Sequence[experiment.RunResult], a: str = "DPAA
         for r in results:
             vals.setdefault(_label(r), []).append(100 * metric_value(r, "bacc", att))
         ranked = sorted(vals.items(), key=lambda kv: -np.mean(kv[1]))
-        parts.append(f"Balanced accuracy {name}: " + ", ".join(f"{m} {np.mean(v):.1f}" for m, v in ranked) + ".")
-    sig = significance(results, a, b, metric="bacc", n_boot=n_boot)
-    for _, r in sig.iterrows():
-        txt = (f"{a} minus {b}, balanced accuracy {r['attack']}: {r['mean']:+.1f} points, 95% bootstrap interval "
-               f"over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
-        if r["seeds"] > 1:
-            txt += f", paired t-test across {r['seeds']} seeds p = {r['p_ttest']:.3f}"
-        parts.append(txt + ".")
-    if n_seeds < 2:
-        parts.append("One training seed per method: the intervals cover the test images only, not the "
-                     "variation between training runs (the three-class section measures that variation).")
+        n = max(len(v) for v in vals.values())
+        parts.append(f"Balanced accuracy {name}" + (f" (mean of {n} seeds)" if n > 1 else "") + ": "
+                     + ", ".join(f"{m} {np.mean(v):.1f}" for m, v in ranked) + ".")
+    if sig is None:
+        sig = significance_table(results, a, COMPARED, metric="bacc", n_boot=n_boot)
+    if not sig.empty:
+        parts.append(seed_findings(sig, a=a))
+        if int(sig["seeds"].max()) < 2:
+            for _, r in sig.iterrows():
+                parts.append(f"{r['comparison']}, balanced accuracy {r['attack']}: {r['mean']:+.1f} points, 95% "
+                             f"bootstrap interval over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}].")
     rec = per_class_recall(results, (CLEAN,))
     cls = [c for c in classes if c in rec.columns]
     worst = rec[cls].mean().sort_values()

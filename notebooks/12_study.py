@@ -32,11 +32,12 @@ image_size = None  # None: the study's (quick: 16 px, study.STUDY_OVERRIDES; oth
 epochs = None  # None: the profile's
 seeds = None  # the method comparison's seeds; None: 0, 1, 2 (study.STUDY_SEEDS)
 device = "cpu"
+sweep_models = None  # None: the study's (study.SWEEP_MODELS; cpu-real: smallcnn and mobilenet_v2)
 sweep_seeds = None  # None: seed 0 only (study.SWEEP_SEEDS)
 eta_values = None  # None: the study's values (study.DEFAULT_SWEEPS); the default eps0 is always included
 lam_values = None  # None: the study's values; the default 1.0 is always included
 mu_values = None  # None: batch and epoch
-seven_seeds = None  # None: the 7-class profile's (one seed)
+seven_seeds = None  # None: the 7-class profile's (cpu-real-7: 0, 1, 2; quick-7: 0)
 n_boot = 2000  # bootstrap resamples of the test images
 
 # %%
@@ -47,7 +48,8 @@ from dpaat_lib import profiles, study
 # ## Compute or load
 #
 # Three grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
-# methods on every seed, DPAAT once per swept value, and the five methods on seven classes.
+# methods on every seed; DPAAT once per swept value on each sweep CNN, with AT and the default DPAAT
+# on every seed as its yardsticks; and the five methods on seven classes.
 
 # %%
 name3, name7 = study.study_profiles(profile)
@@ -56,16 +58,17 @@ sweep_seeds = tuple(sweep_seeds or study.SWEEP_SEEDS)
 prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds or study.STUDY_SEEDS,
                                  device=device, **over)
-sweeps = study.load_sweeps(name3, study.default_sweeps(name3, eta=eta_values, lam=lam_values, mu=mu_values),
-                           data_root=data_root, results_root=results_root, models=models, seeds=sweep_seeds,
-                           device=device, **over)
+sweeps, sweep_at, sweep_default = study.load_sweep_study(
+    name3, sweep_models or study.sweep_models(name3), seeds=seeds or study.STUDY_SEEDS, sweep_seeds=sweep_seeds,
+    given=dict(eta=eta_values, lam=lam_values, mu=mu_values), data_root=data_root, results_root=results_root,
+    device=device, **over)
 prof7, results7 = report.load_grid(name7, data_root=data_root, results_root=results_root, models=models,
                                    methods=methods or profiles.MAIN_METHODS, seeds=seven_seeds, device=device,
                                    **over)
 report.profile_banner(prof, results)
 
 # %%
-report.md(study.study_note(profile, prof, prof7, over, sweep_seeds))
+report.md(study.study_note(profile, prof, prof7, over, sweep_seeds, sweep_models or study.sweep_models(name3)))
 
 # %% [markdown]
 # ## (a) Three seeds: mean and spread
@@ -99,6 +102,21 @@ sig = study.significance_table(results, "DPAAT", study.COMPARED, attacks=study.T
 study.significance_display(sig)
 
 # %% [markdown]
+# ### A second CNN
+#
+# The sweeps of part (b) train AT and the default DPAAT on every seed of each sweep CNN as their
+# yardsticks; on a CNN outside the main grid they give the same test of DPAAT against AT (mean ±
+# std over seeds, then the paired comparison). Holm's adjustment is over this table's tests.
+
+# %%
+other = [r for r in sweep_at + sweep_default if r.config.model not in {x.config.model for x in results}]
+sig_other = study.significance_table(other, "DPAAT", ("AT",), attacks=study.TEST_ATTACKS, n_boot=n_boot)
+study.main_table(other) if other else report.md("Every sweep CNN is in the main grid: nothing more to compare.")
+
+# %%
+study.significance_display(sig_other) if other else None
+
+# %% [markdown]
 # ## (b) DPAAT's free parameters
 #
 # DPAAT trained once per value of the adaptive length eta (eq. 15's step; default eps0), the
@@ -110,8 +128,7 @@ study.significance_display(sig)
 # mean over the same seeds.
 
 # %%
-frame = study.sweep_frame(sweeps, reference=study.runs_of(results, "AT"), default=study.runs_of(results, "DPAAT"),
-                          eps0=prof.eps0)
+frame = study.sweep_frame(sweeps, reference=sweep_at, default=sweep_default, eps0=prof.eps0)
 study.plot_sweeps(frame)
 
 # %%
@@ -144,6 +161,14 @@ counts if len(counts) else report.md("No stored class counts and no data folder 
 study.imbalance_table(results7)
 
 # %% [markdown]
+# DPAAT against AT, SAT and AMAT in balanced accuracy, clean and under 20-step PGD: the same paired
+# t-test across seeds, Holm's adjustment and paired bootstrap interval as in part (a).
+
+# %%
+sig7 = study.significance_table(results7, "DPAAT", study.COMPARED, metric="bacc", n_boot=n_boot)
+study.significance_display(sig7)
+
+# %% [markdown]
 # Recall of each class (%), clean and under 20-step PGD.
 
 # %%
@@ -154,8 +179,10 @@ study.per_class_recall(results7)
 
 # %% tags=["hide-input"]
 report.md(
-    "**(a) Seeds.** " + study.seed_findings(sig) + "\n\n"
+    "**(a) Seeds.** " + study.seed_findings(sig)
+    + (" **On a second CNN** (" + ", ".join(sorted({r.config.model for r in other})) + "): "
+       + study.seed_findings(sig_other) if other else "") + "\n\n"
     + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n"
-    + "**(c) Seven classes.** " + study.seven_class_findings(results7, n_boot=n_boot)
+    + "**(c) Seven classes.** " + study.seven_class_findings(results7, sig7)
     + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
 )

@@ -84,7 +84,8 @@ def test_seven_class_profiles():
         assert d.classes == ALL_CLASSES and d.by_fraction and (d.n_train, d.n_val, d.n_test) == (0, 0, 0)
         cfgs = profiles.configs(p, d)
         assert {c.train.sampler for c in cfgs} == {"balanced"}  # the same imbalance handling for every method
-        assert [c.method.name for c in cfgs] == list(profiles.MAIN_METHODS)
+        assert [c.method.name for c in cfgs] == [m for m in profiles.MAIN_METHODS for _ in p.seeds]
+    assert profiles.get_profile("cpu-real-7").seeds == (0, 1, 2)  # seed 0's runs are the ones stored first
     # the 3-class profiles are as they were
     for name in ("quick", "cpu-real", "paper"):
         p = profiles.get_profile(name)
@@ -224,10 +225,47 @@ def test_sweep_frame_table_plot_and_findings():
     assert list(table["parameter"])[:2] == ["adaptive length eta"] * 2 and "reference" in set(table["parameter"])
     fig = study.plot_sweeps(frame)
     assert len(fig.axes) == 2
+    # a second sweep model: one row of panels per model, and the findings name both
+    other = {p: {v: [replace_model(r, "mobilenet_v2") for r in rs] for v, rs in by.items()} for p, by in sweeps.items()}
+    two = study.sweep_frame({p: {v: sweeps[p][v] + other[p][v] for v in sweeps[p]} for p in sweeps}, ref, default)
+    assert len(study.plot_sweeps(two).axes) == 4
+    assert "(mobilenet_v2, 1 seed per value)" in study.sweep_findings(two, profiles.get_profile("quick"))
     text = study.sweep_findings(frame, profiles.get_profile("quick"))
     # mu = epoch was planted 50 points below the default under 20-PGD: it must be flagged, and with one seed
     assert "criterion mu = epoch (20-PGD" in text and "one training seed" in text
     assert "(default)" in text
+
+
+def replace_model(result, model):
+    """The same fake run under another model's name."""
+    return experiment.RunResult(replace(result.config, model=model), result.path, result.history, result.metrics,
+                                result.predictions)
+
+
+def test_seed_findings_name_the_metric_and_the_models():
+    res = _grid(0.15)
+    sig = study.significance_table(res + [replace_model(r, "mobilenet_v2") for r in res], metric="bacc",
+                                   attacks=("20-PGD",))
+    text = study.seed_findings(sig)
+    assert "per-seed balanced accuracy differences" in text and "on mobilenet_v2, smallcnn" in text
+    assert "mobilenet_v2, AT 20-PGD" in text  # a flagged difference says on which CNN
+
+
+def test_load_sweep_study_merges_models_in_value_order(tmp_path, cache_dir, monkeypatch):
+    kw = dict(results_root=tmp_path, cache_dir=cache_dir, image_size=16, epochs=1)
+    monkeypatch.setitem(study.MODEL_SWEEPS, ("quick", "tinyvgg"), {"lam": (2.0, 1.0)})
+    monkeypatch.setitem(study.DEFAULT_SWEEPS, "quick", {"lam": (0.5, 1.0)})
+    sweeps, at, default = study.load_sweep_study("quick", ("smallcnn",), seeds=(0, 1), **kw)
+    assert list(sweeps["lam"]) == [0.5, 1.0] and [len(v) for v in sweeps["lam"].values()] == [1, 1]
+    assert [r.config.train.seed for r in at] == [0, 1] and [r.config.train.seed for r in default] == [0, 1]
+    assert sweeps["lam"][1.0][0].run_id == default[0].run_id  # the default's point is its seed-0 run
+    assert study.default_sweeps("quick", "tinyvgg") == {"lam": (2.0, 1.0)}
+    assert study._value_key("eta", None, 0.5) == 0.5 and study._value_key("mu", "epoch", 0.5) == 1
+    assert study.sweep_models("cpu-real") == ("smallcnn", "mobilenet_v2")
+    note = study.study_note("paper", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"), {},
+                            (0,), ("smallcnn", "mobilenet_v2"))
+    assert "on smallcnn, mobilenet_v2 is trained on 1 training seed(s)" in note
+    assert "seven-class task uses 3 training seed(s) (0, 1, 2)" in note
 
 
 def test_prediction_interval_and_holm():
@@ -351,9 +389,10 @@ def test_seven_class_pipeline_end_to_end(tmp_path, cache_dir):
     assert {"Acc clean", "BAcc clean", "F1 clean", "BAcc 20-PGD"} <= set(table.columns)
     recall = study.per_class_recall(res)
     assert set(recall.columns) >= set(ALL_CLASSES) and set(recall["attack"]) == {"clean", "20-PGD"}
-    assert "balanced accuracy" in study.seven_class_findings(res, "DPAAT", "STD", n_boot=200)
-    sig = study.significance(res, "DPAAT", "STD", metric="bacc")
+    sig = study.significance(res, "DPAAT", "STD", metric="bacc", n_boot=200)
     assert list(sig["seeds"]) == [2, 2]
+    text = study.seven_class_findings(res, sig)
+    assert "balanced accuracy" in text and "paired t-test across 2 seeds" in text and "mean of 2 seeds" in text
     counts = study.split_class_counts(res[0].config.data, cache_dir=cache_dir, results=tmp_path)
     assert list(counts["class"]) == list(ALL_CLASSES) and (counts[["train", "val", "test"]] > 0).all().all()
     # stored, so a page re-executed without the data shows the same counts
