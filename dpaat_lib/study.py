@@ -123,7 +123,8 @@ def default_sweeps(study_profile: str, model: str | None = None, **given) -> dic
     """The swept values per parameter for ``study_profile`` (and ``model``, :data:`MODEL_SWEEPS`); a
     ``given`` sequence (not None) replaces that parameter's values. The profile's own value is always
     included (it is the reference point)."""
-    out = dict(MODEL_SWEEPS.get((study_profile, model)) or DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
+    out = dict(MODEL_SWEEPS.get((study_profile, model))
+               or DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
     prof = profiles.get_profile(study_profile)
     for param, values in given.items():
         if param not in SWEEP_PARAMS:
@@ -460,12 +461,13 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
     holm_hits = tested[tested["p_holm"] < alpha] if "p_holm" in tested else hits.iloc[0:0]
     ci_excl = tested[(tested["ci_low"] > 0) | (tested["ci_high"] < 0)]
 
-    def name(r):
+    metric = METRICS.get(str(table["metric"].iloc[0]), "accuracy") if "metric" in table else "accuracy"
+    models = list(dict.fromkeys(tested["model"]))
+
+    def name(r):  # a flagged difference, with its CNN where the table holds several
         where = f"{r['model']}, " if len(models) > 1 else ""
         return f"{where}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
 
-    metric = METRICS.get(str(table["metric"].iloc[0]), "accuracy") if "metric" in table else "accuracy"
-    models = list(dict.fromkeys(tested["model"]))
     parts = [f"**{len(tested)} comparisons** ({a} against {', '.join(dict.fromkeys(c.split(' - ')[1] for c in tested['comparison']))}, "
              f"under {', '.join(dict.fromkeys(tested['attack']))}"
              + (f", on {', '.join(models)}" if len(models) > 1 else "")
@@ -474,7 +476,8 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
     if len(hits):
         ups = hits[hits["mean"] > 0]
         downs = hits[hits["mean"] < 0]
-        txt = f"{len(hits)} of {len(tested)} exceed seed-to-seed noise at p < {alpha}"
+        verb = "exceeds" if len(hits) == 1 else "exceed"
+        txt = f"{len(hits)} of {len(tested)} {verb} seed-to-seed noise at p < {alpha}"
         if len(ups):
             txt += f"; {a} higher: " + "; ".join(name(r) for _, r in ups.iterrows())
         if len(downs):

@@ -106,7 +106,10 @@ study.significance_display(sig)
 #
 # The sweeps of part (b) train AT and the default DPAAT on every seed of each sweep CNN as their
 # yardsticks; on a CNN outside the main grid they give the same test of DPAAT against AT (mean ±
-# std over seeds, then the paired comparison). Holm's adjustment is over this table's tests.
+# std over seeds, then the paired comparison). Holm's adjustment is over this table's tests. On
+# this profile the CNN is trained from scratch at the profile's resolution, where torchvision's
+# ImageNet architectures end in a 1x1 feature map: compare its methods with each other, not its
+# accuracies with the small CNN's or the paper's.
 
 # %%
 other = [r for r in sweep_at + sweep_default if r.config.model not in {x.config.model for x in results}]
@@ -122,10 +125,10 @@ study.significance_display(sig_other) if other else None
 # DPAAT trained once per value of the adaptive length eta (eq. 15's step; default eps0), the
 # synchronisation weight lambda (eq. 12; default 1) and the criterion mu (the batch mean of the
 # loss increase, the default, or its running mean over the epoch), every other option at its
-# default. Each point is one training seed. The default DPAAT's spread over the seeds of part (a)
-# is the yardstick: dashed its mean, the dark band its range, the light band the 95% prediction
-# interval of one more seed (where a single run of an unchanged DPAAT would fall); dotted: AT's
-# mean over the same seeds.
+# default, on each sweep CNN (one row of panels per CNN). Each point is one training seed. The
+# default DPAAT's spread over three training seeds of the same CNN is the yardstick: dashed its
+# mean, the dark band its range, the light band the 95% prediction interval of one more seed
+# (where a single run of an unchanged DPAAT would fall); dotted: AT's mean over its seeds.
 
 # %%
 frame = study.sweep_frame(sweeps, reference=sweep_at, default=sweep_default, eps0=prof.eps0)
