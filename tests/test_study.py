@@ -230,6 +230,12 @@ def test_sweep_frame_table_plot_and_findings():
     two = study.sweep_frame({p: {v: sweeps[p][v] + other[p][v] for v in sweeps[p]} for p in sweeps}, ref, default)
     assert len(study.plot_sweeps(two).axes) == 4
     assert "(mobilenet_v2, 1 seed per value)" in study.sweep_findings(two, profiles.get_profile("quick"))
+    assert "constant guess" not in study.sweep_findings(two, profiles.get_profile("quick"))
+    collapsed = two.copy()
+    collapsed.loc[(collapsed["param"] == "default") & (collapsed["model"] == "smallcnn")
+                  & (collapsed["attack"] == "20-PGD"), "mean"] = 10.0  # below a 3-class guess's 33.3 %
+    assert ("On smallcnn the default DPAAT's 20-PGD accuracy (10.0%) is below the 33.3% of a constant guess"
+            in study.sweep_findings(collapsed, profiles.get_profile("quick")))
     text = study.sweep_findings(frame, profiles.get_profile("quick"))
     # mu = epoch was planted 50 points below the default under 20-PGD: it must be flagged, and with one seed
     assert "criterion mu = epoch (20-PGD" in text and "one training seed" in text
