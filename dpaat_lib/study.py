@@ -487,8 +487,8 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
                 + (": " + "; ".join(name(r) for _, r in holm_hits.iterrows()) if len(holm_hits) else "") + ".")
     else:
         txt = (f"None of the {len(tested)} differences exceeds seed-to-seed noise at p < {alpha}: on this "
-               f"profile {a}'s differences from the other adversarial methods are within the variation between "
-               "training seeds.")
+               f"profile {a}'s differences from {', '.join(dict.fromkeys(c.split(' - ')[1] for c in tested['comparison']))} "
+               "are within the variation between training seeds.")
     parts.append(txt)
     parts.append(f"The 95% bootstrap intervals over test images exclude zero for {len(ci_excl)} of the "
                  f"{len(tested)} comparisons; they measure the test sample only (how precisely the "
@@ -605,14 +605,14 @@ def sweep_frame(sweeps: dict[str, dict], reference: Sequence[experiment.RunResul
     rows = []
     for param, by_value in sweeps.items():
         for k, (v, res) in enumerate(by_value.items()):
-            for model in sorted({r.config.model for r in res}):
+            for model in dict.fromkeys(r.config.model for r in res):
                 rs = [r for r in res if r.config.model == model]
                 for att in attacks:
                     rows.append({"param": param, "value": v, "order": k, "label": value_label(param, v, eps0),
                                  "model": model, "attack": "clean" if att == CLEAN else att,
                                  **_stat_row([100 * metric_value(r, metric, att) for r in rs])})
     for name, runs in (("AT", reference), ("default", default)):
-        for model in sorted({r.config.model for r in runs}):
+        for model in dict.fromkeys(r.config.model for r in runs):
             rs = [r for r in runs if r.config.model == model]
             for att in attacks:
                 rows.append({"param": name, "value": None, "order": -1, "label": REFERENCE_LABELS[name],
@@ -635,7 +635,9 @@ def sweep_table(frame: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     f["sort"] = [SWEEP_PARAMS.index(p) if p in SWEEP_PARAMS else len(SWEEP_PARAMS) for p in f["param"]]
     wide = f.pivot_table(index=["sort", "parameter", "order", "label", "model", "seeds"], columns="attack",
                          values="text", aggfunc="first", sort=False).reset_index()
-    wide = wide.sort_values(["sort", "model", "order"], kind="stable").drop(columns=["order", "sort"])
+    rank = {m: k for k, m in enumerate(dict.fromkeys(frame["model"]))}  # the CNNs in the frame's order
+    wide = wide.sort_values(["sort", "model", "order"], key=lambda c: c.map(rank) if c.name == "model" else c,
+                            kind="stable").drop(columns=["order", "sort"])
     wide.columns.name = None
     return wide.rename(columns={"label": "value", "clean": "clean acc (%)", "20-PGD": "20-PGD acc (%)"}
                        ).reset_index(drop=True)
@@ -648,7 +650,7 @@ def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD"
     import matplotlib.pyplot as plt
 
     params = [p for p in SWEEP_PARAMS if p in set(frame["param"])]
-    models = sorted(set(frame.loc[frame["param"].isin(SWEEP_PARAMS), "model"])) or [None]
+    models = list(dict.fromkeys(frame.loc[frame["param"].isin(SWEEP_PARAMS), "model"])) or [None]
     ncol, nrow = max(len(params), 1), len(models)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.4 * ncol, 3.3 * nrow + 0.6), squeeze=False)
     colors = dict(zip(attacks, ("tab:blue", "tab:red", "tab:green", "tab:purple")))
@@ -698,7 +700,7 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
     lines, outside, n_points = [], [], 0
     for param in [p for p in SWEEP_PARAMS if p in set(frame["param"])]:
         default = value_label(param, getattr(study_profile, param), study_profile.eps0)
-        for model in sorted(set(frame.loc[frame["param"] == param, "model"])):
+        for model in dict.fromkeys(frame.loc[frame["param"] == param, "model"]):
             parts = []
             for att in attacks:
                 sub = frame[(frame["param"] == param) & (frame["model"] == model) & (frame["attack"] == att)]

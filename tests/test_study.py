@@ -229,6 +229,8 @@ def test_sweep_frame_table_plot_and_findings():
     other = {p: {v: [replace_model(r, "mobilenet_v2") for r in rs] for v, rs in by.items()} for p, by in sweeps.items()}
     two = study.sweep_frame({p: {v: sweeps[p][v] + other[p][v] for v in sweeps[p]} for p in sweeps}, ref, default)
     assert len(study.plot_sweeps(two).axes) == 4
+    # the CNNs keep the order of the runs (the main grid's first), not the alphabet's
+    assert list(dict.fromkeys(study.sweep_table(two)["model"])) == ["smallcnn", "mobilenet_v2"]
     assert "(mobilenet_v2, 1 seed per value)" in study.sweep_findings(two, profiles.get_profile("quick"))
     assert "constant guess" not in study.sweep_findings(two, profiles.get_profile("quick"))
     collapsed = two.copy()
