@@ -62,9 +62,6 @@ DEFAULT_SWEEPS = {
     "cpu-real": {"eta": (0.05, 0.25, None, 1.0), "lam": (0.1, 0.5, 1.0, 2.0), "mu": ("batch", "epoch")},
     "quick": {"eta": (0.05, None), "lam": (0.1, 1.0), "mu": ("batch", "epoch")},
 }
-MODEL_SWEEPS: dict[tuple[str, str], dict[str, tuple]] = {}
-"""(study profile, model) -> swept values where a model sweeps fewer values than the profile's
-:data:`DEFAULT_SWEEPS` (what the CPU afforded); the values of every other model are the profile's."""
 COMPARED = ("AT", "SAT", "AMAT")
 """The methods DPAAT is tested against (STD is not an adversarial defence)."""
 MAIN_COLUMNS = ("GAcc", "FGSM", "20-IFGSM", "20-PGD", "mAP")
@@ -119,12 +116,10 @@ def sweep_models(study_profile: str) -> tuple[str, ...]:
     return SWEEP_MODELS.get(study_profile, tuple(profiles.get_profile(study_profile).models))
 
 
-def default_sweeps(study_profile: str, model: str | None = None, **given) -> dict[str, tuple]:
-    """The swept values per parameter for ``study_profile`` (and ``model``, :data:`MODEL_SWEEPS`); a
-    ``given`` sequence (not None) replaces that parameter's values. The profile's own value is always
-    included (it is the reference point)."""
-    out = dict(MODEL_SWEEPS.get((study_profile, model))
-               or DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
+def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
+    """The swept values per parameter for ``study_profile``; a ``given`` sequence (not None) replaces
+    that parameter's values. The profile's own value is always included (it is the reference point)."""
+    out = dict(DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
     prof = profiles.get_profile(study_profile)
     for param, values in given.items():
         if param not in SWEEP_PARAMS:
@@ -463,12 +458,13 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
 
     metric = METRICS.get(str(table["metric"].iloc[0]), "accuracy") if "metric" in table else "accuracy"
     models = list(dict.fromkeys(tested["model"]))
+    against = ", ".join(dict.fromkeys(c.split(" - ")[1] for c in tested["comparison"]))
 
     def name(r):  # a flagged difference, with its CNN where the table holds several
         where = f"{r['model']}, " if len(models) > 1 else ""
         return f"{where}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
 
-    parts = [f"**{len(tested)} comparisons** ({a} against {', '.join(dict.fromkeys(c.split(' - ')[1] for c in tested['comparison']))}, "
+    parts = [f"**{len(tested)} comparisons** ({a} against {against}, "
              f"under {', '.join(dict.fromkeys(tested['attack']))}"
              + (f", on {', '.join(models)}" if len(models) > 1 else "")
              + f"), each a paired t-test across {n_seeds} seeds ({n_seeds - 1} degrees of freedom) of the per-seed "
@@ -487,8 +483,7 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
                 + (": " + "; ".join(name(r) for _, r in holm_hits.iterrows()) if len(holm_hits) else "") + ".")
     else:
         txt = (f"None of the {len(tested)} differences exceeds seed-to-seed noise at p < {alpha}: on this "
-               f"profile {a}'s differences from {', '.join(dict.fromkeys(c.split(' - ')[1] for c in tested['comparison']))} "
-               "are within the variation between training seeds.")
+               f"profile {a}'s differences from {against} are within the variation between training seeds.")
     parts.append(txt)
     parts.append(f"The 95% bootstrap intervals over test images exclude zero for {len(ci_excl)} of the "
                  f"{len(tested)} comparisons; they measure the test sample only (how precisely the "
@@ -537,16 +532,15 @@ def load_sweep_study(profile: str, models: Sequence[str], *, seeds: Sequence[int
                      **kw) -> tuple[dict[str, dict], list, list]:
     """The sweeps of every model in ``models`` and their yardsticks: ``(sweeps, at_runs, default_runs)``.
 
-    ``sweeps`` is :func:`load_sweeps`'s ``{param: {value: runs}}`` over all models, each model with its own
-    values (:func:`default_sweeps`, ``given`` the notebook's overrides), the values in ascending order;
+    ``sweeps`` is :func:`load_sweeps`'s ``{param: {value: runs}}`` over all models (the values of
+    :func:`default_sweeps`, ``given`` the notebook's overrides), the values in ascending order;
     ``at_runs`` and ``default_runs`` are AT and the default DPAAT of every model on ``seeds``. ``kw`` goes
     to :func:`load_sweeps` and :func:`dpaat_lib.report.load_grid` (data_root, results_root, device ...)."""
     eps0 = profiles.get_profile(profile).eps0
     merged: dict[str, dict] = {}
     at_runs, default_runs = [], []
     for model in models:
-        sw = load_sweeps(profile, default_sweeps(profile, model, **(given or {})), models=(model,),
-                         seeds=sweep_seeds, **kw)
+        sw = load_sweeps(profile, default_sweeps(profile, **(given or {})), models=(model,), seeds=sweep_seeds, **kw)
         for param, by_value in sw.items():
             for v, runs in by_value.items():
                 merged.setdefault(param, {}).setdefault(v, []).extend(runs)

@@ -55,11 +55,12 @@ from dpaat_lib import profiles, study
 name3, name7 = study.study_profiles(profile)
 over = study.study_overrides(profile, image_size=image_size, epochs=epochs)
 sweep_seeds = tuple(sweep_seeds or study.SWEEP_SEEDS)
+sweep_models = tuple(sweep_models or study.sweep_models(name3))
 prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds or study.STUDY_SEEDS,
                                  device=device, **over)
 sweeps, sweep_at, sweep_default = study.load_sweep_study(
-    name3, sweep_models or study.sweep_models(name3), seeds=seeds or study.STUDY_SEEDS, sweep_seeds=sweep_seeds,
+    name3, sweep_models, seeds=seeds or study.STUDY_SEEDS, sweep_seeds=sweep_seeds,
     given=dict(eta=eta_values, lam=lam_values, mu=mu_values), data_root=data_root, results_root=results_root,
     device=device, **over)
 prof7, results7 = report.load_grid(name7, data_root=data_root, results_root=results_root, models=models,
@@ -68,7 +69,7 @@ prof7, results7 = report.load_grid(name7, data_root=data_root, results_root=resu
 report.profile_banner(prof, results)
 
 # %%
-report.md(study.study_note(profile, prof, prof7, over, sweep_seeds, sweep_models or study.sweep_models(name3)))
+report.md(study.study_note(profile, prof, prof7, over, sweep_seeds, sweep_models))
 
 # %% [markdown]
 # ## (a) Three seeds: mean and spread

@@ -261,13 +261,13 @@ def test_seed_findings_name_the_metric_and_the_models():
 
 def test_load_sweep_study_merges_models_in_value_order(tmp_path, cache_dir, monkeypatch):
     kw = dict(results_root=tmp_path, cache_dir=cache_dir, image_size=16, epochs=1)
-    monkeypatch.setitem(study.MODEL_SWEEPS, ("quick", "tinyvgg"), {"lam": (2.0, 1.0)})
-    monkeypatch.setitem(study.DEFAULT_SWEEPS, "quick", {"lam": (0.5, 1.0)})
-    sweeps, at, default = study.load_sweep_study("quick", ("smallcnn",), seeds=(0, 1), **kw)
+    monkeypatch.setitem(study.DEFAULT_SWEEPS, "quick", {"lam": (1.0,)})
+    # given values come after the default (1.0, 0.5): the study puts them in ascending order
+    sweeps, at, default = study.load_sweep_study("quick", ("smallcnn",), seeds=(0, 1), given={"lam": [0.5]}, **kw)
     assert list(sweeps["lam"]) == [0.5, 1.0] and [len(v) for v in sweeps["lam"].values()] == [1, 1]
     assert [r.config.train.seed for r in at] == [0, 1] and [r.config.train.seed for r in default] == [0, 1]
     assert sweeps["lam"][1.0][0].run_id == default[0].run_id  # the default's point is its seed-0 run
-    assert study.default_sweeps("quick", "tinyvgg") == {"lam": (2.0, 1.0)}
+    assert study.default_sweeps("quick", lam=[0.5]) == {"lam": (1.0, 0.5)}
     assert study._value_key("eta", None, 0.5) == 0.5 and study._value_key("mu", "epoch", 0.5) == 1
     assert study.sweep_models("cpu-real") == ("smallcnn", "mobilenet_v2")
     note = study.study_note("paper", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"), {},
