@@ -153,9 +153,10 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         method.load_state_dict(ck["method"])
-        shuffle_gen.set_state(ck["shuffle_gen"])
-        aug_gen.set_state(ck["aug_gen"].to(aug_gen.get_state().device))
-        attack_gen.set_state(ck["attack_gen"].to(attack_gen.get_state().device))
+        # A generator's state is a CPU byte tensor whatever the generator's device, but map_location has
+        # moved every tensor of the checkpoint to the run's device (found resuming on a GPU).
+        for gen, key in ((shuffle_gen, "shuffle_gen"), (aug_gen, "aug_gen"), (attack_gen, "attack_gen")):
+            gen.set_state(ck[key].cpu())
         state = ck["state"]
 
     store.write_json(run / "config.json", config.to_dict())

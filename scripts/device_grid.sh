@@ -6,7 +6,8 @@
 # - installs the wheels carried in .whl/ (grad-cam, ttach, torchattacks) when the machine lacks them;
 # - decodes the profile's images once (dpaat prepare), before the workers start;
 # - BENCH=1: benchmarks/train_throughput.py first (paper-style loop vs library path vs 4 processes,
-#   and the cost of each method relative to STD), into $RESULTS/benchmark-$DEVICE.json (packed);
+#   and the cost of each method relative to STD; BENCH_ARGS sets its size), into
+#   $RESULTS/benchmark-$DEVICE.json (packed);
 # - MPS=1 (default): starts NVIDIA's multi-process service when the machine has it, so the workers'
 #   small kernels run side by side (checked with a tiny CUDA program; switched off if that fails);
 # - WORKERS processes run `dpaat grid --book --claim` together: each takes the next unclaimed run
@@ -26,6 +27,7 @@ DATA=${DATA:-scratch/ham10000}
 PROFILE=${PROFILE:-paper}
 RESULTS=${RESULTS:-results/$PROFILE}
 BENCH=${BENCH:-0}
+BENCH_ARGS=${BENCH_ARGS:-"--size 224 --images 1280 --procs 4 --cost-model resnet34"}
 MPS=${MPS:-1}
 EXTRAS_RESERVE=${EXTRAS_RESERVE:-90}
 GRID_ARGS=${GRID_ARGS:-}
@@ -48,7 +50,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 echo "[$(elapsed)s] data ready"
 
 if [ "$BENCH" = 1 ]; then
-  "$PY" benchmarks/train_throughput.py --device "$DEVICE" --size 224 --images 1280 --procs 4 --cost-model resnet34 \
+  "$PY" benchmarks/train_throughput.py --device "$DEVICE" $BENCH_ARGS \
     --json "$RESULTS/benchmark-$DEVICE.json" 2>&1 | tee "$OUT/benchmark.txt"
   echo "[$(elapsed)s] benchmark done"
 fi

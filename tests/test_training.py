@@ -138,6 +138,21 @@ def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, 
     assert_same_run(resumed, uninterrupted)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["std", "dpaat"])
+def test_resume_on_cuda_continues_the_run(tmp_path, data, run_kw, method):
+    """On a GPU the checkpoint is mapped to the device; the generators' states must still restore
+    (the first paper grid on an H200 failed here on every resumed run)."""
+    cfg = tiny_config(data, method=method)
+    kw = dict(run_kw, device="cuda")
+    uninterrupted = experiment.run(cfg, results=tmp_path / "once", **kw)
+    assert experiment.run(cfg, results=tmp_path / "twice", time_budget_s=0, **kw) is None
+    resumed = experiment.run(cfg, results=tmp_path / "twice", **kw)
+    assert resumed is not None and resumed.history["finished"]
+    assert per_epoch(resumed.history, "train_loss") == pytest.approx(
+        per_epoch(uninterrupted.history, "train_loss"), abs=1e-4)
+
+
 def test_time_budget_resume_one_epoch_at_a_time(tmp_path, data, run_kw):
     cfg = tiny_config(data, method="std")
     results = tmp_path / "results"
