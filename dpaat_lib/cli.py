@@ -5,6 +5,7 @@
     dpaat train --model resnet34 --method dpaat --data DIR [--profile ...]   one run
     dpaat prepare --profile paper --data DIR decode the profile's images once into the cache
     dpaat extras --profile paper --data DIR  eps curves, stronger attacks, Grad-CAM from the checkpoints
+    dpaat slim-copy --profile paper --data DIR --out DIR2   a copy with only the images the profile uses
     dpaat synthetic DIR                      write the synthetic stand-in folder
     dpaat models                             list the model names
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import experiment, grid, precompute, profiles
+from . import data, experiment, grid, precompute, profiles
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
@@ -138,6 +139,17 @@ def _prepare_or_extras(args) -> int:
     return 0
 
 
+def _slim_copy(args) -> int:
+    if not args.data:
+        raise ValueError("slim-copy needs --data, the folder of the HAM10000 copy to slim")
+    prof = _profile(args)
+    split = experiment.make_split_for(profiles.data_config(prof), Path(args.data))
+    counts = data.slim_copy(args.data, [i for ids in split.values() for i in ids], args.out)
+    print(f"{args.out}: {counts['kept']} images of the {prof.name} split copied, {counts['empty']} left as "
+          f"empty files; the metadata, its digest and the split are unchanged", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dpaat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,6 +164,10 @@ def main(argv=None) -> int:
                                            "processes start)"), "paper")
     _common(sub.add_parser("extras", help="eps curves, stronger attacks and Grad-CAM of the finished runs that "
                                           "have checkpoints"), "paper")
+    c = sub.add_parser("slim-copy", help="copy a HAM10000 folder with only the images a profile's split uses "
+                                         "(the others as empty files), to carry the data to a lent GPU")
+    _common(c, "paper")
+    c.add_argument("--out", required=True, help="the new folder")
     s = sub.add_parser("synthetic", help="write the synthetic stand-in in HAM10000's layout")
     s.add_argument("folder")
     s.add_argument("--n-per-class", type=int, default=150)
@@ -172,6 +188,8 @@ def main(argv=None) -> int:
             return 0
         if args.command == "train":
             return _grid(args, [args.model], [args.method])
+        if args.command == "slim-copy":
+            return _slim_copy(args)
         if args.command in ("prepare", "extras"):
             return _prepare_or_extras(args)
         return _grid(args, args.models, args.methods or profiles.MAIN_METHODS)

@@ -118,6 +118,31 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     return prof, [done[c.run_id] for c in cfgs]
 
 
+def stored_book_runs(profile: str = "paper", results_root=None) -> tuple[profiles.Profile, list[RunConfig],
+                                                                         list[experiment.RunResult]]:
+    """The runs of a profile's book grid (main grid and ablation) that its results folder already holds,
+    loaded without data and without training anything: (profile, every configuration, the finished
+    runs in configuration order). For a grid that is filled over several GPU calls."""
+    prof = make_profile(profile)
+    out = results_dir(prof, results_root)
+    data = experiment.resolve_data(profiles.data_config(prof), None, out)
+    cfgs = profiles.book_configs(prof, data)
+    found = [experiment.load_result(c, out) for c in cfgs]
+    return prof, cfgs, [r for r in found if r is not None]
+
+
+def grid_progress(configs: Sequence[RunConfig], finished: Sequence[experiment.RunResult]) -> pd.DataFrame:
+    """Which runs of a grid are finished: rows the models, columns the methods; "done", "—" (still to
+    run), or empty where the grid has no such run."""
+    done = {r.run_id for r in finished}
+    models = list(dict.fromkeys(c.model for c in configs))
+    methods = sorted(dict.fromkeys(LABELS[c.method.name] for c in configs), key=_method_key)
+    table = pd.DataFrame("", index=pd.Index(models, name="model"), columns=methods)
+    for c in configs:
+        table.loc[c.model, LABELS[c.method.name]] = "done" if c.run_id in done else "—"
+    return table
+
+
 def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResult] | None = None):
     """A Markdown box saying which profile produced the page, and whether its data are synthetic."""
     from IPython.display import Markdown
@@ -1676,12 +1701,20 @@ def strong_cost_table(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
         for r in _cost_rows(results)])
 
 
+def benchmark_paths(results_dir) -> list[Path]:
+    """The stored benchmarks (``benchmark*.json``) of a results folder and of the stores one level below
+    it: given the results root, every profile's. A benchmark measures hardware on random images, so the
+    CPU one stored with cpu-real and the GPU one stored with the paper profile speak to every chapter."""
+    root = Path(results_dir)
+    return sorted(root.glob("benchmark*.json")) + sorted(root.glob("*/benchmark*.json"))
+
+
 def benchmark_cost(results_dir) -> pd.DataFrame | None:
     """Each method's cost relative to STD measured by ``benchmarks/train_throughput.py --cost-model``
-    (one epoch per method, same process, nothing else running), from the ``benchmark*.json`` files in
-    the results folder: rows (card, model), columns the methods. None when no benchmark is stored."""
+    (one epoch per method, same process, nothing else running), from the stored benchmarks
+    (:func:`benchmark_paths`): rows (card, model), columns the methods. None when no benchmark is stored."""
     rows = {}
-    for path in sorted(Path(results_dir).glob("benchmark*.json")):
+    for path in benchmark_paths(results_dir):
         for c in store.read_json(path).get("method_cost", []):
             rows.setdefault((c["card"], c["model"]), {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
     if not rows:
@@ -1693,9 +1726,10 @@ def benchmark_cost(results_dir) -> pd.DataFrame | None:
 
 def benchmark_throughput(results_dir) -> pd.DataFrame | None:
     """The stored throughput benchmark: images/s of PGD-7 training in the paper-style loop, the library's
-    path and several library processes at once, with the ratios (None when none is stored)."""
+    path and several library processes at once, with the ratios (None when none is stored;
+    :func:`benchmark_paths`)."""
     rows = []
-    for path in sorted(Path(results_dir).glob("benchmark*.json")):
+    for path in benchmark_paths(results_dir):
         for r in store.read_json(path).get("throughput", []):
             row = {"hardware": r["card"], "model": r["model"], "paper-style img/s": f"{r['paper_img_s']:.0f}",
                    "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
@@ -1703,7 +1737,45 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
                 row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
                 row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
             rows.append(row)
-    return pd.DataFrame(rows).set_index(["hardware", "model"]) if rows else None
+    return pd.DataFrame(rows).set_index(["hardware", "model"]).fillna("–") if rows else None
+
+
+def _ratio_range(values) -> str:
+    lo, hi = min(values), max(values)
+    return f"x{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"x{lo:.2f} to x{hi:.2f}"
+
+
+SPEED_GOAL = 3.0  # issue 4: the library's path at least 3x the paper-style loop, every CNN
+
+
+def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
+    """What the stored throughput benchmarks show, per card: the range of the library's speed-up over
+    the paper-style loop (one process, and several sharing the card), and which CNNs reach ``goal``."""
+    cards: dict[str, list[dict]] = {}
+    for path in benchmark_paths(results_dir):
+        for r in store.read_json(path).get("throughput", []):
+            cards.setdefault(r["card"], []).append(r)
+    if not cards:
+        return "No throughput benchmark is stored."
+    out = []
+    for card, rows in cards.items():
+        one = [r["ratio"] for r in rows]
+        text = (f"On {card} ({len(rows)} CNN{'s' * (len(rows) > 1)}, {rows[0]['size']} px), the library's path in "
+                f"one process runs at {_ratio_range(one)} the paper-style loop")
+        best = {r["model"]: r["ratio"] for r in rows}
+        many = [r for r in rows if "concurrent_ratio" in r]
+        if many:
+            conc = [r["concurrent_ratio"] for r in many]
+            text += f"; {many[0]['procs']} library processes sharing the card together at {_ratio_range(conc)}"
+            for r in many:
+                best[r["model"]] = max(best[r["model"]], r["concurrent_ratio"])
+        text += "."
+        if not card.startswith("CPU"):  # the goal is the GPU's: on a CPU both loops are bound by arithmetic
+            reached = [m for m, v in best.items() if v >= goal]
+            text += (f" The goal of x{goal:g} is reached for {len(reached)} of {len(best)} CNNs"
+                     + (f" ({', '.join(reached)})" if reached else "") + ".")
+        out.append(text)
+    return "\n\n".join(out)
 
 
 def strong_cost_findings(results: Sequence[experiment.RunResult]) -> str:

@@ -114,14 +114,19 @@ report.strong_cost_table(results)
 
 # %% [markdown]
 # The stored timings above come from the grid's own runs, which shared their machine. The
-# benchmark (`benchmarks/train_throughput.py --cost-model M`, stored in the results folder as
+# benchmark (`benchmarks/train_throughput.py --cost-model M`, stored in a results folder as
 # `benchmark*.json`) times one epoch of each method in one process on random images: seconds per
-# epoch relative to STD. AMAT attacks only the samples its model classifies correctly, so its cost
-# grows with the model's accuracy; an untrained model on random labels gets about a third right.
+# epoch relative to STD, on every machine it was run on (the CPU row from cpu-real's folder, the GPU
+# row from the paper profile's). AMAT attacks only the samples its model classifies correctly: on a
+# CPU, where arithmetic sets the pace, that makes it cheaper (an untrained model on random labels
+# gets about a third right). On a GPU at batch 32, where launching kernels rather than computing
+# them sets the pace, attacking part of a batch costs about as much as attacking all of it; AMAT has
+# SAT's and DPAAT's passes, and its selection makes the CPU wait for the GPU several times per batch
+# (which images are right, their indices, their radii), the likely reason it is the dearest there.
 
 # %%
-cost = report.benchmark_cost(out)
-cost if cost is not None else report.md("No benchmark stored for this profile: run "
+cost = report.benchmark_cost(report.resolve_path(results_root, "results"))
+cost if cost is not None else report.md("No benchmark stored: run "
                                         "`python benchmarks/train_throughput.py --cost-model smallcnn --json "
                                         "results/<profile>/benchmark-cpu.json` (or `-cuda` on a GPU).")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU: continue a profile's book grid for at most LIMIT seconds, then pack the results.
 #
-#   LIMIT=570 WORKERS=8 BENCH=1 DATA=scratch/ham10000 bash scripts/device_grid.sh
+#   LIMIT=555 WORKERS=8 BENCH=1 DATA=scratch/ham-gpu bash scripts/device_grid.sh   (data: dpaat slim-copy)
 #
 # - installs the wheels carried in .whl/ (grad-cam, ttach, torchattacks) when the machine lacks them;
 # - decodes the profile's images once (dpaat prepare), before the workers start;
@@ -23,7 +23,7 @@ set -uo pipefail
 START=$(date +%s)
 LIMIT=${LIMIT:-570}
 WORKERS=${WORKERS:-8}
-DATA=${DATA:-scratch/ham10000}
+DATA=${DATA:-scratch/ham-gpu}
 PROFILE=${PROFILE:-paper}
 RESULTS=${RESULTS:-results/$PROFILE}
 BENCH=${BENCH:-0}

@@ -453,3 +453,44 @@ def test_real_seven_class_fraction_split(ham10000_root: pathlib.Path) -> None:
     assert len(meta) == 10015
     split = make_fraction_split(meta, seed=0, test_fraction=0.2, val_fraction=0.1)
     _check_fraction_split(meta, split, 0.2, 0.1)
+
+
+# --------------------------------------------------------------------------
+# Slim copy (what travels to a lent GPU)
+# --------------------------------------------------------------------------
+
+
+def test_slim_copy_keeps_digest_split_and_the_split_images(tmp_path, synthetic_root):
+    from dpaat_lib import cli, data as D, experiment, profiles
+    out = tmp_path / "slim"
+    sizes = ["--set", "n_train=60", "--set", "n_val=10", "--set", "n_test=30"]
+    assert cli.main(["slim-copy", "--profile", "quick", "--data", str(synthetic_root), "--out", str(out)] + sizes) == 0
+    dc = profiles.data_config(profiles.profile_for("quick", synthetic_root, n_train=60, n_val=10, n_test=30))
+    split = experiment.make_split_for(dc, synthetic_root)
+    kept = {i for ids in split.values() for i in ids}
+    assert experiment.make_split_for(dc, out) == split
+    assert D.dataset_digest(D.read_metadata(out)) == D.dataset_digest(D.read_metadata(synthetic_root))
+    original, slim = D.find_images(synthetic_root), D.find_images(out)
+    assert set(slim) == set(original) and len(kept) < len(original)
+    for image_id, path in slim.items():
+        if image_id in kept:
+            assert path.read_bytes() == original[image_id].read_bytes()
+        else:
+            assert path.stat().st_size == 0
+    a = D.load_split(synthetic_root, split, 32)
+    b = D.load_split(out, split, 32)
+    assert all(torch.equal(a[k].x, b[k].x) for k in split)
+    # An image left out fails to decode with the corrupt-image error, not silently.
+    left_out = sorted(set(slim) - kept)[:1]
+    with pytest.raises(D.DataError, match="missing or corrupt"):
+        D.load_images([str(slim[left_out[0]])], 32)
+
+
+def test_slim_copy_refuses_a_missing_image_and_its_own_folder(tmp_path, synthetic_root):
+    from dpaat_lib import data as D
+    with pytest.raises(D.DataError, match="no file"):
+        D.slim_copy(synthetic_root, ["ISIC_does_not_exist"], tmp_path / "slim")
+    copy = tmp_path / "copy"
+    shutil.copytree(synthetic_root, copy)
+    with pytest.raises(ValueError, match="another folder"):
+        D.slim_copy(copy, [], copy)

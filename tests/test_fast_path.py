@@ -67,3 +67,29 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     speed = report.benchmark_throughput(tmp_path)
     assert "ratio (2 processes)" in speed.columns and len(speed) == 1
     assert report.benchmark_cost(tmp_path / "nothing") is None
+
+
+def _bench_rows(card, ratio, concurrent=None):
+    row = {"model": "resnet34", "card": card, "size": 224, "images": 64, "paper_img_s": 100.0,
+           "library_img_s": 100.0 * ratio, "ratio": ratio}
+    if concurrent is not None:
+        row.update(procs=4, concurrent_img_s=100.0 * concurrent, concurrent_ratio=concurrent)
+    return {"throughput": [row], "method_cost": []}
+
+
+def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_path):
+    from dpaat_lib import report
+    (tmp_path / "cpu-real").mkdir()
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "cpu-real" / "benchmark-cpu.json").write_text(json.dumps(_bench_rows("CPU (1 threads)", 1.05)))
+    (tmp_path / "paper" / "benchmark-cuda.json").write_text(json.dumps(_bench_rows("NVIDIA H200", 1.2, 3.4)))
+    assert [p.parent.name for p in report.benchmark_paths(tmp_path)] == ["cpu-real", "paper"]
+    assert len(report.benchmark_throughput(tmp_path)) == 2
+    text = report.benchmark_findings(tmp_path)
+    cpu, gpu = text.split("\n\n")
+    assert "x1.05 the paper-style loop" in cpu and "goal" not in cpu
+    assert "x1.20" in gpu and "4 library processes" in gpu and "x3.40" in gpu
+    assert "reached for 1 of 1 CNNs (resnet34)" in gpu
+    (tmp_path / "paper" / "benchmark-cuda.json").write_text(json.dumps(_bench_rows("NVIDIA H200", 1.2, 2.0)))
+    assert "reached for 0 of 1 CNNs." in report.benchmark_findings(tmp_path)
+    assert report.benchmark_findings(tmp_path / "nothing") == "No throughput benchmark is stored."

@@ -324,3 +324,24 @@ def test_a_failed_eps_check_says_whether_the_sweep_reached_zero_before():
     sweep["detail"]["correct"] = [48, 40, 30, 20]
     sweep["detail"]["accuracy"] = [0.8, 40 / 60, 0.5, 20 / 60]
     assert "never got below 33.3%" in report.strong_findings({("smallcnn", "AMAT", 0): e})
+
+
+def test_grid_progress_marks_finished_missing_and_absent_runs():
+    from types import SimpleNamespace
+    prof = profiles.get_profile("paper")
+    cfgs = profiles.book_configs(prof, profiles.data_config(prof))
+    done = [c for c in cfgs if c.method.name == "std"][:2]
+    table = report.grid_progress(cfgs, [SimpleNamespace(run_id=c.run_id) for c in done])
+    assert list(table.index) == list(prof.models)
+    assert list(table.columns) == ["STD", "AT", "SAT", "AMAT", "DPAAT", "D-A", "D-B"]
+    assert (table == "done").sum().sum() == 2 and table.loc[done[0].model, "STD"] == "done"
+    assert (table == "—").sum().sum() == len(cfgs) - 2
+    # the ablation runs only on the ablation models: elsewhere the cell is empty, not "still to run"
+    assert table.loc["densenet121", "D-A"] == "" and table.loc["resnet34", "D-A"] == "—"
+
+
+def test_the_committed_paper_store_loads_without_data():
+    prof, cfgs, runs = report.stored_book_runs("paper")
+    assert len(cfgs) == 34
+    assert all(r.history["finished"] and "GAcc" in r.metrics for r in runs)
+    assert {r.run_id for r in runs} <= {c.run_id for c in cfgs}
