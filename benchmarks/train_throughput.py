@@ -7,7 +7,7 @@ batch 32 (method.md section 6), AT with the training adversary (PGD-L2, 7 steps)
     the CPU workers), no compilation;
 (b) library: ``dpaat_lib.training.train_epoch``: uint8 data resident on the
     device, flips there, bf16 autocast and channels_last on CUDA
-    (``--compile`` adds torch.compile);
+    (``--compile MODE`` adds torch.compile in that mode, e.g. reduce-overhead: CUDA graphs);
 (c) with ``--procs N``: the library path in N processes at once on the same
     card, as the grid runs (``dpaat grid --claim``): batch 32 leaves one
     process's GPU mostly idle. Reported as the images/s of all N together.
@@ -38,6 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dpaat_lib.attacks import training_attack
+from dpaat_lib.cli import COMPILE_MODES
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
 from dpaat_lib.training import train_epoch
@@ -89,13 +90,13 @@ def paper_style_epoch(model_name, x, y, device, batch_size, workers, warmup: int
     return timed / (time.perf_counter() - t0)
 
 
-def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_model: bool, warmup: int = 2,
+def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_mode: str | None, warmup: int = 2,
                   method_name: str = "at") -> float:
     torch.manual_seed(0)
     model = build_model(model_name).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model) if compile_model else model
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model
     gen = torch.Generator(device=device).manual_seed(0)
     # AMAT's threshold comes from a trained STD model in a run; any value exercises the same passes here.
     method = build_method(MethodConfig(name=method_name, attack=training_attack()), len(y), generator=gen,
@@ -122,12 +123,12 @@ def _worker(args) -> None:
     x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 3, (args.images,), generator=g)
     library_epoch(name, x[:2 * args.batch_size], y[:2 * args.batch_size], device, args.batch_size,
-                  device.type == "cuda", False, warmup=0)  # CUDA context, cuDNN plans
+                  device.type == "cuda", args.compile, warmup=0)  # CUDA context, cuDNN plans
     barrier = Path(args.worker)
     (barrier / f"ready-{os.getpid()}").touch()
     while len(list(barrier.glob("ready-*"))) < args.procs:
         time.sleep(0.01)
-    print(json.dumps({"img_s": library_epoch(name, x, y, device, args.batch_size, device.type == "cuda", False,
+    print(json.dumps({"img_s": library_epoch(name, x, y, device, args.batch_size, device.type == "cuda", args.compile,
                                              warmup=args.warmup)}), flush=True)
 
 
@@ -137,6 +138,7 @@ def concurrent_img_s(args, name: str) -> float:
         cmd = [sys.executable, __file__, "--worker", barrier, "--models", name, "--device", args.device,
                "--size", str(args.size), "--images", str(args.images), "--batch-size", str(args.batch_size),
                "--warmup", str(args.warmup), "--procs", str(args.procs)]
+        cmd += ["--compile", args.compile] if args.compile else []
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.procs)]
         outs = [p.communicate()[0] for p in procs]
     if any(p.returncode for p in procs):
@@ -152,7 +154,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--images", type=int, default=2400, help="images in the epoch (random data: speed only)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--compile", action="store_true", help="torch.compile the library path")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the library path in this mode (also in "
+                                                         "the --procs processes); its warm-up compiles")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches at the start of every loop")
     p.add_argument("--procs", type=int, default=1, help="also time N library-path processes at once (N > 1)")
     p.add_argument("--cost-model", choices=list_models(), help="also time one epoch of each method on this model")
@@ -179,7 +182,7 @@ def main(argv=None) -> list[dict]:
         a = paper_style_epoch(name, x, y, device, args.batch_size, args.workers, args.warmup)
         b = library_epoch(name, x, y, device, args.batch_size, fast, args.compile, args.warmup)
         row = {"model": name, "card": card, "size": size, "images": args.images, "paper_img_s": a,
-               "library_img_s": b, "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile}
+               "library_img_s": b, "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile or False}
         line = f"{name:<15}{a:>12.1f}{b:>15.1f}{b / a:>8.2f}"
         if args.procs > 1:
             c = concurrent_img_s(args, name)
@@ -194,7 +197,7 @@ def main(argv=None) -> list[dict]:
         x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
         y = torch.randint(0, 3, (args.images,), generator=g)
         for meth in ("std", "at", "sat", "amat", "dpaat"):
-            ips = library_epoch(name, x, y, device, args.batch_size, fast, False, args.warmup, method_name=meth)
+            ips = library_epoch(name, x, y, device, args.batch_size, fast, None, args.warmup, method_name=meth)
             cost.append({"model": name, "method": meth, "card": card, "img_s": ips})
         std = cost[0]["img_s"]
         print(f"\nseconds per epoch relative to STD ({name}, library path, {card}):")

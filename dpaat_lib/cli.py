@@ -24,6 +24,9 @@ from .methods import METHODS
 from .models import list_models
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--profile", default=default_profile, choices=list(profiles.PROFILES))
     p.add_argument("--data", help="folder of a HAM10000 copy (official layout); without it the quick profile "
@@ -38,6 +41,9 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--time-budget", type=float, help="seconds; stop cleanly after it, resumable")
     p.add_argument("--weights", help="local state-dict file (e.g. ImageNet weights of the model): two-phase "
                                      "fine-tuning as in the paper instead of training from scratch")
+    p.add_argument("--compile", dest="compile_mode", choices=COMPILE_MODES,
+                   help="train through torch.compile in this mode (reduce-overhead: CUDA graphs); a speed option "
+                        "that leaves the runs' identities unchanged")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--shard", help="K/N: run only the models with index %% N == K, so N processes can share "
@@ -100,7 +106,7 @@ def _grid(args, models, methods) -> int:
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
     print(f"results: {results}", flush=True)
     kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
-              time_budget_s=args.time_budget, weights_path=args.weights)
+              time_budget_s=args.time_budget, weights_path=args.weights, compile_mode=args.compile_mode)
     if args.claim:
         after = None
         if args.extras:

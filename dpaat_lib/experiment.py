@@ -134,12 +134,13 @@ def weights_digest(path) -> str:
 
 def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: Path | None = None,
         progress: bool = True, time_budget_s: float | None = None, tensors=None,
-        weights_path=None) -> RunResult | None:
+        weights_path=None, compile_mode: str | None = None) -> RunResult | None:
     """Load the run's results, or compute what is missing. Returns None only when a
     ``time_budget_s`` ran out before training finished (call again to continue).
 
     ``weights_path``: the local state-dict file whose :func:`weights_digest` is
-    ``config.train.weights`` (two-phase fine-tuning, method.md section 6).
+    ``config.train.weights`` (two-phase fine-tuning, method.md section 6). ``compile_mode``: train
+    through ``torch.compile`` (:func:`dpaat_lib.training.train_run`); not part of the run's identity.
     """
     if config.train.weights and (weights_path is None or weights_digest(weights_path) != config.train.weights):
         raise ValueError(f"run {config.run_id} fine-tunes from weights {config.train.weights}: pass "
@@ -153,7 +154,8 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     done = load_result(config, results)
     if done is not None:
         return done
-    kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path)
+    kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path,
+              compile_mode=compile_mode)
     threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
     run_dir = store.RunDir(results, config.run_id)
     if tensors is None:
@@ -163,7 +165,7 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     store.write_json(run_dir / "config.json", config.to_dict())
     store.write_json(run_dir / "split.json", split)
     history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
-                        time_budget_s=time_budget_s, weights_path=weights_path)
+                        time_budget_s=time_budget_s, weights_path=weights_path, compile_mode=compile_mode)
     if not history["finished"]:
         return None
     model = load_trained(config, run_dir, device)

@@ -120,12 +120,17 @@ def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.
 
 def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
               threshold: float | None = None, weights_path=None, progress: bool = True,
-              time_budget_s: float | None = None) -> dict:
+              time_budget_s: float | None = None, compile_mode: str | None = None) -> dict:
     """Train ``config`` on ``data`` ({"train", "val"} SplitTensors) into ``run``; resumable.
 
     Returns the history dict (also in ``history.json``) with ``finished`` True
     once early stopping or the epoch limit ended the run; with a
     ``time_budget_s`` it may return unfinished, and the next call continues.
+
+    ``compile_mode`` (None: eager): train through ``torch.compile(model, mode=compile_mode)``, e.g.
+    ``"reduce-overhead"`` for CUDA graphs, which at batch 32 spare a GPU the launch of every kernel.
+    A speed option, not part of the run's identity: the numbers may change only as float rounding
+    does (tests/test_fast_path.py); validation, checkpoints and evaluation use the eager model.
     """
     tc, device = config.train, torch.device(device)
     if run.trained:
@@ -159,6 +164,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
             gen.set_state(ck[key].cpu())
         state = ck["state"]
 
+    net = torch.compile(model, mode=compile_mode) if compile_mode else model  # shares model's parameters
     store.write_json(run / "config.json", config.to_dict())
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext())
     started = time.perf_counter()
@@ -175,7 +181,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
                 p.requires_grad_(True)
         t0 = time.perf_counter()
         order = epoch_order(train.y, shuffle_gen, tc.sampler, tc.epoch_draws).to(device)
-        logs = train_epoch(model, method, optimizer, x_train, y_train, order, batch_size=tc.batch_size,
+        logs = train_epoch(net, method, optimizer, x_train, y_train, order, batch_size=tc.batch_size,
                            flips=aug_gen if tc.flips else None, channels_last=tc.channels_last,
                            autocast=autocast)
         seconds = time.perf_counter() - t0  # training only: the cost of the method, not of validation
@@ -213,6 +219,8 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         history.update(best_epoch=1 + max(range(len(state["epochs"])),
                                           key=lambda j: _score(state["epochs"][j], tc.select_on)),
                        best=best, train_seconds=sum(e["seconds"] for e in state["epochs"]))
+        if compile_mode:
+            history["compile_mode"] = compile_mode  # how the (last part of the) run was trained
     store.write_json(run / "history.json", history)
     return history
 

@@ -16,7 +16,8 @@
 #   not outlive the machine. No run is started or continued after TRAIN_END seconds (resumable);
 #   everything is stopped at LIMIT - 20 s;
 # - packs the results store without checkpoints, and the logs, into $OUT.
-# Extra arguments for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
+# COMPILE=reduce-overhead trains through torch.compile (CUDA graphs; run ids unchanged). Extra arguments
+# for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
 # outside the paths a call carries (the device tool replaces those), so a warm machine keeps the
 # checkpoints of unfinished runs from one call to the next.
 set -uo pipefail
@@ -31,6 +32,7 @@ BENCH_ARGS=${BENCH_ARGS:-"--size 224 --images 1280 --procs 4 --cost-model resnet
 MPS=${MPS:-1}
 EXTRAS_RESERVE=${EXTRAS_RESERVE:-90}
 GRID_ARGS=${GRID_ARGS:-}
+COMPILE=${COMPILE:-}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/dpaat-out}
@@ -74,7 +76,7 @@ CLAIMS=/tmp/claims-$START
 echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"
 for k in $(seq 1 "$WORKERS"); do
   timeout -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" \
-    --device "$DEVICE" --claim "$CLAIMS" --extras --time-budget "$TRAIN_END" --no-progress --threads 1 $GRID_ARGS \
+    --device "$DEVICE" --claim "$CLAIMS" --extras --time-budget "$TRAIN_END" --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
     > "$RESULTS/logs/worker$k-$START.log" 2>&1 &
   sleep 2  # staggered starts: the first runs claimed are the STD runs, in order
 done

@@ -153,6 +153,19 @@ def test_resume_on_cuda_continues_the_run(tmp_path, data, run_kw, method):
         per_epoch(uninterrupted.history, "train_loss"), abs=1e-4)
 
 
+def test_compiled_training_matches_eager(tmp_path, reference, run_kw):
+    """torch.compile is a speed option: the same run id, the same numbers up to float rounding, plain
+    checkpoints (the eager model's keys, loadable without compiling)."""
+    cfg, _, eager = reference
+    compiled = experiment.run(cfg, results=tmp_path, compile_mode="default", **run_kw)
+    assert compiled.run_id == eager.run_id and compiled.history["compile_mode"] == "default"
+    assert per_epoch(compiled.history, "train_loss") == pytest.approx(per_epoch(eager.history, "train_loss"),
+                                                                      abs=1e-4)
+    assert compiled.metrics["GAcc"] == pytest.approx(eager.metrics["GAcc"], abs=0.02)
+    best = torch.load(store.RunDir(tmp_path, cfg.run_id).ckpt / "best.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in best)
+
+
 def test_time_budget_resume_one_epoch_at_a_time(tmp_path, data, run_kw):
     cfg = tiny_config(data, method="std")
     results = tmp_path / "results"
