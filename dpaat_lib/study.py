@@ -9,9 +9,10 @@ all seven classes. The report-side functions of chapter 12; every number is comp
   uncertainty of that mean).
 - **Sweeps.** :func:`load_sweeps` trains or loads DPAAT for each value of ``eta`` (adaptive length),
   ``lam`` (synchronisation weight) and ``mu`` (batch or epoch criterion), every other option at its
-  default, on one seed (:data:`SWEEP_SEEDS`); :func:`sweep_frame`, :func:`plot_sweeps` and
-  :func:`sweep_findings` show clean and 20-PGD accuracy beside AT and read each point against the
-  default DPAAT's spread over seeds (its range and the 95% prediction interval of one more seed).
+  default, on the seeds :func:`sweep_seeds_for` gives (:data:`SWEEP_SEEDS`); :func:`sweep_frame`,
+  :func:`plot_sweeps` and :func:`sweep_findings` show clean and 20-PGD accuracy beside AT and read each
+  point against the default DPAAT's spread over seeds (its range and the 95% prediction interval of a
+  mean over as many more seeds as the point has).
 - **Seven classes.** The profiles ``quick-7`` and ``cpu-real-7`` (dpaat_lib.profiles): every image,
   a lesion-aware split by fractions, class-balanced sampling of each epoch for every method;
   :func:`imbalance_table` reports accuracy, balanced accuracy and macro F1, clean and attacked.
@@ -40,9 +41,10 @@ paper: six CNNs at 224 px cannot afford three seeds and the sweeps) uses cpu-rea
 
 STUDY_SEEDS = (0, 1, 2)
 """The training seeds of the method comparison (section a)."""
-SWEEP_SEEDS = (0,)
-"""The sweeps' seed: one training run per swept value (what the CPU affords); the default DPAAT's spread
-over :data:`STUDY_SEEDS` is the yardstick a sweep point is read against."""
+SWEEP_SEEDS: dict[str, dict[str, tuple[int, ...]]] = {"cpu-real": {"smallcnn": (0, 1, 2)}}
+"""The seeds of each sweep value, per study profile and CNN (:func:`sweep_seeds_for`); seed 0 alone where
+none is named (MobileNetV2 on cpu-real: what the CPU affords). The default DPAAT's spread over
+:data:`STUDY_SEEDS` is the yardstick a sweep point is read against."""
 SWEEP_MODELS = {"cpu-real": ("smallcnn", "mobilenet_v2"), "quick": ("smallcnn",)}
 """The CNNs each study profile sweeps DPAAT's parameters on. On cpu-real: the small CNN of the main grid
 and MobileNetV2, one of the two CNNs method.md names for the sweep (ResNet34, about twice MobileNetV2's
@@ -84,7 +86,7 @@ def study_overrides(profile: str, **given) -> dict:
 
 
 def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile: profiles.Profile,
-               overrides: dict, sweep_seeds: Sequence[int], sweep_cnns: Sequence[str] = ()) -> str:
+               overrides: dict, sweep_seeds: Sequence[int] | None, sweep_cnns: Sequence[str] = ()) -> str:
     """Markdown: which profiles this chapter's runs use and why, and how they differ from the book's."""
     parts = []
     if study_profile.name != book_profile:
@@ -99,10 +101,15 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
                      + ("the quick build must stay within minutes on one CPU core." if study_profile.synthetic
                         else "given as parameters."))
     seeds = lambda ss: f"{len(ss)} training seed(s) ({', '.join(map(str, ss))})"  # noqa: E731
-    on = f" on {', '.join(sweep_cnns)}" if sweep_cnns else ""
-    parts.append(f"Seeds: the method comparison uses {seeds(study_profile.seeds)}; each sweep value{on} is trained "
-                 f"on {seeds(sweep_seeds)} and read against the default DPAAT's spread over "
-                 f"{seeds(study_profile.seeds)}; the seven-class task uses {seeds(seven_profile.seeds)}.")
+    if sweep_seeds or not sweep_cnns:
+        on = f" on {', '.join(sweep_cnns)}" if sweep_cnns else ""
+        sweep = f"each sweep value{on} is trained on {seeds(tuple(sweep_seeds or (0,)))}"
+    else:
+        per = {m: sweep_seeds_for(study_profile.name, m) for m in sweep_cnns}
+        sweep = "each sweep value is trained on " + " and ".join(f"{seeds(ss)} on {m}" for m, ss in per.items())
+    parts.append(f"Seeds: the method comparison uses {seeds(study_profile.seeds)}; {sweep}, and read against the "
+                 f"default DPAAT's spread over {seeds(study_profile.seeds)}; the seven-class task uses "
+                 f"{seeds(seven_profile.seeds)}.")
     return " ".join(parts)
 
 
@@ -527,20 +534,27 @@ def _value_key(param: str, value, eps0: float):
     return eps0 if value is None else float(value)
 
 
+def sweep_seeds_for(study_profile: str, model: str) -> tuple[int, ...]:
+    """The training seeds of each sweep value of ``model`` on ``study_profile`` (:data:`SWEEP_SEEDS`)."""
+    return SWEEP_SEEDS.get(study_profile, {}).get(model, (0,))
+
+
 def load_sweep_study(profile: str, models: Sequence[str], *, seeds: Sequence[int] = STUDY_SEEDS,
-                     sweep_seeds: Sequence[int] = SWEEP_SEEDS, given: dict | None = None,
+                     sweep_seeds: Sequence[int] | None = None, given: dict | None = None,
                      **kw) -> tuple[dict[str, dict], list, list]:
     """The sweeps of every model in ``models`` and their yardsticks: ``(sweeps, at_runs, default_runs)``.
 
     ``sweeps`` is :func:`load_sweeps`'s ``{param: {value: runs}}`` over all models (the values of
     :func:`default_sweeps`, ``given`` the notebook's overrides), the values in ascending order;
-    ``at_runs`` and ``default_runs`` are AT and the default DPAAT of every model on ``seeds``. ``kw`` goes
+    ``at_runs`` and ``default_runs`` are AT and the default DPAAT of every model on ``seeds``. The sweep
+    values run on ``sweep_seeds``, or where None on each model's :func:`sweep_seeds_for`. ``kw`` goes
     to :func:`load_sweeps` and :func:`dpaat_lib.report.load_grid` (data_root, results_root, device ...)."""
     eps0 = profiles.get_profile(profile).eps0
     merged: dict[str, dict] = {}
     at_runs, default_runs = [], []
     for model in models:
-        sw = load_sweeps(profile, default_sweeps(profile, **(given or {})), models=(model,), seeds=sweep_seeds, **kw)
+        sw = load_sweeps(profile, default_sweeps(profile, **(given or {})), models=(model,),
+                         seeds=tuple(sweep_seeds or sweep_seeds_for(profile, model)), **kw)
         for param, by_value in sw.items():
             for v, runs in by_value.items():
                 merged.setdefault(param, {}).setdefault(v, []).extend(runs)
@@ -564,18 +578,35 @@ def sweep_commands(study_profile: str, sweeps: dict[str, Sequence], seeds: Seque
     return cmds
 
 
-def prediction_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
-    """Where one more training seed's value falls with probability ``level``, from ``values`` over seeds
-    (normal model: mean ± t(n-1) s sqrt(1 + 1/n)); (NaN, NaN) below two values. The yardstick for a
-    one-seed sweep point: with three seeds a fourth falls outside their min-max range half the time
-    by chance, so the range alone would flag noise as an effect."""
-    from scipy.stats import t as student_t
-
+def prediction_interval(values: Sequence[float], level: float = 0.95, m: int = 1) -> tuple[float, float]:
+    """Where the mean of ``m`` more training seeds' values falls with probability ``level``, from ``values``
+    over seeds (normal model: mean ± t(n-1) s sqrt(1/m + 1/n)); (NaN, NaN) below two values. The
+    yardstick for a sweep point of m seeds: with three seeds a fourth falls outside their min-max range
+    half the time by chance, so the range alone would flag noise as an effect."""
     v = np.asarray(values, dtype=float)
     if v.size < 2:
         return float("nan"), float("nan")
-    half = student_t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) * math.sqrt(1 + 1 / v.size)
-    return float(v.mean() - half), float(v.mean() + half)
+    return _interval(float(v.mean()), float(v.std(ddof=1)), v.size, m, level)
+
+
+def _interval(mean: float, std: float, n: int, m: int = 1, level: float = 0.95) -> tuple[float, float]:
+    from scipy.stats import t as student_t
+
+    if n < 2:
+        return float("nan"), float("nan")
+    half = student_t.ppf(0.5 + level / 2, n - 1) * std * math.sqrt(1 / m + 1 / n)
+    return mean - half, mean + half
+
+
+def _more(m: int) -> str:
+    return "one more run" if m == 1 else f"a mean of {m} more runs"
+
+
+def default_interval(default_row, m: int = 1, level: float = 0.95) -> tuple[float, float]:
+    """:func:`prediction_interval` of a :func:`sweep_frame` reference row (its mean, std and seeds) for the
+    mean of ``m`` more seeds, clipped to accuracy's 0-100 %."""
+    lo, hi = _interval(float(default_row["mean"]), float(default_row["std"]), int(default_row["seeds"]), m, level)
+    return (lo, hi) if math.isnan(lo) else (max(lo, 0.0), min(hi, 100.0))
 
 
 def _stat_row(vals: Sequence[float]) -> dict:
@@ -593,7 +624,8 @@ def sweep_frame(sweeps: dict[str, dict], reference: Sequence[experiment.RunResul
                 default: Sequence[experiment.RunResult] = (), attacks: Sequence[str] = (CLEAN, "20-PGD"),
                 metric: str = "acc", eps0: float = 0.5) -> pd.DataFrame:
     """Long table of the sweeps: param, value, order, label, model, attack, mean, std, min, max, pi_low,
-    pi_high (95% prediction interval of one more seed), seeds; accuracies in percent. ``reference`` runs
+    pi_high (95% prediction interval of one more seed; :func:`default_interval` gives it for a mean of
+    several), seeds; accuracies in percent. ``reference`` runs
     (AT) and ``default`` runs (DPAAT at its default options, every seed) add rows with param "AT" and
     "default": the yardsticks a sweep point is read against."""
     rows = []
@@ -639,8 +671,9 @@ def sweep_table(frame: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
 
 def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD")):
     """One row of panels per model, one panel per swept parameter: accuracy against the value (one line
-    per attack). Beside them, per attack: the default DPAAT's seed mean (dashed), its min-max over seeds
-    (dark band) and the 95% prediction interval of one more seed (light band), and AT's seed mean (dotted)."""
+    per attack, mean ± std where a value has several seeds). Beside them, per attack: the default DPAAT's
+    seed mean (dashed), its min-max over seeds (dark band) and the 95% prediction interval of a mean over
+    as many more seeds as the sweep values have (light band), and AT's seed mean (dotted)."""
     import matplotlib.pyplot as plt
 
     params = [p for p in SWEEP_PARAMS if p in set(frame["param"])]
@@ -666,9 +699,9 @@ def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD"
                     d = d.iloc[0]
                     ax.axhline(d["mean"], color=colors[att], ls="--", lw=0.9)
                     if d["seeds"] > 1:
-                        ax.fill_between(span, d["pi_low"], d["pi_high"], color=colors[att], alpha=0.08, lw=0)
+                        ax.fill_between(span, *default_interval(d, n), color=colors[att], alpha=0.08, lw=0)
                         ax.fill_between(span, d["min"], d["max"], color=colors[att], alpha=0.22, lw=0,
-                                        label=f"default DPAAT {att}: seeds' mean, range, 95% PI")
+                                        label=f"default DPAAT {att}: seeds' mean, range, 95% PI of {_more(n)}")
                 r = frame[(frame["param"] == "AT") & (frame["model"] == model) & (frame["attack"] == att)]
                 if not r.empty:
                     ax.axhline(float(r["mean"].iloc[0]), color=colors[att], ls=":", lw=1.4,
@@ -686,15 +719,78 @@ def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD"
     return fig
 
 
+TREND_PARAMS = ("eta", "lam")
+"""The numeric sweep parameters, whose values span a factor of 20: a trend is fitted on their log2."""
+
+
+def sweep_trends(sweeps: dict[str, dict], attacks: Sequence[str] = (CLEAN, "20-PGD"), metric: str = "acc",
+                 eps0: float = 0.5) -> pd.DataFrame:
+    """Does accuracy move steadily with a numeric swept value? Per (param, model, attack): the least-squares
+    slope of every run's accuracy (percent, each seed of each value one point) on log2 of the value, i.e.
+    points per doubling, its p-value (two-sided t-test of a zero slope) and Holm's adjustment over all
+    rows. The point-by-point reading (:func:`sweep_findings`) misses a steady drift that no single value
+    carries beyond seed noise; this reads the whole sweep at once. Needs at least three runs per row. Runs
+    of the same seed share their initialisation and data order; the fit treats every run as independent."""
+    from scipy.stats import linregress
+
+    rows = []
+    for param in [p for p in TREND_PARAMS if p in sweeps]:
+        runs = [(v, r) for v, rs in sweeps[param].items() for r in rs]
+        for model in dict.fromkeys(r.config.model for _, r in runs):
+            mine = [(v, r) for v, r in runs if r.config.model == model]
+            x = np.log2([eps0 if v is None else float(v) for v, _ in mine])
+            for att in attacks:
+                y = np.array([100 * metric_value(r, metric, att) for _, r in mine])
+                if len(y) < 3 or np.ptp(x) == 0:
+                    continue
+                fit = linregress(x, y)
+                rows.append({"param": param, "model": model, "attack": "clean" if att == CLEAN else att,
+                             "runs": len(y), "values": len(set(x)), "slope": float(fit.slope),
+                             "p": float(fit.pvalue)})
+    out = pd.DataFrame(rows, columns=["param", "model", "attack", "runs", "values", "slope", "p"])
+    out["p (Holm)"] = holm(out["p"].to_numpy()) if len(out) else []
+    return out
+
+
+def trend_table(trends: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+    """:func:`sweep_trends` for display: the parameter named, slope in points per doubling, p-values."""
+    t = trends.copy()
+    t["parameter"] = [SWEEP_NAMES[p] for p in t["param"]]
+    t["points per doubling"] = [f"{v:+.{digits}f}" for v in t["slope"]]
+    t["p"] = [f"{v:.3f}" for v in t["p"]]
+    t["p (Holm)"] = [f"{v:.3f}" for v in t["p (Holm)"]]
+    return t[["parameter", "model", "attack", "runs", "points per doubling", "p", "p (Holm)"]]
+
+
+def trend_findings(trends: pd.DataFrame, alpha: float = 0.05) -> str:
+    """One paragraph on :func:`sweep_trends`: which drifts are at p < alpha, and which survive Holm."""
+    if trends.empty:
+        return "No numeric sweep with three or more runs: no trend fitted."
+    hit = trends[trends["p"] < alpha]
+    kept = trends[trends["p (Holm)"] < alpha]
+    name = lambda r: (f"{SWEEP_NAMES[r['param']]} on {r['model']}, {r['attack']}: {r['slope']:+.2f} points per "  # noqa: E731
+                      f"doubling (p = {r['p']:.3f}, Holm {r['p (Holm)']:.3f})")
+    text = (f"Trends (accuracy against log2 of the value, every run a point): {len(hit)} of {len(trends)} slopes "
+            f"are at p < {alpha:g}")
+    if hit.empty:
+        return text + "; no swept value moves accuracy steadily beyond seed noise."
+    text += ": " + "; ".join(name(r) for _, r in hit.iterrows()) + ". "
+    if kept.empty:
+        return text + (f"None survives Holm's adjustment over the {len(trends)} slopes: a direction to test with "
+                       "more seeds, not an established effect.")
+    return text + f"{len(kept)} survive{'s' * (len(kept) == 1)} Holm's adjustment over the {len(trends)} slopes."
+
+
 def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks: Sequence[str] = ("20-PGD", "clean")) -> str:
-    """The reading of the sweeps (Markdown): each non-default value's accuracy beside the default DPAAT's
-    seed mean and its 95% prediction interval for one more seed, and beside AT."""
+    """The reading of the sweeps (Markdown): each non-default value's accuracy (its mean over m seeds) beside
+    the default DPAAT's seed mean and its 95% prediction interval for the mean of m more seeds, and AT."""
     if frame.empty or not set(frame["param"]) & set(SWEEP_PARAMS):
         return "No sweep runs."
-    lines, outside, n_points = [], [], 0
+    lines, outside, n_points, seeds_of_point = [], [], 0, {}
     for param in [p for p in SWEEP_PARAMS if p in set(frame["param"])]:
         default = value_label(param, getattr(study_profile, param), study_profile.eps0)
         for model in dict.fromkeys(frame.loc[frame["param"] == param, "model"]):
+            n_seed = int(frame.loc[(frame["param"] == param) & (frame["model"] == model), "seeds"].max())
             parts = []
             for att in attacks:
                 sub = frame[(frame["param"] == param) & (frame["model"] == model) & (frame["attack"] == att)]
@@ -705,7 +801,8 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
                     txt = f"{row['mean']:.1f} at {row['label']}" + (" (default)" if row["label"] == default else "")
                     if row["label"] != default and not d.empty and d.iloc[0]["seeds"] > 1:
                         n_points += 1
-                        lo, hi = d.iloc[0]["pi_low"], d.iloc[0]["pi_high"]
+                        lo, hi = default_interval(d.iloc[0], int(row["seeds"]))
+                        seeds_of_point[int(row["seeds"])] = seeds_of_point.get(int(row["seeds"]), 0) + 1
                         if not lo <= row["mean"] <= hi:
                             txt += " **outside**"
                             outside.append(f"{SWEEP_NAMES[param]} = {row['label']} ({att}, {row['mean']:.1f} vs "
@@ -714,23 +811,27 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
                 ref = ""
                 if not d.empty:
                     dd = d.iloc[0]
+                    lo, hi = default_interval(dd, n_seed)
                     ref = (f"; default DPAAT over {int(dd['seeds'])} seeds {dd['mean']:.1f} (range "
                            f"{dd['min']:.1f} to {dd['max']:.1f}"
-                           + (f", 95% PI [{dd['pi_low']:.1f}, {dd['pi_high']:.1f}])" if dd["seeds"] > 1 else ")"))
+                           + (f", 95% PI of {_more(n_seed)} [{lo:.1f}, {hi:.1f}])" if dd["seeds"] > 1 else ")"))
                 if not r.empty:
                     ref += f"; AT {r.iloc[0]['mean']:.1f}"
                 parts.append(f"{att}: {', '.join(pts)}{ref}")
-            n_seed = int(frame.loc[(frame["param"] == param) & (frame["model"] == model), "seeds"].max())
-            lines.append(f"**{SWEEP_NAMES[param]}** ({model}, {n_seed} seed per value): " + ". ".join(parts) + ".")
+            lines.append(f"**{SWEEP_NAMES[param]}** ({model}, {n_seed} seed{'s' * (n_seed > 1)} per value): "
+                         + ". ".join(parts) + ".")
+    interval = "the 95% prediction interval of the default DPAAT over as many more seeds as the point has"
     if outside:
-        verdict = (f"{len(outside)} of {n_points} sweep points fall outside the 95% prediction interval of one "
-                   f"more default run: {'; '.join(outside)}. Each rests on one training seed, so this marks a value "
-                   "worth repeating over seeds, not an established effect (about one point in twenty falls "
-                   "outside by chance).")
+        verdict = (f"{len(outside)} of {n_points} sweep points fall outside {interval}: {'; '.join(outside)}. "
+                   + ("Each rests on one training seed, so this marks a value worth repeating over seeds, not an "
+                      "established effect" if set(seeds_of_point) == {1} else "This is evidence of an effect, to "
+                      "be weighed against the number of points tested")
+                   + " (about one point in twenty falls outside by chance).")
     elif n_points:
-        verdict = (f"All {n_points} sweep points fall inside the 95% prediction interval of one more default run: "
-                   "on this evidence no swept value changes DPAAT's clean or robust accuracy by more than the "
-                   "variation between training seeds.")
+        verdict = (f"All {n_points} sweep points fall inside {interval} ("
+                   + ", ".join(f"{k} with {m} seed{'s' * (m > 1)}" for m, k in sorted(seeds_of_point.items()))
+                   + "): on this evidence no swept value changes DPAAT's clean or robust accuracy by more than "
+                     "the variation between training seeds.")
     else:
         verdict = "The default DPAAT has one seed here, so the sweep points cannot be set against seed noise."
     chance = 100 / len(study_profile.classes)

@@ -33,7 +33,7 @@ epochs = None  # None: the profile's
 seeds = None  # the method comparison's seeds; None: 0, 1, 2 (study.STUDY_SEEDS)
 device = "cpu"
 sweep_models = None  # None: the study's (study.SWEEP_MODELS; cpu-real: smallcnn and mobilenet_v2)
-sweep_seeds = None  # None: seed 0 only (study.SWEEP_SEEDS)
+sweep_seeds = None  # None: the study's per CNN (study.SWEEP_SEEDS; cpu-real: 0, 1, 2 on smallcnn, 0 on mobilenet_v2)
 eta_values = None  # None: the study's values (study.DEFAULT_SWEEPS); the default eps0 is always included
 lam_values = None  # None: the study's values; the default 1.0 is always included
 mu_values = None  # None: batch and epoch
@@ -54,7 +54,7 @@ from dpaat_lib import profiles, study
 # %%
 name3, name7 = study.study_profiles(profile)
 over = study.study_overrides(profile, image_size=image_size, epochs=epochs)
-sweep_seeds = tuple(sweep_seeds or study.SWEEP_SEEDS)
+sweep_seeds = tuple(sweep_seeds) if sweep_seeds else None
 sweep_models = tuple(sweep_models or study.sweep_models(name3))
 prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds or study.STUDY_SEEDS,
@@ -126,10 +126,12 @@ study.significance_display(sig_other) if other else None
 # DPAAT trained once per value of the adaptive length eta (eq. 15's step; default eps0), the
 # synchronisation weight lambda (eq. 12; default 1) and the criterion mu (the batch mean of the
 # loss increase, the default, or its running mean over the epoch), every other option at its
-# default, on each sweep CNN (one row of panels per CNN). Each point is one training seed. The
-# default DPAAT's spread over three training seeds of the same CNN is the yardstick: dashed its
-# mean, the dark band its range, the light band the 95% prediction interval of one more seed
-# (where a single run of an unchanged DPAAT would fall); dotted: AT's mean over its seeds.
+# default, on each sweep CNN (one row of panels per CNN). Each point is the mean over the sweep's
+# training seeds for that CNN (the study note above names them; error bars: their standard
+# deviation). The default DPAAT's spread over three training seeds of the same CNN is the
+# yardstick: dashed its mean, the dark band its range, the light band the 95% prediction interval
+# of a mean over as many more seeds as a point has (where an unchanged DPAAT's point would fall);
+# dotted: AT's mean over its seeds.
 
 # %%
 frame = study.sweep_frame(sweeps, reference=sweep_at, default=sweep_default, eps0=prof.eps0)
@@ -137,6 +139,16 @@ study.plot_sweeps(frame)
 
 # %%
 study.sweep_table(frame)
+
+# %% [markdown]
+# Read point by point, a value must move accuracy beyond seed noise on its own. A steady drift
+# across the whole range can hide below that bar, so each numeric sweep is also read at once:
+# every run's accuracy against log2 of the value (the values span a factor of 20), the slope in
+# points per doubling with its p-value, Holm-adjusted over all the slopes on this page.
+
+# %%
+trends = study.sweep_trends(sweeps, eps0=prof.eps0)
+study.trend_table(trends)
 
 # %% [markdown]
 # ## (c) All seven classes
@@ -186,7 +198,8 @@ report.md(
     "**(a) Seeds.** " + study.seed_findings(sig)
     + (" **On a second CNN** (" + ", ".join(sorted({r.config.model for r in other})) + "): "
        + study.seed_findings(sig_other) if other else "") + "\n\n"
-    + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n"
+    + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n" + study.trend_findings(trends)
+    + "\n\n"
     + "**(c) Seven classes.** " + study.seven_class_findings(results7, sig7)
     + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
 )

@@ -244,6 +244,46 @@ def test_sweep_frame_table_plot_and_findings():
     assert "(default)" in text
 
 
+def test_sweep_findings_read_a_point_of_several_seeds_against_the_mean_interval():
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 1000)
+    default = [_fake("dpaat", s, y, {"clean": 0.7, "20-PGD": acc}, rng) for s, acc in zip((0, 1, 2), (0.56, 0.6, 0.64))]
+    point = [_fake("dpaat", s, y, {"clean": 0.7, "20-PGD": 0.8}, rng, lam=2.0) for s in (0, 1, 2)]
+    frame = study.sweep_frame({"lam": {1.0: default, 2.0: point}}, default=default)
+    d = frame[(frame["param"] == "default") & (frame["attack"] == "20-PGD")].iloc[0]
+    p = frame[(frame["param"] == "lam") & (frame["label"] == "2") & (frame["attack"] == "20-PGD")].iloc[0]
+    # 80 % lies inside the interval of one more run (about 35-85) but outside that of a mean of three (42-78)
+    assert d["pi_low"] <= p["mean"] <= d["pi_high"]
+    assert not study.default_interval(d, 3)[0] <= p["mean"] <= study.default_interval(d, 3)[1]
+    text = study.sweep_findings(frame, profiles.get_profile("quick"))
+    assert "(smallcnn, 3 seeds per value)" in text and "synchronisation weight lambda = 2 (20-PGD" in text
+    assert "evidence of an effect" in text and "one training seed" not in text
+    assert "95% PI of a mean of 3 more runs" in text
+    assert len(study.plot_sweeps(frame).axes) == 1
+
+
+def test_sweep_trends_find_a_planted_drift_and_not_a_flat_sweep():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 1000)
+    lams = (0.25, 0.5, 1.0, 2.0, 4.0)
+    # robust accuracy planted to rise 5 points per doubling of lambda; clean accuracy flat
+    sweeps = {"lam": {v: [_fake("dpaat", s, y, {"clean": 0.7, "20-PGD": 0.5 + 0.05 * np.log2(v)}, rng, lam=v)
+                          for s in (0, 1)] for v in lams}}
+    trends = study.sweep_trends(sweeps)
+    assert list(trends["attack"]) == ["clean", "20-PGD"] and (trends["runs"] == 10).all()
+    pgd = trends[trends["attack"] == "20-PGD"].iloc[0]
+    clean = trends[trends["attack"] == "clean"].iloc[0]
+    assert pgd["slope"] == pytest.approx(5.0, abs=0.6) and pgd["p"] < 1e-4 and pgd["p (Holm)"] < 1e-3
+    assert abs(clean["slope"]) < 0.6 and clean["p"] > pgd["p"]
+    text = study.trend_findings(trends)
+    assert "synchronisation weight lambda on smallcnn, 20-PGD: +" in text and "1 survives Holm" in text
+    assert list(study.trend_table(trends).columns)[:3] == ["parameter", "model", "attack"]
+    # mu has no numeric values, and two runs are too few for a slope
+    assert study.sweep_trends({"mu": {"batch": sweeps["lam"][1.0], "epoch": sweeps["lam"][2.0]}}).empty
+    assert study.sweep_trends({"lam": {1.0: sweeps["lam"][1.0]}}).empty
+    assert "no trend fitted" in study.trend_findings(study.sweep_trends({}))
+
+
 def replace_model(result, model):
     """The same fake run under another model's name."""
     return experiment.RunResult(replace(result.config, model=model), result.path, result.history, result.metrics,
@@ -274,6 +314,13 @@ def test_load_sweep_study_merges_models_in_value_order(tmp_path, cache_dir, monk
                             (0,), ("smallcnn", "mobilenet_v2"))
     assert "on smallcnn, mobilenet_v2 is trained on 1 training seed(s)" in note
     assert "seven-class task uses 3 training seed(s) (0, 1, 2)" in note
+    # without given sweep seeds, each CNN's own (study.SWEEP_SEEDS), named per CNN
+    assert study.sweep_seeds_for("cpu-real", "smallcnn") == (0, 1, 2)
+    assert study.sweep_seeds_for("cpu-real", "mobilenet_v2") == (0,) == study.sweep_seeds_for("quick", "smallcnn")
+    note = study.study_note("paper", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"), {},
+                            None, ("smallcnn", "mobilenet_v2"))
+    assert ("trained on 3 training seed(s) (0, 1, 2) on smallcnn and 1 training seed(s) (0) on mobilenet_v2"
+            in note)
 
 
 def test_prediction_interval_and_holm():
@@ -281,6 +328,12 @@ def test_prediction_interval_and_holm():
     # mean 2, s 1, t(2, 0.975) = 4.303, sqrt(1 + 1/3)
     assert (lo, hi) == pytest.approx((2 - 4.3027 * 1.1547, 2 + 4.3027 * 1.1547), rel=1e-3)
     assert all(np.isnan(study.prediction_interval([1.0])))
+    # the mean of m more seeds: sqrt(1/m + 1/n) instead of sqrt(1 + 1/n)
+    lo3, hi3 = study.prediction_interval([1.0, 2.0, 3.0], m=3)
+    assert (lo3, hi3) == pytest.approx((2 - 4.3027 * (2 / 3) ** 0.5, 2 + 4.3027 * (2 / 3) ** 0.5), rel=1e-3)
+    row = {"mean": 20.0, "std": 1.0, "seeds": 3}
+    assert study.default_interval(row, 3) == pytest.approx((lo3 + 18, hi3 + 18))
+    assert study.default_interval({"mean": 99.0, "std": 1.0, "seeds": 3})[1] == 100.0  # clipped to accuracy
     adj = study.holm([0.01, 0.04, np.nan, 0.03])
     assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
     assert np.isnan(adj[2])
