@@ -693,7 +693,7 @@ def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD"
                     continue
                 n = int(g["seeds"].max())
                 ax.errorbar([x[lab] for lab in g["label"]], g["mean"], yerr=g["std"].fillna(0), fmt="-o",
-                            color=colors[att], capsize=3, zorder=3, label=f"DPAAT {att}, {n} seed(s) per value")
+                            color=colors[att], capsize=3, zorder=3, label=f"DPAAT {att} (mean ± std over seeds)")
                 d = frame[(frame["param"] == "default") & (frame["model"] == model) & (frame["attack"] == att)]
                 if not d.empty:
                     d = d.iloc[0]
@@ -701,11 +701,13 @@ def plot_sweeps(frame: pd.DataFrame, attacks: Sequence[str] = ("clean", "20-PGD"
                     if d["seeds"] > 1:
                         ax.fill_between(span, *default_interval(d, n), color=colors[att], alpha=0.08, lw=0)
                         ax.fill_between(span, d["min"], d["max"], color=colors[att], alpha=0.22, lw=0,
-                                        label=f"default DPAAT {att}: seeds' mean, range, 95% PI of {_more(n)}")
+                                        label=f"default DPAAT {att}: mean, range, 95% PI")
                 r = frame[(frame["param"] == "AT") & (frame["model"] == model) & (frame["attack"] == att)]
                 if not r.empty:
                     ax.axhline(float(r["mean"].iloc[0]), color=colors[att], ls=":", lw=1.4,
                                label=f"AT {att} (seed mean)")
+            n_seeds = int(sub["seeds"].max()) if len(sub) else 1
+            ax.set_title(f"{model}, {n_seeds} seed{'s' * (n_seeds > 1)} per value", fontsize=9)
             ax.set_xticks(range(len(labels)), labels)
             ax.set_xlim(*span)
             ax.set_ylim(0, 100)
