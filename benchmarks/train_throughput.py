@@ -38,10 +38,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dpaat_lib.attacks import training_attack
-from dpaat_lib.cli import COMPILE_MODES
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
-from dpaat_lib.training import train_epoch
+from dpaat_lib.training import COMPILE_MODES, train_epoch
 
 
 class DecodedImages(Dataset):

@@ -22,9 +22,7 @@ from . import data, experiment, grid, precompute, profiles
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from .training import COMPILE_MODES
 
 
 def _common(p: argparse.ArgumentParser, default_profile: str) -> None:

@@ -121,6 +121,37 @@ def find_images(root: str | os.PathLike) -> dict[str, pathlib.Path]:
     return found
 
 
+def slim_copy(root: str | os.PathLike, keep: Sequence[str], out: str | os.PathLike) -> dict[str, int]:
+    """Write a copy of the HAM10000 folder ``root`` to ``out`` that holds only the images ``keep``.
+
+    For a machine that the data must travel to (a lent GPU takes at most 64 MiB with the repository):
+    the metadata file is copied unchanged, so the dataset digest and every split stay the same; the kept
+    images are copied byte for byte into ``out/images/``; every other image becomes an empty file of the
+    same name, so the metadata check (every row has a file) passes, and decoding one of them fails with
+    the corrupt-image error. Returns the counts ``{"kept": ..., "empty": ...}``.
+    """
+    root, out = pathlib.Path(root), pathlib.Path(out)
+    found = find_images(root)
+    keep = set(keep)
+    missing = sorted(keep - set(found))
+    if missing:
+        raise DataError(f"{len(missing)} image(s) to keep have no file under {root} (first: {missing[:5]}).")
+    if out.resolve() == root.resolve():
+        raise ValueError(f"the slim copy must go to another folder than {root}")
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / METADATA_FILE, out / METADATA_FILE)
+    counts = {"kept": 0, "empty": 0}
+    for image_id, path in found.items():
+        target = out / "images" / path.name
+        if image_id in keep:
+            shutil.copyfile(path, target)
+            counts["kept"] += 1
+        else:
+            target.write_bytes(b"")
+            counts["empty"] += 1
+    return counts
+
+
 def read_metadata(root: str | os.PathLike, classes: Sequence[str] = CLASSES) -> pd.DataFrame:
     """Read ``root/HAM10000_metadata.csv`` and keep the rows of ``classes``.
 
@@ -438,37 +469,6 @@ def class_counts(labels, n_classes: int | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Decoding and caching
 # --------------------------------------------------------------------------
-
-def slim_copy(root: str | os.PathLike, keep: Sequence[str], out: str | os.PathLike) -> dict[str, int]:
-    """Write a copy of the HAM10000 folder ``root`` to ``out`` that holds only the images ``keep``.
-
-    For a machine that the data must travel to (a lent GPU takes at most 64 MiB with the repository):
-    the metadata file is copied unchanged, so the dataset digest and every split stay the same; the kept
-    images are copied byte for byte into ``out/images/``; every other image becomes an empty file of the
-    same name, so the metadata check (every row has a file) passes, and decoding one of them fails with
-    the corrupt-image error. Returns the counts ``{"kept": ..., "empty": ...}``.
-    """
-    root, out = pathlib.Path(root), pathlib.Path(out)
-    found = find_images(root)
-    keep = set(keep)
-    missing = sorted(keep - set(found))
-    if missing:
-        raise DataError(f"{len(missing)} image(s) to keep have no file under {root} (first: {missing[:5]}).")
-    if out.resolve() == root.resolve():
-        raise ValueError(f"the slim copy must go to another folder than {root}")
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / METADATA_FILE, out / METADATA_FILE)
-    counts = {"kept": 0, "empty": 0}
-    for image_id, path in found.items():
-        target = out / "images" / path.name
-        if image_id in keep:
-            shutil.copyfile(path, target)
-            counts["kept"] += 1
-        else:
-            target.write_bytes(b"")
-            counts["empty"] += 1
-    return counts
-
 
 def _centre_box(width: int, height: int) -> tuple[int, int, int, int]:
     """Centre square of the short side. Proportional in the image size, so a

@@ -1709,14 +1709,18 @@ def benchmark_paths(results_dir) -> list[Path]:
     return sorted(root.glob("benchmark*.json")) + sorted(root.glob("*/benchmark*.json"))
 
 
+def _benchmark_rows(results_dir, key: str) -> list[dict]:
+    """The ``key`` rows ("throughput" or "method_cost") of every stored benchmark, in path order."""
+    return [r for path in benchmark_paths(results_dir) for r in store.read_json(path).get(key, [])]
+
+
 def benchmark_cost(results_dir) -> pd.DataFrame | None:
     """Each method's cost relative to STD measured by ``benchmarks/train_throughput.py --cost-model``
     (one epoch per method, same process, nothing else running), from the stored benchmarks
     (:func:`benchmark_paths`): rows (card, model), columns the methods. None when no benchmark is stored."""
     rows = {}
-    for path in benchmark_paths(results_dir):
-        for c in store.read_json(path).get("method_cost", []):
-            rows.setdefault((c["card"], c["model"]), {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
+    for c in _benchmark_rows(results_dir, "method_cost"):
+        rows.setdefault((c["card"], c["model"]), {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
     if not rows:
         return None
     out = pd.DataFrame.from_dict(rows, orient="index")
@@ -1729,14 +1733,13 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
     path and several library processes at once, with the ratios (None when none is stored;
     :func:`benchmark_paths`)."""
     rows = []
-    for path in benchmark_paths(results_dir):
-        for r in store.read_json(path).get("throughput", []):
-            row = {"hardware": r["card"], "model": r["model"], "paper-style img/s": f"{r['paper_img_s']:.0f}",
-                   "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
-            if "concurrent_img_s" in r:
-                row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
-                row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
-            rows.append(row)
+    for r in _benchmark_rows(results_dir, "throughput"):
+        row = {"hardware": r["card"], "model": r["model"], "paper-style img/s": f"{r['paper_img_s']:.0f}",
+               "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
+        if "concurrent_img_s" in r:
+            row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
+            row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
+        rows.append(row)
     return pd.DataFrame(rows).set_index(["hardware", "model"]).fillna("–") if rows else None
 
 
@@ -1752,9 +1755,8 @@ def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
     """What the stored throughput benchmarks show, per card: the range of the library's speed-up over
     the paper-style loop (one process, and several sharing the card), and which CNNs reach ``goal``."""
     cards: dict[str, list[dict]] = {}
-    for path in benchmark_paths(results_dir):
-        for r in store.read_json(path).get("throughput", []):
-            cards.setdefault(r["card"], []).append(r)
+    for r in _benchmark_rows(results_dir, "throughput"):
+        cards.setdefault(r["card"], []).append(r)
     if not cards:
         return "No throughput benchmark is stored."
     out = []

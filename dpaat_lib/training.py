@@ -22,6 +22,9 @@ from .config import RunConfig
 from .methods import build_method
 from .models import build_model, head
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes, for ``train_run(compile_mode=...)`` and the command lines."""
+
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.float().div_(255)
@@ -130,7 +133,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
     ``compile_mode`` (None: eager): train through ``torch.compile(model, mode=compile_mode)``, e.g.
     ``"reduce-overhead"`` for CUDA graphs, which at batch 32 spare a GPU the launch of every kernel.
     A speed option, not part of the run's identity: the numbers may change only as float rounding
-    does (tests/test_fast_path.py); validation, checkpoints and evaluation use the eager model.
+    does (tests/test_training.py); validation, checkpoints and evaluation use the eager model.
     """
     tc, device = config.train, torch.device(device)
     if run.trained:

@@ -96,10 +96,11 @@ speed if speed is not None else report.md("No benchmark stored.")
 report.md(report.benchmark_findings(bench_root))
 
 # %% [markdown]
-# At batch 32 one process leaves a GPU mostly idle: every attack step is a forward and backward pass
-# of 32 images, short enough that launching the kernels, not computing them, sets the pace. So
-# bf16 and channels_last, which make the arithmetic cheaper, barely change the rate, and several
-# processes sharing the card (under NVIDIA's multi-process service) are what the grid relies on.
+# Our reading (not profiled): at batch 32 one process leaves a GPU mostly idle, since every attack
+# step is a forward and backward pass of 32 images, short enough that launching the kernels rather
+# than computing them sets the pace. That fits bf16 and channels_last, which make the arithmetic
+# cheaper, barely changing the rate, and several processes sharing the card (under NVIDIA's
+# multi-process service) raising it; the grid relies on the latter.
 
 # %% [markdown]
 # ## The paper profile on a GPU: what is stored so far
