@@ -74,7 +74,7 @@ def paper_style_epoch(model_name, x, y, device, batch_size, workers, warmup: int
     loader = DataLoader(DecodedImages(x, y), batch_size=batch_size, shuffle=True, num_workers=workers,
                         pin_memory=device.type == "cuda", drop_last=False)
     model.train()
-    t0, timed = None, 0
+    t0, timed, running_loss = None, 0, 0.0
     for b, (xb, yb, idx) in enumerate(loader):
         if b == warmup:
             _sync(device)
@@ -84,6 +84,7 @@ def paper_style_epoch(model_name, x, y, device, batch_size, workers, warmup: int
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        running_loss += loss.item()  # a per-batch log, as training scripts print it (a host sync)
         timed += len(yb) if t0 is not None else 0
     _sync(device)
     return timed / (time.perf_counter() - t0)

@@ -5,6 +5,13 @@ Each method exposes ``loss(model, x, y, idx) -> (loss, logs)`` for one batch
 radius per training image) and ``end_epoch() -> logs``. Per-sample state lives
 on the object and travels with ``state_dict()`` so a run resumes exactly.
 
+A batch never waits for the device: the batch logs are 0-dim tensors (the
+training loop sums them on the device and reads them once per epoch), and the
+per-sample radii live on the device of the batch, so ``idx`` is never copied
+to the host. Only AMAT syncs once per batch, to select the images it attacks.
+``state_dict()`` holds CPU tensors whatever the device, so checkpoints move
+between machines.
+
 The training loop puts the model in train mode; the attacks switch it to eval
 mode for their own forward passes and back (:func:`dpaat_lib.attacks.perturb`).
 """
@@ -82,6 +89,11 @@ def sync_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Ten
     return ((logp.exp() - logq.exp()) * (logp - logq)).sum(1)
 
 
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Share of correct predictions as a 0-dim tensor (a batch log; no host sync)."""
+    return (logits.argmax(1) == y).float().mean().detach()
+
+
 def radius_summary(radii: torch.Tensor, eps_max: float, bins: int = 20) -> dict:
     """Distribution of per-sample radii for the training log (histogram on [0, eps_max])."""
     r = radii.detach().float().cpu()
@@ -101,7 +113,9 @@ class Method:
         self.generator = generator
 
     def attack(self, model, x, y, eps=None):
-        return self.config.attack(model, x, y, eps=eps, generator=self.generator)
+        # The loop builds x from uint8 / 255 and the radii are clamped to [eps_min, eps_max], so the
+        # value checks of the public attacks (a host sync each) are skipped here.
+        return self.config.attack(model, x, y, eps=eps, generator=self.generator, check_values=False)
 
     def loss(self, model, x, y, idx):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -125,7 +139,7 @@ class STD(Method):
     def loss(self, model, x, y, idx):
         logits = model(x)
         loss = per_sample_ce(logits, y).mean()
-        return loss, {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.detach(), "acc": accuracy(logits, y)}
 
 
 class AT(Method):
@@ -135,7 +149,7 @@ class AT(Method):
         x_adv = self.attack(model, x, y)
         logits = model(x_adv)
         loss = per_sample_ce(logits, y).mean()
-        return loss, {"loss": loss.item(), "adv_acc": (logits.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.detach(), "adv_acc": accuracy(logits, y)}
 
 
 class SAT(Method):
@@ -146,16 +160,17 @@ class SAT(Method):
         x_adv = self.attack(model, x, y)
         logits, logits_adv = model(x), model(x_adv)
         loss = a * per_sample_ce(logits, y).mean() + (1 - a) * per_sample_ce(logits_adv, y).mean()
-        return loss, {"loss": loss.item(), "acc": (logits.argmax(1) == y).float().mean().item(),
-                      "adv_acc": (logits_adv.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.detach(), "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y)}
 
 
 class RadiusTable(Method):
-    """A method with one radius per training image (AMAT, DPAAT)."""
+    """A method with one radius per training image (AMAT, DPAAT), kept on ``device`` (by default the
+    generator's: the training loop makes it on the device it trains on)."""
 
-    def __init__(self, config, n_train, generator=None, init: float = 0.0):
+    def __init__(self, config, n_train, generator=None, init: float = 0.0, device=None):
         super().__init__(config, n_train, generator)
-        self.eps = torch.full((n_train,), float(init))
+        self.device = torch.device(device if device is not None else (generator.device if generator else "cpu"))
+        self.eps = torch.full((n_train,), float(init), device=self.device)
 
     @property
     def eps_max(self) -> float:
@@ -167,11 +182,15 @@ class RadiusTable(Method):
     def radius_log(self) -> dict:
         return radius_summary(self.eps, self.eps_max)
 
+    def _table(self, t: torch.Tensor) -> torch.Tensor:
+        """A stored tensor as a table of this method: a copy on its device."""
+        return t.detach().clone().to(self.device)
+
     def state_dict(self):
-        return {"eps": self.eps.clone()}
+        return {"eps": self.eps.cpu().clone()}
 
     def load_state_dict(self, state):
-        self.eps = state["eps"].clone()
+        self.eps = self._table(state["eps"])
 
 
 class AMAT(RadiusTable):
@@ -184,8 +203,8 @@ class AMAT(RadiusTable):
     grows by delta if CE(x') <= T, else moves half-way to ||x' - x||.
     """
 
-    def __init__(self, config, n_train, generator=None, threshold: float | None = None):
-        super().__init__(config, n_train, generator, init=config.eps0 / 10)
+    def __init__(self, config, n_train, generator=None, threshold: float | None = None, device=None):
+        super().__init__(config, n_train, generator, init=config.eps0 / 10, device=device)
         if threshold is None:
             raise ValueError("AMAT needs the threshold of a trained STD model of the same architecture: "
                              "train the STD run first (dpaat_lib.grid orders this for you) and pass "
@@ -193,9 +212,9 @@ class AMAT(RadiusTable):
         self.threshold = float(threshold)
         self.delta = config.eps0 / 10
         # What the last visit of each sample saw; applied at the end of the epoch.
-        self.seen = torch.zeros(n_train, dtype=torch.bool)
-        self.adv_loss = torch.zeros(n_train)
-        self.adv_dist = torch.zeros(n_train)
+        self.seen = torch.zeros(n_train, dtype=torch.bool, device=self.device)
+        self.adv_loss = torch.zeros(n_train, device=self.device)
+        self.adv_dist = torch.zeros(n_train, device=self.device)
 
     def loss(self, model, x, y, idx):
         a = self.config.alpha
@@ -203,20 +222,18 @@ class AMAT(RadiusTable):
         ce = per_sample_ce(logits, y)
         correct = (logits.argmax(1) == y).detach()
         adv_term = torch.zeros((), device=x.device)
-        logs = {"acc": correct.float().mean().item(), "attacked": int(correct.sum())}
-        if correct.any():
-            sel = correct.nonzero().flatten()
-            cidx = idx.to(sel.device)[sel].cpu()
+        sel = correct.nonzero().flatten()  # the batch's one host sync: the size of the attacked sub-batch
+        if sel.numel():
+            cidx = idx.to(self.device)[sel.to(self.device)]
             xs, ys = x[sel], y[sel]
             x_adv = self.attack(model, xs, ys, eps=self.eps[cidx].to(x.device))
             ce_adv = per_sample_ce(model(x_adv), ys)
             adv_term = ce_adv.mean()
             self.seen[cidx] = True
-            self.adv_loss[cidx] = ce_adv.detach().float().cpu()
-            self.adv_dist[cidx] = (x_adv - xs).flatten(1).norm(dim=1).detach().float().cpu()
+            self.adv_loss[cidx] = ce_adv.detach().float().to(self.device)
+            self.adv_dist[cidx] = (x_adv - xs).flatten(1).norm(dim=1).detach().float().to(self.device)
         loss = a * ce.mean() + (1 - a) * adv_term
-        logs["loss"] = loss.item()
-        return loss, logs
+        return loss, {"acc": correct.float().mean(), "attacked": correct.sum(), "loss": loss.detach()}
 
     def end_epoch(self):
         s = self.seen
@@ -230,12 +247,13 @@ class AMAT(RadiusTable):
         return logs
 
     def state_dict(self):
-        return {"eps": self.eps.clone(), "seen": self.seen.clone(), "adv_loss": self.adv_loss.clone(),
-                "adv_dist": self.adv_dist.clone(), "threshold": self.threshold}
+        return {"eps": self.eps.cpu().clone(), "seen": self.seen.cpu().clone(),
+                "adv_loss": self.adv_loss.cpu().clone(), "adv_dist": self.adv_dist.cpu().clone(),
+                "threshold": self.threshold}
 
     def load_state_dict(self, state):
         for k in ("eps", "seen", "adv_loss", "adv_dist"):
-            setattr(self, k, state[k].clone())
+            setattr(self, k, self._table(state[k]))
         self.threshold = state["threshold"]
 
 
@@ -249,10 +267,11 @@ class DPAAT(RadiusTable):
     ``adapt=False`` keeps eps0 (ablation D-B); ``lam = 0`` is D-A.
     """
 
-    def __init__(self, config, n_train, generator=None, adapt: bool = True):
-        super().__init__(config, n_train, generator, init=config.eps0)
+    def __init__(self, config, n_train, generator=None, adapt: bool = True, device=None):
+        super().__init__(config, n_train, generator, init=config.eps0, device=device)
         self.adapt = adapt
         self.eta = config.eps0 if config.eta is None else config.eta
+        # The epoch's running sum of dL: a float64 tensor on the device while the epoch runs (no sync).
         self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
         self.prev_epoch_mu: float | None = None
 
@@ -266,43 +285,42 @@ class DPAAT(RadiusTable):
 
     def loss(self, model, x, y, idx):
         c = self.config
-        eps = self.eps[idx.cpu()].to(x.device)
-        x_adv = self.attack(model, x, y, eps=eps)
+        i = idx.to(self.device)
+        x_adv = self.attack(model, x, y, eps=self.eps[i].to(x.device))
         logits, logits_adv = model(x), model(x_adv)
         l, l_adv = per_sample_ce(logits, y), per_sample_ce(logits_adv, y)
         l_sync = sync_loss(logits, logits_adv).mean()
         loss = c.alpha * l.mean() + (1 - c.alpha) * l_adv.mean() + c.lam * l_sync
-        dl = (l_adv - l).detach().float().cpu()
-        self.epoch_dl_sum += dl.sum().item()
+        dl = (l_adv - l).detach().float().to(self.device)
+        self.epoch_dl_sum = self.epoch_dl_sum + dl.sum().double()
         self.epoch_dl_n += dl.numel()
         if self.adapt:
             mu = dl.mean() if (c.mu == "batch" or self.prev_epoch_mu is None) else self.prev_epoch_mu
-            i = idx.cpu()
             self.eps[i] = (self.eps[i] + self.step_length(dl, mu)).clamp(c.eps_min, self.eps_max)
-        return loss, {"loss": loss.item(), "sync": l_sync.item(), "dL_mean": dl.mean().item(),
-                      "acc": (logits.argmax(1) == y).float().mean().item(),
-                      "adv_acc": (logits_adv.argmax(1) == y).float().mean().item()}
+        return loss, {"loss": loss.detach(), "sync": l_sync.detach(), "dL_mean": dl.mean(),
+                      "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y)}
 
     def end_epoch(self):
         if self.epoch_dl_n:
-            self.prev_epoch_mu = self.epoch_dl_sum / self.epoch_dl_n
+            self.prev_epoch_mu = float(self.epoch_dl_sum) / self.epoch_dl_n
         self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
         return {"epoch_mu": self.prev_epoch_mu, **self.radius_log()}
 
     def state_dict(self):
-        return {"eps": self.eps.clone(), "prev_epoch_mu": self.prev_epoch_mu,
-                "epoch_dl_sum": self.epoch_dl_sum, "epoch_dl_n": self.epoch_dl_n}
+        return {"eps": self.eps.cpu().clone(), "prev_epoch_mu": self.prev_epoch_mu,
+                "epoch_dl_sum": float(self.epoch_dl_sum), "epoch_dl_n": self.epoch_dl_n}
 
     def load_state_dict(self, state):
-        self.eps = state["eps"].clone()
+        self.eps = self._table(state["eps"])
         self.prev_epoch_mu = state["prev_epoch_mu"]
         # The running sums of the current epoch (zero at an epoch's end, where checkpoints are taken).
         self.epoch_dl_sum, self.epoch_dl_n = state.get("epoch_dl_sum", 0.0), state.get("epoch_dl_n", 0)
 
 
 def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,
-                 threshold: float | None = None) -> Method:
-    """The strategy object for ``config.name``; AMAT needs its STD model's ``threshold``."""
+                 threshold: float | None = None, device=None) -> Method:
+    """The strategy object for ``config.name``; AMAT needs its STD model's ``threshold``. ``device``: where
+    AMAT's and DPAAT's per-sample tables live (default: the generator's device, else the CPU)."""
     name = config.name
     if name == "std":
         return STD(config, n_train, generator)
@@ -311,11 +329,11 @@ def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generat
     if name == "sat":
         return SAT(config, n_train, generator)
     if name == "amat":
-        return AMAT(config, n_train, generator, threshold=threshold)
+        return AMAT(config, n_train, generator, threshold=threshold, device=device)
     if name == "dpaat":
-        return DPAAT(config, n_train, generator)
+        return DPAAT(config, n_train, generator, device=device)
     if name == "d-a":  # dynamic adaptation only
-        return DPAAT(replace(config, lam=0.0), n_train, generator)
+        return DPAAT(replace(config, lam=0.0), n_train, generator, device=device)
     if name == "d-b":  # synchronisation loss only, fixed eps0
-        return DPAAT(config, n_train, generator, adapt=False)
+        return DPAAT(config, n_train, generator, adapt=False, device=device)
     raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")

@@ -101,7 +101,9 @@ def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.
     """
     model.train()
     autocast = autocast or contextlib.nullcontext()
-    sums: dict[str, float] = {}
+    # The batch logs are summed where they are, in float64, and read once at the end: a read per batch
+    # would make the host wait for the device every batch.
+    sums: dict[str, torch.Tensor | float] = {}
     batches = 0
     for i in range(0, order.shape[0], batch_size):
         idx = order[i:i + batch_size]
@@ -116,9 +118,10 @@ def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.
         loss.backward()
         optimizer.step()
         for k, v in logs.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+            sums[k] = sums[k] + v if k in sums else v
         batches += 1
-    return {k: v / max(batches, 1) for k, v in sums.items()}
+    return {k: float(v) / max(batches, 1) for k, v in sums.items()}
 
 
 def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
@@ -148,7 +151,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
     shuffle_gen = torch.Generator(device="cpu").manual_seed(tc.seed)
     aug_gen = torch.Generator(device=device).manual_seed(tc.seed + 1)
     attack_gen = torch.Generator(device=device).manual_seed(tc.seed + 2)
-    method = build_method(config.method, n, generator=attack_gen, threshold=threshold)
+    method = build_method(config.method, n, generator=attack_gen, threshold=threshold, device=device)
 
     two_phase = weights_path is not None
     total_epochs = tc.epochs + (tc.head_epochs if two_phase else 0)

@@ -301,6 +301,22 @@ def test_inputs_outside_unit_box_raise(smallcnn, low, high):
         perturb(smallcnn, x, y, eps=0.1, step_size=0.1, steps=1)
 
 
+def test_check_values_false_skips_only_the_value_checks(smallcnn, image_batch):
+    """The training methods skip the checks that read values (a device sync each); shapes and names are
+    still checked, and a float radius is checked on the host either way."""
+    x, y = image_batch
+    radii = torch.tensor([0.1, -0.1, 0.1, 0.1])
+    with pytest.raises(ValueError, match="eps"):
+        perturb(smallcnn, x, y, eps=radii, step_size=0.1, steps=1)
+    out = perturb(smallcnn, x, y, eps=radii.abs(), step_size=0.1, steps=1, check_values=False)
+    assert torch.equal(out, perturb(smallcnn, x, y, eps=radii.abs(), step_size=0.1, steps=1))
+    perturb(smallcnn, x * 1.01, y, eps=0.1, step_size=0.1, steps=1, check_values=False)  # not read
+    with pytest.raises(ValueError, match="y must have shape"):
+        perturb(smallcnn, x, y[:3], eps=0.1, step_size=0.1, steps=1, check_values=False)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        perturb(smallcnn, x, y, eps=-0.1, step_size=0.1, steps=1, check_values=False)
+
+
 def test_bad_label_or_image_shape_raises(smallcnn, image_batch):
     x, y = image_batch
     with pytest.raises(ValueError, match="y must have shape"):

@@ -6,6 +6,7 @@ and parameters; the benchmark script runs end to end at a tiny size.
 import importlib
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,71 @@ def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_pat
     (tmp_path / "paper" / "benchmark-cuda.json").write_text(json.dumps(_bench_rows("NVIDIA H200", 1.2, 2.0)))
     assert "reached for 0 of 1 CNNs." in report.benchmark_findings(tmp_path)
     assert report.benchmark_findings(tmp_path / "nothing") == "No throughput benchmark is stored."
+
+
+# --------------------------------------------------------------------------
+# Host syncs: a batch must not make the host wait for the device
+# --------------------------------------------------------------------------
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__float__", "__int__")
+
+
+def _epoch_of(batches: int, method_name: str, device="cpu"):
+    """(model, method, optimiser, x, y, order) for one epoch of ``batches`` batches of 4 on ``device``."""
+    torch.manual_seed(0)
+    model = build_model("smallcnn").to(device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    method = build_method(MethodConfig(name=method_name, attack=training_attack(steps=2)), 4 * batches,
+                          generator=gen, threshold=5.0, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    x = torch.randint(0, 256, (4 * batches, 3, 16, 16), dtype=torch.uint8,
+                      generator=torch.Generator().manual_seed(2)).to(device)
+    y = (torch.arange(4 * batches) % 3).to(device)
+    return model, method, opt, x, y, torch.arange(4 * batches, device=device), gen
+
+
+def _host_reads(monkeypatch, batches: int, method_name: str) -> int:
+    """How often the library's code reads a tensor's value on the host during one epoch (each one a
+    device sync on a GPU). Reads inside torch are not counted: Adam reads its step counters, which
+    live on the CPU whatever the device."""
+    model, method, opt, x, y, order, gen = _epoch_of(batches, method_name)
+    count = [0]
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **kw):
+            caller = sys._getframe(1).f_code.co_filename
+            count[0] += "dpaat_lib" in caller
+            return _original(self, *a, **kw)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train_epoch(model, method, opt, x, y, order, batch_size=4, flips=gen)
+    monkeypatch.undo()
+    return count[0]
+
+
+@pytest.mark.parametrize("method_name", ["std", "at", "sat", "amat", "dpaat", "d-b"])
+def test_batches_do_not_read_values_on_the_host(monkeypatch, method_name):
+    """The reads of an epoch (its logs, once) do not grow with its batches; AMAT reads one per batch
+    (the size of the sub-batch it attacks)."""
+    extra = _host_reads(monkeypatch, 6, method_name) - _host_reads(monkeypatch, 2, method_name)
+    assert extra == (4 if method_name == "amat" else 0), extra
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method_name", ["std", "at", "sat", "amat", "dpaat"])
+def test_batches_do_not_sync_a_cuda_device(method_name):
+    """The same on a GPU, counted by CUDA's own sync detector (which also sees boolean indexing)."""
+    import warnings
+
+    def syncs(batches):
+        model, method, opt, x, y, order, gen = _epoch_of(batches, method_name, "cuda")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train_epoch(model, method, opt, x, y, order, batch_size=4, flips=gen)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+    extra = syncs(6) - syncs(2)
+    assert extra <= (4 * 2 if method_name == "amat" else 0), extra

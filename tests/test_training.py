@@ -166,6 +166,32 @@ def test_compiled_training_matches_eager(tmp_path, reference, run_kw):
     assert not any(k.startswith("_orig_mod") for k in best)
 
 
+def test_compiled_amat_matches_eager(tmp_path, data, run_kw):
+    """AMAT attacks a sub-batch of varying size (the correctly classified images): the compiled model
+    meets new shapes every batch and must still give the eager numbers."""
+    cfg = tiny_config(data, method="amat")
+    eager = experiment.run(cfg, results=tmp_path / "eager", **run_kw)
+    compiled = experiment.run(cfg, results=tmp_path / "compiled", compile_mode="default", **run_kw)
+    assert [e["train_attacked"] for e in compiled.history["epochs"]] == pytest.approx(
+        [e["train_attacked"] for e in eager.history["epochs"]])
+    assert per_epoch(compiled.history, "train_loss") == pytest.approx(per_epoch(eager.history, "train_loss"),
+                                                                      abs=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["std", "at", "sat", "amat", "dpaat"])
+def test_cuda_graphs_match_eager_on_a_gpu(tmp_path, data, run_kw, method):
+    """compile_mode="reduce-overhead" (CUDA graphs) on a GPU: every method trains and gives the eager
+    numbers up to float rounding (the attack's input gradients, eval and train modes, AMAT's shapes)."""
+    cfg = tiny_config(data, method=method)
+    kw = dict(run_kw, device="cuda")
+    eager = experiment.run(cfg, results=tmp_path / "eager", **kw)
+    graphs = experiment.run(cfg, results=tmp_path / "graphs", compile_mode="reduce-overhead", **kw)
+    assert graphs.history["finished"] and graphs.history["compile_mode"] == "reduce-overhead"
+    assert per_epoch(graphs.history, "train_loss") == pytest.approx(per_epoch(eager.history, "train_loss"),
+                                                                    abs=1e-3)
+
+
 def test_time_budget_resume_one_epoch_at_a_time(tmp_path, data, run_kw):
     cfg = tiny_config(data, method="std")
     results = tmp_path / "results"
@@ -358,17 +384,6 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
     assert sorted(os.listdir(tmp_path / "a")) == ["x.json"]
-
-
-def test_shards_partition_the_grid_by_model(data):
-    prof = profiles.get_profile("paper")
-    cfgs = profiles.configs(prof, data)
-    parts = [grid.shard(cfgs, f"{k}/4") for k in range(4)]
-    assert sorted(c.run_id for p in parts for c in p) == sorted(c.run_id for c in cfgs)
-    for p in parts:
-        assert len({c.model for c in p} & {c.model for q in parts if q is not p for c in q}) == 0
-    with pytest.raises(ValueError, match="K/N"):
-        grid.shard(cfgs, "4/4")
 
 
 def test_balanced_epoch_draws_set_the_epoch_length_and_keep_the_classes_even():
