@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data, experiment, grid, precompute, profiles
+from . import data, experiment, grid, precompute, profiles, store
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
@@ -44,8 +44,6 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
                         "that leaves the runs' identities unchanged")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--shard", help="K/N: run only the models with index %% N == K, so N processes can share "
-                                   "one GPU (a model's AMAT and STD runs stay in one shard)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable), e.g. --set eta=0.25 --set mu=epoch")
     p.add_argument("--book", action="store_true",
@@ -56,6 +54,12 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--extras", action="store_true",
                    help="after each run, compute what the book derives from its checkpoint (eps curves, stronger "
                         "attacks, Grad-CAM), as on a GPU whose checkpoints do not outlive the call")
+    p.add_argument("--finish-by", type=float, metavar="SECONDS",
+                   help="with --claim: start a run only if it is expected (from the runs stored in --results) to "
+                        "finish, extras included, within SECONDS; for the last call on a lent GPU")
+    p.add_argument("--retrain-lost-extras", action="store_true",
+                   help="with --claim --extras: train again a finished run whose extras are missing and whose "
+                        "checkpoint is gone (its folder moves to <results>/superseded/)")
 
 
 def _overrides(pairs) -> dict:
@@ -89,6 +93,10 @@ def _profile(args):
 
 
 def _grid(args, models, methods) -> int:
+    if (args.finish_by is not None or args.retrain_lost_extras) and not args.claim:
+        raise ValueError("--finish-by and --retrain-lost-extras work in the cooperative mode: add --claim DIR")
+    if args.retrain_lost_extras and not args.extras:
+        raise ValueError("--retrain-lost-extras trains runs again for their extras: add --extras")
     prof = _profile(args)
     results = args.results or str(Path("results") / prof.name)  # as the book: results/<profile>
     data = experiment.resolve_data(profiles.data_config(prof), args.data, results)
@@ -97,8 +105,6 @@ def _grid(args, models, methods) -> int:
         cfgs = [c for c in profiles.book_configs(prof, data) if models is None or c.model in models]
     else:
         cfgs = profiles.configs(prof, data, models=models, methods=methods)
-    if args.shard:
-        cfgs = grid.shard(cfgs, args.shard)
     if args.weights:
         digest = experiment.weights_digest(args.weights)
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
@@ -110,14 +116,16 @@ def _grid(args, models, methods) -> int:
         if args.extras:
             def after(r):
                 got = precompute.run_extras(r, prof, results, args.data, args.device)
-                m = r.config.model
-                # Grad-CAM needs STD, AT and DPAAT of a model: the process that finishes the last of them does it.
-                if (r.config.method.name in precompute.GRADCAM_METHODS
-                        and precompute.gradcam_ready(prof, cfgs, results, m) and grid.claim(args.claim, f"gradcam-{m}")):
-                    got += [f"Grad-CAM {x}" for x in precompute.gradcam_extras(prof, cfgs, results, args.data,
-                                                                             args.device, model=m)]
                 print(f"{r.run_id}: extras: {', '.join(got) or 'none'}", flush=True)
-        done = grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after,
+        redo = None
+        if args.extras and args.retrain_lost_extras:
+            def redo(c):
+                r = experiment.load_result(c, results)
+                lost = precompute.missing_extras(r, prof, results)
+                if lost and not (store.RunDir(results, c.run_id).ckpt / "best.pt").exists():
+                    return f"its {', '.join(lost)} are missing and its checkpoint is gone"
+                return None
+        done = grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after, finish_by_s=args.finish_by, redo=redo,
                                 log=lambda m: print(m, flush=True), **kw)
         return 0
     done = grid.run_grid(cfgs, **kw)

@@ -15,6 +15,14 @@ also measures the maps:
 ``cam_result`` computes all of it once per run and image selection and keeps
 it beside the run's results (``gradcam-<hash>.npz``), with small thumbnails of
 the images, so the book draws its figures without the data or the checkpoint.
+
+Which images: each class's test images in a seeded order (:func:`candidate_order`);
+a figure takes the first ones that every compared run classifies correctly
+(:func:`select_correct`), among the first ``CANDIDATES_PER_CLASS`` of each
+class. Those candidates do not depend on any run, so each run stores their
+maps right after it is trained (:func:`candidate_ids`; on a lent GPU the
+checkpoint is gone before the other runs of the figure finish), and any later
+selection among them is read from that file.
 """
 from __future__ import annotations
 
@@ -147,8 +155,9 @@ def deletion_insertion(model, x: torch.Tensor, targets: torch.Tensor, cam: np.nd
     rise fast (high ``insertion_auc``). Areas are over fractions in [0, 1].
 
     Returns ``{"fractions", "deletion_auc" (N,), "insertion_auc" (N,),
-    "deletion_curve" (steps+1,), "insertion_curve" (steps+1,)}``; the curves
-    are means over the images. The model's mode is restored.
+    "deletion_curves" (N, steps+1), "insertion_curves" (N, steps+1),
+    "deletion_curve" (steps+1,), "insertion_curve" (steps+1,)}``: the curves
+    of each image and their means. The model's mode is restored.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -181,6 +190,7 @@ def deletion_insertion(model, x: torch.Tensor, targets: torch.Tensor, cam: np.nd
         model.train(was)
     return {"fractions": fractions.tolist(), "deletion_auc": _auc(fractions, dele).astype(np.float32),
             "insertion_auc": _auc(fractions, ins).astype(np.float32),
+            "deletion_curves": dele, "insertion_curves": ins,
             "deletion_curve": dele.mean(axis=0), "insertion_curve": ins.mean(axis=0)}
 
 
@@ -223,15 +233,45 @@ def road_scores(model, x: torch.Tensor, targets: torch.Tensor, cam: np.ndarray,
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+CANDIDATES_PER_CLASS = 30
+"""Images per class whose scores a run stores after training: room for chapter 8's 10 per class that
+all three compared runs must classify correctly (about half of the candidates at 65-70 % accuracy)."""
+THUMBNAILS_PER_CLASS = 10
+"""The first candidates per class whose thumbnails and maps are stored too, for the figure's 2 per class
+(with 1 in 2 candidates correct under all three runs, 10 fall short of 2 about once in a hundred)."""
+
+
+def candidate_order(pred_frame: pd.DataFrame, classes: Sequence[str], seed: int = 0) -> list[list[str]]:
+    """Per class, every test image of the class (``pred_frame``'s image_id and label) in a seeded random
+    order; the order depends only on the test set, the class and ``seed``, not on any prediction."""
+    labels = pred_frame.set_index("image_id")["label"]
+    out = []
+    for k in range(len(classes)):
+        ids = sorted(str(i) for i in labels.index[labels == k])
+        out.append([ids[j] for j in np.random.default_rng([seed, k]).permutation(len(ids))])
+    return out
+
+
+def candidate_ids(pred_frame: pd.DataFrame, classes: Sequence[str], per_class: int = CANDIDATES_PER_CLASS,
+                  seed: int = 0) -> list[str]:
+    """The first ``per_class`` images of each class in :func:`candidate_order`: what a run stores maps of,
+    so that :func:`select_correct` with ``pool=per_class`` never needs its checkpoint again."""
+    return [i for order in candidate_order(pred_frame, classes, seed) for i in order[:per_class]]
+
+
 def select_correct(pred_frame: pd.DataFrame | Sequence[pd.DataFrame], n_per_class: int, classes: Sequence[str],
-                   attack: str = "clean", seed: int = 0) -> list[str]:
+                   attack: str = "clean", seed: int = 0, pool: int | None = None) -> list[str]:
     """image_ids of ``n_per_class`` correctly predicted test images per class, deterministic in ``seed``.
 
     ``pred_frame`` is a run's ``RunResult.predictions`` (columns image_id,
     label, pred_<attack>, ...), or a list of them: then an image must be right
     in every one (e.g. the STD, AT and DPAAT runs of one CNN, so a figure shows
-    the same images for each). Ids are ordered by class, then image_id. A class
-    with fewer correct images gives what it has, with a warning.
+    the same images for each). Each class's images are walked in
+    :func:`candidate_order` (only its first ``pool``, if given) and the first
+    correct ones are taken: a uniformly random choice among the correct
+    images, and the choice of n is the start of the choice of more. Ids are
+    ordered by class, then image_id. A class with fewer correct images gives
+    what it has, with a warning.
     """
     frames = [pred_frame] if isinstance(pred_frame, pd.DataFrame) else list(pred_frame)
     col = f"pred_{attack}"
@@ -240,18 +280,17 @@ def select_correct(pred_frame: pd.DataFrame | Sequence[pd.DataFrame], n_per_clas
         if col not in f.columns:
             raise ValueError(f"predictions have no column {col!r}; attacks present: "
                              f"{[c[5:] for c in f.columns if c.startswith('pred_')]}")
-        ok = set(f.loc[f[col] == f["label"], "image_id"])
+        ok = set(f.loc[f[col] == f["label"], "image_id"].astype(str))
         correct = ok if correct is None else correct & ok
-    labels = frames[0].set_index("image_id")["label"]
-    rng = np.random.default_rng(seed)
     chosen = []
-    for k, name in enumerate(classes):
-        pool = sorted(i for i in correct if labels[i] == k)
-        if len(pool) < n_per_class:
-            warnings.warn(f"class {name!r}: only {len(pool)} correctly predicted images, "
+    for name, order in zip(classes, candidate_order(frames[0], classes, seed)):
+        walked = order if pool is None else order[:pool]
+        take = [i for i in walked if i in correct][:n_per_class]
+        if len(take) < n_per_class:
+            where = "" if pool is None else f" among its first {len(walked)} candidates"
+            warnings.warn(f"class {name!r}: only {len(take)} correctly predicted images{where}, "
                           f"{n_per_class} asked for", stacklevel=2)
-        take = rng.choice(len(pool), size=min(n_per_class, len(pool)), replace=False)
-        chosen += sorted(pool[j] for j in take)
+        chosen += sorted(take)
     return chosen
 
 
@@ -259,8 +298,9 @@ DISPLAY_PX = 96  # stored thumbnails and maps: enough for a figure, small enough
 
 
 def _display(images: torch.Tensor, cam: torch.Tensor, masks: torch.Tensor | None) -> dict:
-    """uint8 thumbnails (N,h,w,3), float16 maps (N,h,w) and bool masks, area-downsampled so the longer
-    side is at most DISPLAY_PX (unchanged when already that small)."""
+    """uint8 thumbnails (N,h,w,3), maps (N,h,w) in [0, 1] quantised to uint8 (1/255 is far below what a
+    colour map shows) and bool masks, area-downsampled so the longer side is at most DISPLAY_PX
+    (unchanged when already that small)."""
     h, w = images.shape[-2:]
     if max(h, w) > DISPLAY_PX:
         size = (max(1, round(h * DISPLAY_PX / max(h, w))), max(1, round(w * DISPLAY_PX / max(h, w))))
@@ -268,7 +308,8 @@ def _display(images: torch.Tensor, cam: torch.Tensor, masks: torch.Tensor | None
         cam = F.interpolate(cam[:, None].float(), size=size, mode="area")[:, 0]
         if masks is not None:
             masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
-    out = {"images": images.permute(0, 2, 3, 1).numpy(), "cams": cam.numpy().astype(np.float16)}
+    out = {"images": images.permute(0, 2, 3, 1).numpy(),
+           "cams": (cam.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()}
     if masks is not None:
         out["masks"] = masks.numpy()
     return out
@@ -280,39 +321,87 @@ def cam_file(run_dir: Path, image_ids: Sequence[str]) -> Path:
     return Path(run_dir) / f"gradcam-{key}.npz"
 
 
+PER_IMAGE = ("labels", "masks", "energy_in_mask", "deletion_auc", "insertion_auc", "deletion_curves",
+             "insertion_curves", "road")
+THUMBNAILS = ("images", "cams")  # stored for the images of "thumbnail_ids" only
+
+
+def stored_ids(path: Path) -> list[str]:
+    with np.load(path) as z:
+        return [str(i) for i in z["image_ids"]]
+
+
+def _subset(result: dict, image_ids: Sequence[str]) -> dict:
+    """The images ``image_ids`` of a stored result that holds them all, in that order; thumbnails and
+    maps where every one of them has its thumbnail, else None."""
+    where = {i: k for k, i in enumerate(result["image_ids"])}
+    idx = np.array([where[i] for i in image_ids], dtype=np.int64)
+    out = {**result, "image_ids": list(image_ids)}
+    for k in PER_IMAGE:
+        if out.get(k) is not None:
+            out[k] = out[k][idx]
+    for k in ("deletion", "insertion"):
+        if out[f"{k}_curves"] is not None:
+            out[f"{k}_curve"] = out[f"{k}_curves"].mean(axis=0)
+    thumb = {i: k for k, i in enumerate(result["thumbnail_ids"])}
+    shown = all(i in thumb for i in image_ids)
+    tidx = np.array([thumb[i] for i in image_ids] if shown else [], dtype=np.int64)
+    for k in THUMBNAILS:
+        out[k] = result[k][tidx] if shown else None
+    out["thumbnail_ids"] = list(image_ids) if shown else [i for i in image_ids if i in thumb]
+    return out
+
+
 def _load(path: Path) -> dict:
+    """A stored result, every per-image array in the order of its "image_ids"."""
     with np.load(path) as z:
         d = {k: z[k] for k in z.files}
-    out = {"image_ids": [str(i) for i in d["image_ids"]], "images": d["images"],
-           "cams": d["cams"].astype(np.float32), "labels": d["labels"].astype(np.int64),
-           "masks": d.get("masks"), "energy_in_mask": d.get("energy_in_mask"),
-           "fractions": d["fractions"].tolist()}
-    for k in ("deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve", "road"):
+    ids = [str(i) for i in d["image_ids"]]
+    cams = d["cams"]
+    out = {"image_ids": ids, "images": d["images"],
+           "cams": cams.astype(np.float32) / (255 if cams.dtype == np.uint8 else 1),
+           "thumbnail_ids": [str(i) for i in d["thumbnail_ids"]] if "thumbnail_ids" in d else ids,
+           "labels": d["labels"].astype(np.int64), "masks": d.get("masks"),
+           "energy_in_mask": d.get("energy_in_mask"), "fractions": d["fractions"].tolist()}
+    for k in ("deletion_auc", "insertion_auc", "road"):
         out[k] = d[k]
+    for k in ("deletion", "insertion"):  # files written before the per-image curves hold only the means
+        out[f"{k}_curves"] = d.get(f"{k}_curves")
+        out[f"{k}_curve"] = d[f"{k}_curve"]
     return out
 
 
 def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_root=None, device="cpu",
-               cache_dir: Path | None = None) -> dict:
+               cache_dir: Path | None = None, thumbnails: Sequence[str] | None = None) -> dict:
     """Load or compute the Grad-CAM maps of a run for the test images ``image_ids``.
 
     Stored as ``<results>/<run_id>/gradcam-<hash>.npz`` (:func:`cam_file`,
     atomic write) with the ids, uint8 thumbnails at the run's image size and,
     where the data has lesion masks, the masks, so later calls need neither
     the data nor the checkpoint; above ``DISPLAY_PX`` a side the stored thumbnails, maps and masks are
-    downsampled (the scores are computed at full size). Computing needs the run's checkpoint
-    (``ckpt/best.pt``) and its data.
+    downsampled (the scores are computed at full size). ``thumbnails``: the ids (among ``image_ids``)
+    whose thumbnails and maps are stored (default: all); every image's scores are. A stored file that
+    holds every one of ``image_ids`` (the run's :func:`candidate_ids`) serves them too, sliced; its
+    thumbnails and maps come with them when it has them for all, else "images" and "cams" are None.
+    Computing needs the run's checkpoint (``ckpt/best.pt``) and its data.
 
-    Returns ``{"image_ids", "images" (N,H,W,3 uint8), "cams" (N,H,W float32),
+    Returns ``{"image_ids", "thumbnail_ids", "images" (N,H,W,3 uint8), "cams" (N,H,W float32),
     "labels", "masks" (N,H,W bool or None), "energy_in_mask" (N, or None
     without masks), "deletion_auc", "insertion_auc", "fractions",
-    "deletion_curve", "insertion_curve", "road"}``; maps explain the true label.
+    "deletion_curves" / "insertion_curves" (N, steps+1), their means "deletion_curve" /
+    "insertion_curve", "road"}``; maps explain the true label.
     """
     image_ids = [str(i) for i in image_ids]
     run_dir = store.RunDir(results, config.run_id)
+    thumbnails = image_ids if thumbnails is None else [str(i) for i in thumbnails]
+    if not set(thumbnails) <= set(image_ids):
+        raise ValueError("thumbnails must be among image_ids")
     path = cam_file(run_dir.path, image_ids)
     if path.exists():
-        return _load(path)
+        return _subset(_load(path), image_ids)
+    for stored in sorted(run_dir.path.glob("gradcam-*.npz")):  # e.g. the run's candidates (candidate_ids)
+        if set(image_ids) <= set(stored_ids(stored)):
+            return _subset(_load(stored), image_ids)
     ckpt = run_dir.ckpt / "best.pt"
     if not ckpt.exists():
         if not run_dir.done:
@@ -342,13 +431,16 @@ def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_roo
     if masks is not None:
         arrays["energy_in_mask"] = energy_in_mask(cam, masks.numpy())
     # Scores above are computed at full size; what is stored for the figures is at most DISPLAY_PX a side.
-    arrays.update(_display(test.x[idx], torch.from_numpy(cam), masks))
+    display = _display(test.x[idx], torch.from_numpy(cam), masks)
+    shown = np.array([image_ids.index(i) for i in thumbnails], dtype=np.int64)
+    arrays.update(display, images=display["images"][shown], cams=display["cams"][shown],
+                  thumbnail_ids=np.array(thumbnails))
 
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez_compressed(f, **arrays)
     store._atomic(path, write)
-    return _load(path)
+    return _subset(_load(path), image_ids)
 
 
 def overlay(image_uint8_hwc: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:

@@ -1,7 +1,17 @@
-"""Many runs in dependency order: every STD run before the AMAT run that needs its threshold."""
+"""Many runs in dependency order: every STD run before the AMAT run that needs its threshold.
+
+:func:`run_grid` runs them in one process; :func:`run_claimed` lets several
+processes share one grid (and one GPU). On a lent GPU a checkpoint does not
+outlive the machine, so :func:`run_claimed` can also start only the runs that
+are expected to finish before it goes back (:func:`estimate_seconds`) and
+train again a finished run whose checkpoint-derived results were lost
+(:func:`supersede`).
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import statistics
 import time
 import traceback
 from pathlib import Path
@@ -9,7 +19,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import experiment
+from . import experiment, store
 from .config import RunConfig
 from .metrics import metrics_row
 
@@ -24,19 +34,6 @@ def ordered(configs: list[RunConfig]) -> list[RunConfig]:
         out.setdefault(c.run_id, c)
     first = [c for c in out.values() if c.method.name == "std"]
     return first + [c for c in out.values() if c.method.name != "std"]
-
-
-def shard(configs: list[RunConfig], spec: str) -> list[RunConfig]:
-    """The configurations of shard "K/N": models are dealt round-robin, so a model's runs
-    (its AMAT and the STD run AMAT needs) all land in one shard and shards never wait on each other."""
-    try:
-        k, n = (int(v) for v in spec.split("/"))
-        assert 0 <= k < n
-    except (ValueError, AssertionError):
-        raise ValueError(f"shard must be K/N with 0 <= K < N, got {spec!r}") from None
-    models = list(dict.fromkeys(c.model for c in configs))
-    mine = set(models[k::n])
-    return [c for c in configs if c.model in mine]
 
 
 def run_grid(configs: list[RunConfig], *, results, time_budget_s: float | None = None, log=print,
@@ -61,6 +58,59 @@ def run_grid(configs: list[RunConfig], *, results, time_budget_s: float | None =
     return done
 
 
+def _stored_runs(results) -> list[dict]:
+    """Model, method, seconds per epoch, epochs and extras seconds of every finished run in ``results``."""
+    rows = []
+    for hist_path in sorted(Path(results).glob("*/history.json")):
+        run = hist_path.parent
+        hist = store.read_json(hist_path)
+        if not hist.get("finished") or not hist.get("epochs") or not (run / "config.json").exists():
+            continue
+        cfg = store.read_json(run / "config.json")
+        extras = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
+        rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
+                     "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
+                     "extras_s": max(extras) if extras else None})
+    return rows
+
+
+def estimate_seconds(config: RunConfig, results) -> float | None:
+    """Expected seconds to train ``config`` and compute its extras, from the finished runs in ``results``
+    (so under the same hardware and sharing as they ran); None when no run of its model is stored.
+
+    Seconds per epoch: the median of the stored runs of the same model and method; else the model's
+    STD runs times (1 + the attack's steps), the forward-backward passes of one adversarial batch.
+    Epochs: the median over the model's stored runs. Extras: the slowest stored stronger evaluation
+    of the model (else of any model), plus a fifth for the eps curves and Grad-CAM.
+    """
+    rows = _stored_runs(results)
+    mine = [r for r in rows if r["model"] == config.model]
+    if not mine:
+        return None
+    same = [r["s_per_epoch"] for r in mine if r["method"] == config.method.name]
+    std = [r["s_per_epoch"] for r in mine if r["method"] == "std"]
+    if same:
+        spe = statistics.median(same)
+    elif std:
+        spe = statistics.median(std) * (1 if config.method.name == "std" else 1 + config.method.attack.steps)
+    else:
+        return None
+    epochs = statistics.median(r["epochs"] for r in mine)
+    extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
+    return spe * epochs + 1.2 * (max(extras) if extras else 0.0)
+
+
+def supersede(results, run_id: str) -> Path:
+    """Move a run's folder to ``<results>/superseded/<run_id>`` (replacing an older one there), so the
+    run is trained again from scratch; nothing stored is deleted. Returns the new place."""
+    dest = Path(results) / "superseded" / run_id
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(Path(results) / run_id), dest)
+    return dest
+
+
 def claim(claim_dir, name: str) -> bool:
     """Take ``name`` for this process: atomically create ``claim_dir/name`` (O_EXCL); False if another
     process of the same call took it first."""
@@ -77,6 +127,7 @@ def claim(claim_dir, name: str) -> bool:
 
 def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: float | None = None, log=print,
                 after_run: Callable[[experiment.RunResult], None] | None = None, poll_s: float = 5.0,
+                finish_by_s: float | None = None, redo: Callable[[RunConfig], str | None] | None = None,
                 **kw) -> dict[str, experiment.RunResult]:
     """Several processes share one grid: each calls this with the same ``configs`` and ``claim_dir``
     and runs the configurations it claims first (:func:`claim`), in :func:`ordered` order.
@@ -89,6 +140,12 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
     ``after_run(result)`` runs in the claiming process after each finished run (e.g. the extras of
     :mod:`dpaat_lib.precompute`, while the checkpoint is there). ``claim_dir`` must be fresh for
     each call: a claim is never released. Returns the runs this process finished.
+
+    ``finish_by_s``: start a run only if :func:`estimate_seconds` (less what its stored epochs took)
+    says it ends within that many seconds of the start; the others are left for a later call (for the
+    last call on a lent GPU, whose unfinished runs are lost with the machine). ``redo(config)``: for a
+    finished run, a reason to train it again (e.g. its extras were lost with its checkpoint) or None;
+    the claiming process then moves it aside (:func:`supersede`) and trains it.
     """
     start = time.perf_counter()
     pending = ordered(configs)
@@ -109,8 +166,21 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
                 else:
                     waiting.append(c)  # its STD run is another process's, still training
                 continue
+            finished = experiment.load_result(c, results)
+            reason = redo(c) if (redo is not None and finished is not None) else None
+            if (finished is None or reason) and finish_by_s is not None:
+                est = estimate_seconds(c, results)
+                history = store.RunDir(results, c.run_id) / "history.json"
+                if est is not None and history.exists():  # a run resumed on a warm machine
+                    est = max(est - sum(e["seconds"] for e in store.read_json(history)["epochs"]), 0.2 * est)
+                room = finish_by_s - (time.perf_counter() - start)
+                if est is not None and est > room:
+                    log(f"{c.run_id}: not started, expected {est:.0f}s > {room:.0f}s left (--finish-by)")
+                    continue
             if not claim(claim_dir, c.run_id):
                 continue
+            if reason:
+                log(f"{c.run_id}: training it again ({reason}); the old folder is now {supersede(results, c.run_id)}")
             t0 = time.perf_counter()
             try:
                 r = experiment.run(c, results=results, time_budget_s=left(), **kw)

@@ -710,24 +710,33 @@ def figure_models(prof: profiles.Profile, n: int = 2) -> list[str]:
 
 
 def gradcam_selection(results: Sequence[experiment.RunResult], model: str, n_per_class: int = 2,
-                      methods: Sequence[str] = ("STD", "AT", "DPAAT"), seed: int = 0) -> tuple[list[str], str]:
-    """Test images of ``model`` predicted correctly by all ``methods`` (seed-0 runs), ``n_per_class`` per
-    class; if a class has too few, images correct under DPAAT alone. Returns (ids, note)."""
+                      methods: Sequence[str] = ("STD", "AT", "DPAAT"), seed: int = 0,
+                      pool: int | None = None, figure: bool = False) -> tuple[list[str], str]:
+    """Test images of ``model`` predicted correctly by all ``methods`` (first-seed runs), ``n_per_class``
+    per class, among the first ``pool`` candidates of each class (default: the
+    ``gradcam.CANDIDATES_PER_CLASS`` whose scores every run stores, or for a ``figure`` the
+    ``gradcam.THUMBNAILS_PER_CLASS`` whose thumbnails it stores; ``n_per_class`` if more); if a class
+    has too few, images correct under the last method alone. Returns (ids, note)."""
     from . import gradcam
 
+    if pool is None:
+        pool = max(gradcam.THUMBNAILS_PER_CLASS if figure else gradcam.CANDIDATES_PER_CLASS, n_per_class)
     runs = {r.config.method.label: r for r in results if r.config.model == model and r.config.train.seed ==
             min(rr.config.train.seed for rr in results)}
     classes = next(iter(runs.values())).config.data.classes
     frames = [runs[m].predictions for m in methods if m in runs]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ids = gradcam.select_correct(frames, n_per_class, classes, seed=seed)
-    note = f"images correctly classified (clean) by all of {', '.join(m for m in methods if m in runs)}"
+        ids = gradcam.select_correct(frames, n_per_class, classes, seed=seed, pool=pool)
+    note = (f"images correctly classified (clean) by all of {', '.join(m for m in methods if m in runs)}, "
+            f"chosen at random (seeded) among {pool} candidates per class")
     if caught or len(ids) < n_per_class * len(classes):
-        ids = gradcam.select_correct(runs[methods[-1]].predictions, n_per_class, classes, seed=seed) \
-            if methods[-1] in runs else ids
-        note = (f"too few images are correct under all of {', '.join(methods)}; these are correct under "
-                f"{methods[-1]} only")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ids = gradcam.select_correct(runs[methods[-1]].predictions, n_per_class, classes, seed=seed,
+                                         pool=pool) if methods[-1] in runs else ids
+        note = (f"too few of the {pool} candidates per class are correct under all of {', '.join(methods)}; "
+                f"these are correct under {methods[-1]} only")
     return ids, note
 
 

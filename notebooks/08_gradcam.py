@@ -51,10 +51,13 @@ report.profile_banner(prof, results)
 #
 # Columns: the image (white outline: the lesion mask, where known), then each method's
 # Grad-CAM for the true class, each scaled to [0, 1] on its own. Images are chosen at random
-# (seeded) among those all three methods classify correctly.
+# (seeded) among those all three methods classify correctly, from a fixed, seeded set of
+# candidate test images per class whose maps each run stores right after training (so no run
+# needs another's checkpoint); the figure draws on fewer candidates than the scores, those
+# whose thumbnails are stored.
 
 # %%
-ids, note = report.gradcam_selection(results, shown[0], n_per_class=n_show)
+ids, note = report.gradcam_selection(results, shown[0], n_per_class=n_show, figure=True)
 cams = report.gradcam_results(results, shown[0], ids, out, data_root, device)
 report.md(f"{shown[0]}: {len(ids)} {note}.")
 
@@ -62,7 +65,7 @@ report.md(f"{shown[0]}: {len(ids)} {note}.")
 report.plot_gradcam_grid(cams, classes, shown[0])
 
 # %%
-ids_2, note_2 = report.gradcam_selection(results, shown[-1], n_per_class=n_show)
+ids_2, note_2 = report.gradcam_selection(results, shown[-1], n_per_class=n_show, figure=True)
 cams_2 = report.gradcam_results(results, shown[-1], ids_2, out, data_root, device)
 (report.plot_gradcam_grid(cams_2, classes, shown[-1]) if len(shown) > 1 else
  report.md(f"This profile has one model ({shown[0]}); the paper also shows MobileNetV2."))
@@ -73,7 +76,7 @@ cams_2 = report.gradcam_results(results, shown[-1], ids_2, out, data_root, devic
 # %%
 score_tables = {}
 for m in shown:
-    score_ids, score_note = report.gradcam_selection(results, m, n_per_class=n_score, seed=1)
+    score_ids, score_note = report.gradcam_selection(results, m, n_per_class=n_score)
     score_tables[m] = report.gradcam_scores(report.gradcam_results(results, m, score_ids, out, data_root, device))
     score_tables[m].attrs["note"] = score_note
 report.md("\n\n".join(f"**{m}**: {t['images'].iloc[0]} {t.attrs['note']}." for m, t in score_tables.items()))

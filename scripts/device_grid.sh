@@ -14,8 +14,14 @@
 #   (STD runs first, AMAT once its STD is done), and right after a run computes what the book derives
 #   from its checkpoint (--extras: eps curves, stronger attacks, Grad-CAM), because checkpoints do
 #   not outlive the machine. No run is started or continued after TRAIN_END seconds (resumable);
-#   everything is stopped at LIMIT - 20 s;
-# - packs the results store without checkpoints, and the logs, into $OUT.
+#   everything is stopped at LIMIT - 20 s. A finished run whose extras are missing and whose
+#   checkpoint is gone is trained again (--retrain-lost-extras; its old folder goes to superseded/);
+# - FINAL=1 marks the session's last call (the machine, with every unfinished run's checkpoint, then
+#   goes back): a run is started only if it is expected to finish, extras included, before the call
+#   ends (--finish-by, estimated from the runs already stored), and training may go on to the end;
+# - packs what this call wrote into the results store (no checkpoints), logs included, into
+#   $OUT/results-$PROFILE-$START.tgz, split into parts of 15 MiB if larger (the device tool brings back
+#   files of at most 16 MiB): unpack the calls' archives in order, over one folder.
 # COMPILE=reduce-overhead trains through torch.compile (CUDA graphs; run ids unchanged). Extra arguments
 # for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
 # outside the paths a call carries (the device tool replaces those), so a warm machine keeps the
@@ -31,12 +37,14 @@ BENCH=${BENCH:-0}
 BENCH_ARGS=${BENCH_ARGS:-"--size 224 --images 1280 --procs 4 --cost-model resnet34"}
 MPS=${MPS:-1}
 EXTRAS_RESERVE=${EXTRAS_RESERVE:-90}
+FINAL=${FINAL:-0}
 GRID_ARGS=${GRID_ARGS:-}
 COMPILE=${COMPILE:-}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/dpaat-out}
 mkdir -p "$OUT" "$RESULTS/logs"
+MARK=$(mktemp /tmp/dpaat-call-start.XXXXXX)  # files newer than this are what this call wrote
 export PYTHONUNBUFFERED=1
 elapsed() { echo $(( $(date +%s) - START )); }
 
@@ -72,11 +80,17 @@ fi
 
 LEFT=$(( LIMIT - $(elapsed) ))
 TRAIN_END=$(( LEFT - EXTRAS_RESERVE ))
+FINISH=()
+if [ "$FINAL" = 1 ]; then
+  TRAIN_END=$(( LEFT - 25 ))
+  FINISH=(--finish-by "$TRAIN_END")
+fi
 CLAIMS=/tmp/claims-$START
 echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"
 for k in $(seq 1 "$WORKERS"); do
   timeout -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" \
-    --device "$DEVICE" --claim "$CLAIMS" --extras --time-budget "$TRAIN_END" --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
+    --device "$DEVICE" --claim "$CLAIMS" --extras --retrain-lost-extras "${FINISH[@]}" --time-budget "$TRAIN_END" \
+    --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
     > "$RESULTS/logs/worker$k-$START.log" 2>&1 &
   sleep 2  # staggered starts: the first runs claimed are the STD runs, in order
 done
@@ -84,8 +98,15 @@ wait
 echo "[$(elapsed)s] workers done"
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 
-grep -h "done in\|FAILED\|interrupted\|extras:" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
+grep -h "done in\|FAILED\|interrupted\|extras:\|not started\|again" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
 grep -h -A12 "FAILED" "$RESULTS"/logs/worker*-"$START".log | head -n 60
-tar czf "$OUT/results-$PROFILE.tgz" --exclude=ckpt -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
+ARCHIVE="$OUT/results-$PROFILE-$START.tgz"
+(cd "$(dirname "$RESULTS")" && find "$(basename "$RESULTS")" -type f -newer "$MARK" -not -path "*/ckpt/*" \
+  -not -path "*/superseded/*" | sort > "$MARK.list")
+tar czf "$ARCHIVE" -C "$(dirname "$RESULTS")" -T "$MARK.list"
+echo "$(wc -l < "$MARK.list") files written by this call packed"
+if [ "$(stat -c %s "$ARCHIVE")" -gt $(( 15 * 1024 * 1024 )) ]; then
+  split -b 15M -d "$ARCHIVE" "$ARCHIVE.part-" && rm "$ARCHIVE"  # cat the parts in order to unpack
+fi
 ls -la "$OUT"
 echo "[$(elapsed)s] packed"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,7 +93,8 @@ def test_deletion_insertion_prefers_the_map_on_the_evidence(baseline):
     r_good = gradcam.deletion_insertion(model, x, y, good, steps=10, baseline=baseline)
     r_bad = gradcam.deletion_insertion(model, x, y, bad, steps=10, baseline=baseline)
     assert r_good["deletion_auc"].shape == (4,) and len(r_good["fractions"]) == 11
-    assert r_good["deletion_curve"].shape == (11,)
+    assert r_good["deletion_curve"].shape == (11,) and r_good["deletion_curves"].shape == (4, 11)
+    np.testing.assert_allclose(r_good["deletion_curve"], r_good["deletion_curves"].mean(axis=0))
     assert (r_good["deletion_auc"] < 0.1).all() and (r_bad["deletion_auc"] > 0.8).all()
     assert (r_good["insertion_auc"] > 0.9).all() and (r_bad["insertion_auc"] < 0.2).all()
     # both curves run between the original image and the baseline
@@ -132,6 +135,42 @@ def test_select_correct():
         assert gradcam.select_correct([frame, other], 3, ("nv", "mel", "bkl")) == ["i0", "i3", "i4", "i6"]
     with pytest.raises(ValueError, match="pred_FGSM"):
         gradcam.select_correct(frame, 1, ("nv", "mel", "bkl"), attack="FGSM")
+
+
+def test_thumbnails_are_stored_for_some_images_and_scores_for_all(tiny_run):
+    cfg, result, results, cache = tiny_run
+    ids = list(result.predictions["image_id"][1::4])  # 9 test images (not those of the test above)
+    full = gradcam.cam_result(cfg, results=results, image_ids=ids, cache_dir=cache, thumbnails=ids[:3])
+    assert full["images"] is None and full["thumbnail_ids"] == ids[:3] and full["road"].shape == (9,)
+    part = gradcam.cam_result(cfg, results=results, image_ids=[ids[2], ids[0]], cache_dir=cache)
+    assert part["images"].shape[0] == 2 and part["cams"].shape[0] == 2
+    scores = gradcam.cam_result(cfg, results=results, image_ids=ids[2:5], cache_dir=cache)
+    assert scores["images"] is None and scores["thumbnail_ids"] == [ids[2]]
+    np.testing.assert_array_equal(scores["road"], full["road"][2:5])
+    with pytest.raises(ValueError, match="thumbnails must be among"):
+        gradcam.cam_result(cfg, results=results, image_ids=ids[:2], thumbnails=[ids[5]], cache_dir=cache)
+
+
+def test_candidates_are_the_start_of_each_class_order_and_hold_every_selection():
+    """The maps a run stores (candidate_ids) serve every selection with pool <= their count, whatever
+    the other runs predict, and a selection of n is the start of one of more."""
+    rng = np.random.default_rng(0)
+    n = 60
+    frame = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(n)], "label": rng.integers(0, 3, n)})
+    runs = [frame.assign(pred_clean=np.where(rng.random(n) < 0.7, frame["label"], (frame["label"] + 1) % 3))
+            for _ in range(3)]
+    classes = ("nv", "mel", "bkl")
+    pool = gradcam.candidate_ids(frame, classes, per_class=8, seed=0)
+    assert len(pool) == 24 and len(set(pool)) == 24
+    assert gradcam.candidate_ids(runs[1], classes, per_class=8) == pool  # predictions play no part
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = gradcam.select_correct(runs, 2, classes, pool=8)
+        large = gradcam.select_correct(runs, 4, classes, pool=8)
+    assert set(small) <= set(large) <= set(pool)
+    correct_in_all = set.intersection(*(set(r.loc[r.pred_clean == r.label, "image_id"]) for r in runs))
+    assert set(large) <= correct_in_all
+    assert gradcam.candidate_ids(frame, classes, per_class=8, seed=1) != pool
 
 
 def test_overlay():
@@ -175,5 +214,13 @@ def test_cam_result_computes_stores_and_reloads(tiny_run):
     for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "insertion_auc", "road"):
         np.testing.assert_array_equal(again[k], out[k])
 
-    with pytest.raises(FileNotFoundError, match="checkpoint"):  # another selection needs the model
-        gradcam.cam_result(cfg, results=results, image_ids=ids[:2], cache_dir=cache)
+    # A selection among stored images is served from the stored file, in the order asked for.
+    part = gradcam.cam_result(cfg, results=results, image_ids=[ids[3], ids[0]], cache_dir=cache)
+    assert part["image_ids"] == [ids[3], ids[0]] and not gradcam.cam_file(result.path, [ids[3], ids[0]]).exists()
+    for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "deletion_curves", "road"):
+        np.testing.assert_array_equal(part[k], out[k][[3, 0]])
+    np.testing.assert_allclose(part["deletion_curve"], out["deletion_curves"][[3, 0]].mean(axis=0))
+    np.testing.assert_allclose(out["cams"], np.round(out["cams"] * 255) / 255, atol=1e-6)  # stored as uint8
+    other = next(i for i in result.predictions["image_id"] if i not in ids)
+    with pytest.raises(FileNotFoundError, match="checkpoint"):  # an image not stored needs the model
+        gradcam.cam_result(cfg, results=results, image_ids=[ids[0], other], cache_dir=cache)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpaat_lib import cli, experiment, grid, gradcam, precompute, profiles, report
+from dpaat_lib import cli, experiment, grid, gradcam, precompute, profiles, report, store
 from dpaat_lib.attacks import AttackSpec
 
 EVAL_ATTACKS = (AttackSpec("20-IFGSM", "linf", 2 / 255, 0.5 / 255, 2, False),
@@ -102,20 +102,83 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
                      after_run=lambda r: extras.append(precompute.run_extras(r, prof, results, synthetic_root,
                                                                              cache_dir=cache_dir)), **run_kw)
     assert extras[-1] == []  # D-A is shown by no chapter that needs a checkpoint
-    assert all(e == ["eps curve l2", "eps curve linf", "strong attacks"] for e in extras[:3]), extras
-    assert precompute.gradcam_ready(prof, cfgs, results, "smallcnn")
-    assert precompute.gradcam_extras(prof, cfgs, results, synthetic_root, cache_dir=cache_dir) == ["smallcnn"]
+    # Each of STD, AT and DPAAT stores its Grad-CAM candidates itself: no run needs another's checkpoint.
+    assert all(e == ["eps curve l2", "eps curve linf", "strong attacks", "Grad-CAM"] for e in extras[:3]), extras
     for c in cfgs:
         shutil.rmtree(results / c.run_id / "ckpt")
     main = [experiment.load_result(c, results) for c in cfgs[:3]]
+    assert all(precompute.missing_extras(r, prof, results) == [] for r in main)
     for norm in ("l2", "linf"):
         assert len(report.eps_curves(main, results, norm=norm)) == 3
     evals, missing = report.strong_evaluations(main, prof, results)
     assert len(evals) == 3 and missing == []
-    for n, seed in ((precompute.GRADCAM_SHOW, 0), (precompute.GRADCAM_SCORE, 1)):
-        ids, _ = report.gradcam_selection(main, "smallcnn", n_per_class=n, seed=seed)
+    for n in (1, 2):  # chapter 8's figure and scores, at this tiny test set's size
+        ids, _ = report.gradcam_selection(main, "smallcnn", n_per_class=n)
         cams = report.gradcam_results(main, "smallcnn", ids, results)
-        assert set(cams) == {"STD", "AT", "DPAAT"}
+        assert set(cams) == {"STD", "AT", "DPAAT"} and all(c["image_ids"] == ids for c in cams.values())
+    # What a lost extra looks like to the grid (--retrain-lost-extras): named, without computing anything.
+    for p in (results / cfgs[0].run_id).glob("robustness-*.json"):
+        p.unlink()
+    assert precompute.missing_extras(main[0], prof, results) == ["strong attacks"]
+
+
+def _fake_run(results, config, seconds: list[float], extras_s: float | None = None):
+    """A finished run folder as the grid's estimate reads it (config, history, stronger evaluation)."""
+    run = results / config.run_id
+    store.write_json(run / "config.json", config.to_dict())
+    store.write_json(run / "history.json", {"finished": True, "epochs": [{"seconds": s} for s in seconds]})
+    if extras_s is not None:
+        store.write_json(run / "robustness-0.json", {"seconds": extras_s})
+
+
+def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
+    std, at, dpaat = configs(prof, data, ("std", "at", "dpaat"))
+    assert grid.estimate_seconds(at, tmp_path) is None  # nothing of this model is stored
+    _fake_run(tmp_path, std, [2.0] * 4, extras_s=10.0)
+    # AT from STD: 2 s/epoch x (1 + 2 attack steps) x 4 epochs, plus 1.2 x the extras' 10 s
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(2 * 3 * 4 + 12)
+    assert grid.estimate_seconds(std, tmp_path) == pytest.approx(2 * 4 + 12)
+    _fake_run(tmp_path, at, [5.0] * 6)  # a stored AT run: its own speed; epochs: median over the model's runs
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 12)
+    assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 3 * 5 + 12)
+
+
+def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
+    std, at = configs(prof, data, ("std", "at"))
+    results = tmp_path / "r"
+    grid.run_claimed([std], results=results, claim_dir=tmp_path / "c0", log=lambda m: None, **run_kw)
+    logs = []
+    done = grid.run_claimed([std, at], results=results, claim_dir=tmp_path / "c1", log=logs.append,
+                            finish_by_s=1e-3, **run_kw)
+    assert set(done) == {std.run_id}  # finished runs load whatever the time
+    assert any(at.run_id in line and "not started" in line for line in logs), logs
+    assert not (results / at.run_id).exists()
+    done = grid.run_claimed([at], results=results, claim_dir=tmp_path / "c2", log=logs.append,
+                            finish_by_s=1e6, **run_kw)
+    assert set(done) == {at.run_id}
+
+
+def test_redo_trains_a_finished_run_again_and_keeps_the_old_folder(tmp_path, prof, data, run_kw):
+    std = configs(prof, data, ("std",))[0]
+    results = tmp_path / "r"
+    first = grid.run_claimed([std], results=results, claim_dir=tmp_path / "c0", log=lambda m: None, **run_kw)
+    logs = []
+    again = grid.run_claimed([std], results=results, claim_dir=tmp_path / "c1", log=logs.append,
+                             redo=lambda c: "its extras are missing", **run_kw)
+    assert any("training it again (its extras are missing)" in line for line in logs), logs
+    old = results / "superseded" / std.run_id
+    assert (old / "done").exists() and (results / std.run_id / "done").exists()
+    assert again[std.run_id].metrics == first[std.run_id].metrics  # seeded: the same run again (on a CPU)
+    none = grid.run_claimed([std], results=results, claim_dir=tmp_path / "c2", log=logs.append,
+                            redo=lambda c: None, **run_kw)
+    assert none[std.run_id].history == again[std.run_id].history
+
+
+@pytest.mark.parametrize("flags,message", [(["--finish-by", "60"], "add --claim"),
+                                           (["--claim", "c", "--retrain-lost-extras"], "add --extras")])
+def test_cli_grid_options_that_need_others(flags, message, capsys):
+    assert cli.main(["grid", "--profile", "quick", *flags]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_set_overrides_are_typed_as_the_profile_fields():
@@ -144,7 +207,7 @@ def test_cli_prepare_and_extras_run(tmp_path, synthetic_root, capsys):
     assert cli.main(["prepare", *args]) == 0
     assert "train: (24, 3, 16, 16)" in capsys.readouterr().out
     assert cli.main(["extras", *args]) == 0  # nothing trained yet: nothing to do, no error
-    assert "no model ready" in capsys.readouterr().out
+    assert "extras: 0 of " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("size,stored", [(224, 96), (32, 32)])
@@ -154,7 +217,7 @@ def test_stored_gradcam_thumbnails_are_small(size, stored):
     masks = torch.rand(2, size, size) > 0.5
     out = gradcam._display(x, cam, masks)
     assert out["images"].shape == (2, stored, stored, 3) and out["images"].dtype == np.uint8
-    assert out["cams"].shape == (2, stored, stored) and out["cams"].dtype == np.float16
+    assert out["cams"].shape == (2, stored, stored) and out["cams"].dtype == np.uint8
     assert out["masks"].shape == (2, stored, stored) and out["masks"].dtype == bool
     if size == stored:
         assert np.array_equal(out["images"], x.permute(0, 2, 3, 1).numpy())
