@@ -74,12 +74,22 @@ def _stored_runs(results) -> list[dict]:
     return rows
 
 
+def _method_cost(results, method: str) -> float | None:
+    """The method's cost relative to STD measured by benchmarks/train_throughput.py into ``results``
+    (median over its files and CNNs), None if not measured. D-A and D-B cost what DPAAT does."""
+    method = "dpaat" if method in ("d-a", "d-b") else method
+    ratios = [row["relative_to_std"] for path in sorted(Path(results).glob("benchmark-*.json"))
+              for row in store.read_json(path).get("method_cost", []) if row.get("method") == method]
+    return statistics.median(ratios) if ratios else None
+
+
 def estimate_seconds(config: RunConfig, results) -> float | None:
     """Expected seconds to train ``config`` and compute its extras, from the finished runs in ``results``
     (so under the same hardware and sharing as they ran); None when no run of its model is stored.
 
     Seconds per epoch: the median of the stored runs of the same model and method; else the model's
-    STD runs times (1 + the attack's steps), the forward-backward passes of one adversarial batch.
+    STD runs times the method's cost relative to STD as benchmarked into ``results``, or without a
+    benchmark 1 + the attack's steps (the forward-backward passes of one adversarial batch).
     Epochs: the median over the model's stored runs. Extras: the slowest stored stronger evaluation
     of the model (else of any model), plus a fifth for the eps curves and Grad-CAM.
     """
@@ -92,7 +102,9 @@ def estimate_seconds(config: RunConfig, results) -> float | None:
     if same:
         spe = statistics.median(same)
     elif std:
-        spe = statistics.median(std) * (1 if config.method.name == "std" else 1 + config.method.attack.steps)
+        name = config.method.name
+        cost = 1.0 if name == "std" else (_method_cost(results, name) or 1 + config.method.attack.steps)
+        spe = statistics.median(std) * cost
     else:
         return None
     epochs = statistics.median(r["epochs"] for r in mine)

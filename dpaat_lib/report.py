@@ -1743,13 +1743,19 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
     :func:`benchmark_paths`)."""
     rows = []
     for r in _benchmark_rows(results_dir, "throughput"):
-        row = {"hardware": r["card"], "model": r["model"], "paper-style img/s": f"{r['paper_img_s']:.0f}",
+        row = {"hardware": r["card"], "library path": _library_path(r), "model": r["model"],
+               "paper-style img/s": f"{r['paper_img_s']:.0f}",
                "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
         if "concurrent_img_s" in r:
             row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
             row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
         rows.append(row)
-    return pd.DataFrame(rows).set_index(["hardware", "model"]).fillna("–") if rows else None
+    return pd.DataFrame(rows).set_index(["hardware", "library path", "model"]).fillna("–") if rows else None
+
+
+def _library_path(row: dict) -> str:
+    """How a benchmark row's library path ran: eager, or through torch.compile in which mode."""
+    return f"torch.compile {row['compile']}" if row.get("compile") else "eager"
 
 
 def _ratio_range(values) -> str:
@@ -1763,16 +1769,17 @@ SPEED_GOAL = 3.0  # issue 4: the library's path at least 3x the paper-style loop
 def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
     """What the stored throughput benchmarks show, per card: the range of the library's speed-up over
     the paper-style loop (one process, and several sharing the card), and which CNNs reach ``goal``."""
-    cards: dict[str, list[dict]] = {}
+    cards: dict[tuple[str, str], list[dict]] = {}
     for r in _benchmark_rows(results_dir, "throughput"):
-        cards.setdefault(r["card"], []).append(r)
+        cards.setdefault((r["card"], _library_path(r)), []).append(r)
     if not cards:
         return "No throughput benchmark is stored."
     out = []
-    for card, rows in cards.items():
+    for (card, path), rows in cards.items():
         one = [r["ratio"] for r in rows]
-        text = (f"On {card} ({len(rows)} CNN{'s' * (len(rows) > 1)}, {rows[0]['size']} px), the library's path in "
-                f"one process runs at {_ratio_range(one)} the paper-style loop")
+        how = "" if path == "eager" else f" through {path}"
+        text = (f"On {card} ({len(rows)} CNN{'s' * (len(rows) > 1)}, {rows[0]['size']} px), the library's path{how} "
+                f"in one process runs at {_ratio_range(one)} the paper-style loop")
         best = {r["model"]: r["ratio"] for r in rows}
         many = [r for r in rows if "concurrent_ratio" in r]
         if many:

@@ -45,16 +45,8 @@ DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/dpaat-out}
 mkdir -p "$OUT" "$RESULTS/logs"
 MARK=$(mktemp /tmp/dpaat-call-start.XXXXXX)  # files newer than this are what this call wrote
-export PYTHONUNBUFFERED=1
 elapsed() { echo $(( $(date +%s) - START )); }
-
-if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pytorch_grad_cam, torchattacks" 2>/dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
-"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+source scripts/device_env.sh
 
 "$PY" -m dpaat_lib prepare --profile "$PROFILE" --data "$DATA" --results "$RESULTS" $GRID_ARGS
 echo "[$(elapsed)s] data ready"

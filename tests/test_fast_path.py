@@ -93,6 +93,16 @@ def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_pat
     assert "reached for 1 of 1 CNNs (resnet34)" in gpu
     (tmp_path / "paper" / "benchmark-cuda.json").write_text(json.dumps(_bench_rows("NVIDIA H200", 1.2, 2.0)))
     assert "reached for 0 of 1 CNNs." in report.benchmark_findings(tmp_path)
+    # A compiled library path (benchmarks/ --compile) is its own row and its own finding.
+    graphs = _bench_rows("NVIDIA H200", 2.5, 3.1)
+    graphs["throughput"][0]["compile"] = "reduce-overhead"
+    (tmp_path / "paper" / "benchmark-cuda-graphs.json").write_text(json.dumps(graphs))
+    table = report.benchmark_throughput(tmp_path)
+    assert ("NVIDIA H200", "torch.compile reduce-overhead", "resnet34") in table.index and len(table) == 3
+    found = report.benchmark_findings(tmp_path).split("\n\n")
+    compiled = [f for f in found if "through torch.compile reduce-overhead" in f]
+    assert len(found) == 3 and len(compiled) == 1 and "x2.50" in compiled[0]
+    assert "reached for 1 of 1 CNNs (resnet34)" in compiled[0]
     assert report.benchmark_findings(tmp_path / "nothing") == "No throughput benchmark is stored."
 
 

@@ -141,6 +141,9 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     _fake_run(tmp_path, at, [5.0] * 6)  # a stored AT run: its own speed; epochs: median over the model's runs
     assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 12)
     assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 3 * 5 + 12)
+    # A benchmark of the methods' cost in the store replaces the count of passes.
+    store.write_json(tmp_path / "benchmark-cuda.json", {"method_cost": [{"method": "dpaat", "relative_to_std": 2.5}]})
+    assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 2.5 * 5 + 12)
 
 
 def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
