@@ -57,6 +57,11 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--finish-by", type=float, metavar="SECONDS",
                    help="with --claim: start a run only if it is expected (from the runs stored in --results) to "
                         "finish, extras included, within SECONDS; for the last call on a lent GPU")
+    p.add_argument("--sharing", type=int, metavar="N",
+                   help="with --claim: N processes share the device (recorded in each run's history; --finish-by "
+                        "scales the stored runs' times by it)")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: list the grid's runs, what each lacks and its expected seconds (--sharing)")
     p.add_argument("--retrain-lost-extras", action="store_true",
                    help="with --claim --extras: train again a finished run whose extras are missing and whose "
                         "checkpoint is gone (its folder moves to <results>/superseded/)")
@@ -93,7 +98,7 @@ def _profile(args):
 
 
 def _grid(args, models, methods) -> int:
-    if (args.finish_by is not None or args.retrain_lost_extras) and not args.claim:
+    if (args.finish_by is not None or args.retrain_lost_extras) and not args.claim and not args.plan:
         raise ValueError("--finish-by and --retrain-lost-extras work in the cooperative mode: add --claim DIR")
     if args.retrain_lost_extras and not args.extras:
         raise ValueError("--retrain-lost-extras trains runs again for their extras: add --extras")
@@ -109,6 +114,9 @@ def _grid(args, models, methods) -> int:
         digest = experiment.weights_digest(args.weights)
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
     print(f"results: {results}", flush=True)
+    if args.plan:
+        print(grid.plan_table(cfgs, results, prof, sharing=args.sharing).to_string(index=False))
+        return 0
     kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
               time_budget_s=args.time_budget, weights_path=args.weights, compile_mode=args.compile_mode)
     if args.claim:
@@ -126,6 +134,7 @@ def _grid(args, models, methods) -> int:
                     return f"its {', '.join(lost)} are missing and its checkpoint is gone"
                 return None
         done = grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after, finish_by_s=args.finish_by, redo=redo,
+                                sharing=args.sharing,
                                 log=lambda m: print(m, flush=True), **kw)
         return 0
     done = grid.run_grid(cfgs, **kw)

@@ -70,8 +70,23 @@ def _stored_runs(results) -> list[dict]:
         extras = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
         rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
                      "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
-                     "extras_s": max(extras) if extras else None})
+                     "extras_s": max(extras) if extras else None, "sharing": hist.get("sharing")})
     return rows
+
+
+def _share_factor(then: int | None, now: int | None) -> float:
+    """How much longer a run takes with ``now`` processes on the device than it took with ``then``.
+
+    A card's total throughput grows about as the square root of the processes sharing it (the H200
+    benchmark: 4 processes together ran x1.4 to x2.2 one), so one run's time grows as sqrt(processes).
+    1 when either count is unknown."""
+    return (now / then) ** 0.5 if then and now else 1.0
+
+
+def record_sharing(results, run_id: str, sharing: int) -> None:
+    """Note in a run's history how many processes shared the device while it trained (for estimates)."""
+    path = store.RunDir(results, run_id) / "history.json"
+    store.write_json(path, {**store.read_json(path), "sharing": int(sharing)})
 
 
 def _method_cost(results, method: str) -> float | None:
@@ -83,9 +98,10 @@ def _method_cost(results, method: str) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def estimate_seconds(config: RunConfig, results) -> float | None:
+def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> float | None:
     """Expected seconds to train ``config`` and compute its extras, from the finished runs in ``results``
-    (so under the same hardware and sharing as they ran); None when no run of its model is stored.
+    (on the hardware they ran on), with ``sharing`` processes on the device (stored runs that recorded
+    theirs are scaled by :func:`_share_factor`); None when no run of its model is stored.
 
     Seconds per epoch: the median of the stored runs of the same model and method; else the model's
     STD runs times the method's cost relative to STD as benchmarked into ``results``, or without a
@@ -94,6 +110,10 @@ def estimate_seconds(config: RunConfig, results) -> float | None:
     of the model (else of any model), plus a fifth for the eps curves and Grad-CAM.
     """
     rows = _stored_runs(results)
+    for r in rows:
+        f = _share_factor(r["sharing"], sharing)
+        r["s_per_epoch"] *= f
+        r["extras_s"] = r["extras_s"] * f if r["extras_s"] else r["extras_s"]
     mine = [r for r in rows if r["model"] == config.model]
     if not mine:
         return None
@@ -110,6 +130,33 @@ def estimate_seconds(config: RunConfig, results) -> float | None:
     epochs = statistics.median(r["epochs"] for r in mine)
     extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
     return spe * epochs + 1.2 * (max(extras) if extras else 0.0)
+
+
+def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
+    """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
+    checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k"
+    or "to train", with :func:`estimate_seconds` at ``sharing`` for the runs to train."""
+    from .precompute import missing_extras
+
+    rows = []
+    for c in ordered(configs):
+        run = store.RunDir(results, c.run_id)
+        r = experiment.load_result(c, results)
+        est = None
+        if r is not None:
+            lost = missing_extras(r, prof, results)
+            has_ckpt = (run.ckpt / "best.pt").exists()
+            state = ("done" if not lost else f"extras missing: {', '.join(lost)}"
+                     + ("" if has_ckpt else " (no checkpoint)"))
+            if lost and not has_ckpt:
+                est = estimate_seconds(c, results, sharing)
+        else:
+            epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
+            state = f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else "to train"
+            est = estimate_seconds(c, results, sharing)
+        rows.append({"run": c.run_id, "state": state,
+                     "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})
+    return pd.DataFrame(rows)
 
 
 def supersede(results, run_id: str) -> Path:
@@ -140,7 +187,7 @@ def claim(claim_dir, name: str) -> bool:
 def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: float | None = None, log=print,
                 after_run: Callable[[experiment.RunResult], None] | None = None, poll_s: float = 5.0,
                 finish_by_s: float | None = None, redo: Callable[[RunConfig], str | None] | None = None,
-                **kw) -> dict[str, experiment.RunResult]:
+                sharing: int | None = None, **kw) -> dict[str, experiment.RunResult]:
     """Several processes share one grid: each calls this with the same ``configs`` and ``claim_dir``
     and runs the configurations it claims first (:func:`claim`), in :func:`ordered` order.
 
@@ -157,7 +204,8 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
     says it ends within that many seconds of the start; the others are left for a later call (for the
     last call on a lent GPU, whose unfinished runs are lost with the machine). ``redo(config)``: for a
     finished run, a reason to train it again (e.g. its extras were lost with its checkpoint) or None;
-    the claiming process then moves it aside (:func:`supersede`) and trains it.
+    the claiming process then moves it aside (:func:`supersede`) and trains it. ``sharing``: how many
+    processes share the device (recorded in the history of each run trained here; scales estimates).
     """
     start = time.perf_counter()
     pending = ordered(configs)
@@ -181,7 +229,7 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
             finished = experiment.load_result(c, results)
             reason = redo(c) if (redo is not None and finished is not None) else None
             if (finished is None or reason) and finish_by_s is not None:
-                est = estimate_seconds(c, results)
+                est = estimate_seconds(c, results, sharing)
                 history = store.RunDir(results, c.run_id) / "history.json"
                 if est is not None and history.exists():  # a run resumed on a warm machine
                     est = max(est - sum(e["seconds"] for e in store.read_json(history)["epochs"]), 0.2 * est)
@@ -204,6 +252,8 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
                 log(f"{c.run_id}: interrupted by the time budget (resumable) after {time.perf_counter() - t0:.0f}s")
                 return done
             log(f"{c.run_id}: done in {time.perf_counter() - t0:.1f}s")
+            if sharing is not None and (finished is None or reason):  # trained by this call
+                record_sharing(results, c.run_id, sharing)
             done[c.run_id] = r
             if after_run is not None:
                 try:

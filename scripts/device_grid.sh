@@ -81,7 +81,7 @@ CLAIMS=/tmp/claims-$START
 echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"
 for k in $(seq 1 "$WORKERS"); do
   timeout -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" \
-    --device "$DEVICE" --claim "$CLAIMS" --extras --retrain-lost-extras "${FINISH[@]}" --time-budget "$TRAIN_END" \
+    --device "$DEVICE" --claim "$CLAIMS" --extras --retrain-lost-extras --sharing "$WORKERS" "${FINISH[@]}" --time-budget "$TRAIN_END" \
     --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
     > "$RESULTS/logs/worker$k-$START.log" 2>&1 &
   sleep 2  # staggered starts: the first runs claimed are the STD runs, in order

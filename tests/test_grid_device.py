@@ -144,6 +144,12 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     # A benchmark of the methods' cost in the store replaces the count of passes.
     store.write_json(tmp_path / "benchmark-cuda.json", {"method_cost": [{"method": "dpaat", "relative_to_std": 2.5}]})
     assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 2.5 * 5 + 12)
+    # Runs that recorded how many processes shared the device are scaled to the sharing asked about.
+    grid.record_sharing(tmp_path, std.run_id, 4)
+    grid.record_sharing(tmp_path, at.run_id, 4)
+    assert grid.estimate_seconds(at, tmp_path, sharing=4) == pytest.approx(5 * 5 + 12)
+    assert grid.estimate_seconds(at, tmp_path, sharing=1) == pytest.approx((5 * 5 + 12) / 2)
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 12)  # sharing unknown: as stored
 
 
 def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
@@ -157,8 +163,10 @@ def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
     assert any(at.run_id in line and "not started" in line for line in logs), logs
     assert not (results / at.run_id).exists()
     done = grid.run_claimed([at], results=results, claim_dir=tmp_path / "c2", log=logs.append,
-                            finish_by_s=1e6, **run_kw)
+                            finish_by_s=1e6, sharing=3, **run_kw)
     assert set(done) == {at.run_id}
+    assert store.read_json(results / at.run_id / "history.json")["sharing"] == 3  # trained here: recorded
+    assert "sharing" not in store.read_json(results / std.run_id / "history.json")
 
 
 def test_redo_trains_a_finished_run_again_and_keeps_the_old_folder(tmp_path, prof, data, run_kw):
@@ -175,6 +183,19 @@ def test_redo_trains_a_finished_run_again_and_keeps_the_old_folder(tmp_path, pro
     none = grid.run_claimed([std], results=results, claim_dir=tmp_path / "c2", log=logs.append,
                             redo=lambda c: None, **run_kw)
     assert none[std.run_id].history == again[std.run_id].history
+
+
+def test_plan_says_what_each_run_lacks_without_training(tmp_path, prof, data, run_kw, synthetic_root, cache_dir):
+    std, at, dpaat = configs(prof, data, ("std", "at", "dpaat"))
+    results = tmp_path / "r"
+    grid.run_claimed([std], results=results, claim_dir=tmp_path / "c", log=lambda m: None, **run_kw)
+    plan = grid.plan_table([std, at, dpaat], results, prof, sharing=2).set_index("run")
+    assert plan.loc[std.run_id, "state"] == "extras missing: eps curve l2, eps curve linf, strong attacks, Grad-CAM"
+    assert plan.loc[at.run_id, "state"] == "to train" and plan.loc[at.run_id, "expected s"].isdigit()
+    precompute.run_extras(experiment.load_result(std, results), prof, results, synthetic_root, cache_dir=cache_dir)
+    shutil.rmtree(results / std.run_id / "ckpt")
+    plan = grid.plan_table([std, at], results, prof).set_index("run")
+    assert plan.loc[std.run_id, "state"] == "done" and not (results / at.run_id).exists()
 
 
 @pytest.mark.parametrize("flags,message", [(["--finish-by", "60"], "add --claim"),
