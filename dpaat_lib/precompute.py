@@ -60,7 +60,7 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     missing = [f"eps curve {norm}" for norm in ("l2", "linf")
                if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
     path = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), prof.strong_images,
-                                       masking=report.strong_masking_options(prof))
+                                       masking=report.strong_masking_options(prof), batch_size=prof.strong_batch)
     if not path.exists():
         missing.append("strong attacks")
     if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):

@@ -1368,7 +1368,8 @@ def strong_evaluations(results: Sequence[experiment.RunResult], prof: profiles.P
     for r in results:
         c = r.config
         suite = strong_suite_for(prof, c)
-        path = robustness.robust_eval_path(c, results_dir, suite, prof.strong_images, masking=masking)
+        path = robustness.robust_eval_path(c, results_dir, suite, prof.strong_images, masking=masking,
+                                           batch_size=prof.strong_batch)
         t = None
         if not path.exists():
             if not (store.RunDir(results_dir, c.run_id).ckpt / "best.pt").exists():
@@ -1379,7 +1380,7 @@ def strong_evaluations(results: Sequence[experiment.RunResult], prof: profiles.P
             t = tensors[c.data]
         out[(c.model, c.method.label, c.train.seed)] = robustness.robust_eval_result(
             c, results=results_dir, data_root=resolve_path(data_root), device=device, cache_dir=cache_dir,
-            suite=suite, n_images=prof.strong_images, masking=masking, tensors=t)
+            suite=suite, n_images=prof.strong_images, masking=masking, batch_size=prof.strong_batch, tensors=t)
     return out, missing
 
 
@@ -1401,7 +1402,8 @@ def strong_settings(prof: profiles.Profile, evals: dict) -> str:
     return (f"**Attacks** (profile `{prof.name}`): APGD-CE and APGD-DLR with {prof.apgd_steps} steps and "
             f"Square with {prof.square_queries} queries (AutoAttack's defaults: 100 and 5000), each in Linf "
             "(eps = 2/255) and L2 (eps = eps0), one restart, seeded with the run's seed, on "
-            f"{subset}; the paper's attacks are read from the same images' stored predictions. "
+            f"{subset}, in batches of {prof.strong_batch}; the paper's attacks are read from the same images' "
+            "stored predictions. "
             f"**Masking checks**: APGD-CE with {'/'.join(map(str, m['steps']))} steps; "
             f"{'/'.join(map(str, m['restarts']))} restarts of the {min(m['steps'])}-step attack; "
             f"{m['pgd_steps']}-step PGD as eps grows to a large radius; Square against the worst case of every "

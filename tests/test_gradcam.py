@@ -208,19 +208,23 @@ def test_cam_result_computes_stores_and_reloads(tiny_run):
     for k in ("deletion_auc", "insertion_auc", "road"):
         assert out[k].shape == (6,) and np.isfinite(out[k]).all()
 
-    shutil.rmtree(result.path / "ckpt")  # stored maps need neither checkpoint nor data
-    again = gradcam.cam_result(cfg, results=results, image_ids=ids, cache_dir=cache.parent / "no-cache")
-    assert again["image_ids"] == ids
-    for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "insertion_auc", "road"):
-        np.testing.assert_array_equal(again[k], out[k])
+    aside = result.path.parent / "ckpt-aside"  # stored maps need neither checkpoint nor data; the checkpoint
+    shutil.move(result.path / "ckpt", aside)    # comes back at the end for the module's other tests
+    try:
+        again = gradcam.cam_result(cfg, results=results, image_ids=ids, cache_dir=cache.parent / "no-cache")
+        assert again["image_ids"] == ids
+        for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "insertion_auc", "road"):
+            np.testing.assert_array_equal(again[k], out[k])
 
-    # A selection among stored images is served from the stored file, in the order asked for.
-    part = gradcam.cam_result(cfg, results=results, image_ids=[ids[3], ids[0]], cache_dir=cache)
-    assert part["image_ids"] == [ids[3], ids[0]] and not gradcam.cam_file(result.path, [ids[3], ids[0]]).exists()
-    for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "deletion_curves", "road"):
-        np.testing.assert_array_equal(part[k], out[k][[3, 0]])
-    np.testing.assert_allclose(part["deletion_curve"], out["deletion_curves"][[3, 0]].mean(axis=0))
-    np.testing.assert_allclose(out["cams"], np.round(out["cams"] * 255) / 255, atol=1e-6)  # stored as uint8
-    other = next(i for i in result.predictions["image_id"] if i not in ids)
-    with pytest.raises(FileNotFoundError, match="checkpoint"):  # an image not stored needs the model
-        gradcam.cam_result(cfg, results=results, image_ids=[ids[0], other], cache_dir=cache)
+        # A selection among stored images is served from the stored file, in the order asked for.
+        part = gradcam.cam_result(cfg, results=results, image_ids=[ids[3], ids[0]], cache_dir=cache)
+        assert part["image_ids"] == [ids[3], ids[0]] and not gradcam.cam_file(result.path, [ids[3], ids[0]]).exists()
+        for k in ("images", "cams", "labels", "masks", "energy_in_mask", "deletion_auc", "deletion_curves", "road"):
+            np.testing.assert_array_equal(part[k], out[k][[3, 0]])
+        np.testing.assert_allclose(part["deletion_curve"], out["deletion_curves"][[3, 0]].mean(axis=0))
+        np.testing.assert_allclose(out["cams"], np.round(out["cams"] * 255) / 255, atol=1e-6)  # stored as uint8
+        other = next(i for i in result.predictions["image_id"] if i not in ids)
+        with pytest.raises(FileNotFoundError, match="checkpoint"):  # an image not stored needs the model
+            gradcam.cam_result(cfg, results=results, image_ids=[ids[0], other], cache_dir=cache)
+    finally:
+        shutil.move(aside, result.path / "ckpt")
