@@ -1392,6 +1392,11 @@ def _pct(v) -> str:
     return fmt(float(v)) if v is not None else "—"
 
 
+def _batches(n_images: list[int], batch: int) -> str:
+    """How the attacks batch the images: "in one batch" when every evaluation fits one."""
+    return "in one batch" if n_images and max(n_images) <= batch else f"in batches of {batch}"
+
+
 def strong_settings(prof: profiles.Profile, evals: dict) -> str:
     """One paragraph: which attacks, budgets, images and checks the chapter's numbers come from."""
     m = strong_masking_options(prof)
@@ -1402,7 +1407,7 @@ def strong_settings(prof: profiles.Profile, evals: dict) -> str:
     return (f"**Attacks** (profile `{prof.name}`): APGD-CE and APGD-DLR with {prof.apgd_steps} steps and "
             f"Square with {prof.square_queries} queries (AutoAttack's defaults: 100 and 5000), each in Linf "
             "(eps = 2/255) and L2 (eps = eps0), one restart, seeded with the run's seed, on "
-            f"{subset}, in batches of {prof.strong_batch}; the paper's attacks are read from the same images' "
+            f"{subset}, {_batches(n, prof.strong_batch)}; the paper's attacks are read from the same images' "
             "stored predictions. "
             f"**Masking checks**: APGD-CE with {'/'.join(map(str, m['steps']))} steps; "
             f"{'/'.join(map(str, m['restarts']))} restarts of the {min(m['steps'])}-step attack; "

@@ -3,6 +3,7 @@ tables, group averages only for complete groups, the profile banner, paths, the 
 comparison, the eps-curve store and the book checker."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -268,6 +269,8 @@ def test_strong_evaluations_load_stored_results_and_list_runs_without_a_checkpoi
     assert list(evals) == [("smallcnn", "AT", 0)] and missing == [bare.run_id]
     assert evals[("smallcnn", "AT", 0)]["worst_case"]["all"] == 0.3
     assert "60 test images" in report.strong_settings(prof, evals)
+    assert "in one batch" in report.strong_settings(prof, evals)  # 60 images, batches of 128
+    assert "in batches of 50" in report.strong_settings(dataclasses.replace(prof, strong_batch=50), evals)
 
 
 def test_strong_tables_and_findings_from_stored_evaluations():
