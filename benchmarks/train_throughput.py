@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
-from dpaat_lib.training import COMPILE_MODES, train_epoch
+from dpaat_lib.training import COMPILE_MODES, CompiledNet, train_epoch
 
 
 class DecodedImages(Dataset):
@@ -96,7 +96,7 @@ def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_mode
     model = build_model(model_name).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    net = torch.compile(model, mode=compile_mode) if compile_mode else model
+    net = CompiledNet(model, compile_mode) if compile_mode else model
     gen = torch.Generator(device=device).manual_seed(0)
     # AMAT's threshold comes from a trained STD model in a run; any value exercises the same passes here.
     method = build_method(MethodConfig(name=method_name, attack=training_attack()), len(y), generator=gen,

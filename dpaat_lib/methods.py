@@ -89,6 +89,13 @@ def sync_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor) -> torch.Ten
     return ((logp.exp() - logq.exp()) * (logp - logq)).sum(1)
 
 
+def forward_pair(model, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model(a), model(b)), in that order: through one compiled graph when the training loop compiles
+    (:class:`dpaat_lib.training.CompiledNet`), else two plain calls."""
+    pair = getattr(model, "forward_pair", None)
+    return pair(a, b) if pair is not None else (model(a), model(b))
+
+
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Share of correct predictions as a 0-dim tensor (a batch log; no host sync)."""
     return (logits.argmax(1) == y).float().mean().detach()
@@ -158,7 +165,7 @@ class SAT(Method):
     def loss(self, model, x, y, idx):
         a = self.config.alpha
         x_adv = self.attack(model, x, y)
-        logits, logits_adv = model(x), model(x_adv)
+        logits, logits_adv = forward_pair(model, x, x_adv)
         loss = a * per_sample_ce(logits, y).mean() + (1 - a) * per_sample_ce(logits_adv, y).mean()
         return loss, {"loss": loss.detach(), "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y)}
 
@@ -287,7 +294,7 @@ class DPAAT(RadiusTable):
         c = self.config
         i = idx.to(self.device)
         x_adv = self.attack(model, x, y, eps=self.eps[i].to(x.device))
-        logits, logits_adv = model(x), model(x_adv)
+        logits, logits_adv = forward_pair(model, x, x_adv)
         l, l_adv = per_sample_ce(logits, y), per_sample_ce(logits_adv, y)
         l_sync = sync_loss(logits, logits_adv).mean()
         loss = c.alpha * l.mean() + (1 - c.alpha) * l_adv.mean() + c.lam * l_sync

@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from . import store
@@ -24,6 +25,39 @@ from .models import build_model, head
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile's modes, for ``train_run(compile_mode=...)`` and the command lines."""
+
+
+class _Pair(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor):
+        return self.model(a), self.model(b)
+
+
+class CompiledNet(nn.Module):
+    """``model`` through ``torch.compile(mode=mode)`` for training; shares the model's parameters.
+
+    Calling it runs the compiled model. :meth:`forward_pair` runs two batches (SAT's and DPAAT's
+    clean and adversarial ones) through one compiled graph: CUDA graphs (mode "reduce-overhead")
+    then see one forward and one backward per step. Two separate compiled forwards before one
+    backward leave a backward pending at the second, which CUDA-graph trees run off their fast path
+    (pytorch/pytorch#176846). Each batch still passes BatchNorm on its own, as in eager mode.
+    Train/eval mode is the wrapped model's. Checkpoints are taken from ``model``, never from this.
+    """
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        self.model = model
+        # A tuple, so the compiled wrappers are not registered as submodules (their parameters are model's).
+        self._compiled = (torch.compile(model, mode=mode), torch.compile(_Pair(model), mode=mode))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._compiled[0](x)
+
+    def forward_pair(self, a: torch.Tensor, b: torch.Tensor):
+        return self._compiled[1](a, b)
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -133,7 +167,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
     once early stopping or the epoch limit ended the run; with a
     ``time_budget_s`` it may return unfinished, and the next call continues.
 
-    ``compile_mode`` (None: eager): train through ``torch.compile(model, mode=compile_mode)``, e.g.
+    ``compile_mode`` (None: eager): train through :class:`CompiledNet` (``torch.compile``), e.g.
     ``"reduce-overhead"`` for CUDA graphs, which at batch 32 spare a GPU the launch of every kernel.
     A speed option, not part of the run's identity: the numbers may change only as float rounding
     does (tests/test_training.py); validation, checkpoints and evaluation use the eager model.
@@ -170,7 +204,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
             gen.set_state(ck[key].cpu())
         state = ck["state"]
 
-    net = torch.compile(model, mode=compile_mode) if compile_mode else model  # shares model's parameters
+    net = CompiledNet(model, compile_mode) if compile_mode else model  # shares model's parameters
     store.write_json(run / "config.json", config.to_dict())
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext())
     started = time.perf_counter()

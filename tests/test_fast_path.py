@@ -172,3 +172,26 @@ def test_batches_do_not_sync_a_cuda_device(method_name):
         return sum("synchroniz" in str(w.message) for w in caught)
     extra = syncs(6) - syncs(2)
     assert extra <= (4 * 2 if method_name == "amat" else 0), extra
+
+
+def test_compiled_pair_is_two_forwards_with_batchnorm_apart():
+    """CompiledNet.forward_pair (SAT's and DPAAT's clean and adversarial batches in one compiled graph)
+    gives what two eager calls give, BatchNorm's running statistics included: each batch is
+    normalised with its own statistics, not with those of both together."""
+    import copy
+
+    from dpaat_lib.training import CompiledNet
+
+    torch.manual_seed(0)
+    eager = build_model("smallcnn").train()
+    net = CompiledNet(copy.deepcopy(eager), mode="default").train()
+    assert len(list(net.parameters())) == len(list(eager.parameters()))  # compiled wrappers not registered
+    a, b = torch.rand(8, 3, 16, 16), 0.5 * torch.rand(8, 3, 16, 16)
+    want = (eager(a), eager(b))
+    got = net.forward_pair(a, b)
+    for w, g in zip(want, got):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    for k, v in eager.state_dict().items():
+        torch.testing.assert_close(net.model.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
+    joint = copy.deepcopy(eager)(torch.cat([a, b]))  # one batch of both: other statistics
+    assert not torch.allclose(joint[:8], want[0], atol=1e-3)
