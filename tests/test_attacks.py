@@ -216,9 +216,27 @@ def test_mode_restored_after_an_error(image_batch):
     def bad_loss(logits, target):
         raise RuntimeError("boom")
 
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)  # e.g. the body during two-phase fine-tuning's head-only epochs
     with pytest.raises(RuntimeError, match="boom"):
         perturb(model, x, y, eps=0.1, step_size=0.1, steps=1, loss_fn=bad_loss)
     assert model.training
+    assert not frozen.requires_grad and all(p.requires_grad for p in list(model.parameters())[1:])
+
+
+def test_weights_are_frozen_during_the_attack_and_restored(image_batch):
+    """Only the input's gradient is asked for; a compiled model would otherwise compute the weights' too."""
+    model = build_model("smallcnn", 3).train()
+    x, y = image_batch
+    seen = []
+
+    def spy(logits, target):
+        seen.append([p.requires_grad for p in model.parameters()])
+        return torch.nn.functional.cross_entropy(logits, target, reduction="none")
+
+    perturb(model, x, y, eps=0.1, step_size=0.05, steps=2, loss_fn=spy)
+    assert len(seen) == 2 and not any(any(s) for s in seen)
+    assert all(p.requires_grad for p in model.parameters())
 
 
 # --------------------------------------------------------------------------
