@@ -188,8 +188,10 @@ def test_cuda_graphs_match_eager_on_a_gpu(tmp_path, data, run_kw, method):
     eager = experiment.run(cfg, results=tmp_path / "eager", **kw)
     graphs = experiment.run(cfg, results=tmp_path / "graphs", compile_mode="reduce-overhead", **kw)
     assert graphs.history["finished"] and graphs.history["compile_mode"] == "reduce-overhead"
-    assert per_epoch(graphs.history, "train_loss") == pytest.approx(per_epoch(eager.history, "train_loss"),
-                                                                    abs=1e-3)
+    # Kernels differ (Triton vs cuDNN, TF32), so the runs drift apart slowly; a wrong gradient (a graph's
+    # output overwritten before it is read) shows at once and far beyond these bounds.
+    got, want = per_epoch(graphs.history, "train_loss"), per_epoch(eager.history, "train_loss")
+    assert got[0] == pytest.approx(want[0], abs=1e-3) and got == pytest.approx(want, abs=2e-2), (got, want)
 
 
 def test_time_budget_resume_one_epoch_at_a_time(tmp_path, data, run_kw):
