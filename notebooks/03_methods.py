@@ -74,9 +74,13 @@ report.md(report.source_block(attacks.L2))
 # - STD: mean CE(x).
 # - AT (Madry et al.): mean CE(x') with x' = PGD within eps0.
 # - SAT (Goodfellow et al.): alpha * mean CE(x) + (1 - alpha) * mean CE(x'), alpha = 0.5.
+#
+# `forward_pair(model, x, x_adv)` is `(model(x), model(x_adv))`: two forward passes, each batch
+# through BatchNorm on its own; when training is compiled it runs both in one graph.
 
 # %%
-report.md(report.source_block(M.AT.loss) + "\n\n" + report.source_block(M.SAT.loss))
+report.md(report.source_block(M.AT.loss) + "\n\n" + report.source_block(M.SAT.loss)
+          + "\n\n" + report.source_block(M.forward_pair))
 
 # %% [markdown]
 # - AMAT (Ma & Liang 2022), adapted to classification: one radius per training image, starting
