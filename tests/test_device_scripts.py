@@ -1,0 +1,55 @@
+"""scripts/device_grid.sh, the one call of a lent GPU, run end to end on the CPU at a tiny size: the
+workers share the book grid, each call packs only what it wrote, and on a last call (FINAL=1) a
+finished run whose extras were lost with its checkpoint is trained again. About a minute."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ("--set n_train=12 --set n_val=4 --set n_test=6 --set epochs=2 --set strong_images=6 "
+        "--set apgd_steps=2 --set square_queries=4 --set train_steps=2")
+
+
+def _call(tmp_path, synthetic_root, out, **env):
+    env = {**os.environ, "OUT": str(out), "LIMIT": "150", "WORKERS": "2", "PROFILE": "quick", "DEVICE": "cpu",
+           "MPS": "0", "RESULTS": str(tmp_path / "results"), "DATA": str(synthetic_root), "PY": sys.executable,
+           "GRID_ARGS": TINY, "DPAAT_CACHE": str(tmp_path / "cache"), **env}
+    done = subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def _members(out: Path) -> list[str]:
+    (archive,) = out.glob("results-quick-*.tgz")
+    with tarfile.open(archive) as tar:
+        return tar.getnames()
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path, synthetic_root):
+    _call(tmp_path, synthetic_root, tmp_path / "out1")
+    first = _members(tmp_path / "out1")
+    runs = {Path(m).parts[1] for m in first if m.endswith("/done")}
+    assert len(runs) == 7  # smallcnn x STD, AT, SAT, AMAT, DPAAT, plus D-A and D-B
+    assert not any("/ckpt/" in m for m in first) and any(m.startswith("results/logs/") for m in first)
+
+    results = tmp_path / "results"
+    std = next(r for r in runs if "-std-" in r)
+    shutil.rmtree(results / std / "ckpt")  # as on a fresh machine: the checkpoint is gone ...
+    for p in (results / std).glob("robustness-*.json"):  # ... and so is its stronger evaluation
+        p.unlink()
+    log = _call(tmp_path, synthetic_root, tmp_path / "out2", FINAL="1")
+    assert "training it again (its strong attacks are missing and its checkpoint is gone)" in log
+    assert (results / "superseded" / std / "done").exists()
+    second = _members(tmp_path / "out2")
+    # Only what the second call wrote: the retrained run and the logs, not the six runs left alone.
+    assert {Path(m).parts[1] for m in second if m.endswith("/done")} == {std}
+    assert any(Path(m).name.startswith("robustness-") for m in second)
