@@ -131,6 +131,36 @@ def stored_book_runs(profile: str = "paper", results_root=None) -> tuple[profile
     return prof, cfgs, [r for r in found if r is not None]
 
 
+def grid_calls(results_dir) -> pd.DataFrame:
+    """The GPU calls that filled a results folder, one row each, from its ``calls.jsonl`` (written by
+    scripts/device_grid.sh): card, processes, compile mode, last call of a session or not, runs
+    trained, seconds of wall time. Empty when no call is recorded."""
+    path = Path(results_dir) / "calls.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    cols = ["card", "workers", "compile", "final", "runs_trained", "seconds", "note"]
+    out = pd.DataFrame(rows, columns=["start", *cols])
+    out["compile"] = out["compile"].fillna("").replace("", "eager")
+    out["note"] = out["note"].fillna("")
+    return out[cols]
+
+
+def grid_time_findings(calls: pd.DataFrame, finished: int, total: int, goal_min: float = 30.0) -> str:
+    """The grid's GPU time so far against issue 4's goal (the whole grid in ``goal_min`` minutes of one
+    GPU), from :func:`grid_calls`."""
+    if calls.empty:
+        return "No GPU call is recorded yet."
+    minutes = calls["seconds"].sum() / 60
+    cards = ", ".join(dict.fromkeys(calls["card"]))
+    text = (f"{len(calls)} GPU call(s) ({cards}) have run {minutes:.1f} minutes of wall time in all; {finished} of "
+            f"the {total} runs are finished. The goal is the whole grid in {goal_min:g} minutes of one GPU")
+    left = total - finished
+    if not left:
+        return text + (": met." if minutes <= goal_min else f": missed by {minutes - goal_min:.1f} minutes.")
+    if minutes <= goal_min:
+        return text + f": {goal_min - minutes:.1f} minutes are left for the other {left} runs."
+    return text + f": already exceeded by {minutes - goal_min:.1f} minutes, with {left} runs still to train."
+
+
 def grid_progress(configs: Sequence[RunConfig], finished: Sequence[experiment.RunResult]) -> pd.DataFrame:
     """Which runs of a grid are finished: rows the models, columns the methods; "done", "—" (still to
     run), or empty where the grid has no such run."""

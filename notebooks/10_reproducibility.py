@@ -118,6 +118,17 @@ report.md(f"{len(paper_runs)} of {len(paper_cfgs)} runs of the paper profile's b
 # %%
 report.grid_progress(paper_cfgs, paper_runs)
 
+# %% [markdown]
+# The GPU calls behind these runs, from `results/paper/calls.jsonl` (one line per call of
+# `scripts/device_grid.sh`), against issue 4's goal of the whole grid in 30 minutes of one GPU:
+
+# %%
+paper_calls = report.grid_calls(report.results_dir(paper_prof, results_root))
+report.md(report.grid_time_findings(paper_calls, len(paper_runs), len(paper_cfgs)))
+
+# %%
+paper_calls
+
 # %%
 report.side_by_side(paper_runs, "I") if paper_runs else report.md("None yet.")
 

@@ -19,6 +19,7 @@
 # - FINAL=1 marks the session's last call (the machine, with every unfinished run's checkpoint, then
 #   goes back): a run is started only if it is expected to finish, extras included, before the call
 #   ends (--finish-by, estimated from the runs already stored), and training may go on to the end;
+# - appends the call (seconds, card, workers, runs trained) to $RESULTS/calls.jsonl;
 # - packs what this call wrote into the results store (no checkpoints), logs included, into
 #   $OUT/results-$PROFILE-$START.tgz, split into parts of 15 MiB if larger (the device tool brings back
 #   files of at most 16 MiB): unpack the calls' archives in order, over one folder.
@@ -89,6 +90,12 @@ done
 wait
 echo "[$(elapsed)s] workers done"
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+
+# One line per call in the store's calls.jsonl (packed with the results): the grid's GPU time, from its calls.
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+TRAINED=$(cat "$RESULTS"/logs/worker*-"$START".log | grep ": done in" | grep -vc "done in 0.0s")
+printf '{"start": %s, "seconds": %s, "card": "%s", "workers": %s, "compile": "%s", "final": %s, "runs_trained": %s}\n' \
+  "$START" "$(elapsed)" "${CARD:-$DEVICE}" "$WORKERS" "${COMPILE:-}" "$FINAL" "$TRAINED" >> "$RESULTS/calls.jsonl"
 
 grep -h "done in\|FAILED\|interrupted\|extras:\|not started\|again" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
 grep -h -A12 "FAILED" "$RESULTS"/logs/worker*-"$START".log | head -n 60

@@ -3,6 +3,7 @@ workers share the book grid, each call packs only what it wrote, and on a last c
 finished run whose extras were lost with its checkpoint is trained again. About a minute."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,3 +54,8 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     # Only what the second call wrote: the retrained run and the logs, not the six runs left alone.
     assert {Path(m).parts[1] for m in second if m.endswith("/done")} == {std}
     assert any(Path(m).name.startswith("robustness-") for m in second)
+    # Each call is on record for the grid's GPU time (chapter 10).
+    calls = [json.loads(line) for line in (results / "calls.jsonl").read_text().splitlines()]
+    assert [c["runs_trained"] for c in calls] == [7, 1] and [c["final"] for c in calls] == [0, 1]
+    assert all(c["seconds"] > 0 and c["workers"] == 2 and c["card"] == "cpu" for c in calls)
+    assert "results/calls.jsonl" in second

@@ -348,3 +348,20 @@ def test_the_committed_paper_store_loads_without_data():
     assert len(cfgs) == 34
     assert all(r.history["finished"] and "GAcc" in r.metrics for r in runs)
     assert {r.run_id for r in runs} <= {c.run_id for c in cfgs}
+
+
+def test_grid_calls_and_the_time_goal(tmp_path):
+    assert report.grid_calls(tmp_path).empty
+    assert report.grid_time_findings(report.grid_calls(tmp_path), 0, 34) == "No GPU call is recorded yet."
+    lines = [{"start": 1, "seconds": 600, "card": "NVIDIA H200", "workers": 8, "compile": "", "final": 0,
+              "runs_trained": 4, "note": "by hand"},
+             {"start": 2, "seconds": 540, "card": "NVIDIA H100", "workers": 8, "compile": "reduce-overhead",
+              "final": 1, "runs_trained": 6}]
+    (tmp_path / "calls.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    calls = report.grid_calls(tmp_path)
+    assert list(calls["compile"]) == ["eager", "reduce-overhead"] and list(calls["note"]) == ["by hand", ""]
+    text = report.grid_time_findings(calls, 10, 34)
+    assert "2 GPU call(s) (NVIDIA H200, NVIDIA H100) have run 19.0 minutes" in text
+    assert "11.0 minutes are left for the other 24 runs" in text
+    assert "exceeded by 8.0 minutes, with 4 runs" in report.grid_time_findings(calls, 30, 34, goal_min=11)
+    assert report.grid_time_findings(calls, 34, 34).endswith(": met.")
