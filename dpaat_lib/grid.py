@@ -202,7 +202,8 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
 
     ``finish_by_s``: start a run only if :func:`estimate_seconds` (less what its stored epochs took)
     says it ends within that many seconds of the start; the others are left for a later call (for the
-    last call on a lent GPU, whose unfinished runs are lost with the machine). ``redo(config)``: for a
+    last call on a lent GPU, whose unfinished runs are lost with the machine). Of a model with no
+    stored run to estimate from, only the STD run starts. ``redo(config)``: for a
     finished run, a reason to train it again (e.g. its extras were lost with its checkpoint) or None;
     the claiming process then moves it aside (:func:`supersede`) and trains it. ``sharing``: how many
     processes share the device (recorded in the history of each run trained here; scales estimates).
@@ -231,9 +232,13 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
             if (finished is None or reason) and finish_by_s is not None:
                 est = estimate_seconds(c, results, sharing)
                 history = store.RunDir(results, c.run_id) / "history.json"
-                if est is not None and history.exists():  # a run resumed on a warm machine
+                if est is not None and finished is None and history.exists():  # resumed on a warm machine
                     est = max(est - sum(e["seconds"] for e in store.read_json(history)["epochs"]), 0.2 * est)
                 room = finish_by_s - (time.perf_counter() - start)
+                if est is None and c.method.name != "std":
+                    # Nothing of this model is stored: its STD run, the cheapest, goes first and sets the pace.
+                    log(f"{c.run_id}: not started, no stored run of {c.model} to estimate it from (--finish-by)")
+                    continue
                 if est is not None and est > room:
                     log(f"{c.run_id}: not started, expected {est:.0f}s > {room:.0f}s left (--finish-by)")
                     continue

@@ -155,6 +155,10 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
 def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
     std, at = configs(prof, data, ("std", "at"))
     results = tmp_path / "r"
+    logs = []  # nothing of the model is stored: only its STD run may start, and it sets the pace
+    done = grid.run_claimed([at], results=results, claim_dir=tmp_path / "c00", log=logs.append,
+                            finish_by_s=1e6, **run_kw)
+    assert done == {} and any("no stored run of smallcnn" in line for line in logs), logs
     grid.run_claimed([std], results=results, claim_dir=tmp_path / "c0", log=lambda m: None, **run_kw)
     logs = []
     done = grid.run_claimed([std, at], results=results, claim_dir=tmp_path / "c1", log=logs.append,
