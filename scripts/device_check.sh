@@ -8,14 +8,16 @@
 #    every method;
 # 2. the throughput benchmark on MODELS (default resnet34), eager and through CUDA graphs, into
 #    $OUT/benchmark-cuda-eager.json and $OUT/benchmark-cuda-graphs.json (copy them into results/paper/:
-#    chapter 10 shows every stored benchmark). Train the grid with COMPILE=reduce-overhead if the second
-#    is faster.
+#    chapter 10 shows every stored benchmark);
+# 3. the decision (scripts/compile_decision.py): CUDA graphs only if correct for every method and faster,
+#    written to $DECISION for the next call's COMPILE=auto, so it can follow at once on the warm machine.
 set -uo pipefail
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/dpaat-out}
 MODELS=${MODELS:-resnet34}
 DEVICE=${DEVICE:-cuda}
 BENCH_ARGS=${BENCH_ARGS:-"--size 224 --images 640 --procs 4"}
+DECISION=${DECISION:-/root/dpaat/compile-mode.txt}  # read by COMPILE=auto bash scripts/device_grid.sh
 mkdir -p "$OUT"
 source scripts/device_env.sh
 
@@ -26,3 +28,4 @@ for MODE in eager graphs; do
   timeout 200 "$PY" benchmarks/train_throughput.py --device "$DEVICE" --models $MODELS $BENCH_ARGS "${EXTRA[@]}" \
     --json "$OUT/benchmark-$DEVICE-$MODE.json" 2>&1 | tee "$OUT/benchmark-$MODE.txt" | tail -n 20
 done
+"$PY" scripts/compile_decision.py "$OUT" --write "$DECISION" | tee "$OUT/compile-decision.txt"

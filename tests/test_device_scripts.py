@@ -3,6 +3,7 @@ workers share the book grid, each call packs only what it wrote, and on a last c
 finished run whose extras were lost with its checkpoint is trained again. About a minute."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +37,8 @@ def _members(out: Path) -> list[str]:
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
 def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path, synthetic_root):
-    _call(tmp_path, synthetic_root, tmp_path / "out1")
+    log = _call(tmp_path, synthetic_root, tmp_path / "out1", COMPILE="auto", DECISION=str(tmp_path / "none.txt"))
+    assert "COMPILE=auto: eager" in log  # no decision by device_check.sh on this machine: eager
     first = _members(tmp_path / "out1")
     runs = {Path(m).parts[1] for m in first if m.endswith("/done")}
     assert len(runs) == 7  # smallcnn x STD, AT, SAT, AMAT, DPAAT, plus D-A and D-B
@@ -59,3 +61,34 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     assert [c["runs_trained"] for c in calls] == [7, 1] and [c["final"] for c in calls] == [0, 1]
     assert all(c["seconds"] > 0 and c["workers"] == 2 and c["card"] == "cpu" for c in calls)
     assert "results/calls.jsonl" in second
+
+
+def _decision_inputs(out: Path, passed=("std", "at", "sat", "amat", "dpaat"), graphs_img_s=900.0):
+    lines = [f"PASSED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[{m}]" for m in passed]
+    lines += ["FAILED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[amat] - AssertionError"
+              ] if "amat" not in passed else []
+    (out / "cuda-tests.txt").write_text("\n".join(["....", "=== short test summary info ===", *lines]) + "\n")
+    row = {"model": "resnet34", "paper_img_s": 400.0, "library_img_s": 500.0, "concurrent_img_s": 650.0}
+    (out / "benchmark-cuda-eager.json").write_text(json.dumps({"throughput": [row]}))
+    fast = {**row, "library_img_s": graphs_img_s, "concurrent_img_s": graphs_img_s * 1.3}
+    (out / "benchmark-cuda-graphs.json").write_text(json.dumps({"throughput": [fast]}))
+
+
+def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path):
+    """scripts/compile_decision.py: what device_check.sh leaves for the next call's COMPILE=auto."""
+    spec = importlib.util.spec_from_file_location("compile_decision", ROOT / "scripts" / "compile_decision.py")
+    decision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decision)
+    _decision_inputs(tmp_path)
+    mode, why = decision.decide(tmp_path)
+    assert mode == "reduce-overhead" and "resnet34 x1.80" in why[0]
+    assert decision.main([str(tmp_path), "--write", str(tmp_path / "d" / "mode.txt")]) == 0
+    assert (tmp_path / "d" / "mode.txt").read_text() == "reduce-overhead\n"
+    _decision_inputs(tmp_path, passed=("std", "at", "sat", "dpaat"))
+    mode, why = decision.decide(tmp_path)
+    assert mode == "" and "not shown correct for amat" in why[0]
+    _decision_inputs(tmp_path, graphs_img_s=480.0)
+    mode, why = decision.decide(tmp_path)
+    assert mode == "" and any("library_img_s 480" in w for w in why)
+    (tmp_path / "cuda-tests.txt").unlink()
+    assert decision.decide(tmp_path)[0] == ""  # nothing measured: eager
