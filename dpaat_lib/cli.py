@@ -115,7 +115,7 @@ def _grid(args, models, methods) -> int:
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
     print(f"results: {results}", flush=True)
     if args.plan:
-        print(grid.plan_table(cfgs, results, prof, sharing=args.sharing).to_string(index=False))
+        print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing).to_string(index=False))
         return 0
     kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
               time_budget_s=args.time_budget, weights_path=args.weights, compile_mode=args.compile_mode)

@@ -326,9 +326,19 @@ PER_IMAGE = ("labels", "masks", "energy_in_mask", "deletion_auc", "insertion_auc
 THUMBNAILS = ("images", "cams")  # stored for the images of "thumbnail_ids" only
 
 
-def stored_ids(path: Path) -> list[str]:
+def _stored_ids(path: Path) -> list[str]:
     with np.load(path) as z:
         return [str(i) for i in z["image_ids"]]
+
+
+def stored_file(run_dir, image_ids: Sequence[str]) -> Path | None:
+    """The run's stored Grad-CAM file that holds every one of ``image_ids``: the one made for exactly
+    these images, else any superset (e.g. the run's :func:`candidate_ids`); None if there is none."""
+    exact = cam_file(run_dir, image_ids)
+    if exact.exists():
+        return exact
+    wanted = set(image_ids)
+    return next((p for p in sorted(Path(run_dir).glob("gradcam-*.npz")) if wanted <= set(_stored_ids(p))), None)
 
 
 def _subset(result: dict, image_ids: Sequence[str]) -> dict:
@@ -396,12 +406,10 @@ def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_roo
     thumbnails = image_ids if thumbnails is None else [str(i) for i in thumbnails]
     if not set(thumbnails) <= set(image_ids):
         raise ValueError("thumbnails must be among image_ids")
+    stored = stored_file(run_dir.path, image_ids)
+    if stored is not None:
+        return _subset(_load(stored), image_ids)
     path = cam_file(run_dir.path, image_ids)
-    if path.exists():
-        return _subset(_load(path), image_ids)
-    for stored in sorted(run_dir.path.glob("gradcam-*.npz")):  # e.g. the run's candidates (candidate_ids)
-        if set(image_ids) <= set(stored_ids(stored)):
-            return _subset(_load(stored), image_ids)
     ckpt = run_dir.ckpt / "best.pt"
     if not ckpt.exists():
         if not run_dir.done:

@@ -5,7 +5,7 @@ processes share one grid (and one GPU). On a lent GPU a checkpoint does not
 outlive the machine, so :func:`run_claimed` can also start only the runs that
 are expected to finish before it goes back (:func:`estimate_seconds`) and
 train again a finished run whose checkpoint-derived results were lost
-(:func:`supersede`).
+(:func:`supersede`; :func:`dpaat_lib.precompute.plan_table` lists both).
 """
 from __future__ import annotations
 
@@ -93,8 +93,8 @@ def _method_cost(results, method: str) -> float | None:
     """The method's cost relative to STD measured by benchmarks/train_throughput.py into ``results``
     (median over its files and CNNs), None if not measured. D-A and D-B cost what DPAAT does."""
     method = "dpaat" if method in ("d-a", "d-b") else method
-    ratios = [row["relative_to_std"] for path in sorted(Path(results).glob("benchmark-*.json"))
-              for row in store.read_json(path).get("method_cost", []) if row.get("method") == method]
+    ratios = [row["relative_to_std"] for row in store.benchmark_rows(results, "method_cost")
+              if row.get("method") == method]
     return statistics.median(ratios) if ratios else None
 
 
@@ -130,33 +130,6 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     epochs = statistics.median(r["epochs"] for r in mine)
     extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
     return spe * epochs + 1.2 * (max(extras) if extras else 0.0)
-
-
-def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
-    """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
-    checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k"
-    or "to train", with :func:`estimate_seconds` at ``sharing`` for the runs to train."""
-    from .precompute import missing_extras
-
-    rows = []
-    for c in ordered(configs):
-        run = store.RunDir(results, c.run_id)
-        r = experiment.load_result(c, results)
-        est = None
-        if r is not None:
-            lost = missing_extras(r, prof, results)
-            has_ckpt = (run.ckpt / "best.pt").exists()
-            state = ("done" if not lost else f"extras missing: {', '.join(lost)}"
-                     + ("" if has_ckpt else " (no checkpoint)"))
-            if lost and not has_ckpt:
-                est = estimate_seconds(c, results, sharing)
-        else:
-            epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
-            state = f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else "to train"
-            est = estimate_seconds(c, results, sharing)
-        rows.append({"run": c.run_id, "state": state,
-                     "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})
-    return pd.DataFrame(rows)
 
 
 def supersede(results, run_id: str) -> Path:

@@ -13,13 +13,17 @@ machine):
   figure models, for the candidate images of :func:`gradcam.candidate_ids`,
   which depend on no other run: the chapter picks among them the images all
   three runs classify correctly, so no run needs another's checkpoint.
+
+:func:`missing_extras` says what of this a stored run lacks, and :func:`plan_table` what a grid call
+would do with each run (``dpaat grid --plan``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
-from . import experiment, gradcam, profiles, report
+import pandas as pd
+
+from . import experiment, gradcam, grid, profiles, report, store
 from .config import RunConfig
 
 GRADCAM_METHODS = ("std", "at", "dpaat")  # chapter 8's
@@ -64,8 +68,7 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     if not path.exists():
         missing.append("strong attacks")
     if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
-        ids = set(gradcam.candidate_ids(result.predictions, c.data.classes))
-        if not any(ids <= set(gradcam.stored_ids(p)) for p in Path(result.path).glob("gradcam-*.npz")):
+        if gradcam.stored_file(result.path, gradcam.candidate_ids(result.predictions, c.data.classes)) is None:
             missing.append("Grad-CAM")
     return missing
 
@@ -85,3 +88,28 @@ def precompute_all(prof: profiles.Profile, configs: Sequence[RunConfig], results
             got = [f"skipped ({err})"]
         log(f"{c.run_id}: {', '.join(got) or 'nothing to do'}")
     log(f"extras: {finished} of {len(configs)} runs are finished")
+
+
+def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
+    """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
+    checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k"
+    or "to train", with :func:`grid.estimate_seconds` at ``sharing`` for the runs to train."""
+    rows = []
+    for c in grid.ordered(configs):
+        run = store.RunDir(results, c.run_id)
+        r = experiment.load_result(c, results)
+        est = None
+        if r is not None:
+            lost = missing_extras(r, prof, results)
+            has_ckpt = (run.ckpt / "best.pt").exists()
+            state = ("done" if not lost else f"extras missing: {', '.join(lost)}"
+                     + ("" if has_ckpt else " (no checkpoint)"))
+            if lost and not has_ckpt:
+                est = grid.estimate_seconds(c, results, sharing)
+        else:
+            epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
+            state = f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else "to train"
+            est = grid.estimate_seconds(c, results, sharing)
+        rows.append({"run": c.run_id, "state": state,
+                     "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})
+    return pd.DataFrame(rows)

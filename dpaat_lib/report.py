@@ -1747,25 +1747,13 @@ def strong_cost_table(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
         for r in _cost_rows(results)])
 
 
-def benchmark_paths(results_dir) -> list[Path]:
-    """The stored benchmarks (``benchmark*.json``) of a results folder and of the stores one level below
-    it: given the results root, every profile's. A benchmark measures hardware on random images, so the
-    CPU one stored with cpu-real and the GPU one stored with the paper profile speak to every chapter."""
-    root = Path(results_dir)
-    return sorted(root.glob("benchmark*.json")) + sorted(root.glob("*/benchmark*.json"))
-
-
-def _benchmark_rows(results_dir, key: str) -> list[dict]:
-    """The ``key`` rows ("throughput" or "method_cost") of every stored benchmark, in path order."""
-    return [r for path in benchmark_paths(results_dir) for r in store.read_json(path).get(key, [])]
-
-
 def benchmark_cost(results_dir) -> pd.DataFrame | None:
     """Each method's cost relative to STD measured by ``benchmarks/train_throughput.py --cost-model``
     (one epoch per method, same process, nothing else running), from the stored benchmarks
-    (:func:`benchmark_paths`): rows (card, model), columns the methods. None when no benchmark is stored."""
+    (:func:`dpaat_lib.store.benchmark_paths`): rows (card, model), columns the methods. None when no
+    benchmark is stored."""
     rows = {}
-    for c in _benchmark_rows(results_dir, "method_cost"):
+    for c in store.benchmark_rows(results_dir, "method_cost"):
         rows.setdefault((c["card"], c["model"]), {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
     if not rows:
         return None
@@ -1777,9 +1765,9 @@ def benchmark_cost(results_dir) -> pd.DataFrame | None:
 def benchmark_throughput(results_dir) -> pd.DataFrame | None:
     """The stored throughput benchmark: images/s of PGD-7 training in the paper-style loop, the library's
     path and several library processes at once, with the ratios (None when none is stored;
-    :func:`benchmark_paths`)."""
+    :func:`dpaat_lib.store.benchmark_paths`)."""
     rows = []
-    for r in _benchmark_rows(results_dir, "throughput"):
+    for r in store.benchmark_rows(results_dir, "throughput"):
         row = {"hardware": r["card"], "library path": _library_path(r), "model": r["model"],
                "paper-style img/s": f"{r['paper_img_s']:.0f}",
                "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
@@ -1807,7 +1795,7 @@ def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
     """What the stored throughput benchmarks show, per card: the range of the library's speed-up over
     the paper-style loop (one process, and several sharing the card), and which CNNs reach ``goal``."""
     cards: dict[tuple[str, str], list[dict]] = {}
-    for r in _benchmark_rows(results_dir, "throughput"):
+    for r in store.benchmark_rows(results_dir, "throughput"):
         cards.setdefault((r["card"], _library_path(r)), []).append(r)
     if not cards:
         return "No throughput benchmark is stored."

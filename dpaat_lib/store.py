@@ -78,3 +78,17 @@ class RunDir:
 
     def mark_done(self) -> None:
         _atomic(self.path / "done", lambda tmp: Path(tmp).write_text("ok\n"))
+
+
+def benchmark_paths(results_dir) -> list[Path]:
+    """The stored benchmarks (``benchmark*.json``, benchmarks/train_throughput.py) of a results folder and
+    of the stores one level below it: given the results root, every profile's. A benchmark measures
+    hardware on random images, so the CPU one stored with cpu-real and the GPU one stored with the paper
+    profile speak to every chapter."""
+    root = Path(results_dir)
+    return sorted(root.glob("benchmark*.json")) + sorted(root.glob("*/benchmark*.json"))
+
+
+def benchmark_rows(results_dir, key: str) -> list[dict]:
+    """The ``key`` rows ("throughput" or "method_cost") of every stored benchmark, in path order."""
+    return [r for path in benchmark_paths(results_dir) for r in read_json(path).get(key, [])]

@@ -79,12 +79,12 @@ def _bench_rows(card, ratio, concurrent=None):
 
 
 def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_path):
-    from dpaat_lib import report
+    from dpaat_lib import report, store
     (tmp_path / "cpu-real").mkdir()
     (tmp_path / "paper").mkdir()
     (tmp_path / "cpu-real" / "benchmark-cpu.json").write_text(json.dumps(_bench_rows("CPU (1 threads)", 1.05)))
     (tmp_path / "paper" / "benchmark-cuda.json").write_text(json.dumps(_bench_rows("NVIDIA H200", 1.2, 3.4)))
-    assert [p.parent.name for p in report.benchmark_paths(tmp_path)] == ["cpu-real", "paper"]
+    assert [p.parent.name for p in store.benchmark_paths(tmp_path)] == ["cpu-real", "paper"]
     assert len(report.benchmark_throughput(tmp_path)) == 2
     text = report.benchmark_findings(tmp_path)
     cpu, gpu = text.split("\n\n")

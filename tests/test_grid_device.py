@@ -193,12 +193,12 @@ def test_plan_says_what_each_run_lacks_without_training(tmp_path, prof, data, ru
     std, at, dpaat = configs(prof, data, ("std", "at", "dpaat"))
     results = tmp_path / "r"
     grid.run_claimed([std], results=results, claim_dir=tmp_path / "c", log=lambda m: None, **run_kw)
-    plan = grid.plan_table([std, at, dpaat], results, prof, sharing=2).set_index("run")
+    plan = precompute.plan_table([std, at, dpaat], results, prof, sharing=2).set_index("run")
     assert plan.loc[std.run_id, "state"] == "extras missing: eps curve l2, eps curve linf, strong attacks, Grad-CAM"
     assert plan.loc[at.run_id, "state"] == "to train" and plan.loc[at.run_id, "expected s"].isdigit()
     precompute.run_extras(experiment.load_result(std, results), prof, results, synthetic_root, cache_dir=cache_dir)
     shutil.rmtree(results / std.run_id / "ckpt")
-    plan = grid.plan_table([std, at], results, prof).set_index("run")
+    plan = precompute.plan_table([std, at], results, prof).set_index("run")
     assert plan.loc[std.run_id, "state"] == "done" and not (results / at.run_id).exists()
 
 
