@@ -14,8 +14,8 @@ PGD        step_size                     k             yes
 
 The radius ``eps`` is a float or a tensor of shape ``(N,)``: one radius per
 sample, which is what AMAT and DPAAT need. Inputs live in [0, 1]; the model
-runs in eval mode during the attack, with its weights' requires_grad off, and
-gets both back; the inputs are never modified.
+runs in eval mode during the attack (a compiled model also with its weights'
+requires_grad off) and gets both back; the inputs are never modified.
 
 Example::
 
@@ -119,6 +119,12 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: 
             raise ValueError(f"x must lie in [0, 1] (the models normalise inside); got values in [{lo:.3g}, {hi:.3g}]")
 
 
+def is_compiled(model: nn.Module) -> bool:
+    """Whether ``model`` runs through ``torch.compile``: a compiled module, or a wrapper that says so
+    (:class:`dpaat_lib.training.CompiledNet`) by ``compiled = True``."""
+    return bool(getattr(model, "compiled", False)) or hasattr(model, "_orig_mod")
+
+
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_size, steps: int,
             norm: str = "linf", random_start: bool = False, generator: torch.Generator | None = None,
             loss_fn=None, check_values: bool = True) -> torch.Tensor:
@@ -140,10 +146,12 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
     x = x.detach()
     was_training = model.training
     model.eval()
-    # Only the input's gradient is needed. Eager autograd skips the weights' anyway, but a compiled
-    # model's backward computes every gradient its graph can (pytorch/pytorch#132929): frozen weights
-    # spare it about a third of each attack step. Their flags come back with the model's mode.
-    weights = [p for p in model.parameters() if p.requires_grad]
+    # Only the input's gradient is needed. A compiled model's backward computes every gradient its graph
+    # can (pytorch/pytorch#132929): frozen weights spare it about a third of each attack step; their flags
+    # come back with the model's mode. Eager autograd skips the weights' gradients by itself, and there
+    # freezing would cost: bf16 autocast caches its cast of a weight only while the weight requires grad,
+    # so every attack step would cast every weight again (ResNet34: 37 more kernels a step).
+    weights = [p for p in model.parameters() if p.requires_grad] if is_compiled(model) else []
     for p in weights:
         p.requires_grad_(False)
     try:

@@ -47,6 +47,8 @@ class CompiledNet(nn.Module):
     Train/eval mode is the wrapped model's. Checkpoints are taken from ``model``, never from this.
     """
 
+    compiled = True  # the attacks freeze the weights of a compiled model (dpaat_lib.attacks.is_compiled)
+
     def __init__(self, model: nn.Module, mode: str):
         super().__init__()
         self.model = model

@@ -224,19 +224,54 @@ def test_mode_restored_after_an_error(image_batch):
     assert not frozen.requires_grad and all(p.requires_grad for p in list(model.parameters())[1:])
 
 
-def test_weights_are_frozen_during_the_attack_and_restored(image_batch):
-    """Only the input's gradient is asked for; a compiled model would otherwise compute the weights' too."""
-    model = build_model("smallcnn", 3).train()
+class _DeclaredCompiled(torch.nn.Module):
+    """Stands for training.CompiledNet (compiling would take the test half a minute): says it is compiled."""
+
+    compiled = True
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_weights_are_frozen_during_the_attack_of_a_compiled_model_only(image_batch, compiled):
+    """Only the input's gradient is asked for: a compiled model would otherwise compute the weights' too.
+    Eager autograd skips them by itself, and keeping the flags keeps autocast's weight casts cached."""
+    inner = build_model("smallcnn", 3).train()
+    model = _DeclaredCompiled(inner) if compiled else inner
     x, y = image_batch
     seen = []
 
     def spy(logits, target):
-        seen.append([p.requires_grad for p in model.parameters()])
+        seen.append([p.requires_grad for p in inner.parameters()])
         return torch.nn.functional.cross_entropy(logits, target, reduction="none")
 
     perturb(model, x, y, eps=0.1, step_size=0.05, steps=2, loss_fn=spy)
-    assert len(seen) == 2 and not any(any(s) for s in seen)
-    assert all(p.requires_grad for p in model.parameters())
+    assert len(seen) == 2 and all(not any(s) if compiled else all(s) for s in seen)
+    assert all(p.requires_grad for p in inner.parameters()) and all(p.grad is None for p in inner.parameters())
+
+
+def test_eager_attack_under_bf16_autocast_casts_the_weights_once():
+    """autocast caches a weight's bf16 copy only while the weight requires grad: more attack steps must
+    add the input's casts, not a cast of every weight per step (the training path runs attacks inside
+    autocast on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model("resnet34", 3).eval()
+    n_weights = sum(1 for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+
+    def casts(steps):
+        with profile(activities=[ProfilerActivity.CPU]) as prof, torch.autocast("cpu", dtype=torch.bfloat16):
+            perturb(model, x, y, eps=0.5, step_size=0.15, steps=steps, norm="l2")
+        return next((e.count for e in prof.key_averages() if e.key == "aten::_to_copy"), 0)
+
+    per_step = (casts(3) - casts(1)) / 2
+    assert per_step < n_weights / 2, f"{per_step} casts per attack step for {n_weights} weights"
 
 
 # --------------------------------------------------------------------------
