@@ -46,11 +46,26 @@ def evaluate(model, test, attacks: tuple[AttackSpec, ...], classes: tuple[str, .
 
 
 def robust_accuracy_curve(model, test, attack: AttackSpec, eps_values, *, device="cpu",
-                          batch_size: int = 128, seed: int = 0) -> list[float]:
-    """Accuracy under ``attack`` at each radius in ``eps_values`` (the step keeps its ratio to eps)."""
+                          batch_size: int = 128, seed: int = 0, known: dict | None = None) -> list[float]:
+    """Accuracy under ``attack`` at each radius in ``eps_values`` (the step keeps its ratio to eps).
+
+    ``known``: {radius: accuracy} already measured with the same model, attack, seed and batches (the
+    run's own evaluation: clean at 0, the attack at its radius); those radii are not attacked again.
+    """
+    known = known or {}
     accs = []
     for eps in eps_values:
+        if float(eps) in known:
+            accs.append(float(known[float(eps)]))
+            continue
         spec = attack.with_eps(float(eps)) if eps > 0 else None
         p = attacked_probs(model, test.x, test.y, spec, device=device, batch_size=batch_size, seed=seed)
-        accs.append((p.argmax(1) == test.y.cpu()).float().mean().item())
+        accs.append(accuracy(p.argmax(1), test.y.cpu()))
     return accs
+
+
+def accuracy(pred, labels) -> float:
+    """Share of ``pred`` equal to ``labels``, as the curves store it (a float32 mean, so a point read from
+    stored predictions equals the same point computed by attacking)."""
+    pred, labels = (v if torch.is_tensor(v) else torch.tensor(np.asarray(v)) for v in (pred, labels))
+    return (pred == labels).float().mean().item()

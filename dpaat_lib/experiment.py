@@ -6,6 +6,8 @@ missing stages are computed (training resumes from its last epoch).
 """
 from __future__ import annotations
 
+import time
+
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -169,8 +171,11 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     if not history["finished"]:
         return None
     model = load_trained(config, run_dir, device)
+    t0 = time.perf_counter()
     predictions = evaluate(model, tensors["test"], config.eval_attacks, config.data.classes, device=device,
                            seed=config.train.seed)
+    # The evaluation's time beside the epochs' (the grid's estimates read both).
+    store.write_json(run_dir / "history.json", {**history, "eval_seconds": time.perf_counter() - t0})
     metrics = compute_metrics(predictions, config.data.classes)
     if threshold is not None:
         metrics["amat_threshold"] = threshold

@@ -67,10 +67,12 @@ def _stored_runs(results) -> list[dict]:
         if not hist.get("finished") or not hist.get("epochs") or not (run / "config.json").exists():
             continue
         cfg = store.read_json(run / "config.json")
-        extras = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
+        strong = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
+        curves = [store.read_json(p).get("seconds") or 0.0 for p in run.glob("eps_curve-*.json")]
         rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
                      "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
-                     "extras_s": max(extras) if extras else None, "sharing": hist.get("sharing")})
+                     "eval_s": hist.get("eval_seconds"),
+                     "extras_s": max(strong) + sum(curves) if strong else None, "sharing": hist.get("sharing")})
     return rows
 
 
@@ -106,14 +108,17 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     Seconds per epoch: the median of the stored runs of the same model and method; else the model's
     STD runs times the method's cost relative to STD as benchmarked into ``results``, or without a
     benchmark 1 + the attack's steps (the forward-backward passes of one adversarial batch).
-    Epochs: the median over the model's stored runs. Extras: the slowest stored stronger evaluation
-    of the model (else of any model), plus a fifth for the eps curves and Grad-CAM.
+    Epochs: the median over the model's stored runs. Evaluation: the slowest stored evaluation of the
+    model (runs stored before it was timed count 0). Extras: the slowest stored stronger evaluation of
+    the model (else of any model) with its run's eps curves where they were timed, plus a fifth (for
+    Grad-CAM, and the curves where they were not).
     """
     rows = _stored_runs(results)
     for r in rows:
         f = _share_factor(r["sharing"], sharing)
         r["s_per_epoch"] *= f
-        r["extras_s"] = r["extras_s"] * f if r["extras_s"] else r["extras_s"]
+        for key in ("extras_s", "eval_s"):
+            r[key] = r[key] * f if r[key] else r[key]
     mine = [r for r in rows if r["model"] == config.model]
     if not mine:
         return None
@@ -128,8 +133,9 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     else:
         return None
     epochs = statistics.median(r["epochs"] for r in mine)
+    evals = [r["eval_s"] for r in mine if r["eval_s"]]
     extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
-    return spe * epochs + 1.2 * (max(extras) if extras else 0.0)
+    return spe * epochs + (max(evals) if evals else 0.0) + 1.2 * (max(extras) if extras else 0.0)
 
 
 def supersede(results, run_id: str) -> Path:

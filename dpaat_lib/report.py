@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -39,7 +40,7 @@ from . import data as D
 from . import experiment, grid, profiles, store
 from .attacks import AttackSpec
 from .config import DataConfig, RunConfig
-from .evaluation import CLEAN, robust_accuracy_curve
+from .evaluation import CLEAN, accuracy, robust_accuracy_curve
 from .methods import LABELS, MethodConfig
 from .metrics import MARP_ATTACK, group_average
 from .models import GROUPS
@@ -688,11 +689,31 @@ def eps_curve(config: RunConfig, results_dir, data_root=None, norm: str = "l2", 
         _, tensors = experiment.load_data(config.data, resolve_path(data_root), cache_dir)
     model = load_trained(config, run, device)
     attack = curve_attack(config, norm)
-    acc = robust_accuracy_curve(model, tensors["test"], attack, eps_values, device=device, seed=config.train.seed)
+    known = _measured_points(run, attack, tensors["test"])
+    t0 = time.perf_counter()
+    acc = robust_accuracy_curve(model, tensors["test"], attack, eps_values, device=device, seed=config.train.seed,
+                                known=known)
     res = {"norm": norm, "attack": attack.to_dict(), "eps": list(eps_values), "acc": [float(a) for a in acc],
-           "run_id": config.run_id}
+           "run_id": config.run_id, "from_predictions": sorted(e for e in known if e in eps_values),
+           "seconds": time.perf_counter() - t0}
     store.write_json(path, res)
     return res
+
+
+def _measured_points(run: store.RunDir, attack: AttackSpec, test) -> dict[float, float]:
+    """The curve's points the run's own evaluation already measured: clean accuracy at radius 0 and
+    ``attack`` at its own radius, read from ``predictions.csv`` (same model, seed and batches as
+    :func:`dpaat_lib.evaluation.robust_accuracy_curve` would use). Empty when the file or its columns
+    are missing, or its images differ from ``test``'s."""
+    path = run / "predictions.csv"
+    if not path.exists():
+        return {}
+    pred = pd.read_csv(path)
+    columns = {0.0: f"pred_{CLEAN}", float(attack.eps): f"pred_{attack.name}"}
+    if list(pred.get("image_id", [])) != list(test.image_ids) or any(c not in pred for c in columns.values()):
+        return {}
+    labels = pred["label"].to_numpy()
+    return {eps: accuracy(pred[col].to_numpy(), labels) for eps, col in columns.items()}
 
 
 def eps_curves(results: Sequence[experiment.RunResult], results_dir, data_root=None, norm: str = "l2",

@@ -122,6 +122,29 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
     assert precompute.missing_extras(main[0], prof, results) == ["strong attacks"]
 
 
+@pytest.mark.parametrize("method", ["std", "dpaat"])
+def test_eps_curve_reads_the_runs_own_points_and_equals_attacking_every_radius(tmp_path, prof, data, run_kw, method):
+    """The curve takes radius 0 and the attack's own radius from predictions.csv instead of attacking
+    again: the stored curve must equal one attacked at every radius (same model, seed and batches)."""
+    from dpaat_lib.evaluation import robust_accuracy_curve
+    from dpaat_lib.training import load_trained
+
+    c = configs(prof, data, (method,))[0]
+    r = experiment.run(c, results=tmp_path, **run_kw)
+    _, tensors = experiment.load_data(c.data, run_kw["data_root"], run_kw["cache_dir"])
+    model = load_trained(c, store.RunDir(tmp_path, c.run_id))
+    for norm in ("linf", "l2"):
+        curve = report.eps_curve(c, tmp_path, run_kw["data_root"], norm=norm, cache_dir=run_kw["cache_dir"])
+        attack = report.curve_attack(c, norm)
+        assert curve["from_predictions"] == [0.0, attack.eps] and curve["seconds"] >= 0
+        every = robust_accuracy_curve(model, tensors["test"], attack, report.DEFAULT_EPS[norm], seed=c.train.seed)
+        assert curve["acc"] == every
+    # A predictions file of other images is not read: every radius is attacked.
+    pred = r.predictions.iloc[::-1]
+    store.write_csv(tmp_path / c.run_id / "predictions.csv", pred)
+    assert report._measured_points(store.RunDir(tmp_path, c.run_id), attack, tensors["test"]) == {}
+
+
 def _fake_run(results, config, seconds: list[float], extras_s: float | None = None):
     """A finished run folder as the grid's estimate reads it (config, history, stronger evaluation)."""
     run = results / config.run_id
@@ -150,6 +173,12 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     assert grid.estimate_seconds(at, tmp_path, sharing=4) == pytest.approx(5 * 5 + 12)
     assert grid.estimate_seconds(at, tmp_path, sharing=1) == pytest.approx((5 * 5 + 12) / 2)
     assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 12)  # sharing unknown: as stored
+    # Timed evaluations count once (the model's slowest); timed eps curves join their run's extras.
+    hist = store.read_json(tmp_path / at.run_id / "history.json")
+    store.write_json(tmp_path / at.run_id / "history.json", {**hist, "eval_seconds": 7.0})
+    store.write_json(tmp_path / std.run_id / "eps_curve-l2-0.json", {"seconds": 3.0})
+    store.write_json(tmp_path / std.run_id / "eps_curve-linf-0.json", {})  # stored before curves were timed
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 7 + 1.2 * 13)
 
 
 def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
