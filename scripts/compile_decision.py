@@ -1,12 +1,18 @@
 """Whether the grid should train through CUDA graphs, from what scripts/device_check.sh measured.
 
-    python scripts/compile_decision.py OUT_DIR [--write FILE]
+    python scripts/compile_decision.py OUT_DIR [--write FILE]     (device_check.sh, on the GPU)
+    python scripts/compile_decision.py --read FILE [FILE ...]     (device_grid.sh with COMPILE=auto)
 
 Yes ("reduce-overhead") only if the CUDA-graph test passed for every method (cuda-tests.txt, pytest
 -rA) and the compiled library path was faster than the eager one for every benchmarked CNN, in one
-process and (where measured) in several. Prints the reasons; --write FILE stores the mode, or an
-empty line for eager, for `COMPILE=auto bash scripts/device_grid.sh`, so the session's next call can
-start at once (the machine goes back after 30 idle seconds).
+process and (where measured) in several. Prints the reasons; --write FILE stores the decision as JSON
+(mode, reasons, torch version, card), for `COMPILE=auto bash scripts/device_grid.sh`: on the same
+machine, so the session's next call can start at once (a lent machine goes back after 30 idle
+seconds), and committed as results/<profile>/compile-decision.json, so that a later GPU session with
+the same torch version skips the check and spends its minutes on the grid.
+
+--read prints the mode of the first FILE that exists and was decided under this machine's torch
+version ("" for eager), and says on stderr which file it took or why none.
 """
 from __future__ import annotations
 
@@ -49,18 +55,56 @@ def decide(out_dir: Path) -> tuple[str, list[str]]:
     return "", reasons
 
 
+def _torch_and_card() -> tuple[str, str]:
+    try:
+        import torch
+    except ImportError:
+        return "", ""
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return torch.__version__, card
+
+
+def read(paths: list[Path]) -> str:
+    """The mode stored in the first of ``paths`` that exists and matches this torch version; "" otherwise."""
+    version, _ = _torch_and_card()
+    for path in paths:
+        if not path.exists():
+            continue
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            print(f"{path}: not a decision written by --write; ignored", file=sys.stderr)
+            continue
+        if stored.get("torch") != version:
+            print(f"{path}: decided under torch {stored.get('torch')}, this is {version}; ignored", file=sys.stderr)
+            continue
+        print(f"{path}: {stored.get('mode') or 'eager'} (decided on {stored.get('card')}, torch {version})",
+              file=sys.stderr)
+        return stored.get("mode", "")
+    print("no compile decision for this torch version: eager", file=sys.stderr)
+    return ""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--write", type=Path, help="store the decision here for COMPILE=auto")
+    p.add_argument("out_dir", type=Path, nargs="?")
+    p.add_argument("--write", type=Path, help="store the decision here (JSON) for COMPILE=auto")
+    p.add_argument("--read", type=Path, nargs="+", help="print the mode of the first usable stored decision")
     args = p.parse_args(argv)
+    if args.read:
+        print(read(args.read))
+        return 0
+    if args.out_dir is None:
+        p.error("give OUT_DIR (what device_check.sh measured) or --read FILE")
     mode, reasons = decide(args.out_dir)
     print(f"compile decision: {mode or 'eager'}")
     for r in reasons:
         print(f"  - {r}")
     if args.write:
+        version, card = _torch_and_card()
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(mode + "\n")
+        args.write.write_text(json.dumps({"mode": mode, "reasons": reasons, "torch": version, "card": card},
+                                         indent=1) + "\n")
     return 0
 
 

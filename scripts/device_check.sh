@@ -10,14 +10,16 @@
 #    $OUT/benchmark-cuda-eager.json and $OUT/benchmark-cuda-graphs.json (copy them into results/paper/:
 #    chapter 10 shows every stored benchmark);
 # 3. the decision (scripts/compile_decision.py): CUDA graphs only if correct for every method and faster,
-#    written to $DECISION for the next call's COMPILE=auto, so it can follow at once on the warm machine.
+#    written to $DECISION for the next call's COMPILE=auto, so it can follow at once on the warm machine,
+#    and to $OUT/compile-decision.json: commit it as results/paper/compile-decision.json, and later
+#    sessions with the same torch version skip this check (COMPILE=auto reads it from the store).
 set -uo pipefail
 PY=${PY:-python3}
 OUT=${OUT:-/tmp/dpaat-out}
 MODELS=${MODELS:-resnet34}
 DEVICE=${DEVICE:-cuda}
 BENCH_ARGS=${BENCH_ARGS:-"--size 224 --images 640 --procs 4"}
-DECISION=${DECISION:-/root/dpaat/compile-mode.txt}  # read by COMPILE=auto bash scripts/device_grid.sh
+DECISION=${DECISION:-/root/dpaat/compile-decision.json}  # read by COMPILE=auto bash scripts/device_grid.sh
 mkdir -p "$OUT"
 source scripts/device_env.sh
 
@@ -29,3 +31,4 @@ for MODE in eager graphs; do
     --json "$OUT/benchmark-$DEVICE-$MODE.json" 2>&1 | tee "$OUT/benchmark-$MODE.txt" | tail -n 20
 done
 "$PY" scripts/compile_decision.py "$OUT" --write "$DECISION" | tee "$OUT/compile-decision.txt"
+cp "$DECISION" "$OUT/compile-decision.json"

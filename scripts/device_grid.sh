@@ -24,7 +24,8 @@
 #   $OUT/results-$PROFILE-$START.tgz, split into parts of 15 MiB if larger (the device tool brings back
 #   files of at most 16 MiB): unpack the calls' archives in order, over one folder.
 # COMPILE=reduce-overhead trains through torch.compile (CUDA graphs; run ids unchanged); COMPILE=auto takes
-# what scripts/device_check.sh decided on this machine. Extra arguments
+# what scripts/device_check.sh decided on this machine, else the decision committed to the store
+# ($RESULTS/compile-decision.json) if it was taken under this torch version, else eager. Extra arguments
 # for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
 # outside the paths a call carries (the device tool replaces those), so a warm machine keeps the
 # checkpoints of unfinished runs from one call to the next.
@@ -42,11 +43,12 @@ EXTRAS_RESERVE=${EXTRAS_RESERVE:-90}
 FINAL=${FINAL:-0}
 GRID_ARGS=${GRID_ARGS:-}
 COMPILE=${COMPILE:-}
-if [ "$COMPILE" = auto ]; then  # what scripts/device_check.sh decided on this machine (eager without it)
-  COMPILE=$(cat "${DECISION:-/root/dpaat/compile-mode.txt}" 2>/dev/null | tr -d '[:space:]')
+PY=${PY:-python3}
+if [ "$COMPILE" = auto ]; then  # what scripts/device_check.sh decided, on this machine or committed to the store
+  COMPILE=$("$PY" scripts/compile_decision.py --read "${DECISION:-/root/dpaat/compile-decision.json}" \
+    "$RESULTS/compile-decision.json" | tr -d '[:space:]')
   echo "COMPILE=auto: ${COMPILE:-eager}"
 fi
-PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/dpaat-out}
 mkdir -p "$OUT" "$RESULTS/logs"

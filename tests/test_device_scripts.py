@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("--set n_train=12 --set n_val=4 --set n_test=6 --set epochs=2 --set strong_images=6 "
@@ -82,8 +83,21 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     _decision_inputs(tmp_path)
     mode, why = decision.decide(tmp_path)
     assert mode == "reduce-overhead" and "resnet34 x1.80" in why[0]
-    assert decision.main([str(tmp_path), "--write", str(tmp_path / "d" / "mode.txt")]) == 0
-    assert (tmp_path / "d" / "mode.txt").read_text() == "reduce-overhead\n"
+    stored = tmp_path / "d" / "compile-decision.json"
+    assert decision.main([str(tmp_path), "--write", str(stored)]) == 0
+    record = json.loads(stored.read_text())
+    assert record["mode"] == "reduce-overhead" and record["torch"] == torch.__version__ and record["card"] == "cpu"
+    # COMPILE=auto reads the first usable decision: this machine's, else the one committed to the store.
+    assert decision.read([tmp_path / "absent.json", stored]) == "reduce-overhead"
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps({**record, "torch": "1.0.0"}))
+    assert decision.read([stale]) == ""  # decided under another torch: not trusted
+    assert decision.read([stale, stored]) == "reduce-overhead"
+    (tmp_path / "old.txt").write_text("reduce-overhead\n")  # the former plain-text format: ignored
+    assert decision.read([tmp_path / "old.txt"]) == ""
+    res = subprocess.run([sys.executable, ROOT / "scripts" / "compile_decision.py", "--read", stale, stored],
+                         capture_output=True, text=True)
+    assert res.stdout.strip() == "reduce-overhead" and "ignored" in res.stderr
     _decision_inputs(tmp_path, passed=("std", "at", "sat", "dpaat"))
     mode, why = decision.decide(tmp_path)
     assert mode == "" and "not shown correct for amat" in why[0]
