@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
-from dpaat_lib.training import COMPILE_MODES, CompiledNet, train_epoch
+from dpaat_lib.training import COMPILE_MODES, CompiledNet, train_epoch, training_code_digest
 
 
 class DecodedImages(Dataset):
@@ -167,6 +167,7 @@ def main(argv=None) -> list[dict]:
         return []
     device = torch.device(args.device)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    code = training_code_digest()  # which version of the training path these numbers describe
     fast = device.type == "cuda"  # bf16 + channels_last only pay off on a GPU
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -182,7 +183,8 @@ def main(argv=None) -> list[dict]:
         a = paper_style_epoch(name, x, y, device, args.batch_size, args.workers, args.warmup)
         b = library_epoch(name, x, y, device, args.batch_size, fast, args.compile, args.warmup)
         row = {"model": name, "card": card, "size": size, "images": args.images, "paper_img_s": a,
-               "library_img_s": b, "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile or False}
+               "library_img_s": b, "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile or False,
+               "training_code": code}
         line = f"{name:<15}{a:>12.1f}{b:>15.1f}{b / a:>8.2f}"
         if args.procs > 1:
             c = concurrent_img_s(args, name)
@@ -198,7 +200,7 @@ def main(argv=None) -> list[dict]:
         y = torch.randint(0, 3, (args.images,), generator=g)
         for meth in ("std", "at", "sat", "amat", "dpaat"):
             ips = library_epoch(name, x, y, device, args.batch_size, fast, None, args.warmup, method_name=meth)
-            cost.append({"model": name, "method": meth, "card": card, "img_s": ips})
+            cost.append({"model": name, "method": meth, "card": card, "img_s": ips, "training_code": code})
         std = cost[0]["img_s"]
         print(f"\nseconds per epoch relative to STD ({name}, library path, {card}):")
         for c in cost:

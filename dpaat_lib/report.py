@@ -1678,7 +1678,8 @@ def strong_findings(evals: dict, missing: Sequence[str] = (), synthetic: bool = 
                    + (" (the sign changes)" if p * w < 0 else ""))
     if cmp:
         parts.append("**DPAAT against AT**: " + "; ".join(cmp) + ". These are single training runs: whether a "
-                     "difference exceeds the run-to-run variation of training needs several seeds (chapter 4).")
+                     "difference exceeds the run-to-run variation of training needs several seeds (chapter 12 tests "
+                     "the paper's attacks over the training seeds).")
     # the paper's own attacks: already at the worst case?
     same = [f"{k[0]} {k[1]}" for k, e in _sorted_items(evals)
             if abs(e["worst_case"]["all_l2"] - e["robust_accuracy"]["20-PGD"]) < 1e-9]
@@ -1775,11 +1776,12 @@ def benchmark_cost(results_dir) -> pd.DataFrame | None:
     benchmark is stored."""
     rows = {}
     for c in store.benchmark_rows(results_dir, "method_cost"):
-        rows.setdefault((c["card"], c["model"]), {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
+        key = (c["card"], c["model"], _code_label(c))
+        rows.setdefault(key, {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
     if not rows:
         return None
     out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index = pd.MultiIndex.from_tuples(out.index, names=["hardware", "model"])
+    out.index = pd.MultiIndex.from_tuples(out.index, names=["hardware", "model", "training code"])
     return out
 
 
@@ -1790,6 +1792,7 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
     rows = []
     for r in store.benchmark_rows(results_dir, "throughput"):
         row = {"hardware": r["card"], "library path": _library_path(r), "model": r["model"],
+               "training code": _code_label(r),
                "paper-style img/s": f"{r['paper_img_s']:.0f}",
                "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
         if "concurrent_img_s" in r:
@@ -1797,6 +1800,15 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
             row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
         rows.append(row)
     return pd.DataFrame(rows).set_index(["hardware", "library path", "model"]).fillna("–") if rows else None
+
+
+def _code_label(row: dict) -> str:
+    """Which training path a benchmark row timed: this book's ("current"), an earlier one, or unrecorded
+    (rows stored before benchmarks recorded :func:`dpaat_lib.training.training_code_digest`)."""
+    from .training import training_code_digest
+
+    code = row.get("training_code")
+    return "unrecorded" if code is None else ("current" if code == training_code_digest() else f"earlier ({code})")
 
 
 def _library_path(row: dict) -> str:
@@ -1838,6 +1850,13 @@ def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
             reached = [m for m, v in best.items() if v >= goal]
             text += (f" The goal of x{goal:g} is reached for {len(reached)} of {len(best)} CNNs"
                      + (f" ({', '.join(reached)})" if reached else "") + ".")
+        stale = sorted({_code_label(r) for r in rows} - {"current"})
+        if stale:
+            text += (" These rows do not record which version of the training path (attacks, methods, models, "
+                     "training loop) they timed, so they may describe an earlier one than this book's code."
+                     if stale == ["unrecorded"] else
+                     " Rows here timed an earlier version of the training path (attacks, methods, models, training "
+                     "loop): they describe that version, not this book's code.")
         out.append(text)
     return "\n\n".join(out)
 

@@ -62,6 +62,22 @@ class CompiledNet(nn.Module):
         return self._compiled[1](a, b)
 
 
+TRAINING_PATH_MODULES = ("attacks", "methods", "models", "training")
+
+
+def training_code_digest() -> str:
+    """12 hex digits of the SHA-256 of the training path's source (:data:`TRAINING_PATH_MODULES`):
+    stored with a benchmark, it tells whether the code it timed is the code of today."""
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in TRAINING_PATH_MODULES:
+        h.update((here / f"{name}.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.float().div_(255)
 

@@ -67,6 +67,11 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     assert list(cost.columns) == ["STD", "AT", "SAT", "AMAT", "DPAAT"] and cost.iloc[0]["STD"] == "x1.00"
     speed = report.benchmark_throughput(tmp_path)
     assert "ratio (2 processes)" in speed.columns and len(speed) == 1
+    # Each row names the training code it timed: this checkout's, so "current" and no caveat.
+    from dpaat_lib.training import training_code_digest
+    assert {c["training_code"] for c in stored["method_cost"] + stored["throughput"]} == {training_code_digest()}
+    assert list(speed["training code"]) == ["current"] and cost.index[0][2] == "current"
+    assert "version" not in report.benchmark_findings(tmp_path)
     assert report.benchmark_cost(tmp_path / "nothing") is None
 
 
@@ -104,6 +109,14 @@ def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_pat
     assert len(found) == 3 and len(compiled) == 1 and "x2.50" in compiled[0]
     assert "reached for 1 of 1 CNNs (resnet34)" in compiled[0]
     assert report.benchmark_findings(tmp_path / "nothing") == "No throughput benchmark is stored."
+    # Rows stored without the training code's digest, or with another one, say so.
+    assert set(table["training code"]) == {"unrecorded"}
+    assert all("do not record which version of the training path" in f for f in found)
+    graphs["throughput"][0]["training_code"] = "0123456789ab"
+    (tmp_path / "paper" / "benchmark-cuda-graphs.json").write_text(json.dumps(graphs))
+    assert "earlier (0123456789ab)" in set(report.benchmark_throughput(tmp_path)["training code"])
+    compiled = [f for f in report.benchmark_findings(tmp_path).split("\n\n") if "torch.compile" in f][0]
+    assert "timed an earlier version of the training path" in compiled
 
 
 # --------------------------------------------------------------------------
