@@ -121,8 +121,11 @@ report.strong_cost_table(results)
 # CPU, where arithmetic sets the pace, that makes it cheaper (an untrained model on random labels
 # gets about a third right). On a GPU at batch 32, where launching kernels rather than computing
 # them sets the pace, attacking part of a batch costs about as much as attacking all of it; AMAT has
-# SAT's and DPAAT's passes, and its selection makes the CPU wait for the GPU several times per batch
-# (which images are right, their indices, their radii), the likely reason it is the dearest there.
+# SAT's and DPAAT's passes, and it is the one method whose batch makes the CPU wait for the GPU, since
+# it must know how many images it attacks. The stored H200 row was measured before the library
+# stopped reading values back in every batch: AMAT's selection then made the CPU wait several times
+# per batch (which images are right, their indices, their radii), the likely reason it is the dearest
+# there; it now waits once, and the other methods never.
 
 # %%
 cost = report.benchmark_cost(report.resolve_path(results_root, "results"))
