@@ -61,6 +61,9 @@ class Profile:
     val_fraction: float | None = None
     sampler: str = "shuffle"
     epoch_draws: int | None = None  # the balanced sampler's draws per epoch (None: the training-set size)
+    # Sized for a GPU: a page that would train a missing run of it on a CPU stops instead (days of CPU time,
+    # report.load_grid); `dpaat grid --device cpu` still trains it for whoever means it.
+    gpu: bool = False
 
     @property
     def synthetic(self) -> bool:
@@ -99,7 +102,7 @@ PROFILES = {
     # evaluation uses a balanced 150-image subset and half AutoAttack's APGD budget for the same reason.
     "paper": Profile("paper", "ham10000", PAPER_MODELS, ("resnet34", "mobilenet_v2"), image_size=224,
                      n_train=800, n_val=80, n_test=299, epochs=30, patience=5, bf16=True, channels_last=True,
-                     strong_images=150, apgd_steps=50, square_queries=500, strong_batch=150),
+                     strong_images=150, apgd_steps=50, square_queries=500, strong_batch=150, gpu=True),
     # All seven diagnoses of HAM10000 (issue 5, part 5): every image, a lesion-aware split by fractions
     # (20 % test, 10 % of the rest validation, per class), class-balanced sampling of each epoch's order
     # for every method, 2160 draws per epoch (the 3-class training-set size, so an epoch costs what

@@ -111,6 +111,15 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     out = results_dir(prof, results_root)
     data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
     cfgs = profiles.configs(prof, data, models=models, methods=tuple(methods or profiles.MAIN_METHODS))
+    if prof.gpu and str(device) == "cpu":
+        absent = [c.run_id for c in cfgs if experiment.load_result(c, out) is None]
+        if absent:
+            raise RuntimeError(
+                f"{len(absent)} run(s) of the GPU-sized profile {prof.name!r} are not in {out} "
+                f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}), and this page would train them "
+                "on the CPU. Train them on a GPU (device='cuda', or scripts/device_grid.sh: README, 'On a GPU'), "
+                "or, if you mean days of CPU time, with `dpaat grid --profile "
+                f"{prof.name} --device cpu`.")
     done = grid.run_grid(cfgs, results=out, data_root=root, device=device, cache_dir=cache_dir, progress=False,
                          log=log.info)
     missing = [c.run_id for c in cfgs if c.run_id not in done]

@@ -365,3 +365,17 @@ def test_grid_calls_and_the_time_goal(tmp_path):
     assert "11.0 minutes are left for the other 24 runs" in text
     assert "exceeded by 8.0 minutes, with 4 runs" in report.grid_time_findings(calls, 30, 34, goal_min=11)
     assert report.grid_time_findings(calls, 34, 34).endswith(": met.")
+
+
+def test_a_gpu_sized_profile_is_not_trained_by_a_page_on_the_cpu(tmp_path, synthetic_root, monkeypatch):
+    """A chapter executed with profile="paper" on a CPU must not start days of training for missing runs."""
+    from dpaat_lib import grid
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a GPU-sized run must not be trained by a page on the CPU")
+
+    monkeypatch.setattr(grid, "run_grid", forbidden)
+    assert profiles.get_profile("paper").gpu and not profiles.get_profile("cpu-real").gpu
+    with pytest.raises(RuntimeError, match=r"GPU-sized profile 'paper' are not in .*resnet34-std-s0-.*device_grid\.sh"):
+        report.load_grid("paper", data_root=synthetic_root, results_root=tmp_path, models=("resnet34",),
+                         methods=("std",))
