@@ -12,7 +12,8 @@ seconds), and committed as results/<profile>/compile-decision.json, so that a la
 the same torch version skips the check and spends its minutes on the grid.
 
 --read prints the mode of the first FILE that exists and was decided under this machine's torch
-version ("" for eager), and says on stderr which file it took or why none.
+version ("" for eager), and says on stderr which file it took or why none; with --usable it prints
+nothing and exits 0 if there is such a FILE, 1 if not (scripts/device_session.sh: check or not).
 """
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def _torch_and_card() -> tuple[str, str]:
     return torch.__version__, card
 
 
-def read(paths: list[Path]) -> str:
-    """The mode stored in the first of ``paths`` that exists and matches this torch version; "" otherwise."""
+def read(paths: list[Path]) -> str | None:
+    """The mode stored in the first of ``paths`` that exists and matches this torch version ("" for eager);
+    None when there is none."""
     version, _ = _torch_and_card()
     for path in paths:
         if not path.exists():
@@ -82,7 +84,7 @@ def read(paths: list[Path]) -> str:
               file=sys.stderr)
         return stored.get("mode", "")
     print("no compile decision for this torch version: eager", file=sys.stderr)
-    return ""
+    return None
 
 
 def main(argv=None) -> int:
@@ -90,9 +92,14 @@ def main(argv=None) -> int:
     p.add_argument("out_dir", type=Path, nargs="?")
     p.add_argument("--write", type=Path, help="store the decision here (JSON) for COMPILE=auto")
     p.add_argument("--read", type=Path, nargs="+", help="print the mode of the first usable stored decision")
+    p.add_argument("--usable", action="store_true", help="with --read: print nothing; exit 0 if a stored "
+                                                         "decision is usable here, 1 if not")
     args = p.parse_args(argv)
     if args.read:
-        print(read(args.read))
+        mode = read(args.read)
+        if args.usable:
+            return 0 if mode is not None else 1
+        print(mode or "")
         return 0
     if args.out_dir is None:
         p.error("give OUT_DIR (what device_check.sh measured) or --read FILE")

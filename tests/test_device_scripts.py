@@ -64,6 +64,36 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     assert "results/calls.jsonl" in second
 
 
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_device_session_checks_once_then_trusts_the_stored_decision(tmp_path, synthetic_root):
+    """scripts/device_session.sh, a GPU session in one call: the check (its files packed into one archive,
+    since the device tool brings back 8 files), then the grid; a session whose store holds a decision
+    taken under this torch version skips the check."""
+    env = {**os.environ, "TOTAL": "200", "WORKERS": "1", "PROFILE": "quick", "DEVICE": "cpu", "MPS": "0",
+           "STORE": str(tmp_path / "store"), "DATA": str(synthetic_root), "PY": sys.executable,
+           "GRID_ARGS": TINY + " --methods std", "DPAAT_CACHE": str(tmp_path / "cache"), "MODELS": "smallcnn",
+           "BENCH_ARGS": "--size 16 --images 16 --batch-size 8 --workers 0 --warmup 1"}
+
+    def session(out):
+        done = subprocess.run(["bash", "scripts/device_session.sh"], cwd=ROOT, env={**env, "OUT": str(out)},
+                              capture_output=True, text=True, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return (out / "session.log").read_text()
+
+    log = session(tmp_path / "out1")
+    assert "check done" in log and "COMPILE=auto: eager" in log
+    with tarfile.open(tmp_path / "out1" / "check.tgz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"compile-decision.json", "cuda-tests.txt", "benchmark-cpu-eager.json",
+            "benchmark-cpu-graphs.json"} <= names
+    assert len(list((tmp_path / "out1").glob("results-quick-*.tgz"))) == 1
+    assert len(list((tmp_path / "out1").iterdir())) <= 8  # what the device tool brings back
+    # The decision, committed to the store (results/<profile>/compile-decision.json), is trusted next time.
+    shutil.copy(tmp_path / "store" / "compile-decision.json", tmp_path / "store" / "quick" / "compile-decision.json")
+    log = session(tmp_path / "out2")
+    assert "check skipped" in log and not (tmp_path / "out2" / "check.tgz").exists()
+
+
 def _decision_inputs(out: Path, passed=("std", "at", "sat", "amat", "dpaat"), graphs_img_s=900.0):
     lines = [f"PASSED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[{m}]" for m in passed]
     lines += ["FAILED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[amat] - AssertionError"
@@ -91,10 +121,11 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     assert decision.read([tmp_path / "absent.json", stored]) == "reduce-overhead"
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({**record, "torch": "1.0.0"}))
-    assert decision.read([stale]) == ""  # decided under another torch: not trusted
+    assert decision.read([stale]) is None  # decided under another torch: not trusted
     assert decision.read([stale, stored]) == "reduce-overhead"
     (tmp_path / "old.txt").write_text("reduce-overhead\n")  # the former plain-text format: ignored
-    assert decision.read([tmp_path / "old.txt"]) == ""
+    assert decision.read([tmp_path / "old.txt"]) is None
+    assert decision.main(["--read", str(stored), "--usable"]) == 0 and decision.main(["--read", str(stale), "--usable"]) == 1
     res = subprocess.run([sys.executable, ROOT / "scripts" / "compile_decision.py", "--read", stale, stored],
                          capture_output=True, text=True)
     assert res.stdout.strip() == "reduce-overhead" and "ignored" in res.stderr

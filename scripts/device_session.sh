@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# A whole GPU session in one call (device time is short: a lent machine's start, each call's transfers and
+# the idle time between calls all count):
+#
+#   bash scripts/device_session.sh        (carry scratch/ham-gpu and .whl; timeout_s 600)
+#
+# 1. unless the store holds a compile decision taken under this machine's torch version
+#    ($RESULTS/compile-decision.json, committed from an earlier session) or CHECK=1:
+#    scripts/device_check.sh (the GPU tests, the benchmark eager and through CUDA graphs, the decision),
+#    its outputs packed into $OUT/check.tgz (the device tool brings back at most 8 files);
+# 2. scripts/device_grid.sh for the rest of TOTAL seconds, as the session's last call (FINAL=1: a run
+#    starts only if it is expected to finish), with COMPILE=auto;
+# 3. the whole log in $OUT/session.log.
+# Afterwards: unpack check.tgz and copy its benchmark-cuda-*.json and compile-decision.json into
+# results/paper/; unpack the results archive(s) over results/ (README, "On a GPU").
+set -uo pipefail
+START=$(date +%s)
+TOTAL=${TOTAL:-570}
+PY=${PY:-python3}
+OUT=${OUT:-/tmp/dpaat-out}
+PROFILE=${PROFILE:-paper}
+STORE=${STORE:-/root/dpaat}  # outside the carried paths: a warm machine keeps it between calls
+RESULTS=${RESULTS:-$STORE/$PROFILE}
+CHECK=${CHECK:-auto}
+mkdir -p "$OUT" "$STORE"
+exec > >(tee -a "$OUT/session.log") 2>&1
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# The store the grid continues: the committed results, never overwriting what a call on this machine wrote.
+cp -rn "results/$PROFILE" "$STORE/"
+if [ "$CHECK" = auto ]; then
+  CHECK=1
+  "$PY" scripts/compile_decision.py --read "$RESULTS/compile-decision.json" --usable && CHECK=0
+fi
+if [ "$CHECK" = 1 ]; then
+  CHECK_OUT=$(mktemp -d /tmp/dpaat-check.XXXXXX)
+  OUT=$CHECK_OUT DECISION="$STORE/compile-decision.json" bash scripts/device_check.sh
+  tar czf "$OUT/check.tgz" -C "$CHECK_OUT" .
+  echo "[$(elapsed)s] check done"
+else
+  echo "[$(elapsed)s] check skipped: the store's compile decision was taken under this torch version"
+fi
+
+LIMIT=$(( TOTAL - $(elapsed) )) FINAL=1 COMPILE=auto RESULTS="$RESULTS" PROFILE="$PROFILE" OUT="$OUT" \
+  DECISION="$STORE/compile-decision.json" bash scripts/device_grid.sh
+echo "[$(elapsed)s] session done"
