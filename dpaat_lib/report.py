@@ -836,6 +836,22 @@ def gradcam_scores(cams: dict[str, dict]) -> pd.DataFrame:
     return out
 
 
+def lesion_energy_sentence(scores: pd.DataFrame) -> str:
+    """What :func:`gradcam_scores` of runs on data with lesion masks says about where the maps lie."""
+    if "energy in lesion mask" not in scores.columns:
+        return "No lesion masks: the share of map energy inside the lesion cannot be measured."
+    energy = scores["energy in lesion mask"].astype(float)
+    uniform = float(scores["lesion area share (uniform map)"].astype(float).iloc[0])
+    ranked = ", ".join(f"{m} {v:.3f}" for m, v in energy.sort_values(ascending=False).items())
+    above = [m for m, v in energy.items() if v > uniform]
+    return (f"**Where the lesion is known** (synthetic data): share of map energy inside the lesion {ranked}, "
+            f"against {uniform:.3f} for a uniform map; "
+            + (f"{', '.join(above)} concentrate{'s' * (len(above) == 1)} on the lesion more than a uniform map would"
+               if above else "no method's maps concentrate on the lesion more than a uniform map")
+            + ". One training run per method on stand-in data drawn for this book: it shows whether a method's "
+              "maps find a lesion that is there to be found, not how they behave on dermoscopy.")
+
+
 # --------------------------------------------------------------------------
 # Training dynamics
 # --------------------------------------------------------------------------

@@ -379,3 +379,14 @@ def test_a_gpu_sized_profile_is_not_trained_by_a_page_on_the_cpu(tmp_path, synth
     with pytest.raises(RuntimeError, match=r"GPU-sized profile 'paper' are not in .*resnet34-std-s0-.*device_grid\.sh"):
         report.load_grid("paper", data_root=synthetic_root, results_root=tmp_path, models=("resnet34",),
                          methods=("std",))
+
+
+def test_lesion_energy_sentence_ranks_the_methods_against_a_uniform_map():
+    scores = pd.DataFrame({"images": [30, 30], "energy in lesion mask": ["0.270", "0.120"],
+                           "lesion area share (uniform map)": ["0.135", "0.135"]}, index=["STD", "AT"])
+    text = report.lesion_energy_sentence(scores)
+    assert "STD 0.270, AT 0.120, against 0.135 for a uniform map" in text
+    assert "STD concentrates on the lesion more than a uniform map would" in text
+    scores["energy in lesion mask"] = ["0.100", "0.120"]
+    assert "no method's maps concentrate on the lesion" in report.lesion_energy_sentence(scores)
+    assert "cannot be measured" in report.lesion_energy_sentence(scores.drop(columns=["energy in lesion mask"]))
