@@ -34,7 +34,9 @@ if [ "$CHECK" = auto ]; then
 fi
 if [ "$CHECK" = 1 ]; then
   CHECK_OUT=$(mktemp -d /tmp/dpaat-check.XXXXXX)
-  OUT=$CHECK_OUT DECISION="$STORE/compile-decision.json" bash scripts/device_check.sh
+  # Capped, so that a slow check still leaves the call time to pack and return what it measured.
+  OUT=$CHECK_OUT DECISION="$STORE/compile-decision.json" timeout -k 5 "${CHECK_LIMIT:-$(( TOTAL - 60 ))}" \
+    bash scripts/device_check.sh
   tar czf "$OUT/check.tgz" -C "$CHECK_OUT" .
   echo "[$(elapsed)s] check done"
 else
