@@ -60,12 +60,13 @@ def robust_accuracy_curve(model, test, attack: AttackSpec, eps_values, *, device
             continue
         spec = attack.with_eps(float(eps)) if eps > 0 else None
         p = attacked_probs(model, test.x, test.y, spec, device=device, batch_size=batch_size, seed=seed)
-        accs.append(accuracy(p.argmax(1), test.y.cpu()))
+        accs.append(curve_accuracy(p.argmax(1), test.y.cpu()))
     return accs
 
 
-def accuracy(pred, labels) -> float:
-    """Share of ``pred`` equal to ``labels``, as the curves store it (a float32 mean, so a point read from
-    stored predictions equals the same point computed by attacking)."""
+def curve_accuracy(pred, labels) -> float:
+    """Share of ``pred`` equal to ``labels``, as the curves store it: a float32 mean, so a point read from
+    stored predictions equals the same point computed by attacking (:func:`dpaat_lib.metrics.accuracy`,
+    a float64 mean over a predictions frame, would differ in the last digits)."""
     pred, labels = (v if torch.is_tensor(v) else torch.tensor(np.asarray(v)) for v in (pred, labels))
     return (pred == labels).float().mean().item()

@@ -6,9 +6,8 @@ missing stages are computed (training resumes from its last epoch).
 """
 from __future__ import annotations
 
-import time
-
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 

@@ -40,7 +40,7 @@ from . import data as D
 from . import experiment, grid, profiles, store
 from .attacks import AttackSpec
 from .config import DataConfig, RunConfig
-from .evaluation import CLEAN, accuracy, robust_accuracy_curve
+from .evaluation import CLEAN, curve_accuracy, robust_accuracy_curve
 from .methods import LABELS, MethodConfig
 from .metrics import MARP_ATTACK, group_average
 from .models import GROUPS
@@ -722,7 +722,7 @@ def _measured_points(run: store.RunDir, attack: AttackSpec, test) -> dict[float,
     if list(pred.get("image_id", [])) != list(test.image_ids) or any(c not in pred for c in columns.values()):
         return {}
     labels = pred["label"].to_numpy()
-    return {eps: accuracy(pred[col].to_numpy(), labels) for eps, col in columns.items()}
+    return {eps: curve_accuracy(pred[col].to_numpy(), labels) for eps, col in columns.items()}
 
 
 def eps_curves(results: Sequence[experiment.RunResult], results_dir, data_root=None, norm: str = "l2",
