@@ -99,8 +99,9 @@ report.md(report.benchmark_findings(bench_root))
 # Our reading (not profiled): at batch 32 one process leaves a GPU mostly idle, since every attack
 # step is a forward and backward pass of 32 images, short enough that launching the kernels rather
 # than computing them sets the pace. That fits bf16 and channels_last, which make the arithmetic
-# cheaper, barely changing the rate, and several processes sharing the card (under NVIDIA's
-# multi-process service) raising it; the grid relies on the latter.
+# cheaper, raising the rate little or not at all (on some CNNs the library's path is slower than
+# the fp32 loop), and several processes sharing the card (under NVIDIA's multi-process service)
+# raising it; the grid relies on the latter.
 
 # %% [markdown]
 # ## The paper profile on a GPU: what is stored so far
