@@ -66,16 +66,44 @@ TRAINING_PATH_MODULES = ("attacks", "methods", "models", "training")
 
 
 def training_code_digest() -> str:
-    """12 hex digits of the SHA-256 of the training path's source (:data:`TRAINING_PATH_MODULES`):
-    stored with a benchmark, it tells whether the code it timed is the code of today."""
+    """12 hex digits of the SHA-256 of the training path's code (:data:`TRAINING_PATH_MODULES`), comments,
+    docstrings and blank lines left out (:func:`code_text`): stored with a benchmark, it tells whether
+    the code it timed is the code of today, and an edit to the prose alone does not make it "earlier"."""
     import hashlib
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for name in TRAINING_PATH_MODULES:
-        h.update((here / f"{name}.py").read_bytes())
+        h.update(code_text((here / f"{name}.py").read_text(encoding="utf-8")).encode())
+        h.update(b"\0")
     return h.hexdigest()[:12]
+
+
+def code_text(source: str) -> str:
+    """``source`` without its comments, string statements (docstrings) and blank lines, trailing blanks
+    stripped: what a Python file runs. Built from line positions (``ast`` and ``tokenize``), not from
+    ``ast.dump``, whose text changes between Python versions: a GPU machine's Python and this one's must
+    give one digest for one file."""
+    import ast
+    import io
+    import re
+    import tokenize
+
+    lines = re.split(r"\r\n|\r|\n", source)  # ast's line numbering (str.splitlines also splits at \f)
+    comment_at = {tok.start[0] - 1: tok.start[1] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                  if tok.type == tokenize.COMMENT}
+    dropped: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            first, last = node.lineno - 1, node.end_lineno - 1
+            before = lines[first].encode()[:node.col_offset]  # ast's columns count UTF-8 bytes
+            after = lines[last][:comment_at.get(last, len(lines[last]))].encode()[node.end_col_offset:]
+            # Only a string that has its lines to itself (a docstring): `x = 1; "s"` keeps its line.
+            if not before.strip() and not after.strip(b" ;"):
+                dropped.update(range(first, last + 1))
+    kept = (line[:comment_at.get(i, len(line))].rstrip() for i, line in enumerate(lines) if i not in dropped)
+    return "\n".join(line for line in kept if line)
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,10 @@ report.md(report.papermill_commands(prof.name))
 # paper-style loop (fp32, NCHW, a DataLoader over decoded images) and in the library's path (data
 # on the device, bf16 and channels_last on a GPU), in the same process, and with `--procs N` in N
 # library processes sharing the card, as the GPU grid runs. Every stored result, whatever profile's
-# folder holds it (a benchmark times hardware on random images, not this profile's runs):
+# folder holds it (a benchmark times hardware on random images, not this profile's runs). The column
+# *training code* says whether a row timed this book's training path (a digest of the code of
+# `attacks`, `methods`, `models` and `training`, comments and docstrings left out), an earlier one,
+# or does not record which:
 
 # %%
 bench_root = report.resolve_path(results_root, "results")

@@ -406,3 +406,32 @@ def test_epoch_draws_leave_existing_run_ids_alone(data):
     other = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, sampler="balanced", epoch_draws=50))
     assert other.run_id != cfg.run_id
     assert "epoch_draws" not in json.dumps(cfg.identity_dict())
+
+
+CODE = '''"""A module ±."""
+import math  # why
+
+
+def f(a):  # on the line
+    """What f does —
+    over two lines."""  # a comment after it
+    s = "# not a comment"
+    return a; "kept: it shares its line"
+'''
+
+
+@pytest.mark.parametrize("edit, same", [
+    (lambda s: s.replace("# why", "# another reason"), True),
+    (lambda s: s.replace("over two lines", "over three lines"), True),
+    (lambda s: s.replace("A module ±.", "A module, renamed."), True),
+    (lambda s: s.replace("\n\n\n", "\n\n\n\n"), True),
+    (lambda s: s.replace("# not a comment", "# not one"), False),
+    (lambda s: s.replace("return a;", "return a + 1;"), False),
+    (lambda s: s.replace('"kept: it shares its line"', '"changed"'), False),
+])
+def test_training_code_digest_ignores_prose_but_not_code(edit, same):
+    # A benchmark is labelled "earlier" when the training path's code changed since it ran
+    # (report._code_label); an edited comment or docstring must not do that, an edited statement must.
+    assert (training.code_text(edit(CODE)) == training.code_text(CODE)) is same
+    assert training.code_text(CODE).splitlines() == [
+        "import math", "def f(a):", '    s = "# not a comment"', '    return a; "kept: it shares its line"']
