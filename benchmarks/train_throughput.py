@@ -16,11 +16,17 @@ Prints images/s of each and the ratios (b)/(a), (c)/(a), with the card's name.
 The first ``--warmup`` batches of every loop are not timed (cuDNN autotuning,
 lazy initialisation). ``--cost-model M`` adds one timed epoch of each method
 (STD, AT, SAT, AMAT, DPAAT) on the library path: seconds relative to STD.
+``--repeats N`` times every loop N times, interleaved (a, b, a, b ...; the
+methods in a rotated order each round), and stores the median of the per-round
+ratios with every round's ratio: a shared CPU's speed drifts between one epoch
+and the next, and a ratio within one round cancels most of that drift.
 Speed is a ratio against a baseline run in the same process, never an absolute
 number in a test. Example (GPU)::
 
     python benchmarks/train_throughput.py --device cuda --size 224 --images 1280 --procs 4
     python benchmarks/train_throughput.py --device cpu --size 32 --images 64 --models smallcnn   # smoke
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --device cpu --models smallcnn --size 32 \
+        --images 1280 --cost-model smallcnn --repeats 3 --json results/cpu-real/benchmark-cpu.json   # the book's
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -146,6 +153,33 @@ def concurrent_img_s(args, name: str) -> float:
     return sum(json.loads(o.strip().splitlines()[-1])["img_s"] for o in outs)
 
 
+METHODS = ("std", "at", "sat", "amat", "dpaat")
+
+
+def method_cost(args, device, fast: bool, card: str, code: str, g: torch.Generator) -> list[dict]:
+    """One epoch of each method on ``args.cost_model``, ``args.repeats`` rounds: per method the median
+    img/s, and its seconds per epoch relative to STD as the median of the per-round ratios."""
+    name = args.cost_model
+    size = max(args.size, min_input_size(name))
+    x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (args.images,), generator=g)
+    speed: dict[str, list[float]] = {m: [] for m in METHODS}
+    for r in range(args.repeats):
+        for meth in METHODS[r % len(METHODS):] + METHODS[:r % len(METHODS)]:  # no method always runs first
+            speed[meth].append(library_epoch(name, x, y, device, args.batch_size, fast, None, args.warmup,
+                                             method_name=meth))
+    cost = []
+    print(f"\nseconds per epoch relative to STD ({name}, library path, {card}, median of {args.repeats}):")
+    for meth in METHODS:
+        runs = [s / m for s, m in zip(speed["std"], speed[meth])]
+        cost.append({"model": name, "method": meth, "card": card, "img_s": statistics.median(speed[meth]),
+                     "training_code": code, "repeats": args.repeats, "relative_to_std": statistics.median(runs),
+                     "relative_runs": runs})
+        spread = f" (rounds {min(runs):.2f} to {max(runs):.2f})" if min(runs) != max(runs) else ""
+        print(f"  {meth:<6} {cost[-1]['img_s']:>9.1f} img/s  x{cost[-1]['relative_to_std']:.2f}{spread}", flush=True)
+    return cost
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -159,9 +193,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=2, help="untimed batches at the start of every loop")
     p.add_argument("--procs", type=int, default=1, help="also time N library-path processes at once (N > 1)")
     p.add_argument("--cost-model", choices=list_models(), help="also time one epoch of each method on this model")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of every timed loop, interleaved; the medians "
+                                                          "of the per-round ratios are stored")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: barrier folder of a --procs worker
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.worker:
         _worker(args)
         return []
@@ -180,32 +218,23 @@ def main(argv=None) -> list[dict]:
         size = max(args.size, min_input_size(name))
         x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
         y = torch.randint(0, 3, (args.images,), generator=g)
-        a = paper_style_epoch(name, x, y, device, args.batch_size, args.workers, args.warmup)
-        b = library_epoch(name, x, y, device, args.batch_size, fast, args.compile, args.warmup)
+        rounds = [(paper_style_epoch(name, x, y, device, args.batch_size, args.workers, args.warmup),
+                   library_epoch(name, x, y, device, args.batch_size, fast, args.compile, args.warmup))
+                  for _ in range(args.repeats)]
+        a = statistics.median(r[0] for r in rounds)
+        b = statistics.median(r[1] for r in rounds)
+        ratio = statistics.median(rb / ra for ra, rb in rounds)
         row = {"model": name, "card": card, "size": size, "images": args.images, "paper_img_s": a,
-               "library_img_s": b, "ratio": b / a, "bf16_channels_last": fast, "compile": args.compile or False,
-               "training_code": code}
-        line = f"{name:<15}{a:>12.1f}{b:>15.1f}{b / a:>8.2f}"
+               "library_img_s": b, "ratio": ratio, "bf16_channels_last": fast, "compile": args.compile or False,
+               "training_code": code, "repeats": args.repeats, "ratio_runs": [rb / ra for ra, rb in rounds]}
+        line = f"{name:<15}{a:>12.1f}{b:>15.1f}{ratio:>8.2f}"
         if args.procs > 1:
             c = concurrent_img_s(args, name)
             row.update(procs=args.procs, concurrent_img_s=c, concurrent_ratio=c / a)
             line += f"{c:>15.1f}{c / a:>8.2f}"
         rows.append(row)
         print(line, flush=True)
-    cost = []
-    if args.cost_model:
-        name = args.cost_model
-        size = max(args.size, min_input_size(name))
-        x = torch.randint(0, 256, (args.images, 3, size, size), dtype=torch.uint8, generator=g)
-        y = torch.randint(0, 3, (args.images,), generator=g)
-        for meth in ("std", "at", "sat", "amat", "dpaat"):
-            ips = library_epoch(name, x, y, device, args.batch_size, fast, None, args.warmup, method_name=meth)
-            cost.append({"model": name, "method": meth, "card": card, "img_s": ips, "training_code": code})
-        std = cost[0]["img_s"]
-        print(f"\nseconds per epoch relative to STD ({name}, library path, {card}):")
-        for c in cost:
-            c["relative_to_std"] = std / c["img_s"]
-            print(f"  {c['method']:<6} {c['img_s']:>9.1f} img/s  x{c['relative_to_std']:.2f}", flush=True)
+    cost = method_cost(args, device, fast, card, code, g) if args.cost_model else []
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"throughput": rows, "method_cost": cost}, f, indent=1)

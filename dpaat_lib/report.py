@@ -1796,13 +1796,14 @@ def strong_cost_table(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
 
 def benchmark_cost(results_dir) -> pd.DataFrame | None:
     """Each method's cost relative to STD measured by ``benchmarks/train_throughput.py --cost-model``
-    (one epoch per method, same process, nothing else running), from the stored benchmarks
+    (one epoch per method, same process, nothing else running; with ``--repeats`` the median of the
+    rounds, their range in brackets), from the stored benchmarks
     (:func:`dpaat_lib.store.benchmark_paths`): rows (card, model), columns the methods. None when no
     benchmark is stored."""
     rows = {}
     for c in store.benchmark_rows(results_dir, "method_cost"):
         key = (c["card"], c["model"], _code_label(c))
-        rows.setdefault(key, {})[LABELS[c["method"]]] = f"x{c['relative_to_std']:.2f}"
+        rows.setdefault(key, {})[LABELS[c["method"]]] = _times(c["relative_to_std"], c.get("relative_runs"))
     if not rows:
         return None
     out = pd.DataFrame.from_dict(rows, orient="index")
@@ -1819,12 +1820,20 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
         row = {"hardware": r["card"], "library path": _library_path(r), "model": r["model"],
                "training code": _code_label(r),
                "paper-style img/s": f"{r['paper_img_s']:.0f}",
-               "library img/s": f"{r['library_img_s']:.0f}", "ratio": f"x{r['ratio']:.2f}"}
+               "library img/s": f"{r['library_img_s']:.0f}", "ratio": _times(r["ratio"], r.get("ratio_runs"))}
         if "concurrent_img_s" in r:
             row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
             row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
         rows.append(row)
     return pd.DataFrame(rows).set_index(["hardware", "library path", "model"]).fillna("–") if rows else None
+
+
+def _times(value: float, rounds=None) -> str:
+    """``x6.32``, or ``x6.32 (6.01-6.80)`` with the range of a benchmark's rounds (``--repeats``)."""
+    text = f"x{value:.2f}"
+    if rounds and len(rounds) > 1 and min(rounds) != max(rounds):
+        text += f" ({min(rounds):.2f}-{max(rounds):.2f})"
+    return text
 
 
 def _code_label(row: dict) -> str:

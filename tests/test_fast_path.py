@@ -53,7 +53,7 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     spec.loader.exec_module(bench)
     rows = bench.main(["--device", "cpu", "--models", "smallcnn", "--size", "16", "--images", "48",
                        "--batch-size", "8", "--workers", "0", "--procs", "2", "--cost-model", "smallcnn",
-                       "--json", str(tmp_path / "benchmark-cpu.json")])
+                       "--repeats", "3", "--json", str(tmp_path / "benchmark-cpu.json")])
     assert len(rows) == 1 and rows[0]["ratio"] > 0 and rows[0]["paper_img_s"] > 0
     assert rows[0]["procs"] == 2 and rows[0]["concurrent_img_s"] > 0
     stored = json.loads((tmp_path / "benchmark-cpu.json").read_text())
@@ -61,6 +61,9 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     # STD is one forward-backward per batch, AT eight: on any hardware AT costs more.
     at = next(c for c in stored["method_cost"] if c["method"] == "at")
     assert at["relative_to_std"] > 1.5
+    # Three interleaved rounds: the stored ratio is the median of the per-round ratios.
+    assert len(at["relative_runs"]) == 3 and at["relative_to_std"] == sorted(at["relative_runs"])[1]
+    assert len(rows[0]["ratio_runs"]) == 3 and rows[0]["ratio"] == sorted(rows[0]["ratio_runs"])[1]
     # The book's chapters 10 and 11 read the stored file from the results folder.
     from dpaat_lib import report
     cost = report.benchmark_cost(tmp_path)
@@ -73,6 +76,11 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     assert list(speed["training code"]) == ["current"] and cost.index[0][2] == "current"
     assert "version" not in report.benchmark_findings(tmp_path)
     assert report.benchmark_cost(tmp_path / "nothing") is None
+    # The table shows the rounds' range beside the median.
+    lo, hi = min(at["relative_runs"]), max(at["relative_runs"])
+    assert cost.iloc[0]["AT"] == f"x{at['relative_to_std']:.2f} ({lo:.2f}-{hi:.2f})"
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--models", "smallcnn", "--repeats", "0"])
 
 
 def _bench_rows(card, ratio, concurrent=None):
