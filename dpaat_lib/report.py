@@ -1880,6 +1880,9 @@ def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
             for r in many:
                 best[r["model"]] = max(best[r["model"]], r["concurrent_ratio"])
         text += "."
+        rounds = max(int(r.get("repeats", 1)) for r in rows)
+        if rounds > 1:
+            text += f" Each one-process ratio is the median of {rounds} interleaved rounds (their range in the table)."
         if not card.startswith("CPU"):  # the goal is the GPU's: on a CPU both loops are bound by arithmetic
             reached = [m for m, v in best.items() if v >= goal]
             text += (f" The goal of x{goal:g} is reached for {len(reached)} of {len(best)} CNNs"

@@ -75,6 +75,7 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     assert {c["training_code"] for c in stored["method_cost"] + stored["throughput"]} == {training_code_digest()}
     assert list(speed["training code"]) == ["current"] and cost.index[0][2] == "current"
     assert "version" not in report.benchmark_findings(tmp_path)
+    assert "median of 3 interleaved rounds" in report.benchmark_findings(tmp_path)
     assert report.benchmark_cost(tmp_path / "nothing") is None
     # The table shows the rounds' range beside the median.
     lo, hi = min(at["relative_runs"]), max(at["relative_runs"])
