@@ -103,14 +103,14 @@ sig = study.significance_table(results, "DPAAT", study.COMPARED, attacks=study.T
 study.significance_display(sig)
 
 # %% [markdown]
-# ### A second CNN
+# ### The sweep CNNs outside the main grid
 #
 # The sweeps of part (b) train AT and the default DPAAT on every seed of each sweep CNN as their
 # yardsticks; on a CNN outside the main grid they give the same test of DPAAT against AT (mean ±
-# std over seeds, then the paired comparison). Holm's adjustment is over this table's tests. On
-# this profile the CNN is trained from scratch at the profile's resolution, where torchvision's
-# ImageNet architectures end in a 1x1 feature map: compare its methods with each other, not its
-# accuracies with the small CNN's or the paper's.
+# std over seeds, then the paired comparison). Holm's adjustment is over this table's tests, all
+# its CNNs together. On this profile these CNNs are trained from scratch at the profile's
+# resolution, where torchvision's ImageNet architectures end in a 1x1 feature map: compare their
+# methods with each other, not their accuracies with the small CNN's or the paper's.
 
 # %%
 other = [r for r in sweep_at + sweep_default if r.config.model not in {x.config.model for x in results}]
@@ -196,7 +196,7 @@ study.per_class_recall(results7)
 # %% tags=["hide-input"]
 report.md(
     "**(a) Seeds.** " + study.seed_findings(sig)
-    + (" **On a second CNN** (" + ", ".join(sorted({r.config.model for r in other})) + "): "
+    + (" **On the sweep CNNs outside the main grid** (" + ", ".join(sorted({r.config.model for r in other})) + "): "
        + study.seed_findings(sig_other) if other else "") + "\n\n"
     + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n" + study.trend_findings(trends)
     + "\n\n"
