@@ -64,6 +64,13 @@ DEFAULT_SWEEPS = {
     "cpu-real": {"eta": (0.05, 0.25, None, 1.0), "lam": (0.1, 0.5, 1.0, 2.0), "mu": ("batch", "epoch")},
     "quick": {"eta": (0.05, None), "lam": (0.1, 1.0), "mu": ("batch", "epoch")},
 }
+MODEL_SWEEPS: dict[str, dict[str, dict[str, tuple]]] = {
+    # ResNet34 at 32 px costs about 22 minutes a DPAAT run on one CPU core: each range's two ends and
+    # the default, where DEFAULT_SWEEPS adds a point between them.
+    "cpu-real": {"resnet34": {"eta": (0.05, None, 1.0), "lam": (0.1, 1.0, 2.0)}},
+}
+"""Per study profile and CNN, the parameters whose swept values differ from :data:`DEFAULT_SWEEPS`
+(:func:`default_sweeps` with ``model``)."""
 COMPARED = ("AT", "SAT", "AMAT")
 """The methods DPAAT is tested against (STD is not an adversarial defence)."""
 MAIN_COLUMNS = ("GAcc", "FGSM", "20-IFGSM", "20-PGD", "mAP")
@@ -106,11 +113,25 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
         sweep = f"each sweep value{on} is trained on {seeds(tuple(sweep_seeds or (0,)))}"
     else:
         per = {m: sweep_seeds_for(study_profile.name, m) for m in sweep_cnns}
-        sweep = "each sweep value is trained on " + " and ".join(f"{seeds(ss)} on {m}" for m, ss in per.items())
+        sweep = "each sweep value is trained on " + _and([f"{seeds(ss)} on {m}" for m, ss in per.items()])
     parts.append(f"Seeds: the method comparison uses {seeds(study_profile.seeds)}; {sweep}, and read against the "
                  f"default DPAAT's spread over {seeds(study_profile.seeds)}; the seven-class task uses "
                  f"{seeds(seven_profile.seeds)}.")
+    fewer = {m: own for m, own in MODEL_SWEEPS.get(study_profile.name, {}).items() if m in sweep_cnns}
+    common = DEFAULT_SWEEPS.get(study_profile.name, DEFAULT_SWEEPS["cpu-real"])
+    for m, own in fewer.items():
+        label = lambda p, vs: _and([value_label(p, v, study_profile.eps0) for v in vs])  # noqa: E731
+        extra = {p: [v for v in common.get(p, ()) if v not in vs] for p, vs in own.items()}
+        parts.append(f"On {m} (what the CPU affords) the sweep of " + _and(
+            [f"{SWEEP_NAMES[p]} takes {label(p, vs)}" for p, vs in own.items()]) + "; the other CNNs' also take "
+            + _and([f"{label(p, vs)} ({SWEEP_NAMES[p]})" for p, vs in extra.items() if vs]) + ".")
     return " ".join(parts)
+
+
+def _and(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def runs_of(results: Sequence[experiment.RunResult], label: str) -> list[experiment.RunResult]:
@@ -123,10 +144,12 @@ def sweep_models(study_profile: str) -> tuple[str, ...]:
     return SWEEP_MODELS.get(study_profile, tuple(profiles.get_profile(study_profile).models))
 
 
-def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
-    """The swept values per parameter for ``study_profile``; a ``given`` sequence (not None) replaces
-    that parameter's values. The profile's own value is always included (it is the reference point)."""
+def default_sweeps(study_profile: str, model: str | None = None, **given) -> dict[str, tuple]:
+    """The swept values per parameter for ``study_profile`` (on ``model``: :data:`MODEL_SWEEPS` first);
+    a ``given`` sequence (not None) replaces that parameter's values. The profile's own value is always
+    included (it is the reference point)."""
     out = dict(DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
+    out.update(MODEL_SWEEPS.get(study_profile, {}).get(model, {}))
     prof = profiles.get_profile(study_profile)
     for param, values in given.items():
         if param not in SWEEP_PARAMS:
@@ -553,7 +576,7 @@ def load_sweep_study(profile: str, models: Sequence[str], *, seeds: Sequence[int
     merged: dict[str, dict] = {}
     at_runs, default_runs = [], []
     for model in models:
-        sw = load_sweeps(profile, default_sweeps(profile, **(given or {})), models=(model,),
+        sw = load_sweeps(profile, default_sweeps(profile, model, **(given or {})), models=(model,),
                          seeds=tuple(sweep_seeds or sweep_seeds_for(profile, model)), **kw)
         for param, by_value in sw.items():
             for v, runs in by_value.items():
