@@ -309,7 +309,7 @@ def test_load_sweep_study_merges_models_in_value_order(tmp_path, cache_dir, monk
     assert sweeps["lam"][1.0][0].run_id == default[0].run_id  # the default's point is its seed-0 run
     assert study.default_sweeps("quick", lam=[0.5]) == {"lam": (1.0, 0.5)}
     assert study._value_key("eta", None, 0.5) == 0.5 and study._value_key("mu", "epoch", 0.5) == 1
-    assert study.sweep_models("cpu-real") == ("smallcnn", "mobilenet_v2")
+    assert study.sweep_models("cpu-real") == ("smallcnn", "mobilenet_v2", "resnet34")
     note = study.study_note("paper", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"), {},
                             (0,), ("smallcnn", "mobilenet_v2"))
     assert "on smallcnn, mobilenet_v2 is trained on 1 training seed(s)" in note
