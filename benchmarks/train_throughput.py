@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
+from dpaat_lib.profiles import MAIN_METHODS as METHODS
 from dpaat_lib.training import COMPILE_MODES, CompiledNet, train_epoch, training_code_digest
 
 
@@ -151,9 +152,6 @@ def concurrent_img_s(args, name: str) -> float:
     if any(p.returncode for p in procs):
         raise RuntimeError(f"a benchmark worker failed: {outs}")
     return sum(json.loads(o.strip().splitlines()[-1])["img_s"] for o in outs)
-
-
-METHODS = ("std", "at", "sat", "amat", "dpaat")
 
 
 def method_cost(args, device, fast: bool, card: str, code: str, g: torch.Generator) -> list[dict]:

@@ -119,13 +119,16 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
                  f"default DPAAT's spread over {seeds(study_profile.seeds)}; the seven-class task uses "
                  f"{seeds(seven_profile.seeds)}.")
     fewer = {m: own for m, own in MODEL_SWEEPS.get(study_profile.name, {}).items() if m in sweep_cnns}
-    common = DEFAULT_SWEEPS.get(study_profile.name, DEFAULT_SWEEPS["cpu-real"])
+    common = default_sweeps(study_profile.name)
+
+    def values(p, vs):
+        return _and([value_label(p, v, study_profile.eps0) for v in vs])
+
     for m, own in fewer.items():
-        label = lambda p, vs: _and([value_label(p, v, study_profile.eps0) for v in vs])  # noqa: E731
         extra = {p: [v for v in common.get(p, ()) if v not in vs] for p, vs in own.items()}
         parts.append(f"On {m} (what the CPU affords) the sweep of " + _and(
-            [f"{SWEEP_NAMES[p]} takes {label(p, vs)}" for p, vs in own.items()]) + "; the other CNNs' also take "
-            + _and([f"{label(p, vs)} ({SWEEP_NAMES[p]})" for p, vs in extra.items() if vs]) + ".")
+            [f"{SWEEP_NAMES[p]} takes {values(p, vs)}" for p, vs in own.items()]) + "; the other CNNs' also take "
+            + _and([f"{values(p, vs)} ({SWEEP_NAMES[p]})" for p, vs in extra.items() if vs]) + ".")
     return " ".join(parts)
 
 
