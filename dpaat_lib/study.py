@@ -48,9 +48,8 @@ none is named (MobileNetV2 and ResNet34 on cpu-real: what the CPU affords). The 
 SWEEP_MODELS = {"cpu-real": ("smallcnn", "mobilenet_v2", "resnet34"), "quick": ("smallcnn",)}
 """The CNNs each study profile sweeps DPAAT's parameters on. On cpu-real: the small CNN of the main grid,
 and MobileNetV2 and ResNet34, the two CNNs method.md names for the sweep, trained from scratch at the
-profile's 32 px (ResNet34: about 22 minutes a DPAAT run on one CPU core, hence its shorter sweeps in
-:data:`MODEL_SWEEPS`). For a model outside the main grid, AT
-and the default DPAAT are trained on :data:`STUDY_SEEDS` too, as the sweep's yardsticks."""
+profile's 32 px (ResNet34: about 22 minutes a DPAAT run on one CPU core). For a model outside the main
+grid, AT and the default DPAAT are trained on :data:`STUDY_SEEDS` too, as the sweep's yardsticks."""
 STUDY_OVERRIDES: dict[str, dict] = {"quick": {"image_size": 16}}
 """Profile overrides of the chapter's own runs per book profile. The quick build trains the study's 23
 runs (3 seeds x 5 methods, 3 sweep points, 5 on seven classes) at 16 px instead of 32, which keeps the
@@ -65,13 +64,6 @@ DEFAULT_SWEEPS = {
     "cpu-real": {"eta": (0.05, 0.25, None, 1.0), "lam": (0.1, 0.5, 1.0, 2.0), "mu": ("batch", "epoch")},
     "quick": {"eta": (0.05, None), "lam": (0.1, 1.0), "mu": ("batch", "epoch")},
 }
-MODEL_SWEEPS: dict[str, dict[str, dict[str, tuple]]] = {
-    # ResNet34 at 32 px costs about 22 minutes a DPAAT run on one CPU core: each range's two ends and
-    # the default, where DEFAULT_SWEEPS adds a point between them.
-    "cpu-real": {"resnet34": {"eta": (0.05, None, 1.0), "lam": (0.1, 1.0, 2.0)}},
-}
-"""Per study profile and CNN, the parameters whose swept values differ from :data:`DEFAULT_SWEEPS`
-(:func:`default_sweeps` with ``model``)."""
 COMPARED = ("AT", "SAT", "AMAT")
 """The methods DPAAT is tested against (STD is not an adversarial defence)."""
 MAIN_COLUMNS = ("GAcc", "FGSM", "20-IFGSM", "20-PGD", "mAP")
@@ -118,17 +110,6 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
     parts.append(f"Seeds: the method comparison uses {seeds(study_profile.seeds)}; {sweep}, and read against the "
                  f"default DPAAT's spread over {seeds(study_profile.seeds)}; the seven-class task uses "
                  f"{seeds(seven_profile.seeds)}.")
-    fewer = {m: own for m, own in MODEL_SWEEPS.get(study_profile.name, {}).items() if m in sweep_cnns}
-    common = default_sweeps(study_profile.name)
-
-    def values(p, vs):
-        return _and([value_label(p, v, study_profile.eps0) for v in vs])
-
-    for m, own in fewer.items():
-        extra = {p: [v for v in common.get(p, ()) if v not in vs] for p, vs in own.items()}
-        parts.append(f"On {m} (what the CPU affords) the sweep of " + _and(
-            [f"{SWEEP_NAMES[p]} takes {values(p, vs)}" for p, vs in own.items()]) + "; the other CNNs' also take "
-            + _and([f"{values(p, vs)} ({SWEEP_NAMES[p]})" for p, vs in extra.items() if vs]) + ".")
     return " ".join(parts)
 
 
@@ -148,12 +129,11 @@ def sweep_models(study_profile: str) -> tuple[str, ...]:
     return SWEEP_MODELS.get(study_profile, tuple(profiles.get_profile(study_profile).models))
 
 
-def default_sweeps(study_profile: str, model: str | None = None, **given) -> dict[str, tuple]:
-    """The swept values per parameter for ``study_profile`` (on ``model``: :data:`MODEL_SWEEPS` first);
+def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
+    """The swept values per parameter for ``study_profile`` (the same on every CNN it sweeps);
     a ``given`` sequence (not None) replaces that parameter's values. The profile's own value is always
     included (it is the reference point)."""
     out = dict(DEFAULT_SWEEPS.get(study_profile, DEFAULT_SWEEPS["cpu-real"]))
-    out.update(MODEL_SWEEPS.get(study_profile, {}).get(model, {}))
     prof = profiles.get_profile(study_profile)
     for param, values in given.items():
         if param not in SWEEP_PARAMS:
@@ -580,7 +560,7 @@ def load_sweep_study(profile: str, models: Sequence[str], *, seeds: Sequence[int
     merged: dict[str, dict] = {}
     at_runs, default_runs = [], []
     for model in models:
-        sw = load_sweeps(profile, default_sweeps(profile, model, **(given or {})), models=(model,),
+        sw = load_sweeps(profile, default_sweeps(profile, **(given or {})), models=(model,),
                          seeds=tuple(sweep_seeds or sweep_seeds_for(profile, model)), **kw)
         for param, by_value in sw.items():
             for v, runs in by_value.items():

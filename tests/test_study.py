@@ -426,17 +426,12 @@ def test_study_profiles():
     assert sw["eta"] == (None, 0.1) and sw["lam"] == study.DEFAULT_SWEEPS["cpu-real"]["lam"]
     with pytest.raises(ValueError):
         study.default_sweeps("quick", steps=[3])
-    # A CNN with its own values (study.MODEL_SWEEPS) gets them; given values still replace them.
-    own = study.default_sweeps("cpu-real", "resnet34")
-    assert own["eta"] == (0.05, None, 1.0) and own["lam"] == (0.1, 1.0, 2.0)
-    assert own["mu"] == study.DEFAULT_SWEEPS["cpu-real"]["mu"]
-    assert study.default_sweeps("cpu-real", "mobilenet_v2") == study.DEFAULT_SWEEPS["cpu-real"]
-    assert study.default_sweeps("cpu-real", "resnet34", eta=[0.1])["eta"] == (None, 0.1)
+    # Every sweep CNN takes the same values, and the study note no longer speaks of a CNN with fewer points.
     note = study.study_note("cpu-real", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"), {},
-                            None, ("smallcnn", "resnet34"))
-    assert ("On resnet34 (what the CPU affords) the sweep of adaptive length eta takes 0.05, eps0 = 0.5 and 1 and "
-            "synchronisation weight lambda takes 0.1, 1 and 2; the other CNNs' also take 0.25 (adaptive length "
-            "eta) and 0.5 (synchronisation weight lambda).") in note
+                            None, study.sweep_models("cpu-real"))
+    assert ("each sweep value is trained on 3 training seed(s) (0, 1, 2) on smallcnn, 1 training seed(s) (0) on "
+            "mobilenet_v2 and 1 training seed(s) (0) on resnet34, and read against") in note
+    assert "what the CPU affords" not in note
     assert study.study_overrides("quick") == {"image_size": 16}
     assert study.study_overrides("quick", image_size=24, epochs=None) == {"image_size": 24}
     assert study.study_overrides("cpu-real", epochs=None) == {}
