@@ -359,12 +359,9 @@ def significance(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: s
     the t-test rejects a zero mean difference at ``alpha`` (which needs at least two seeds).
     """
     by = {(r.config.model, _label(r), r.config.train.seed): r for r in results}
-    models = sorted({k[0] for k in by})
     rows = []
-    for model in models:
-        seeds = sorted(s for (m, meth, s) in by if m == model and meth == a and (m, b, s) in by)
-        if not seeds:
-            continue
+    for model, seeds in _paired_seeds(by, a, b):
+        n_classes = len(by[(model, a, seeds[0])].config.data.classes)
         for att in attacks:
             diffs, pairs = [], []
             for s in seeds:
@@ -373,16 +370,61 @@ def significance(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: s
                 pb = rb.predictions.set_index("image_id").loc[pa.index]
                 diffs.append(100 * (metric_value(ra, metric, att) - metric_value(rb, metric, att)))
                 pairs.append((pa["label"].to_numpy(), pa[f"pred_{att}"].to_numpy(), pb[f"pred_{att}"].to_numpy()))
-            n_classes = len(by[(model, a, seeds[0])].config.data.classes)
-            lo, hi = bootstrap_ci(pairs, metric, n_classes, n_boot=n_boot, level=1 - alpha, seed=seed)
-            p = paired_difference_test(diffs)
-            rows.append({"model": model, "comparison": f"{a} - {b}", "attack": "clean" if att == CLEAN else att,
-                         "metric": metric, "seeds": len(seeds), "per_seed": [round(d, 2) for d in diffs],
-                         "mean": float(np.mean(diffs)),
-                         "seed_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan"),
-                         "p_ttest": p, "ci_low": 100 * lo, "ci_high": 100 * hi,
-                         "exceeds_noise": bool(len(diffs) > 1 and p < alpha)})
+            rows.append(_paired_row(model, a, b, "clean" if att == CLEAN else att, metric, diffs, pairs, n_classes,
+                                    n_boot=n_boot, alpha=alpha, seed=seed))
     return pd.DataFrame(rows)
+
+
+def correct_significance(correct: dict[tuple[str, str, int], pd.DataFrame], a: str = "DPAAT",
+                         others: Sequence[str] = COMPARED, columns: Sequence[str] | None = None, *,
+                         n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """:func:`significance_table` from per-image correctness instead of predictions: ``correct`` maps
+    (model, method label, seed) to a bool DataFrame indexed by image id, one column per attack or worst
+    case (e.g. :func:`dpaat_lib.report.worst_case_frame`). Accuracy of ``a`` minus each of ``others`` in
+    each of ``columns`` (default: all), on the images both runs of a seed have; Holm over the table."""
+    rows = []
+    for b in others:
+        for model, seeds in _paired_seeds(correct, a, b):
+            first = correct[(model, a, seeds[0])]
+            for col in (columns if columns is not None else list(first.columns)):
+                diffs, pairs = [], []
+                for s in seeds:
+                    ca = correct[(model, a, s)][col]
+                    cb = correct[(model, b, s)][col]
+                    ids = ca.index.intersection(cb.index)
+                    if not len(ids):
+                        raise ValueError(f"{model} seed {s}: {a} and {b} were evaluated on no common test image")
+                    hit_a, hit_b = ca.loc[ids].to_numpy(bool), cb.loc[ids].to_numpy(bool)
+                    diffs.append(100 * (hit_a.mean() - hit_b.mean()))
+                    # accuracy is the share of "predictions" equal to the "labels": all-ones labels, hits as predictions
+                    pairs.append((np.ones(len(ids), bool), hit_a, hit_b))
+                rows.append(_paired_row(model, a, b, col, "acc", diffs, pairs, 2, n_boot=n_boot, alpha=alpha,
+                                        seed=seed))
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["p_holm"] = holm(out["p_ttest"].to_numpy())
+    return out
+
+
+def _paired_seeds(by: dict, a: str, b: str) -> list[tuple[str, list[int]]]:
+    """(model, the seeds both ``a`` and ``b`` have) for every model of ``by`` (keys (model, label, seed))."""
+    out = []
+    for model in sorted({k[0] for k in by}):
+        seeds = sorted(s for (m, meth, s) in by if m == model and meth == a and (m, b, s) in by)
+        if seeds:
+            out.append((model, seeds))
+    return out
+
+
+def _paired_row(model: str, a: str, b: str, attack: str, metric: str, diffs: list[float], pairs: list, n_classes: int,
+                *, n_boot: int, alpha: float, seed: int) -> dict:
+    """One row of :func:`significance`: the per-seed differences (points), their t-test and bootstrap CI."""
+    lo, hi = bootstrap_ci(pairs, metric, n_classes, n_boot=n_boot, level=1 - alpha, seed=seed)
+    p = paired_difference_test(diffs)
+    return {"model": model, "comparison": f"{a} - {b}", "attack": attack, "metric": metric, "seeds": len(diffs),
+            "per_seed": [round(d, 2) for d in diffs], "mean": float(np.mean(diffs)),
+            "seed_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan"),
+            "p_ttest": p, "ci_low": 100 * lo, "ci_high": 100 * hi, "exceeds_noise": bool(len(diffs) > 1 and p < alpha)}
 
 
 def significance_table(results: Sequence[experiment.RunResult], a: str = "DPAAT", others: Sequence[str] = COMPARED,
