@@ -1430,21 +1430,24 @@ def strong_masking_options(prof: profiles.Profile) -> dict:
 
 
 def strong_evaluations(results: Sequence[experiment.RunResult], prof: profiles.Profile, results_dir,
-                       data_root=None, device: str = "cpu", cache_dir=None) -> tuple[dict, list[str]]:
+                       data_root=None, device: str = "cpu", cache_dir=None, *,
+                       whole_test_set: bool = False) -> tuple[dict, list[str]]:
     """:func:`dpaat_lib.robustness.robust_eval_result` for every run, with the profile's suite, subset
     (``strong_images``) and masking options: load ``<run>/robustness-<hash>.json`` or compute and store it.
+    ``whole_test_set``: the suite alone on every test image, no masking checks (:func:`seed_worst_case`).
 
     Returns ({(model, method label, seed): result}, run ids left out because they have neither the
     stored file nor a checkpoint to compute it). The test set is decoded once per data configuration.
     """
     from . import robustness
 
-    masking = strong_masking_options(prof)
+    masking = None if whole_test_set else strong_masking_options(prof)
+    n_images = None if whole_test_set else prof.strong_images
     out, missing, tensors = {}, [], {}
     for r in results:
         c = r.config
         suite = strong_suite_for(prof, c)
-        path = robustness.robust_eval_path(c, results_dir, suite, prof.strong_images, masking=masking,
+        path = robustness.robust_eval_path(c, results_dir, suite, n_images, masking=masking,
                                            batch_size=prof.strong_batch)
         t = None
         if not path.exists():
@@ -1456,8 +1459,111 @@ def strong_evaluations(results: Sequence[experiment.RunResult], prof: profiles.P
             t = tensors[c.data]
         out[(c.model, c.method.label, c.train.seed)] = robustness.robust_eval_result(
             c, results=results_dir, data_root=resolve_path(data_root), device=device, cache_dir=cache_dir,
-            suite=suite, n_images=prof.strong_images, masking=masking, batch_size=prof.strong_batch, tensors=t)
+            suite=suite, n_images=n_images, masking=masking, batch_size=prof.strong_batch, tensors=t)
     return out, missing
+
+
+# The columns of the every-seed worst case: the paper's 20-step attack of each norm beside the worst case
+# of that norm (the paper's attacks and the suite's), then over both norms.
+WORST_CASE_COLUMNS = ("clean", "20-IFGSM", "worst case Linf", "20-PGD", "worst case L2", "worst case")
+
+
+def worst_case_frame(evaluation: dict, config: RunConfig) -> pd.DataFrame:
+    """Per test image (index: image id), whether the run is right clean, under the paper's 20-IFGSM and
+    20-PGD, and in the worst case of each norm and of every attack (:data:`WORST_CASE_COLUMNS`), from a
+    stored :func:`dpaat_lib.robustness.robust_eval_result`. A worst case counts an image only if it is
+    right clean and under every attack of the set."""
+    from .robustness import worst_case
+
+    frame = pd.DataFrame(evaluation["per_image"], index=pd.Index(evaluation["image_ids"], name="image_id")).astype(bool)
+    norm_of = {**{a.name: a.norm for a in config.eval_attacks}, **{a["name"]: a["norm"] for a in evaluation["spec"]["suite"]}}
+    attacks = [c for c in frame.columns if c != CLEAN]
+    unknown = [c for c in attacks if c not in norm_of]
+    if unknown:
+        raise ValueError(f"the evaluation of {config.run_id} has columns {unknown} that are neither the run's "
+                         "attacks nor its suite's: it belongs to another run")
+    out = {"clean": frame[CLEAN], "20-IFGSM": frame["20-IFGSM"]}
+    for norm in ("linf", "l2"):
+        if norm == "l2":
+            out["20-PGD"] = frame["20-PGD"]
+        out[f"worst case {_NORM_NAME[norm]}"] = worst_case(frame, [CLEAN, *(c for c in attacks if norm_of[c] == norm)])
+    out["worst case"] = worst_case(frame, [CLEAN, *attacks])
+    return pd.DataFrame(out)[list(WORST_CASE_COLUMNS)]
+
+
+def seed_worst_case(results: Sequence[experiment.RunResult], prof: profiles.Profile, results_dir, data_root=None,
+                    device: str = "cpu", cache_dir=None) -> tuple[dict, list[str]]:
+    """The strong suite on every test image of every run (all seeds; no masking checks), as
+    {(model, method label, seed): :func:`worst_case_frame`} and the run ids that have neither the stored
+    evaluation nor a checkpoint. Empty when the profile does not ask for it (``strong_all_seeds``)."""
+    if not prof.strong_all_seeds:
+        return {}, []
+    evals, missing = strong_evaluations(results, prof, results_dir, data_root, device, cache_dir, whole_test_set=True)
+    configs = {(r.config.model, r.config.method.label, r.config.train.seed): r.config for r in results}
+    return {k: worst_case_frame(e, configs[k]) for k, e in _sorted_items(evals)}, missing
+
+
+def seed_worst_case_table(frames: dict, digits: int = 1) -> pd.DataFrame:
+    """Per (model, method): accuracy (%) in each of :data:`WORST_CASE_COLUMNS`, ``mean ± std`` over the
+    seeds, the seeds and the test images."""
+    rows, stats = {}, {}
+    for (model, meth, seed), f in frames.items():
+        stats.setdefault((model, meth), []).append(f.mean())
+    for key in sorted(stats, key=lambda k: (k[0], _method_key(k[1]))):
+        per_seed = pd.DataFrame(stats[key])
+        n = len(per_seed)
+        rows[key] = {c: fmt(per_seed[c].mean(), per_seed[c].std(ddof=1), n, digits=digits) for c in per_seed.columns}
+        rows[key]["seeds"] = str(n)
+        rows[key]["images"] = "/".join(sorted({str(len(f)) for (m, meth, _), f in frames.items() if (m, meth) == key}))
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method"])
+    return out
+
+
+def seed_worst_case_significance(frames: dict, columns: Sequence[str] = ("worst case Linf", "worst case L2")
+                                 ) -> pd.DataFrame:
+    """DPAAT against AT, SAT and AMAT in the worst case of each norm over the seeds
+    (:func:`dpaat_lib.study.correct_significance`: paired t-test across seeds, Holm, bootstrap over images)."""
+    from . import study
+
+    return study.correct_significance(frames, columns=columns)
+
+
+def seed_worst_case_findings(frames: dict, significance: pd.DataFrame, missing: Sequence[str] = (),
+                             prof: profiles.Profile | None = None) -> str:
+    """What the every-seed worst case shows (Markdown): how far the strong attacks lower each method below
+    the paper's 20-step attacks (mean over seeds), and the comparison with seed-to-seed noise."""
+    from . import study
+
+    if not frames:
+        if prof is not None and not prof.strong_all_seeds:
+            return (f"Profile `{prof.name}` evaluates the strong suite on the first seed's subset only "
+                    "(`strong_all_seeds` is off: on the paper profile a GPU's time goes to the grid); the "
+                    "notebook parameter `strong_all_seeds=True` runs it on every seed and test image.")
+        return (f"No every-seed evaluation is stored and no checkpoint is here to compute one ({len(missing)} "
+                "run(s) without either).")
+    seeds = sorted({k[2] for k in frames})
+    images = sorted({len(f) for f in frames.values()})
+    per = {}
+    for (model, meth, seed), f in frames.items():
+        per.setdefault((model, meth), []).append(f.mean())
+    lines = []
+    for (model, meth) in sorted(per, key=lambda k: (k[0], _method_key(k[1]))):
+        m = pd.DataFrame(per[(model, meth)]).mean()
+        lines.append(f"{model} {meth}: 20-IFGSM {100 * m['20-IFGSM']:.1f} -> worst case Linf "
+                     f"{100 * m['worst case Linf']:.1f} ({100 * (m['worst case Linf'] - m['20-IFGSM']):+.1f}); "
+                     f"20-PGD {100 * m['20-PGD']:.1f} -> worst case L2 {100 * m['worst case L2']:.1f} "
+                     f"({100 * (m['worst case L2'] - m['20-PGD']):+.1f})")
+    parts = [f"**Every seed, the whole test set** ({len(seeds)} seed(s), {'/'.join(map(str, images))} test images "
+             "per run). How much the stronger attacks take away, mean over seeds (points):\n\n- " + "\n- ".join(lines)]
+    if len(significance):
+        parts.append("**DPAAT against AT, SAT and AMAT in the worst case.** "
+                     + study.seed_findings(significance))
+    if missing:
+        parts.append(f"{len(missing)} run(s) have neither this evaluation nor a checkpoint and are left out: "
+                     f"{', '.join(missing)}.")
+    return "\n\n".join(parts)
 
 
 def _sorted_items(evals: dict):
@@ -1703,8 +1809,8 @@ def strong_findings(evals: dict, missing: Sequence[str] = (), synthetic: bool = 
                    + (" (the sign changes)" if p * w < 0 else ""))
     if cmp:
         parts.append("**DPAAT against AT**: " + "; ".join(cmp) + ". These are single training runs: whether a "
-                     "difference exceeds the run-to-run variation of training needs several seeds (chapter 12 tests "
-                     "the paper's attacks over the training seeds).")
+                     "difference exceeds the run-to-run variation of training needs several seeds (below, the worst "
+                     "case over every seed where the profile runs it; chapter 12, the paper's attacks).")
     # the paper's own attacks: already at the worst case?
     same = [f"{k[0]} {k[1]}" for k, e in _sorted_items(evals)
             if abs(e["worst_case"]["all_l2"] - e["robust_accuracy"]["20-PGD"]) < 1e-9]

@@ -273,6 +273,71 @@ def test_strong_evaluations_load_stored_results_and_list_runs_without_a_checkpoi
     assert "in batches of 50" in report.strong_settings(dataclasses.replace(prof, strong_batch=50), evals)
 
 
+def fake_whole_test_eval(cfg, right: dict[str, np.ndarray]) -> dict:
+    """A stored whole-test-set evaluation (no masking checks): per-image 0/1 per column of ``right``
+    (clean, the paper's five attacks, the suite's six), as robust_eval_result writes it."""
+    suite = report.strong_suite_for(profiles.get_profile("quick"), cfg)
+    n = len(right["clean"])
+    return {"run_id": cfg.run_id, "n_images": n, "image_ids": [f"ISIC_{k:07d}" for k in range(n)],
+            "spec": {"suite": [a.to_dict() for a in suite], "n_images": None, "masking": None, "batch_size": 128},
+            "per_image": {c: np.asarray(v, int).tolist() for c, v in right.items()}, "masking": None}
+
+
+def _right(rng, n: int, p: float) -> dict[str, np.ndarray]:
+    names = ["clean", *ATTACKS, "APGD-CE-Linf", "APGD-DLR-Linf", "Square-Linf", "APGD-CE-L2", "APGD-DLR-L2",
+             "Square-L2"]
+    return {c: rng.random(n) < (0.9 if c == "clean" else p) for c in names}
+
+
+def test_worst_case_frame_takes_each_norm_from_the_run_and_its_suite():
+    cfg = fake_result("smallcnn", "dpaat").config
+    right = _right(np.random.default_rng(0), 200, 0.8)
+    f = report.worst_case_frame(fake_whole_test_eval(cfg, right), cfg)
+    assert list(f.columns) == list(report.WORST_CASE_COLUMNS) and f.index[3] == "ISIC_0000003"
+    linf = right["clean"] & right["FGSM"] & right["10-IFGSM"] & right["20-IFGSM"] & right["APGD-CE-Linf"] \
+        & right["APGD-DLR-Linf"] & right["Square-Linf"]
+    l2 = right["clean"] & right["20-PGD"] & right["50-PGD"] & right["APGD-CE-L2"] & right["APGD-DLR-L2"] \
+        & right["Square-L2"]
+    assert (f["worst case Linf"].to_numpy() == linf).all() and (f["worst case L2"].to_numpy() == l2).all()
+    assert (f["worst case"].to_numpy() == (linf & l2)).all() and 0 < f["worst case"].sum() < f["worst case L2"].sum()
+    assert (f["20-PGD"].to_numpy() == right["20-PGD"]).all()
+    other = fake_whole_test_eval(cfg, {**right, "PGD-3-L2": right["clean"]})
+    with pytest.raises(ValueError, match="belongs to another run"):
+        report.worst_case_frame(other, cfg)
+
+
+def test_seed_worst_case_loads_every_seed_and_compares_the_methods(tmp_path):
+    from dpaat_lib import robustness
+
+    prof = profiles.get_profile("quick")
+    assert prof.strong_all_seeds and profiles.get_profile("cpu-real").strong_all_seeds
+    assert not profiles.get_profile("paper").strong_all_seeds
+    rng = np.random.default_rng(1)
+    runs = []
+    for seed in range(3):
+        for method, p in (("at", 0.55), ("dpaat", 0.75)):
+            r = fake_result("smallcnn", method, seed=seed, tmp=tmp_path)
+            path = robustness.robust_eval_path(r.config, tmp_path, report.strong_suite_for(prof, r.config), None,
+                                               masking=False, batch_size=prof.strong_batch)
+            store.write_json(path, fake_whole_test_eval(r.config, _right(rng, 300, p)))
+            runs.append(r)
+    bare = fake_result("smallcnn", "sat", tmp=tmp_path)
+    frames, missing = report.seed_worst_case([*runs, bare], prof, tmp_path)
+    assert list(frames) == [("smallcnn", m, s) for m in ("AT", "DPAAT") for s in range(3)]
+    assert missing == [bare.run_id]
+    table = report.seed_worst_case_table(frames)
+    assert list(table.index) == [("smallcnn", "AT"), ("smallcnn", "DPAAT")]
+    assert (table["seeds"] == "3").all() and (table["images"] == "300").all() and "±" in table.iloc[0]["worst case"]
+    sig = report.seed_worst_case_significance(frames)
+    assert list(sig["attack"]) == ["worst case Linf", "worst case L2"] and sig["exceeds_noise"].all()
+    text = report.seed_worst_case_findings(frames, sig, missing, prof)
+    assert "3 seed(s), 300 test images" in text and "DPAAT higher" in text and bare.run_id in text
+    # The paper profile leaves it to a parameter, and says so.
+    off = dataclasses.replace(prof, strong_all_seeds=False)
+    assert report.seed_worst_case(runs, off, tmp_path) == ({}, [])
+    assert "strong_all_seeds=True" in report.seed_worst_case_findings({}, sig.iloc[0:0], [], off)
+
+
 def test_strong_tables_and_findings_from_stored_evaluations():
     at, dp = (fake_result("smallcnn", m).config for m in ("at", "dpaat"))
     evals = {("smallcnn", "DPAAT", 0): fake_strong_eval(dp, fail="blackbox_not_stronger"),

@@ -185,6 +185,43 @@ def test_significance_with_one_seed_gives_no_verdict():
     assert "one seed" in study.significance_sentence(t)
 
 
+def _correct_frames(results, attacks=("clean", "20-PGD")) -> dict:
+    """Per-image correctness of each fake run, as chapter 11's every-seed worst case stores it."""
+    out = {}
+    for r in results:
+        pred = r.predictions.set_index("image_id")
+        out[(r.config.model, study._label(r), r.config.train.seed)] = pd.DataFrame(
+            {a: pred[f"pred_{a}"] == pred["label"] for a in attacks})
+    return out
+
+
+@pytest.mark.parametrize("effect", [0.15, 0.0])
+def test_correct_significance_equals_significance_on_predictions(effect):
+    # The same runs, once as predictions and once as per-image correctness: the same test, row for row.
+    res = _grid(effect)
+    want = study.significance_table(res, attacks=("clean", "20-PGD"))
+    got = study.correct_significance(_correct_frames(res))
+    cols = ["model", "comparison", "attack", "seeds", "mean", "seed_std", "p_ttest", "ci_low", "ci_high",
+            "exceeds_noise", "p_holm"]
+    pd.testing.assert_frame_equal(got[cols], want[cols])
+    assert list(got["per_seed"]) == list(want["per_seed"])
+
+
+def test_correct_significance_pairs_images_by_id_and_refuses_disjoint_runs():
+    frames = _correct_frames(_grid(0.15))
+    # shuffled rows and a missing image: paired by image id on the common images
+    shuffled = {k: (f.sample(frac=1.0, random_state=1).iloc[1:] if k[1] == "AT" else f) for k, f in frames.items()}
+    t = study.correct_significance(shuffled, others=("AT",), columns=["20-PGD"])
+    for s, d in enumerate(t.iloc[0]["per_seed"]):
+        a, b = frames[("smallcnn", "DPAAT", s)]["20-PGD"], shuffled[("smallcnn", "AT", s)]["20-PGD"]
+        assert d == pytest.approx(round(100 * (a.loc[b.index].mean() - b.mean()), 2))
+    disjoint = dict(frames)
+    at = frames[("smallcnn", "AT", 0)]
+    disjoint[("smallcnn", "AT", 0)] = at.set_axis([f"other_{k}" for k in range(len(at))])
+    with pytest.raises(ValueError, match="no common test image"):
+        study.correct_significance(disjoint, others=("AT",))
+
+
 def test_paired_difference_test_edge_cases():
     assert np.isnan(study.paired_difference_test([1.0]))
     assert study.paired_difference_test([0.0, 0.0, 0.0]) == 1.0
