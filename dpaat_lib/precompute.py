@@ -8,7 +8,8 @@ machine):
 
 - chapter 4: robust accuracy against eps, both norms (:func:`report.eps_curves`);
 - chapter 11: the stronger attacks and the gradient-masking checks
-  (:func:`report.strong_evaluations`, the profile's suite and subset);
+  (:func:`report.strong_evaluations`, the profile's suite and subset), and where the profile asks
+  for it (``strong_all_seeds``) the suite alone on every test image, for the runs of every seed;
 - chapter 8: Grad-CAM maps and scores of the STD, AT and DPAAT runs of the
   figure models, for the candidate images of :func:`gradcam.candidate_ids`,
   which depend on no other run: the chapter picks among them the images all
@@ -27,17 +28,25 @@ from . import experiment, gradcam, grid, profiles, report, store
 from .config import RunConfig
 
 GRADCAM_METHODS = ("std", "at", "dpaat")  # chapter 8's
+WHOLE_TEST_SET = "strong attacks, whole test set"  # chapter 11's every-seed worst case (profile strong_all_seeds)
 
 
 def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir, data_root=None,
                device: str = "cpu", cache_dir=None) -> list[str]:
     """What the chapters derive from one finished run's checkpoint (main methods, the profile's first
     seed): eps curves and the stronger evaluation (chapters 4 and 11), and for the figure models' STD,
-    AT and DPAAT runs the Grad-CAM candidates (chapter 8). Returns what was computed or found."""
+    AT and DPAAT runs the Grad-CAM candidates (chapter 8); on every seed, the whole-test-set suite of
+    chapter 11 where the profile asks for it. Returns what was computed or found."""
     c = result.config
-    if c.method.name not in profiles.MAIN_METHODS or c.train.seed != min(prof.seeds):
+    if c.method.name not in profiles.MAIN_METHODS:
         return []
     done = []
+    if prof.strong_all_seeds and report.strong_evaluations([result], prof, results_dir, data_root=data_root,
+                                                           device=device, cache_dir=cache_dir,
+                                                           whole_test_set=True)[0]:
+        done.append(WHOLE_TEST_SET)
+    if c.train.seed != min(prof.seeds):
+        return done
     for norm in ("l2", "linf"):
         if report.eps_curves([result], results_dir, data_root, norm=norm, device=device, cache_dir=cache_dir):
             done.append(f"eps curve {norm}")
@@ -59,9 +68,15 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     from . import robustness
 
     c = result.config
-    if c.method.name not in profiles.MAIN_METHODS or c.train.seed != min(prof.seeds):
+    if c.method.name not in profiles.MAIN_METHODS:
         return []
-    missing = [f"eps curve {norm}" for norm in ("l2", "linf")
+    missing = []
+    if prof.strong_all_seeds and not robustness.robust_eval_path(
+            c, results_dir, report.strong_suite_for(prof, c), None, masking=None, batch_size=prof.strong_batch).exists():
+        missing.append(WHOLE_TEST_SET)
+    if c.train.seed != min(prof.seeds):
+        return missing
+    missing += [f"eps curve {norm}" for norm in ("l2", "linf")
                if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
     path = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), prof.strong_images,
                                        masking=report.strong_masking_options(prof), batch_size=prof.strong_batch)

@@ -103,7 +103,8 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
                                                                              cache_dir=cache_dir)), **run_kw)
     assert extras[-1] == []  # D-A is shown by no chapter that needs a checkpoint
     # Each of STD, AT and DPAAT stores its Grad-CAM candidates itself: no run needs another's checkpoint.
-    assert all(e == ["eps curve l2", "eps curve linf", "strong attacks", "Grad-CAM"] for e in extras[:3]), extras
+    assert all(e == [precompute.WHOLE_TEST_SET, "eps curve l2", "eps curve linf", "strong attacks", "Grad-CAM"]
+               for e in extras[:3]), extras
     for c in cfgs:
         shutil.rmtree(results / c.run_id / "ckpt")
     main = [experiment.load_result(c, results) for c in cfgs[:3]]
@@ -112,6 +113,8 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
         assert len(report.eps_curves(main, results, norm=norm)) == 3
     evals, missing = report.strong_evaluations(main, prof, results)
     assert len(evals) == 3 and missing == []
+    frames, missing = report.seed_worst_case(main, prof, results)
+    assert len(frames) == 3 and missing == [] and all(len(f) == 4 * 3 for f in frames.values())  # every test image
     for n in (1, 2):  # chapter 8's figure and scores, at this tiny test set's size
         ids, _ = report.gradcam_selection(main, "smallcnn", n_per_class=n)
         cams = report.gradcam_results(main, "smallcnn", ids, results)
@@ -119,7 +122,9 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
     # What a lost extra looks like to the grid (--retrain-lost-extras): named, without computing anything.
     for p in (results / cfgs[0].run_id).glob("robustness-*.json"):
         p.unlink()
-    assert precompute.missing_extras(main[0], prof, results) == ["strong attacks"]
+    assert precompute.missing_extras(main[0], prof, results) == [precompute.WHOLE_TEST_SET, "strong attacks"]
+    assert precompute.missing_extras(main[0], dataclasses.replace(prof, strong_all_seeds=False), results) == \
+        ["strong attacks"]
 
 
 @pytest.mark.parametrize("method", ["std", "dpaat"])
@@ -220,10 +225,16 @@ def test_redo_trains_a_finished_run_again_and_keeps_the_old_folder(tmp_path, pro
 
 def test_plan_says_what_each_run_lacks_without_training(tmp_path, prof, data, run_kw, synthetic_root, cache_dir):
     std, at, dpaat = configs(prof, data, ("std", "at", "dpaat"))
+    std1 = dataclasses.replace(std, train=dataclasses.replace(std.train, seed=1))
     results = tmp_path / "r"
-    grid.run_claimed([std], results=results, claim_dir=tmp_path / "c", log=lambda m: None, **run_kw)
-    plan = precompute.plan_table([std, at, dpaat], results, prof, sharing=2).set_index("run")
-    assert plan.loc[std.run_id, "state"] == "extras missing: eps curve l2, eps curve linf, strong attacks, Grad-CAM"
+    grid.run_claimed([std, std1], results=results, claim_dir=tmp_path / "c", log=lambda m: None, **run_kw)
+    plan = precompute.plan_table([std, std1, at, dpaat], results, prof, sharing=2).set_index("run")
+    assert plan.loc[std.run_id, "state"] == ("extras missing: strong attacks, whole test set, eps curve l2, "
+                                             "eps curve linf, strong attacks, Grad-CAM")
+    # a later seed needs only the every-seed suite (the profile's strong_all_seeds)
+    assert plan.loc[std1.run_id, "state"] == "extras missing: strong attacks, whole test set"
+    assert precompute.run_extras(experiment.load_result(std1, results), prof, results, synthetic_root,
+                                 cache_dir=cache_dir) == [precompute.WHOLE_TEST_SET]
     assert plan.loc[at.run_id, "state"] == "to train" and plan.loc[at.run_id, "expected s"].isdigit()
     precompute.run_extras(experiment.load_result(std, results), prof, results, synthetic_root, cache_dir=cache_dir)
     shutil.rmtree(results / std.run_id / "ckpt")
