@@ -71,8 +71,9 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     if c.method.name not in profiles.MAIN_METHODS:
         return []
     missing = []
-    if prof.strong_all_seeds and not robustness.robust_eval_path(
-            c, results_dir, report.strong_suite_for(prof, c), None, masking=None, batch_size=prof.strong_batch).exists():
+    whole = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), None, masking=None,
+                                        batch_size=prof.strong_batch)
+    if prof.strong_all_seeds and not whole.exists():
         missing.append(WHOLE_TEST_SET)
     if c.train.seed != min(prof.seeds):
         return missing

@@ -1476,7 +1476,8 @@ def worst_case_frame(evaluation: dict, config: RunConfig) -> pd.DataFrame:
     from .robustness import worst_case
 
     frame = pd.DataFrame(evaluation["per_image"], index=pd.Index(evaluation["image_ids"], name="image_id")).astype(bool)
-    norm_of = {**{a.name: a.norm for a in config.eval_attacks}, **{a["name"]: a["norm"] for a in evaluation["spec"]["suite"]}}
+    norm_of = {**{a.name: a.norm for a in config.eval_attacks},
+               **{a["name"]: a["norm"] for a in evaluation["spec"]["suite"]}}
     attacks = [c for c in frame.columns if c != CLEAN]
     unknown = [c for c in attacks if c not in norm_of]
     if unknown:
@@ -1528,6 +1529,40 @@ def seed_worst_case_significance(frames: dict, columns: Sequence[str] = ("worst 
     from . import study
 
     return study.correct_significance(frames, columns=columns)
+
+
+def worst_case_headline(frames: dict, significance: pd.DataFrame, norm: str = "L2", a: str = "DPAAT",
+                        alpha: float = 0.05) -> str:
+    """One paragraph for the overview (Markdown): ``a`` against each method in the per-image worst case of
+    ``norm`` over every seed and test image (chapter 11), with the t-test's verdict; "" without it."""
+    col = f"worst case {norm}"
+    rows = significance[significance["attack"] == col] if len(significance) else significance
+    if not frames or not len(rows):
+        return ""
+    mine = [f.mean() for (m, meth, s), f in frames.items() if meth == a]
+    drop = 100 * float(np.mean([f[col] - f["20-PGD" if norm == "L2" else "20-IFGSM"] for f in mine]))
+    seeds = int(rows["seeds"].max())
+
+    def verdict(r):
+        if r["seeds"] < 2:
+            return "one seed"
+        beyond = "beyond" if r["p_ttest"] < alpha else "within"
+        return f"p = {r['p_ttest']:.3f}, {beyond} seed-to-seed noise"
+
+    parts = [f"{r['comparison'].split(' - ')[1]} {r['mean']:+.1f} points ({verdict(r)})" for _, r in rows.iterrows()]
+    held = int((rows["p_holm"] < alpha).sum()) if "p_holm" in rows else 0
+    return (f"**Under the stronger attacks** (chapter 11: the per-image worst case of the paper's {norm} attacks, "
+            f"APGD-CE, APGD-DLR and Square, on every test image of {seeds} seed(s)), {a} minus "
+            + and_list(parts) + f". The worst case takes {-drop:.1f} points from {a}'s "
+            f"{'20-PGD' if norm == 'L2' else '20-IFGSM'} accuracy"
+            + (f"; after Holm's adjustment over chapter 11's {len(significance)} worst-case tests, {held} of these "
+               f"remain beyond noise." if seeds > 1 else "."))
+
+
+def and_list(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def seed_worst_case_findings(frames: dict, significance: pd.DataFrame, missing: Sequence[str] = (),

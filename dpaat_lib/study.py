@@ -106,17 +106,11 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
         sweep = f"each sweep value{on} is trained on {seeds(tuple(sweep_seeds or (0,)))}"
     else:
         per = {m: sweep_seeds_for(study_profile.name, m) for m in sweep_cnns}
-        sweep = "each sweep value is trained on " + _and([f"{seeds(ss)} on {m}" for m, ss in per.items()])
+        sweep = "each sweep value is trained on " + report.and_list([f"{seeds(ss)} on {m}" for m, ss in per.items()])
     parts.append(f"Seeds: the method comparison uses {seeds(study_profile.seeds)}; {sweep}, and read against the "
                  f"default DPAAT's spread over {seeds(study_profile.seeds)}; the seven-class task uses "
                  f"{seeds(seven_profile.seeds)}.")
     return " ".join(parts)
-
-
-def _and(items: Sequence[str]) -> str:
-    """``a``, ``a and b``, ``a, b and c``."""
-    items = list(items)
-    return " and ".join(items) if len(items) < 3 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def runs_of(results: Sequence[experiment.RunResult], label: str) -> list[experiment.RunResult]:

@@ -78,6 +78,10 @@ report.md(report.group_note(prof.models))
 # ## What it shows
 
 # %% tags=["hide-input"]
+# chapter 11's stronger attacks on every seed and test image, where the profile runs them (stored files)
+worst = report.seed_worst_case(results, prof, report.results_dir(prof, results_root), data_root=data_root,
+                               device=device)[0]
+worst_case = report.worst_case_headline(worst, report.seed_worst_case_significance(worst))
 report.md(
     report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "
@@ -93,6 +97,7 @@ report.md(
     f"**DPAAT minus AT here, on the same test images** (chapter 12 tests DPAAT against AT, SAT and AMAT "
     f"over three seeds):\n\n"
     + report.comparison_sentence(results, "DPAAT", "AT")
+    + (f"\n\n{worst_case}" if worst_case else "")
     + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
        if prof.synthetic else "")
 )

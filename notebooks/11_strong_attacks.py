@@ -115,7 +115,8 @@ report.plot_masking_eps(evals) if evals else report.md("No stored evaluations an
 
 # %%
 worst, worst_missing = report.seed_worst_case(results, prof, out, data_root=data_root, device=device)
-report.seed_worst_case_table(worst) if worst else report.md(report.seed_worst_case_findings(worst, [], worst_missing, prof))
+(report.seed_worst_case_table(worst) if worst
+ else report.md(report.seed_worst_case_findings(worst, [], worst_missing, prof)))
 
 # %% [markdown]
 # DPAAT against AT, SAT and AMAT in the worst case of each norm: per-seed differences (points),

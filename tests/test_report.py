@@ -332,6 +332,12 @@ def test_seed_worst_case_loads_every_seed_and_compares_the_methods(tmp_path):
     assert list(sig["attack"]) == ["worst case Linf", "worst case L2"] and sig["exceeds_noise"].all()
     text = report.seed_worst_case_findings(frames, sig, missing, prof)
     assert "3 seed(s), 300 test images" in text and "DPAAT higher" in text and bare.run_id in text
+    # chapter 1's paragraph: DPAAT minus AT in the L2 worst case, the same numbers as the table's row
+    row = sig[sig["attack"] == "worst case L2"].iloc[0]
+    head = report.worst_case_headline(frames, sig)
+    assert f"DPAAT minus AT {row['mean']:+.1f} points (p = {row['p_ttest']:.3f}, beyond seed-to-seed noise)" in head
+    assert "every test image of 3 seed(s)" in head and "remain beyond noise" in head
+    assert report.worst_case_headline({}, sig) == ""
     # The paper profile leaves it to a parameter, and says so.
     off = dataclasses.replace(prof, strong_all_seeds=False)
     assert report.seed_worst_case(runs, off, tmp_path) == ({}, [])
