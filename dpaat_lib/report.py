@@ -2045,10 +2045,20 @@ def strong_cost_findings(results: Sequence[experiment.RunResult]) -> str:
     rows = _cost_rows(results)
     if not rows:
         return "No runs."
-    parts = [f"{r['model']} {r['method']}: measured " + (f"x{r['rel']:.1f}" if np.isfinite(r["rel"]) else "—")
-             + f" (passes {r['passes_total']})" for r in rows if r["method"] != "STD"]
-    return ("**Cost relative to STD** (median seconds per training epoch, from each run's stored history; "
-            "forward-backward passes per batch in brackets): " + "; ".join(parts) + ". "
+    by: dict = {}
+    for r in rows:
+        if r["method"] != "STD":
+            by.setdefault((r["model"], r["method"]), []).append(r)
+    parts = []
+    for (model, meth), rs in by.items():  # one entry per method, its seeds' ratios summarised
+        rel = [r["rel"] for r in rs if np.isfinite(r["rel"])]
+        text = "—" if not rel else f"x{np.median(rel):.1f}"
+        if len(rel) > 1:
+            text += f" (x{min(rel):.1f} to x{max(rel):.1f} over {len(rel)} seeds)"
+        parts.append(f"{model} {meth}: measured {text}, passes {rs[0]['passes_total']}")
+    return ("**Cost relative to STD** (median seconds per training epoch, from each run's stored history, against "
+            "the STD run of the same seed; with several seeds the median of their ratios and their range; "
+            "forward-backward passes per batch): " + "; ".join(parts) + ". "
             "The runs behind this book were trained on a shared CPU, partly at the same time as other runs, so "
             "the measured ratios are indicative only; the pass counts are what the methods cost on any machine. "
             "AT, SAT, AMAT and DPAAT all pay for the same 7-step attack per batch; DPAAT's radius update and "

@@ -387,6 +387,15 @@ def test_strong_cost_table_uses_medians_and_counts_passes(tmp_path):
     assert list(t["passes per batch"]) == ["1", "7 + 1", "7 + 2", "<= 7 + 2", "7 + 2"]
     assert list(t["passes relative to STD"]) == ["1", "8", "9", "<= 9", "9"]
     assert "shared CPU" in report.strong_cost_findings(runs)
+    assert "smallcnn AT: measured x8.0, passes 8;" in report.strong_cost_findings(runs)
+    # several seeds: one entry per method, the median of the seeds' ratios and their range
+    seed1 = [dataclasses.replace(r, config=dataclasses.replace(r.config, train=dataclasses.replace(r.config.train,
+                                                                                                   seed=1)))
+             for r in (fake_result("smallcnn", "std"), fake_result("smallcnn", "at"))]
+    seed1[0].history["epochs"] = [{"epoch": 1, "seconds": 2.0, "val_acc": 0.5}]
+    seed1[1].history["epochs"] = [{"epoch": 1, "seconds": 8.0, "val_acc": 0.5}]
+    text = report.strong_cost_findings(runs + seed1)
+    assert "smallcnn AT: measured x6.0 (x4.0 to x8.0 over 2 seeds), passes 8;" in text and text.count("smallcnn AT") == 1
 
 
 def test_a_failed_eps_check_says_whether_the_sweep_reached_zero_before():
