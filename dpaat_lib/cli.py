@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data, experiment, grid, precompute, profiles, store
+from . import data, experiment, grid, precompute, profiles, report, store
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
@@ -131,7 +131,8 @@ def _grid(args, models, methods) -> int:
                 r = experiment.load_result(c, results)
                 lost = precompute.missing_extras(r, prof, results)
                 if lost and not (store.RunDir(results, c.run_id).ckpt / "best.pt").exists():
-                    return f"its {', '.join(lost)} are missing and its checkpoint is gone"
+                    verb = "is" if len(lost) == 1 else "are"
+                    return f"its {report.and_list(lost)} {verb} missing and its checkpoint is gone"
                 return None
         done = grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after, finish_by_s=args.finish_by, redo=redo,
                                 sharing=args.sharing,

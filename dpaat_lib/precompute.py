@@ -28,38 +28,38 @@ from . import experiment, gradcam, grid, profiles, report, store
 from .config import RunConfig
 
 GRADCAM_METHODS = ("std", "at", "dpaat")  # chapter 8's
-WHOLE_TEST_SET = "strong attacks, whole test set"  # chapter 11's every-seed worst case (profile strong_all_seeds)
+WHOLE_TEST_SET = "worst case on every test image"  # chapter 11's, on every seed (profile strong_all_seeds)
 
 
 def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir, data_root=None,
                device: str = "cpu", cache_dir=None) -> list[str]:
-    """What the chapters derive from one finished run's checkpoint (main methods, the profile's first
-    seed): eps curves and the stronger evaluation (chapters 4 and 11), and for the figure models' STD,
-    AT and DPAAT runs the Grad-CAM candidates (chapter 8); on every seed, the whole-test-set suite of
-    chapter 11 where the profile asks for it. Returns what was computed or found."""
+    """What the chapters derive from one finished run's checkpoint (main methods): on the profile's first
+    seed, eps curves and the stronger evaluation (chapters 4 and 11), and for the figure models' STD, AT
+    and DPAAT runs the Grad-CAM candidates (chapter 8); on every seed, the worst case of chapter 11 on
+    every test image where the profile asks for it. Returns what was computed or found."""
     c = result.config
     if c.method.name not in profiles.MAIN_METHODS:
         return []
     done = []
+    if c.train.seed == min(prof.seeds):
+        for norm in ("l2", "linf"):
+            if report.eps_curves([result], results_dir, data_root, norm=norm, device=device, cache_dir=cache_dir):
+                done.append(f"eps curve {norm}")
+        evals, missing = report.strong_evaluations([result], prof, results_dir, data_root=data_root,
+                                                   device=device, cache_dir=cache_dir)
+        if evals:
+            done.append("strong attacks")
+        if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
+            ids = gradcam.candidate_ids(result.predictions, c.data.classes)
+            shown = gradcam.candidate_ids(result.predictions, c.data.classes,
+                                          per_class=gradcam.THUMBNAILS_PER_CLASS)
+            gradcam.cam_result(c, results=results_dir, image_ids=ids, data_root=report.resolve_path(data_root),
+                               device=device, cache_dir=cache_dir, thumbnails=shown)
+            done.append("Grad-CAM")
     if prof.strong_all_seeds and report.strong_evaluations([result], prof, results_dir, data_root=data_root,
                                                            device=device, cache_dir=cache_dir,
                                                            whole_test_set=True)[0]:
         done.append(WHOLE_TEST_SET)
-    if c.train.seed != min(prof.seeds):
-        return done
-    for norm in ("l2", "linf"):
-        if report.eps_curves([result], results_dir, data_root, norm=norm, device=device, cache_dir=cache_dir):
-            done.append(f"eps curve {norm}")
-    evals, missing = report.strong_evaluations([result], prof, results_dir, data_root=data_root, device=device,
-                                               cache_dir=cache_dir)
-    if evals:
-        done.append("strong attacks")
-    if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
-        ids = gradcam.candidate_ids(result.predictions, c.data.classes)
-        shown = gradcam.candidate_ids(result.predictions, c.data.classes, per_class=gradcam.THUMBNAILS_PER_CLASS)
-        gradcam.cam_result(c, results=results_dir, image_ids=ids, data_root=report.resolve_path(data_root),
-                           device=device, cache_dir=cache_dir, thumbnails=shown)
-        done.append("Grad-CAM")
     return done
 
 
@@ -71,21 +71,20 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     if c.method.name not in profiles.MAIN_METHODS:
         return []
     missing = []
+    if c.train.seed == min(prof.seeds):
+        missing += [f"eps curve {norm}" for norm in ("l2", "linf")
+                    if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
+        path = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), prof.strong_images,
+                                           masking=report.strong_masking_options(prof), batch_size=prof.strong_batch)
+        if not path.exists():
+            missing.append("strong attacks")
+        if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
+            if gradcam.stored_file(result.path, gradcam.candidate_ids(result.predictions, c.data.classes)) is None:
+                missing.append("Grad-CAM")
     whole = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), None, masking=None,
                                         batch_size=prof.strong_batch)
     if prof.strong_all_seeds and not whole.exists():
         missing.append(WHOLE_TEST_SET)
-    if c.train.seed != min(prof.seeds):
-        return missing
-    missing += [f"eps curve {norm}" for norm in ("l2", "linf")
-               if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
-    path = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), prof.strong_images,
-                                       masking=report.strong_masking_options(prof), batch_size=prof.strong_batch)
-    if not path.exists():
-        missing.append("strong attacks")
-    if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
-        if gradcam.stored_file(result.path, gradcam.candidate_ids(result.predictions, c.data.classes)) is None:
-            missing.append("Grad-CAM")
     return missing
 
 

@@ -51,7 +51,8 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     for p in (results / std).glob("robustness-*.json"):  # ... and so is its stronger evaluation
         p.unlink()
     log = _call(tmp_path, synthetic_root, tmp_path / "out2", FINAL="1")
-    assert "training it again (its strong attacks are missing and its checkpoint is gone)" in log
+    assert ("training it again (its strong attacks and worst case on every test image are missing and its "
+            "checkpoint is gone)") in log
     assert (results / "superseded" / std / "done").exists()
     second = _members(tmp_path / "out2")
     # Only what the second call wrote: the retrained run and the logs, not the six runs left alone.

@@ -103,7 +103,7 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
                                                                              cache_dir=cache_dir)), **run_kw)
     assert extras[-1] == []  # D-A is shown by no chapter that needs a checkpoint
     # Each of STD, AT and DPAAT stores its Grad-CAM candidates itself: no run needs another's checkpoint.
-    assert all(e == [precompute.WHOLE_TEST_SET, "eps curve l2", "eps curve linf", "strong attacks", "Grad-CAM"]
+    assert all(e == ["eps curve l2", "eps curve linf", "strong attacks", "Grad-CAM", precompute.WHOLE_TEST_SET]
                for e in extras[:3]), extras
     for c in cfgs:
         shutil.rmtree(results / c.run_id / "ckpt")
@@ -122,7 +122,7 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
     # What a lost extra looks like to the grid (--retrain-lost-extras): named, without computing anything.
     for p in (results / cfgs[0].run_id).glob("robustness-*.json"):
         p.unlink()
-    assert precompute.missing_extras(main[0], prof, results) == [precompute.WHOLE_TEST_SET, "strong attacks"]
+    assert precompute.missing_extras(main[0], prof, results) == ["strong attacks", precompute.WHOLE_TEST_SET]
     assert precompute.missing_extras(main[0], dataclasses.replace(prof, strong_all_seeds=False), results) == \
         ["strong attacks"]
 
@@ -229,10 +229,10 @@ def test_plan_says_what_each_run_lacks_without_training(tmp_path, prof, data, ru
     results = tmp_path / "r"
     grid.run_claimed([std, std1], results=results, claim_dir=tmp_path / "c", log=lambda m: None, **run_kw)
     plan = precompute.plan_table([std, std1, at, dpaat], results, prof, sharing=2).set_index("run")
-    assert plan.loc[std.run_id, "state"] == ("extras missing: strong attacks, whole test set, eps curve l2, "
-                                             "eps curve linf, strong attacks, Grad-CAM")
+    assert plan.loc[std.run_id, "state"] == ("extras missing: eps curve l2, eps curve linf, strong attacks, "
+                                             "Grad-CAM, worst case on every test image")
     # a later seed needs only the every-seed suite (the profile's strong_all_seeds)
-    assert plan.loc[std1.run_id, "state"] == "extras missing: strong attacks, whole test set"
+    assert plan.loc[std1.run_id, "state"] == "extras missing: worst case on every test image"
     assert precompute.run_extras(experiment.load_result(std1, results), prof, results, synthetic_root,
                                  cache_dir=cache_dir) == [precompute.WHOLE_TEST_SET]
     assert plan.loc[at.run_id, "state"] == "to train" and plan.loc[at.run_id, "expected s"].isdigit()
