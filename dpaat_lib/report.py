@@ -1483,13 +1483,12 @@ def worst_case_frame(evaluation: dict, config: RunConfig) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"the evaluation of {config.run_id} has columns {unknown} that are neither the run's "
                          "attacks nor its suite's: it belongs to another run")
-    out = {"clean": frame[CLEAN], "20-IFGSM": frame["20-IFGSM"]}
-    for norm in ("linf", "l2"):
-        if norm == "l2":
-            out["20-PGD"] = frame["20-PGD"]
-        out[f"worst case {_NORM_NAME[norm]}"] = worst_case(frame, [CLEAN, *(c for c in attacks if norm_of[c] == norm)])
-    out["worst case"] = worst_case(frame, [CLEAN, *attacks])
-    return pd.DataFrame(out)[list(WORST_CASE_COLUMNS)]
+    def of_norm(norm):
+        return worst_case(frame, [CLEAN, *(c for c in attacks if norm_of[c] == norm)])
+
+    return pd.DataFrame({"clean": frame[CLEAN], "20-IFGSM": frame["20-IFGSM"], "worst case Linf": of_norm("linf"),
+                         "20-PGD": frame["20-PGD"], "worst case L2": of_norm("l2"),
+                         "worst case": worst_case(frame, [CLEAN, *attacks])})[list(WORST_CASE_COLUMNS)]
 
 
 def seed_worst_case(results: Sequence[experiment.RunResult], prof: profiles.Profile, results_dir, data_root=None,
@@ -1504,14 +1503,19 @@ def seed_worst_case(results: Sequence[experiment.RunResult], prof: profiles.Prof
     return {k: worst_case_frame(e, configs[k]) for k, e in _sorted_items(evals)}, missing
 
 
+def _seed_accuracies(frames: dict) -> dict[tuple[str, str], pd.DataFrame]:
+    """{(model, method): one row per seed, the accuracy (share of images) in each column}, in method order."""
+    per: dict = {}
+    for (model, meth, seed), f in frames.items():
+        per.setdefault((model, meth), []).append(f.mean())
+    return {k: pd.DataFrame(per[k]) for k in sorted(per, key=lambda k: (k[0], _method_key(k[1])))}
+
+
 def seed_worst_case_table(frames: dict, digits: int = 1) -> pd.DataFrame:
     """Per (model, method): accuracy (%) in each of :data:`WORST_CASE_COLUMNS`, ``mean ± std`` over the
     seeds, the seeds and the test images."""
-    rows, stats = {}, {}
-    for (model, meth, seed), f in frames.items():
-        stats.setdefault((model, meth), []).append(f.mean())
-    for key in sorted(stats, key=lambda k: (k[0], _method_key(k[1]))):
-        per_seed = pd.DataFrame(stats[key])
+    rows = {}
+    for key, per_seed in _seed_accuracies(frames).items():
         n = len(per_seed)
         rows[key] = {c: fmt(per_seed[c].mean(), per_seed[c].std(ddof=1), n, digits=digits) for c in per_seed.columns}
         rows[key]["seeds"] = str(n)
@@ -1539,8 +1543,9 @@ def worst_case_headline(frames: dict, significance: pd.DataFrame, norm: str = "L
     rows = significance[significance["attack"] == col] if len(significance) else significance
     if not frames or not len(rows):
         return ""
-    mine = [f.mean() for (m, meth, s), f in frames.items() if meth == a]
-    drop = 100 * float(np.mean([f[col] - f["20-PGD" if norm == "L2" else "20-IFGSM"] for f in mine]))
+    paper = "20-PGD" if norm == "L2" else "20-IFGSM"
+    mine = pd.concat([acc for (model, meth), acc in _seed_accuracies(frames).items() if meth == a])
+    drop = 100 * float((mine[col] - mine[paper]).mean())
     seeds = int(rows["seeds"].max())
 
     def verdict(r):
@@ -1554,7 +1559,7 @@ def worst_case_headline(frames: dict, significance: pd.DataFrame, norm: str = "L
     return (f"**Under the stronger attacks** (chapter 11: the per-image worst case of the paper's {norm} attacks, "
             f"APGD-CE, APGD-DLR and Square, on every test image of {seeds} seed(s)), {a} minus "
             + and_list(parts) + f". The worst case takes {-drop:.1f} points from {a}'s "
-            f"{'20-PGD' if norm == 'L2' else '20-IFGSM'} accuracy"
+            f"{paper} accuracy"
             + (f"; after Holm's adjustment over chapter 11's {len(significance)} worst-case tests, {held} of these "
                f"remain beyond noise." if seeds > 1 else "."))
 
@@ -1580,12 +1585,9 @@ def seed_worst_case_findings(frames: dict, significance: pd.DataFrame, missing: 
                 "run(s) without either).")
     seeds = sorted({k[2] for k in frames})
     images = sorted({len(f) for f in frames.values()})
-    per = {}
-    for (model, meth, seed), f in frames.items():
-        per.setdefault((model, meth), []).append(f.mean())
     lines = []
-    for (model, meth) in sorted(per, key=lambda k: (k[0], _method_key(k[1]))):
-        m = pd.DataFrame(per[(model, meth)]).mean()
+    for (model, meth), per_seed in _seed_accuracies(frames).items():
+        m = per_seed.mean()
         lines.append(f"{model} {meth}: 20-IFGSM {100 * m['20-IFGSM']:.1f} -> worst case Linf "
                      f"{100 * m['worst case Linf']:.1f} ({100 * (m['worst case Linf'] - m['20-IFGSM']):+.1f}); "
                      f"20-PGD {100 * m['20-PGD']:.1f} -> worst case L2 {100 * m['worst case L2']:.1f} "
