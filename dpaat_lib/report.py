@@ -291,20 +291,28 @@ def _table_spec(table: str) -> tuple[tuple[str, ...], float, int]:
     raise ValueError(f"table must be 'I' or 'II', got {table!r}")
 
 
+def mean_std_table(runs: pd.DataFrame, columns: Sequence[str], scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+    """The book's one "mean ± std over seeds" table. ``runs``: one row per run with ``model``, ``method``
+    (label) and ``columns`` (fractions). Per (model, method): each column as :func:`fmt` writes it (the
+    sample std over the seeds, none for one seed) and the number of seeds; the CNNs in the order they
+    first appear in ``runs``, the methods in the paper's order."""
+    columns = [c for c in columns if c in runs.columns]
+    if runs.empty:
+        return pd.DataFrame(columns=[*columns, "seeds"])
+    g = runs.astype({c: float for c in columns}).groupby(["model", "method"], sort=False)[columns]
+    mean, std, n = g.mean(), g.std(ddof=1), g.size()
+    out = pd.DataFrame({c: [fmt(m, s, k, scale, digits) for m, s, k in zip(mean[c], std[c], n)] for c in columns},
+                       index=mean.index)
+    out["seeds"] = n
+    rank = {m: k for k, m in enumerate(dict.fromkeys(runs["model"]))}
+    return out.loc[sorted(out.index, key=lambda k: (rank[k[0]], _method_key(k[1])))]
+
+
 def ours_table(results: Sequence[experiment.RunResult], table: str = "I") -> pd.DataFrame:
     """Our per-model table: rows (model, method), columns the paper's; Table I in percent, Table II as
-    fractions (the paper's scales); mean ± std over seeds when there are several."""
+    fractions (the paper's scales); mean ± std over seeds when there are several (:func:`mean_std_table`)."""
     cols, scale, digits = _table_spec(table)
-    s = summary(results, cols)
-    cols = [c for c in cols if c in s["mean"].columns]
-    rows = {}
-    for key in s.index:
-        n = int(s.loc[key, ("n", "")])
-        rows[key] = {c: fmt(s.loc[key, ("mean", c)], s.loc[key, ("std", c)], n, scale, digits) for c in cols}
-        rows[key]["seeds"] = str(n)
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method"])
-    return out
+    return mean_std_table(results_frame(results), cols, scale, digits)
 
 
 def complete_groups(models: Iterable[str]) -> list[str]:
@@ -1503,26 +1511,25 @@ def seed_worst_case(results: Sequence[experiment.RunResult], prof: profiles.Prof
     return {k: worst_case_frame(e, configs[k]) for k, e in _sorted_items(evals)}, missing
 
 
-def _seed_accuracies(frames: dict) -> dict[tuple[str, str], pd.DataFrame]:
-    """{(model, method): one row per seed, the accuracy (share of images) in each column}, in method order."""
-    per: dict = {}
-    for (model, meth, seed), f in frames.items():
-        per.setdefault((model, meth), []).append(f.mean())
-    return {k: pd.DataFrame(per[k]) for k in sorted(per, key=lambda k: (k[0], _method_key(k[1])))}
+def worst_case_runs(frames: dict) -> pd.DataFrame:
+    """One row per run of :func:`seed_worst_case`'s frames: model, method, seed, test images and the
+    accuracy (share of images) in each of :data:`WORST_CASE_COLUMNS`; CNNs, methods and seeds sorted."""
+    rows = [{"model": model, "method": meth, "seed": seed, "images": len(f), **f.mean()}
+            for (model, meth, seed), f in frames.items()]
+    if not rows:
+        return pd.DataFrame(columns=["model", "method", "seed", "images", *WORST_CASE_COLUMNS])
+    runs = pd.DataFrame(rows)
+    return runs.sort_values(["model", "method", "seed"], kind="stable",
+                            key=lambda c: c.map(_method_key) if c.name == "method" else c).reset_index(drop=True)
 
 
 def seed_worst_case_table(frames: dict, digits: int = 1) -> pd.DataFrame:
     """Per (model, method): accuracy (%) in each of :data:`WORST_CASE_COLUMNS`, ``mean ± std`` over the
-    seeds, the seeds and the test images."""
-    rows = {}
-    for key, per_seed in _seed_accuracies(frames).items():
-        n = len(per_seed)
-        rows[key] = {c: fmt(per_seed[c].mean(), per_seed[c].std(ddof=1), n, digits=digits) for c in per_seed.columns}
-        rows[key]["seeds"] = str(n)
-        rows[key]["images"] = "/".join(sorted({str(len(f)) for (m, meth, _), f in frames.items() if (m, meth) == key}))
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    if len(out):
-        out.index = pd.MultiIndex.from_tuples(out.index, names=["model", "method"])
+    seeds (:func:`mean_std_table`), the seeds and the test images."""
+    runs = worst_case_runs(frames)
+    out = mean_std_table(runs, WORST_CASE_COLUMNS, digits=digits)
+    images = runs.groupby(["model", "method"])["images"].agg(lambda v: "/".join(sorted(set(map(str, v)))))
+    out["images"] = [images[k] for k in out.index]
     return out
 
 
@@ -1544,7 +1551,8 @@ def worst_case_headline(frames: dict, significance: pd.DataFrame, norm: str = "L
     if not frames or not len(rows):
         return ""
     paper = "20-PGD" if norm == "L2" else "20-IFGSM"
-    mine = pd.concat([acc for (model, meth), acc in _seed_accuracies(frames).items() if meth == a])
+    runs = worst_case_runs(frames)
+    mine = runs[runs["method"] == a]
     drop = 100 * float((mine[col] - mine[paper]).mean())
     seeds = int(rows["seeds"].max())
 
@@ -1586,8 +1594,8 @@ def seed_worst_case_findings(frames: dict, significance: pd.DataFrame, missing: 
     seeds = sorted({k[2] for k in frames})
     images = sorted({len(f) for f in frames.values()})
     lines = []
-    for (model, meth), per_seed in _seed_accuracies(frames).items():
-        m = per_seed.mean()
+    means = worst_case_runs(frames).groupby(["model", "method"], sort=False)[list(WORST_CASE_COLUMNS)].mean()
+    for (model, meth), m in means.iterrows():
         lines.append(f"{model} {meth}: 20-IFGSM {100 * m['20-IFGSM']:.1f} -> worst case Linf "
                      f"{100 * m['worst case Linf']:.1f} ({100 * (m['worst case Linf'] - m['20-IFGSM']):+.1f}); "
                      f"20-PGD {100 * m['20-PGD']:.1f} -> worst case L2 {100 * m['worst case L2']:.1f} "

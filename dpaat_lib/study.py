@@ -174,76 +174,34 @@ def _label(result: experiment.RunResult) -> str:
     return LABELS[result.config.method.name]
 
 
-def long_frame(results: Sequence[experiment.RunResult], metrics: Sequence[str] = ("acc",),
-               attacks: Sequence[str] = (CLEAN, "20-PGD")) -> pd.DataFrame:
-    """One row per run, metric and attack: model, method, seed, metric, attack, value."""
-    rows = []
-    for r in results:
-        for m in metrics:
-            for a in attacks:
-                rows.append({"model": r.config.model, "method": _label(r), "seed": r.config.train.seed,
-                             "metric": m, "attack": a, "value": metric_value(r, m, a)})
-    return pd.DataFrame(rows)
-
-
 def _column(metric: str, attack: str) -> str:
     name = {"acc": "Acc", "bacc": "BAcc", "f1": "F1"}[metric]
     return f"{name} {'clean' if attack == CLEAN else attack}"
 
 
+def prediction_frame(results: Sequence[experiment.RunResult], metrics: Sequence[str] = ("acc",),
+                     attacks: Sequence[str] = (CLEAN, "20-PGD")) -> pd.DataFrame:
+    """One row per run: model, method, seed and each metric under each attack (fractions, from the
+    stored per-image predictions), named like ``"Acc 20-PGD"``."""
+    return pd.DataFrame([{"model": r.config.model, "method": _label(r), "seed": r.config.train.seed,
+                          **{_column(m, a): metric_value(r, m, a) for m in metrics for a in attacks}}
+                         for r in results])
+
+
 def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] = ("acc",),
                attacks: Sequence[str] = (CLEAN, "20-PGD"), scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
-    """Per (model, method): ``mean ± std (n seeds)`` of each metric x attack, in percent. The std is the
-    sample standard deviation over training seeds (the seed-to-seed spread); all runs share one test set."""
-    df = long_frame(results, metrics, attacks)
-    if df.empty:
-        return pd.DataFrame()
-    g = df.groupby(["model", "method", "metric", "attack"], sort=False)["value"]
-    stats = g.agg(["mean", "std", "count", "min", "max"]).reset_index()
-    rows: dict[tuple, dict] = {}
-    for _, s in stats.iterrows():
-        row = rows.setdefault((s["model"], s["method"]), {"model": s["model"], "method": s["method"]})
-        row[_column(s["metric"], s["attack"])] = report.fmt(s["mean"], s["std"], int(s["count"]), scale, digits)
-        row["seeds"] = int(s["count"])
-    order = {lab: k for k, lab in enumerate(LABELS.values())}
-    out = pd.DataFrame(list(rows.values()))
-    out = out[[c for c in out.columns if c != "seeds"] + ["seeds"]]
-    out = out.sort_values(["model", "method"], key=lambda c: c.map(order) if c.name == "method" else c,
-                          kind="stable")
-    return out.reset_index(drop=True)
-
-
-def seed_stats(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS) -> pd.DataFrame:
-    """Long table of the runs' stored metrics over seeds: model, method, column, mean, std, min, max,
-    seeds (percent; std NaN for one seed). ``columns`` are :func:`dpaat_lib.grid.results_table`'s."""
-    t = report.results_frame(results)
-    if t.empty:
-        return pd.DataFrame()
-    columns = [c for c in columns if c in t.columns]
-    long = t.melt(id_vars=["model", "method", "seed"], value_vars=columns, var_name="column")
-    long["value"] = 100 * long["value"].astype(float)
-    g = long.groupby(["model", "method", "column"], sort=False)["value"]
-    out = g.agg(mean="mean", std="std", min="min", max="max", seeds="count").reset_index()
-    order = {lab: k for k, lab in enumerate(LABELS.values())}
-    col_order = {c: k for k, c in enumerate(columns)}
-    out = out.sort_values(["model", "method", "column"], kind="stable",
-                          key=lambda c: c.map(order) if c.name == "method" else
-                          (c.map(col_order) if c.name == "column" else c))
-    return out.reset_index(drop=True)
+    """Per (model, method): ``mean ± std`` over the seeds of each metric x attack, in percent, and the
+    seeds (:func:`dpaat_lib.report.mean_std_table`). The std is the sample standard deviation over
+    training seeds (the seed-to-seed spread); all runs share one test set."""
+    columns = [_column(m, a) for m in metrics for a in attacks]
+    return report.mean_std_table(prediction_frame(results, metrics, attacks), columns, scale, digits)
 
 
 def main_table(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS,
                digits: int = 1) -> pd.DataFrame:
-    """Per (model, method): ``mean ± std`` over seeds of each column in percent, and the seeds."""
-    st = seed_stats(results, columns)
-    if st.empty:
-        return st
-    st["text"] = [report.fmt(m, s, n, scale=1.0, digits=digits) for m, s, n in zip(st["mean"], st["std"], st["seeds"])]
-    wide = st.pivot_table(index=["model", "method"], columns="column", values="text", aggfunc="first", sort=False)
-    wide = wide[[c for c in columns if c in wide.columns]]
-    wide["seeds"] = st.groupby(["model", "method"], sort=False)["seeds"].max()
-    wide.columns.name = None
-    return wide
+    """Per (model, method): ``mean ± std`` over seeds of each stored metric in percent, and the seeds
+    (:func:`dpaat_lib.report.mean_std_table`; ``columns`` are :func:`dpaat_lib.grid.results_table`'s)."""
+    return report.mean_std_table(report.results_frame(results), columns, digits=digits)
 
 
 def plot_seed_points(results: Sequence[experiment.RunResult], columns: Sequence[str] = ("GAcc", "20-PGD")):
@@ -461,10 +419,13 @@ def significance_display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     out = table[keep].copy()
     out["per-seed differences"] = [", ".join(f"{d:+.{digits}f}" for d in v) for v in table["per_seed"]]
     out["mean"] = [f"{m:+.{digits}f}" for m in table["mean"]]
-    out["seed std"] = [f"{s:.{digits}f}" for s in table["seed_std"]]
-    out["t-test p"] = [f"{p:.3f}" if not math.isnan(p) else "n/a" for p in table["p_ttest"]]
+    def shown(v, fmt):  # one seed has no spread and no test: "n/a", never "nan"
+        return format(v, fmt) if not math.isnan(v) else "n/a"
+
+    out["seed std"] = [shown(s, f".{digits}f") for s in table["seed_std"]]
+    out["t-test p"] = [shown(p, ".3f") for p in table["p_ttest"]]
     if "p_holm" in table:
-        out["Holm p"] = [f"{p:.3f}" if not math.isnan(p) else "n/a" for p in table["p_holm"]]
+        out["Holm p"] = [shown(p, ".3f") for p in table["p_holm"]]
     out["95% bootstrap CI"] = [f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" for lo, hi in
                                zip(table["ci_low"], table["ci_high"])]
     out["beyond seed noise"] = ["yes" if e else ("n/a (one seed)" if n < 2 else "no")

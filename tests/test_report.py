@@ -86,7 +86,25 @@ def test_mean_and_std_over_seeds():
     results = [fake_result("smallcnn", "at", seed=s, acc=a) for s, a in ((0, 0.6), (1, 0.7))]
     t = report.ours_table(results, "I")
     assert t.loc[("smallcnn", "AT"), "GAcc"] == f"65.0 ± {100 * np.std([0.6, 0.7], ddof=1):.1f}"
-    assert t.loc[("smallcnn", "AT"), "seeds"] == "2"
+    assert t.loc[("smallcnn", "AT"), "seeds"] == 2
+
+
+def test_mean_std_table_orders_formats_and_counts():
+    runs = pd.DataFrame([
+        {"model": "resnet34", "method": "DPAAT", "seed": 0, "a": 0.50, "b": 0.1},
+        {"model": "resnet34", "method": "DPAAT", "seed": 1, "a": 0.60, "b": float("nan")},
+        {"model": "resnet34", "method": "AT", "seed": 0, "a": 0.40, "b": 0.2},
+        {"model": "alexnet", "method": "STD", "seed": 0, "a": 0.90, "b": 0.3},
+    ])
+    t = report.mean_std_table(runs, ["a", "b", "not stored"])
+    # CNNs in the order they first appear (not alphabetical), methods in the paper's order
+    assert list(t.index) == [("resnet34", "AT"), ("resnet34", "DPAAT"), ("alexnet", "STD")]
+    assert list(t.columns) == ["a", "b", "seeds"] and list(t["seeds"]) == [1, 2, 1]
+    assert t.loc[("resnet34", "DPAAT"), "a"] == f"55.0 ± {100 * np.std([0.5, 0.6], ddof=1):.1f}"
+    assert t.loc[("resnet34", "AT"), "a"] == "40.0"  # one seed: no spread is shown
+    assert t.loc[("resnet34", "DPAAT"), "b"] == "10.0"  # the seed without a value is left out of its mean
+    assert report.mean_std_table(runs, ["a"], scale=1.0, digits=3).loc[("alexnet", "STD"), "a"] == "0.900"
+    assert list(report.mean_std_table(runs.iloc[0:0], ["a"]).columns) == ["a", "seeds"]
 
 
 def test_group_average_only_for_complete_groups():
@@ -327,7 +345,7 @@ def test_seed_worst_case_loads_every_seed_and_compares_the_methods(tmp_path):
     assert missing == [bare.run_id]
     table = report.seed_worst_case_table(frames)
     assert list(table.index) == [("smallcnn", "AT"), ("smallcnn", "DPAAT")]
-    assert (table["seeds"] == "3").all() and (table["images"] == "300").all() and "±" in table.iloc[0]["worst case"]
+    assert (table["seeds"] == 3).all() and (table["images"] == "300").all() and "±" in table.iloc[0]["worst case"]
     sig = report.seed_worst_case_significance(frames)
     assert list(sig["attack"]) == ["worst case Linf", "worst case L2"] and sig["exceeds_noise"].all()
     text = report.seed_worst_case_findings(frames, sig, missing, prof)

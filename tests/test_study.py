@@ -183,6 +183,9 @@ def test_significance_with_one_seed_gives_no_verdict():
     t = study.significance(_grid(0.15, seeds=(0,)), "DPAAT", "AT")
     assert (t["seeds"] == 1).all() and not t["exceeds_noise"].any() and t["p_ttest"].isna().all()
     assert "one seed" in study.significance_sentence(t)
+    shown = study.significance_display(t)
+    assert (shown["seed std"] == "n/a").all() and (shown["t-test p"] == "n/a").all()
+    assert (shown["beyond seed noise"] == "n/a (one seed)").all() and "nan" not in shown.to_string()
 
 
 def _correct_frames(results, attacks=("clean", "20-PGD")) -> dict:
@@ -232,7 +235,7 @@ def test_paired_difference_test_edge_cases():
 def test_seed_table_and_significance_display():
     res = _grid(0.15)
     table = study.seed_table(res)
-    assert list(table["method"]) == ["AT", "SAT", "AMAT", "DPAAT"]
+    assert list(table.index.get_level_values("method")) == ["AT", "SAT", "AMAT", "DPAAT"]
     assert (table["seeds"] == 3).all() and all("±" in v for v in table["Acc 20-PGD"])
     sig = study.significance_table(res, metric="acc")
     assert set(sig["comparison"]) == {"DPAAT - AT", "DPAAT - SAT", "DPAAT - AMAT"}
@@ -384,10 +387,8 @@ def test_main_table_and_seed_points():
     assert list(table.columns) == ["GAcc", "20-PGD", "mAP", "seeds"]
     assert list(table.index.get_level_values("method")) == ["AT", "SAT", "AMAT", "DPAAT"]
     assert (table["seeds"] == 3).all() and all("±" in v for v in table["20-PGD"])
-    st = study.seed_stats(res, ("20-PGD",))
-    at = st[st["method"] == "AT"].iloc[0]
     vals = [100 * r.metrics["RAcc"]["20-PGD"] for r in res if r.config.method.name == "at"]
-    assert at["mean"] == pytest.approx(np.mean(vals)) and at["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert table.loc[(res[0].config.model, "AT"), "20-PGD"] == f"{np.mean(vals):.1f} ± {np.std(vals, ddof=1):.1f}"
     fig = study.plot_seed_points(res)
     assert len(fig.axes) == 2
 
