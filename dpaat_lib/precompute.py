@@ -8,7 +8,7 @@ machine):
 
 - chapter 4: robust accuracy against eps, both norms (:func:`report.eps_curves`);
 - chapter 11: the stronger attacks and the gradient-masking checks
-  (:func:`report.strong_evaluations`, the profile's suite and subset), and where the profile asks
+  (:func:`strong_report.strong_evaluations`, the profile's suite and subset), and where the profile asks
   for it (``strong_all_seeds``) the suite alone on every test image, for the runs of every seed;
 - chapter 8: Grad-CAM maps and scores of the STD, AT and DPAAT runs of the
   figure models, for the candidate images of :func:`gradcam.candidate_ids`,
@@ -24,7 +24,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from . import experiment, gradcam, grid, profiles, report, store
+from . import experiment, gradcam, grid, profiles, report, store, strong_report
 from .config import RunConfig
 
 GRADCAM_METHODS = ("std", "at", "dpaat")  # chapter 8's
@@ -45,7 +45,7 @@ def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir
         for norm in ("l2", "linf"):
             if report.eps_curves([result], results_dir, data_root, norm=norm, device=device, cache_dir=cache_dir):
                 done.append(f"eps curve {norm}")
-        evals, missing = report.strong_evaluations([result], prof, results_dir, data_root=data_root,
+        evals, missing = strong_report.strong_evaluations([result], prof, results_dir, data_root=data_root,
                                                    device=device, cache_dir=cache_dir)
         if evals:
             done.append("strong attacks")
@@ -56,7 +56,7 @@ def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir
             gradcam.cam_result(c, results=results_dir, image_ids=ids, data_root=report.resolve_path(data_root),
                                device=device, cache_dir=cache_dir, thumbnails=shown)
             done.append("Grad-CAM")
-    if prof.strong_all_seeds and report.strong_evaluations([result], prof, results_dir, data_root=data_root,
+    if prof.strong_all_seeds and strong_report.strong_evaluations([result], prof, results_dir, data_root=data_root,
                                                            device=device, cache_dir=cache_dir,
                                                            whole_test_set=True)[0]:
         done.append(WHOLE_TEST_SET)
@@ -74,14 +74,14 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     if c.train.seed == min(prof.seeds):
         missing += [f"eps curve {norm}" for norm in ("l2", "linf")
                     if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
-        path = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), prof.strong_images,
-                                           masking=report.strong_masking_options(prof), batch_size=prof.strong_batch)
+        path = robustness.robust_eval_path(c, results_dir, strong_report.strong_suite_for(prof, c), prof.strong_images,
+                                           masking=strong_report.strong_masking_options(prof), batch_size=prof.strong_batch)
         if not path.exists():
             missing.append("strong attacks")
         if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
             if gradcam.stored_file(result.path, gradcam.candidate_ids(result.predictions, c.data.classes)) is None:
                 missing.append("Grad-CAM")
-    whole = robustness.robust_eval_path(c, results_dir, report.strong_suite_for(prof, c), None, masking=None,
+    whole = robustness.robust_eval_path(c, results_dir, strong_report.strong_suite_for(prof, c), None, masking=None,
                                         batch_size=prof.strong_batch)
     if prof.strong_all_seeds and not whole.exists():
         missing.append(WHOLE_TEST_SET)

@@ -332,7 +332,7 @@ def correct_significance(correct: dict[tuple[str, str, int], pd.DataFrame], a: s
                          n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
     """:func:`significance_table` from per-image correctness instead of predictions: ``correct`` maps
     (model, method label, seed) to a bool DataFrame indexed by image id, one column per attack or worst
-    case (e.g. :func:`dpaat_lib.report.worst_case_frame`). Accuracy of ``a`` minus each of ``others`` in
+    case (e.g. :func:`dpaat_lib.strong_report.worst_case_frame`). Accuracy of ``a`` minus each of ``others`` in
     each of ``columns`` (default: all), on the images both runs of a seed have; Holm over the table."""
     rows = []
     for b in others:
@@ -460,8 +460,8 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
         return f"No pairs of runs of {a} and the other methods to compare."
     n_seeds = int(table["seeds"].max())
     if n_seeds < 2:
-        return (f"One seed per method: the seed-to-seed noise is not measured, so no difference here can be "
-                f"judged against it. The bootstrap intervals cover the test images only.")
+        return ("One seed per method: the seed-to-seed noise is not measured, so no difference here can be "
+                "judged against it. The bootstrap intervals cover the test images only.")
     tested = table[table["seeds"] >= 2]
     hits = tested[tested["p_ttest"] < alpha]
     holm_hits = tested[tested["p_holm"] < alpha] if "p_holm" in tested else hits.iloc[0:0]

@@ -32,7 +32,7 @@ device = "cpu"
 
 # %%
 from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
-from dpaat_lib import profiles
+from dpaat_lib import profiles, strong_report
 
 # %% [markdown]
 # ## Compute or load
@@ -79,9 +79,9 @@ report.md(report.group_note(prof.models))
 
 # %% tags=["hide-input"]
 # chapter 11's stronger attacks on every seed and test image, where the profile runs them (stored files)
-worst = report.seed_worst_case(results, prof, report.results_dir(prof, results_root), data_root=data_root,
+worst = strong_report.seed_worst_case(results, prof, report.results_dir(prof, results_root), data_root=data_root,
                                device=device)[0]
-worst_case = report.worst_case_headline(worst, report.seed_worst_case_significance(worst))
+worst_case = strong_report.worst_case_headline(worst, strong_report.seed_worst_case_significance(worst))
 report.md(
     report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "

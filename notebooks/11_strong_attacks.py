@@ -37,7 +37,7 @@ device = "cpu"
 
 # %%
 from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
-from dpaat_lib import profiles, study
+from dpaat_lib import profiles, strong_report, study
 
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
@@ -56,9 +56,9 @@ report.profile_banner(prof, results)
 # costs hundreds of attack steps per image).
 
 # %%
-evals, missing = report.strong_evaluations(report.first_seed(results), prof, out, data_root=data_root,
+evals, missing = strong_report.strong_evaluations(report.first_seed(results), prof, out, data_root=data_root,
                                            device=device)
-report.md(report.strong_settings(prof, evals))
+report.md(strong_report.strong_settings(prof, evals))
 
 # %% [markdown]
 # ## Robust accuracy under every attack, and the worst case
@@ -70,7 +70,7 @@ report.md(report.strong_settings(prof, evals))
 # chapter 4.
 
 # %%
-report.strong_table(evals)
+strong_report.strong_table(evals)
 
 # %% [markdown]
 # ## Beside the paper's numbers
@@ -79,7 +79,7 @@ report.strong_table(evals)
 # same attack and for the worst case of its norm.
 
 # %%
-report.strong_beside_paper(evals)
+strong_report.strong_beside_paper(evals)
 
 # %% [markdown]
 # ## Gradient-masking checks
@@ -88,10 +88,10 @@ report.strong_beside_paper(evals)
 # rests on.
 
 # %%
-report.masking_summary(evals)
+strong_report.masking_summary(evals)
 
 # %%
-report.masking_detail(evals)
+strong_report.masking_detail(evals)
 
 # %% [markdown]
 # ## Robust accuracy as eps grows
@@ -101,7 +101,7 @@ report.masking_detail(evals)
 # below the dashed line.
 
 # %%
-report.plot_masking_eps(evals) if evals else report.md("No stored evaluations and no checkpoints.")
+strong_report.plot_masking_eps(evals) if evals else report.md("No stored evaluations and no checkpoints.")
 
 # %% [markdown]
 # ## Every seed, the whole test set
@@ -114,9 +114,9 @@ report.plot_masking_eps(evals) if evals else report.md("No stored evaluations an
 # paper's and the suite's).
 
 # %%
-worst, worst_missing = report.seed_worst_case(results, prof, out, data_root=data_root, device=device)
-(report.seed_worst_case_table(worst) if worst
- else report.md(report.seed_worst_case_findings(worst, [], worst_missing, prof)))
+worst, worst_missing = strong_report.seed_worst_case(results, prof, out, data_root=data_root, device=device)
+(strong_report.seed_worst_case_table(worst) if worst
+ else report.md(strong_report.seed_worst_case_findings(worst, [], worst_missing, prof)))
 
 # %% [markdown]
 # DPAAT against AT, SAT and AMAT in the worst case of each norm: per-seed differences (points),
@@ -124,7 +124,7 @@ worst, worst_missing = report.seed_worst_case(results, prof, out, data_root=data
 # interval over the test images (chapter 12 explains each).
 
 # %%
-worst_sig = report.seed_worst_case_significance(worst)
+worst_sig = strong_report.seed_worst_case_significance(worst)
 study.significance_display(worst_sig) if len(worst_sig) else report.md("No pair of methods to compare.")
 
 # %% [markdown]
@@ -162,6 +162,6 @@ cost if cost is not None else report.md("No benchmark stored: run "
 # ## What it shows
 
 # %% tags=["hide-input"]
-report.md(report.strong_findings(evals, missing, synthetic=prof.synthetic) + "\n\n"
-          + report.seed_worst_case_findings(worst, worst_sig, worst_missing, prof) + "\n\n"
+report.md(strong_report.strong_findings(evals, missing, synthetic=prof.synthetic) + "\n\n"
+          + strong_report.seed_worst_case_findings(worst, worst_sig, worst_missing, prof) + "\n\n"
           + report.strong_cost_findings(results))

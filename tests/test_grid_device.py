@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpaat_lib import cli, experiment, grid, gradcam, precompute, profiles, report, store
+from dpaat_lib import cli, experiment, grid, gradcam, precompute, profiles, report, store, strong_report
 from dpaat_lib.attacks import AttackSpec
 
 EVAL_ATTACKS = (AttackSpec("20-IFGSM", "linf", 2 / 255, 0.5 / 255, 2, False),
@@ -111,9 +111,9 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
     assert all(precompute.missing_extras(r, prof, results) == [] for r in main)
     for norm in ("l2", "linf"):
         assert len(report.eps_curves(main, results, norm=norm)) == 3
-    evals, missing = report.strong_evaluations(main, prof, results)
+    evals, missing = strong_report.strong_evaluations(main, prof, results)
     assert len(evals) == 3 and missing == []
-    frames, missing = report.seed_worst_case(main, prof, results)
+    frames, missing = strong_report.seed_worst_case(main, prof, results)
     assert len(frames) == 3 and missing == [] and all(len(f) == 4 * 3 for f in frames.values())  # every test image
     for n in (1, 2):  # chapter 8's figure and scores, at this tiny test set's size
         ids, _ = report.gradcam_selection(main, "smallcnn", n_per_class=n)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpaat_lib import profiles, report, store
+from dpaat_lib import profiles, report, store, strong_report
 from dpaat_lib.experiment import RunResult
 from dpaat_lib.models import GROUPS
 
@@ -259,12 +259,12 @@ def test_profiles_carry_the_strong_evaluation_budget_outside_the_run_identity():
 
 
 def test_strong_suite_and_masking_scale_with_the_profile():
-    assert report.strong_masking_options(profiles.get_profile("paper", apgd_steps=100))["steps"] == [25, 100, 200]
+    assert strong_report.strong_masking_options(profiles.get_profile("paper", apgd_steps=100))["steps"] == [25, 100, 200]
     quick = profiles.get_profile("quick")
-    m = report.strong_masking_options(quick)
+    m = strong_report.strong_masking_options(quick)
     assert m["steps"] == [5, 20, 40] and m["restarts"] == [1, 2, 4]
     cfg = fake_result("smallcnn", "at", seed=3).config
-    suite = report.strong_suite_for(quick, cfg)
+    suite = strong_report.strong_suite_for(quick, cfg)
     assert [a.name for a in suite] == ["APGD-CE-Linf", "APGD-DLR-Linf", "Square-Linf",
                                        "APGD-CE-L2", "APGD-DLR-L2", "Square-L2"]
     assert {a.seed for a in suite} == {3}
@@ -279,22 +279,22 @@ def test_strong_evaluations_load_stored_results_and_list_runs_without_a_checkpoi
 
     prof = profiles.get_profile("quick")
     stored, bare = fake_result("smallcnn", "at", tmp=tmp_path), fake_result("smallcnn", "dpaat", tmp=tmp_path)
-    path = robustness.robust_eval_path(stored.config, tmp_path, report.strong_suite_for(prof, stored.config),
-                                       prof.strong_images, masking=report.strong_masking_options(prof))
+    path = robustness.robust_eval_path(stored.config, tmp_path, strong_report.strong_suite_for(prof, stored.config),
+                                       prof.strong_images, masking=strong_report.strong_masking_options(prof))
     assert path.parent == tmp_path / stored.run_id
     store.write_json(path, fake_strong_eval(stored.config))
-    evals, missing = report.strong_evaluations([stored, bare], prof, tmp_path)
+    evals, missing = strong_report.strong_evaluations([stored, bare], prof, tmp_path)
     assert list(evals) == [("smallcnn", "AT", 0)] and missing == [bare.run_id]
     assert evals[("smallcnn", "AT", 0)]["worst_case"]["all"] == 0.3
-    assert "60 test images" in report.strong_settings(prof, evals)
-    assert "in one batch" in report.strong_settings(prof, evals)  # 60 images, batches of 128
-    assert "in batches of 50" in report.strong_settings(dataclasses.replace(prof, strong_batch=50), evals)
+    assert "60 test images" in strong_report.strong_settings(prof, evals)
+    assert "in one batch" in strong_report.strong_settings(prof, evals)  # 60 images, batches of 128
+    assert "in batches of 50" in strong_report.strong_settings(dataclasses.replace(prof, strong_batch=50), evals)
 
 
 def fake_whole_test_eval(cfg, right: dict[str, np.ndarray]) -> dict:
     """A stored whole-test-set evaluation (no masking checks): per-image 0/1 per column of ``right``
     (clean, the paper's five attacks, the suite's six), as robust_eval_result writes it."""
-    suite = report.strong_suite_for(profiles.get_profile("quick"), cfg)
+    suite = strong_report.strong_suite_for(profiles.get_profile("quick"), cfg)
     n = len(right["clean"])
     return {"run_id": cfg.run_id, "n_images": n, "image_ids": [f"ISIC_{k:07d}" for k in range(n)],
             "spec": {"suite": [a.to_dict() for a in suite], "n_images": None, "masking": None, "batch_size": 128},
@@ -310,8 +310,8 @@ def _right(rng, n: int, p: float) -> dict[str, np.ndarray]:
 def test_worst_case_frame_takes_each_norm_from_the_run_and_its_suite():
     cfg = fake_result("smallcnn", "dpaat").config
     right = _right(np.random.default_rng(0), 200, 0.8)
-    f = report.worst_case_frame(fake_whole_test_eval(cfg, right), cfg)
-    assert list(f.columns) == list(report.WORST_CASE_COLUMNS) and f.index[3] == "ISIC_0000003"
+    f = strong_report.worst_case_frame(fake_whole_test_eval(cfg, right), cfg)
+    assert list(f.columns) == list(strong_report.WORST_CASE_COLUMNS) and f.index[3] == "ISIC_0000003"
     linf = right["clean"] & right["FGSM"] & right["10-IFGSM"] & right["20-IFGSM"] & right["APGD-CE-Linf"] \
         & right["APGD-DLR-Linf"] & right["Square-Linf"]
     l2 = right["clean"] & right["20-PGD"] & right["50-PGD"] & right["APGD-CE-L2"] & right["APGD-DLR-L2"] \
@@ -321,7 +321,7 @@ def test_worst_case_frame_takes_each_norm_from_the_run_and_its_suite():
     assert (f["20-PGD"].to_numpy() == right["20-PGD"]).all()
     other = fake_whole_test_eval(cfg, {**right, "PGD-3-L2": right["clean"]})
     with pytest.raises(ValueError, match="belongs to another run"):
-        report.worst_case_frame(other, cfg)
+        strong_report.worst_case_frame(other, cfg)
 
 
 def test_seed_worst_case_loads_every_seed_and_compares_the_methods(tmp_path):
@@ -335,62 +335,62 @@ def test_seed_worst_case_loads_every_seed_and_compares_the_methods(tmp_path):
     for seed in range(3):
         for method, p in (("at", 0.55), ("dpaat", 0.75)):
             r = fake_result("smallcnn", method, seed=seed, tmp=tmp_path)
-            path = robustness.robust_eval_path(r.config, tmp_path, report.strong_suite_for(prof, r.config), None,
+            path = robustness.robust_eval_path(r.config, tmp_path, strong_report.strong_suite_for(prof, r.config), None,
                                                masking=False, batch_size=prof.strong_batch)
             store.write_json(path, fake_whole_test_eval(r.config, _right(rng, 300, p)))
             runs.append(r)
     bare = fake_result("smallcnn", "sat", tmp=tmp_path)
-    frames, missing = report.seed_worst_case([*runs, bare], prof, tmp_path)
+    frames, missing = strong_report.seed_worst_case([*runs, bare], prof, tmp_path)
     assert list(frames) == [("smallcnn", m, s) for m in ("AT", "DPAAT") for s in range(3)]
     assert missing == [bare.run_id]
-    table = report.seed_worst_case_table(frames)
+    table = strong_report.seed_worst_case_table(frames)
     assert list(table.index) == [("smallcnn", "AT"), ("smallcnn", "DPAAT")]
     assert (table["seeds"] == 3).all() and (table["images"] == "300").all() and "±" in table.iloc[0]["worst case"]
-    sig = report.seed_worst_case_significance(frames)
+    sig = strong_report.seed_worst_case_significance(frames)
     assert list(sig["attack"]) == ["worst case Linf", "worst case L2"] and sig["exceeds_noise"].all()
-    text = report.seed_worst_case_findings(frames, sig, missing, prof)
+    text = strong_report.seed_worst_case_findings(frames, sig, missing, prof)
     assert "3 seed(s), 300 test images" in text and "DPAAT higher" in text and bare.run_id in text
     # chapter 1's paragraph: DPAAT minus AT in the L2 worst case, the same numbers as the table's row
     row = sig[sig["attack"] == "worst case L2"].iloc[0]
-    head = report.worst_case_headline(frames, sig)
+    head = strong_report.worst_case_headline(frames, sig)
     assert f"DPAAT minus AT {row['mean']:+.1f} points (p = {row['p_ttest']:.3f}, beyond seed-to-seed noise)" in head
     assert "every test image of 3 seed(s)" in head and "remain beyond noise" in head
-    assert report.worst_case_headline({}, sig) == ""
+    assert strong_report.worst_case_headline({}, sig) == ""
     # The paper profile leaves it to a parameter, and says so.
     off = dataclasses.replace(prof, strong_all_seeds=False)
-    assert report.seed_worst_case(runs, off, tmp_path) == ({}, [])
-    assert "strong_all_seeds=True" in report.seed_worst_case_findings({}, sig.iloc[0:0], [], off)
+    assert strong_report.seed_worst_case(runs, off, tmp_path) == ({}, [])
+    assert "strong_all_seeds=True" in strong_report.seed_worst_case_findings({}, sig.iloc[0:0], [], off)
 
 
 def test_strong_tables_and_findings_from_stored_evaluations():
     at, dp = (fake_result("smallcnn", m).config for m in ("at", "dpaat"))
     evals = {("smallcnn", "DPAAT", 0): fake_strong_eval(dp, fail="blackbox_not_stronger"),
              ("smallcnn", "AT", 0): fake_strong_eval(at)}
-    t = report.strong_table(evals)
+    t = strong_report.strong_table(evals)
     assert list(t.index) == [("smallcnn", "AT", 0), ("smallcnn", "DPAAT", 0)]  # method order, not dict order
     row = t.loc[("smallcnn", "AT", 0)]
     assert (row["clean"], row["L2: 20-PGD (paper)"], row["L2: APGD-CE"], row["L2: worst case"],
             row["worst case, all attacks"]) == ("80.0", "40.0", "35.0", "33.0", "30.0")
-    side = report.strong_beside_paper(evals)
+    side = strong_report.strong_beside_paper(evals)
     assert side.loc[("smallcnn", "DPAAT", 0), "paper (all_six): 20-PGD"] == \
         f"{report.paper_value('I', 'all_six', 'DPAAT', '20-PGD'):.2f}"
-    s = report.masking_summary(evals)
+    s = strong_report.masking_summary(evals)
     assert s.loc[("smallcnn", "AT", 0), "all checks"] == "pass"
     assert s.loc[("smallcnn", "DPAAT", 0), "black box not stronger (L2)"] == "FAIL"
     assert s.loc[("smallcnn", "DPAAT", 0), "black box not stronger (Linf)"] == "pass"
-    d = report.masking_detail(evals)
+    d = strong_report.masking_detail(evals)
     assert len(d) == 16 and (d["result"] == "FAIL").sum() == 1
     first = d.iloc[0]
     assert (first["attack"], first["varied"], first["values"], first["accuracy (%)"]) == \
         ("APGD-CE-Linf", "steps", "5, 20, 40", "50.0, 45.0, 45.0")
     assert d.drop(columns=["seed"]).map(len).max().max() <= 50  # pandas cuts longer cells in the page
-    text = report.strong_findings(evals, missing=["x"], synthetic=True)
+    text = strong_report.strong_findings(evals, missing=["x"], synthetic=True)
     assert "1 of 16 checks fail" in text and "signature of masked gradients" in text
     assert "-7.0 points" in text  # 20-PGD 40.0 -> worst case L2 33.0
     assert "SYNTHETIC" in text and "1 run(s)" in text
-    assert "every run passes all 8 checks" in report.strong_findings({("smallcnn", "AT", 0): evals[("smallcnn", "AT", 0)]})
-    assert "No stronger evaluation" in report.strong_findings({}, missing=["a"])
-    fig = report.plot_masking_eps(evals)
+    assert "every run passes all 8 checks" in strong_report.strong_findings({("smallcnn", "AT", 0): evals[("smallcnn", "AT", 0)]})
+    assert "No stronger evaluation" in strong_report.strong_findings({}, missing=["a"])
+    fig = strong_report.plot_masking_eps(evals)
     assert len(fig.axes) == 2
 
 
@@ -419,12 +419,12 @@ def test_strong_cost_table_uses_medians_and_counts_passes(tmp_path):
 def test_a_failed_eps_check_says_whether_the_sweep_reached_zero_before():
     cfg = fake_result("smallcnn", "amat").config
     e = fake_strong_eval(cfg, fail="eps_to_zero")
-    text = report.strong_findings({("smallcnn", "AMAT", 0): e})
+    text = strong_report.strong_findings({("smallcnn", "AMAT", 0): e})
     assert "already down to 0.0%" in text and "overshooting" in text
     sweep = next(c for c in e["masking"] if c["check"] == "eps_to_zero" and c["detail"]["norm"] == "l2")
     sweep["detail"]["correct"] = [48, 40, 30, 20]
     sweep["detail"]["accuracy"] = [0.8, 40 / 60, 0.5, 20 / 60]
-    assert "never got below 33.3%" in report.strong_findings({("smallcnn", "AMAT", 0): e})
+    assert "never got below 33.3%" in strong_report.strong_findings({("smallcnn", "AMAT", 0): e})
 
 
 def test_grid_progress_marks_finished_missing_and_absent_runs():

@@ -15,7 +15,7 @@ from dpaat_lib import experiment, profiles, study
 from dpaat_lib.config import DataConfig, RunConfig, TrainConfig
 from dpaat_lib.data import ALL_CLASSES, CLASSES
 from dpaat_lib.methods import MethodConfig
-from dpaat_lib.metrics import balanced_accuracy, compute_metrics, macro_f1
+from dpaat_lib.metrics import balanced_accuracy, macro_f1
 from dpaat_lib.training import epoch_order
 
 REPO = Path(__file__).resolve().parents[1]
