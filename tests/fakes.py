@@ -1,0 +1,26 @@
+"""Made-up runs for the report tests (no training): a :class:`RunResult` with chosen metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dpaat_lib import profiles
+from dpaat_lib.experiment import RunResult
+
+ATTACKS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD")
+
+
+def fake_result(model: str, method: str, seed: int = 0, acc: float = 0.5, tmp: Path | None = None,
+                preds: pd.DataFrame | None = None) -> RunResult:
+    """A RunResult with made-up metrics: every RAcc = acc - 0.1, GAcc = acc, Table II scores = acc."""
+    prof = profiles.get_profile("quick")
+    data = profiles.data_config(prof, digest="0123456789abcdef")
+    cfg = profiles.run_config(prof, model, method, seed, data)
+    metrics = {"GAcc": acc, "RAcc": {a: acc - 0.1 for a in ATTACKS}, "mAP": acc, "mARP": acc - 0.1,
+               "precision": acc, "recall": acc, "f1": acc,
+               "confusion": {"clean": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]}}
+    history = {"finished": True, "epochs": [{"epoch": 1, "seconds": 1.0, "val_acc": acc}], "best_epoch": 1}
+    if preds is None:
+        preds = pd.DataFrame({"image_id": ["a"], "label": [0], "pred_clean": [0]})
+    return RunResult(cfg, (tmp or Path("/nonexistent")) / cfg.run_id, history, metrics, preds)
