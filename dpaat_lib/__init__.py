@@ -15,6 +15,13 @@ The library behind the dpaat book. The folder tree is the architecture:
 - ``grid``       many runs in dependency order (AMAT after its STD run)
 - ``profiles``   the quick, CPU-real and paper experiment grids
 - ``gradcam``    Grad-CAM maps of a trained model
+- ``robustness`` APGD-CE, APGD-DLR, Square and the gradient-masking checks (beyond the paper)
+- ``experiment`` one run: train, evaluate, store, or load what is stored
+- ``precompute`` what a GPU call derives from checkpoints before they are lost
+- ``cli``        the ``dpaat`` command
+
+The book's side (the notebooks are thin over these): ``report`` (chapters 1-10, speed and cost),
+``strong_report`` (chapter 11, stronger attacks) and ``study`` (chapter 12, seeds, sweeps, seven classes).
 """
 
 __version__ = "0.1.0"

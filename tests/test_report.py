@@ -194,6 +194,18 @@ def test_toc_lists_every_chapter():
     assert json.dumps("off") in (REPO / "_config.yml").read_text()
 
 
+def test_the_module_lists_name_every_module_of_the_library():
+    """The package docstring and the README's table are how a newcomer finds the architecture: a module
+    added without a line in both fails here."""
+    import dpaat_lib
+
+    modules = sorted(p.stem for p in (REPO / "dpaat_lib").glob("*.py") if not p.stem.startswith("__"))
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## The library"):]
+    assert not [m for m in modules if f"`{m}`" not in table], "README.md's module table misses these"
+    assert not [m for m in modules if f"``{m}``" not in dpaat_lib.__doc__], "dpaat_lib/__init__.py misses these"
+
+
 # --------------------------------------------------------------------------
 # Speed and cost
 # --------------------------------------------------------------------------
