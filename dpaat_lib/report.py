@@ -266,12 +266,16 @@ def results_frame(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
 
 def summary(results: Sequence[experiment.RunResult], columns: Sequence[str]) -> pd.DataFrame:
     """Mean, std (NaN for one seed) and number of seeds per (model, method) of ``columns`` (fractions)."""
-    t = results_frame(results)
-    columns = [c for c in columns if c in t.columns]
-    g = t.groupby(["model", "method"], sort=False)[columns]
-    mean, std, n = g.mean(), g.std(ddof=1), g.size().rename("n")
-    out = pd.concat({"mean": mean, "std": std}, axis=1)
-    out[("n", "")] = n
+    return frame_summary(results_frame(results), columns)
+
+
+def frame_summary(runs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """:func:`summary` of a frame with one row per run (``model``, ``method`` and ``columns``): column
+    groups ``mean`` and ``std`` (NaN for one seed) and ``n``, the runs, per (model, method)."""
+    columns = [c for c in columns if c in runs.columns]
+    g = runs.astype({c: float for c in columns}).groupby(["model", "method"], sort=False)[columns]
+    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1)}, axis=1)
+    out[("n", "")] = g.size()
     return out
 
 
@@ -301,10 +305,10 @@ def mean_std_table(runs: pd.DataFrame, columns: Sequence[str], scale: float = 10
     columns = [c for c in columns if c in runs.columns]
     if runs.empty:
         return pd.DataFrame(columns=[*columns, "seeds"])
-    g = runs.astype({c: float for c in columns}).groupby(["model", "method"], sort=False)[columns]
-    mean, std, n = g.mean(), g.std(ddof=1), g.size()
-    out = pd.DataFrame({c: [fmt(m, s, k, scale, digits) for m, s, k in zip(mean[c], std[c], n)] for c in columns},
-                       index=mean.index)
+    s = frame_summary(runs, columns)
+    n = s[("n", "")]
+    out = pd.DataFrame({c: [fmt(m, sd, k, scale, digits) for m, sd, k in zip(s[("mean", c)], s[("std", c)], n)]
+                        for c in columns}, index=s.index)
     out["seeds"] = n
     rank = {m: k for k, m in enumerate(dict.fromkeys(runs["model"]))}
     return out.loc[sorted(out.index, key=lambda k: (rank[k[0]], method_key(k[1])))]
