@@ -45,9 +45,8 @@ def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir
         for norm in ("l2", "linf"):
             if report.eps_curves([result], results_dir, data_root, norm=norm, device=device, cache_dir=cache_dir):
                 done.append(f"eps curve {norm}")
-        evals, missing = strong_report.strong_evaluations([result], prof, results_dir, data_root=data_root,
-                                                   device=device, cache_dir=cache_dir)
-        if evals:
+        if strong_report.strong_evaluations([result], prof, results_dir, data_root=data_root, device=device,
+                                            cache_dir=cache_dir)[0]:
             done.append("strong attacks")
         if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
             ids = gradcam.candidate_ids(result.predictions, c.data.classes)
@@ -57,8 +56,8 @@ def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir
                                device=device, cache_dir=cache_dir, thumbnails=shown)
             done.append("Grad-CAM")
     if prof.strong_all_seeds and strong_report.strong_evaluations([result], prof, results_dir, data_root=data_root,
-                                                           device=device, cache_dir=cache_dir,
-                                                           whole_test_set=True)[0]:
+                                                                  device=device, cache_dir=cache_dir,
+                                                                  whole_test_set=True)[0]:
         done.append(WHOLE_TEST_SET)
     return done
 
@@ -70,20 +69,21 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     c = result.config
     if c.method.name not in profiles.MAIN_METHODS:
         return []
+    suite = strong_report.strong_suite_for(prof, c)
     missing = []
     if c.train.seed == min(prof.seeds):
         missing += [f"eps curve {norm}" for norm in ("l2", "linf")
                     if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
-        path = robustness.robust_eval_path(c, results_dir, strong_report.strong_suite_for(prof, c), prof.strong_images,
-                                           masking=strong_report.strong_masking_options(prof), batch_size=prof.strong_batch)
+        path = robustness.robust_eval_path(c, results_dir, suite, prof.strong_images,
+                                           masking=strong_report.strong_masking_options(prof),
+                                           batch_size=prof.strong_batch)
         if not path.exists():
             missing.append("strong attacks")
         if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
             if gradcam.stored_file(result.path, gradcam.candidate_ids(result.predictions, c.data.classes)) is None:
                 missing.append("Grad-CAM")
-    whole = robustness.robust_eval_path(c, results_dir, strong_report.strong_suite_for(prof, c), None, masking=None,
-                                        batch_size=prof.strong_batch)
-    if prof.strong_all_seeds and not whole.exists():
+    if prof.strong_all_seeds and not robustness.robust_eval_path(c, results_dir, suite, None, masking=None,
+                                                                 batch_size=prof.strong_batch).exists():
         missing.append(WHOLE_TEST_SET)
     return missing
 

@@ -419,6 +419,7 @@ def significance_display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     out = table[keep].copy()
     out["per-seed differences"] = [", ".join(f"{d:+.{digits}f}" for d in v) for v in table["per_seed"]]
     out["mean"] = [f"{m:+.{digits}f}" for m in table["mean"]]
+
     def shown(v, fmt):  # one seed has no spread and no test: "n/a", never "nan"
         return format(v, fmt) if not math.isnan(v) else "n/a"
 

@@ -58,7 +58,8 @@ def test_profiles_carry_the_strong_evaluation_budget_outside_the_run_identity():
 
 
 def test_strong_suite_and_masking_scale_with_the_profile():
-    assert strong_report.strong_masking_options(profiles.get_profile("paper", apgd_steps=100))["steps"] == [25, 100, 200]
+    paper = profiles.get_profile("paper", apgd_steps=100)
+    assert strong_report.strong_masking_options(paper)["steps"] == [25, 100, 200]
     quick = profiles.get_profile("quick")
     m = strong_report.strong_masking_options(quick)
     assert m["steps"] == [5, 20, 40] and m["restarts"] == [1, 2, 4]
@@ -187,7 +188,8 @@ def test_strong_tables_and_findings_from_stored_evaluations():
     assert "1 of 16 checks fail" in text and "signature of masked gradients" in text
     assert "-7.0 points" in text  # 20-PGD 40.0 -> worst case L2 33.0
     assert "SYNTHETIC" in text and "1 run(s)" in text
-    assert "every run passes all 8 checks" in strong_report.strong_findings({("smallcnn", "AT", 0): evals[("smallcnn", "AT", 0)]})
+    key = ("smallcnn", "AT", 0)
+    assert "every run passes all 8 checks" in strong_report.strong_findings({key: evals[key]})
     assert "No stronger evaluation" in strong_report.strong_findings({}, missing=["a"])
     fig = strong_report.plot_masking_eps(evals)
     assert len(fig.axes) == 2
