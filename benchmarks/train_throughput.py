@@ -104,11 +104,12 @@ def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_mode
     model = build_model(model_name).to(device)
     if fast:
         model = model.to(memory_format=torch.channels_last)
-    net = CompiledNet(model, compile_mode) if compile_mode else model
     gen = torch.Generator(device=device).manual_seed(0)
     # AMAT's threshold comes from a trained STD model in a run; any value exercises the same passes here.
     method = build_method(MethodConfig(name=method_name, attack=training_attack()), len(y), generator=gen,
                           threshold=1.0 if method_name == "amat" else None)
+    net = (CompiledNet(model, compile_mode, batch_size=None if method.varying_batch else batch_size)
+           if compile_mode else model)  # as dpaat_lib.training.train_run compiles it
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     xd, yd = x.to(device), y.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()

@@ -114,6 +114,10 @@ def radius_summary(radii: torch.Tensor, eps_max: float, bins: int = 20) -> dict:
 class Method:
     """Base: no per-sample state. Subclasses override :meth:`loss`."""
 
+    # Whether loss() runs the model on batches whose size changes from batch to batch (AMAT's attacked
+    # sub-batch): training.CompiledNet then compiles for every size instead of the full batch's.
+    varying_batch = False
+
     def __init__(self, config: MethodConfig, n_train: int, generator: torch.Generator | None = None):
         self.config = config
         self.n_train = n_train
@@ -209,6 +213,8 @@ class AMAT(RadiusTable):
     correctly classified samples are attacked; after each epoch their radius
     grows by delta if CE(x') <= T, else moves half-way to ||x' - x||.
     """
+
+    varying_batch = True  # the attacked sub-batch: the correctly classified images of each batch
 
     def __init__(self, config, n_train, generator=None, threshold: float | None = None, device=None):
         super().__init__(config, n_train, generator, init=config.eps0 / 10, device=device)

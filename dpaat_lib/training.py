@@ -45,21 +45,38 @@ class CompiledNet(nn.Module):
     backward leave a backward pending at the second, which CUDA-graph trees run off their fast path
     (pytorch/pytorch#176846). Each batch still passes BatchNorm on its own, as in eager mode.
     Train/eval mode is the wrapped model's. Checkpoints are taken from ``model``, never from this.
+
+    ``batch_size``: the one batch size compiled, with static shapes; a batch of another size (an
+    epoch's last, partial batch) runs the eager model. Left to torch, that one batch an epoch
+    recompiled every graph with a dynamic batch size, which doubled the compile time and left the
+    rest of the run on the dynamic graphs (benchmarks/compile_time.py). ``None``: the batch size
+    varies (AMAT's attacked sub-batch): the graphs are compiled with a dynamic batch size from the
+    first call, not first for one size and then again for all.
     """
 
     compiled = True  # the attacks freeze the weights of a compiled model (dpaat_lib.attacks.is_compiled)
 
-    def __init__(self, model: nn.Module, mode: str):
+    def __init__(self, model: nn.Module, mode: str, batch_size: int | None = None):
         super().__init__()
         self.model = model
+        self.batch_size = batch_size
+        dynamic = None if batch_size is None else False  # None: dynamic where marked (_mark_batch)
         # A tuple, so the compiled wrappers are not registered as submodules (their parameters are model's).
-        self._compiled = (torch.compile(model, mode=mode), torch.compile(_Pair(model), mode=mode))
+        self._compiled = (torch.compile(model, mode=mode, dynamic=dynamic),
+                          torch.compile(_Pair(model), mode=mode, dynamic=dynamic))
+
+    def _compiles(self, *batches: torch.Tensor) -> bool:
+        if self.batch_size is None:
+            for x in batches:  # from the first call on: one compile for every size
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+            return True
+        return batches[0].shape[0] == self.batch_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._compiled[0](x)
+        return self._compiled[0](x) if self._compiles(x) else self.model(x)
 
     def forward_pair(self, a: torch.Tensor, b: torch.Tensor):
-        return self._compiled[1](a, b)
+        return self._compiled[1](a, b) if self._compiles(a, b) else (self.model(a), self.model(b))
 
 
 TRAINING_PATH_MODULES = ("attacks", "methods", "models", "training")
@@ -250,7 +267,9 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
             gen.set_state(ck[key].cpu())
         state = ck["state"]
 
-    net = CompiledNet(model, compile_mode) if compile_mode else model  # shares model's parameters
+    # Shares model's parameters; compiled for the full batch unless the method's batches vary (AMAT).
+    net = (CompiledNet(model, compile_mode, batch_size=None if method.varying_batch else tc.batch_size)
+           if compile_mode else model)
     store.write_json(run / "config.json", config.to_dict())
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext())
     started = time.perf_counter()

@@ -1,4 +1,5 @@
-# Sourced by the device scripts: the Python packages a lent GPU lacks, the repository on the path, the card.
+# Sourced by the device scripts: the Python packages a lent GPU lacks, the repository on the path, torch.compile's
+# cache, the card.
 # Expects PY (the python with torch). The wheels travel in .whl/ (README, "On a GPU").
 if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pytorch_grad_cam, torchattacks" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -6,5 +7,20 @@ if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pytorch_grad_cam, torchat
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
+# torch.compile's cache (inductor's and AOTAutograd's graphs, Triton's kernels), one folder for every process,
+# seeded on a fresh machine from the cache an earlier session brought back (device_session.sh packs it; carry
+# scratch/compile-cache, its parts): what an earlier machine compiled is not compiled again (on a CPU a warm
+# cache took a twelfth to an eighteenth of a cold one's seconds, benchmarks/compile_time.py).
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/dpaat-compile-cache}
+SEED=${COMPILE_CACHE_SEED:-scratch/compile-cache}
+if [ -z "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ] && ls "$SEED"/compile-cache.tgz.part-* >/dev/null 2>&1; then
+  mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
+  if cat "$SEED"/compile-cache.tgz.part-* | tar xzf - -C "$TORCHINDUCTOR_CACHE_DIR"; then
+    echo "compile cache seeded from $SEED ($(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1))"
+  else  # a half-unpacked cache could hold truncated entries: start empty instead
+    rm -rf "$TORCHINDUCTOR_CACHE_DIR" && mkdir -p "$TORCHINDUCTOR_CACHE_DIR"
+    echo "compile cache in $SEED unreadable: starting with an empty one"
+  fi
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"

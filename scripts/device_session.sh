@@ -10,9 +10,12 @@
 #    its outputs packed into $OUT/check.tgz (the device tool brings back at most 8 files);
 # 2. scripts/device_grid.sh for the rest of TOTAL seconds, as the session's last call (FINAL=1: a run
 #    starts only if it is expected to finish), with COMPILE=auto;
-# 3. the whole log in $OUT/session.log.
+# 3. torch.compile's cache (seeded from scratch/compile-cache when carried, scripts/device_env.sh) packed
+#    into $OUT/compile-cache.tgz.part-NN, unless over CACHE_MAX_MB (the carried paths hold 64 MiB in all);
+# 4. the whole log in $OUT/session.log.
 # Afterwards: unpack check.tgz and copy its benchmark-cuda-*.json and compile-decision.json into
-# results/paper/; unpack the results archive(s) over results/ (README, "On a GPU").
+# results/paper/; unpack the results archive(s) over results/; put the compile-cache parts in
+# scratch/compile-cache/ (replacing what was there) and carry it next time (README, "On a GPU").
 set -uo pipefail
 START=$(date +%s)
 TOTAL=${TOTAL:-570}
@@ -22,6 +25,8 @@ PROFILE=${PROFILE:-paper}
 STORE=${STORE:-/root/dpaat}  # outside the carried paths: a warm machine keeps it between calls
 RESULTS=${RESULTS:-$STORE/$PROFILE}
 CHECK=${CHECK:-auto}
+CACHE_MAX_MB=${CACHE_MAX_MB:-40}
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$STORE/compile-cache}  # kept between calls
 mkdir -p "$OUT" "$STORE"
 exec > >(tee -a "$OUT/session.log") 2>&1
 elapsed() { echo $(( $(date +%s) - START )); }
@@ -45,4 +50,18 @@ fi
 
 LIMIT=$(( TOTAL - $(elapsed) )) FINAL=1 COMPILE=auto RESULTS="$RESULTS" PROFILE="$PROFILE" OUT="$OUT" \
   DECISION="$STORE/compile-decision.json" bash scripts/device_grid.sh
+
+if [ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]; then
+  PACKED=$(mktemp /tmp/compile-cache.XXXXXX)
+  # Fast gzip, and capped: the call's last seconds; a cache left behind costs compile time, not results.
+  if ! timeout 25 tar -I "gzip -1" -cf "$PACKED" -C "$TORCHINDUCTOR_CACHE_DIR" --exclude=./locks .; then
+    echo "[$(elapsed)s] compile cache not packed (tar failed or took over 25 s)"
+  elif [ "$(stat -c %s "$PACKED")" -le $(( CACHE_MAX_MB * 1024 * 1024 )) ]; then
+    split -b 15M -d "$PACKED" "$OUT/compile-cache.tgz.part-"  # the device tool brings back files of 16 MiB
+    echo "[$(elapsed)s] compile cache packed: $(du -sh "$TORCHINDUCTOR_CACHE_DIR" | cut -f1), $(du -h "$PACKED" | cut -f1) packed"
+  else
+    echo "[$(elapsed)s] compile cache not packed: $(du -h "$PACKED" | cut -f1) is over CACHE_MAX_MB=$CACHE_MAX_MB"
+  fi
+  rm -f "$PACKED"
+fi
 echo "[$(elapsed)s] session done"

@@ -88,11 +88,47 @@ def test_device_session_checks_once_then_trusts_the_stored_decision(tmp_path, sy
     assert {"compile-decision.json", "cuda-tests.txt", "benchmark-cpu-eager.json",
             "benchmark-cpu-graphs.json"} <= names
     assert len(list((tmp_path / "out1").glob("results-quick-*.tgz"))) == 1
+    # The check's compiled benchmark filled torch.compile's cache: packed for the next session to carry.
+    assert "compile cache packed" in log and list((tmp_path / "out1").glob("compile-cache.tgz.part-00"))
     assert len(list((tmp_path / "out1").iterdir())) <= 8  # what the device tool brings back
     # The decision, committed to the store (results/<profile>/compile-decision.json), is trusted next time.
     shutil.copy(tmp_path / "store" / "compile-decision.json", tmp_path / "store" / "quick" / "compile-decision.json")
     log = session(tmp_path / "out2")
     assert "check skipped" in log and not (tmp_path / "out2" / "check.tgz").exists()
+
+
+def _source_device_env(tmp_path, seed: Path) -> str:
+    env = {**os.environ, "PY": sys.executable, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+           "COMPILE_CACHE_SEED": str(seed)}
+    done = subprocess.run(["bash", "-c", "source scripts/device_env.sh"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("split") is None, reason="needs bash and split")
+def test_device_env_seeds_an_empty_compile_cache_from_the_carried_parts(tmp_path):
+    """scripts/device_env.sh on a fresh machine: torch.compile's cache is unpacked from the parts an earlier
+    session packed (scratch/compile-cache); a cache already there (a warm machine) is left as it is, and an
+    unreadable one gives an empty cache and says so."""
+    src, seed, cache = tmp_path / "src", tmp_path / "seed", tmp_path / "cache"
+    (src / "fxgraph").mkdir(parents=True)
+    entry = os.urandom(3000).hex()  # incompressible: the archive splits into several parts
+    (src / "fxgraph" / "entry").write_text(entry)
+    seed.mkdir()
+    subprocess.run(["tar", "czf", str(tmp_path / "c.tgz"), "-C", str(src), "."], check=True)
+    subprocess.run(["split", "-b", "1000", "-d", str(tmp_path / "c.tgz"), str(seed / "compile-cache.tgz.part-")],
+                   check=True)
+    assert len(list(seed.iterdir())) > 1
+    assert "compile cache seeded" in _source_device_env(tmp_path, seed)
+    assert (cache / "fxgraph" / "entry").read_text() == entry
+    (cache / "fxgraph" / "entry").write_text("compiled on this machine")
+    assert "seeded" not in _source_device_env(tmp_path, seed)
+    assert (cache / "fxgraph" / "entry").read_text() == "compiled on this machine"
+    shutil.rmtree(cache)
+    (seed / "compile-cache.tgz.part-00").write_bytes(b"not a gzip stream")
+    assert "unreadable: starting with an empty one" in _source_device_env(tmp_path, seed)
+    assert cache.is_dir() and not any(cache.iterdir())
 
 
 def _decision_inputs(out: Path, passed=("std", "at", "sat", "amat", "dpaat"), graphs_img_s=900.0):

@@ -84,6 +84,21 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
         bench.main(["--device", "cpu", "--models", "smallcnn", "--repeats", "0"])
 
 
+def test_compile_time_benchmark_counts_the_graphs_each_way_compiles(tmp_path):
+    """benchmarks/compile_time.py end to end (three child processes, about 40 s): with a partial last batch
+    torch's own shape handling compiles STD's training graph twice, the library's once, and the warm run
+    reuses the library's cache. Seconds are printed, never asserted."""
+    spec = importlib.util.spec_from_file_location("compile_time", ROOT / "benchmarks" / "compile_time.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "compile-time.json"
+    assert bench.main(["--device", "cpu", "--methods", "std", "--size", "16", "--images", "12", "--batch-size", "8",
+                       "--epochs", "1", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["compile_time"]
+    assert (row["torch_graphs"], row["library_graphs"], row["warm_graphs"]) == (2, 1, 1)
+    assert row["torch_s"] > 0 and row["cold_over_warm"] > 0
+
+
 def _bench_rows(card, ratio, concurrent=None):
     row = {"model": "resnet34", "card": card, "size": 224, "images": 64, "paper_img_s": 100.0,
            "library_img_s": 100.0 * ratio, "ratio": ratio}
@@ -217,3 +232,39 @@ def test_compiled_pair_is_two_forwards_with_batchnorm_apart():
         torch.testing.assert_close(net.model.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
     joint = copy.deepcopy(eager)(torch.cat([a, b]))  # one batch of both: other statistics
     assert not torch.allclose(joint[:8], want[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("method_name", ["at", "dpaat"])
+def test_partial_last_batch_runs_eager_and_compiles_nothing_more(method_name):
+    """CompiledNet(batch_size=B): an epoch of 8 + 8 + 4 images compiles the full batch's graphs once (AT: the
+    attack's and the training step's; DPAAT: the attack's and the pair's) and runs the last batch eagerly,
+    where torch alone would recompile them all with a dynamic batch size (benchmarks/compile_time.py).
+    The numbers are the eager epoch's."""
+    import copy
+
+    from torch._dynamo.utils import counters
+
+    from dpaat_lib.training import CompiledNet
+
+    torch.manual_seed(0)
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(20) % 3
+
+    def epoch(model, net):
+        method = build_method(MethodConfig(name=method_name, attack=training_attack(steps=2)), 20,
+                              generator=torch.Generator().manual_seed(1))
+        assert not method.varying_batch
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # Adam's first steps would magnify rounding
+        return train_epoch(net, method, opt, x, y, torch.arange(20), batch_size=8), model
+
+    eager_logs, eager = epoch(*(2 * [copy.deepcopy(tiny)]))
+    torch._dynamo.reset()  # graphs another test compiled for the same module code would be reused
+    before = counters["stats"]["unique_graphs"]
+    model = copy.deepcopy(tiny)
+    logs, model = epoch(model, CompiledNet(model, "default", batch_size=8))
+    assert counters["stats"]["unique_graphs"] - before == 2
+    assert logs["loss"] == pytest.approx(eager_logs["loss"], abs=1e-4)
+    for (k, v), w in zip(model.state_dict().items(), eager.state_dict().values()):
+        torch.testing.assert_close(v, w, atol=1e-5, rtol=1e-4, msg=k)
