@@ -1478,7 +1478,8 @@ def benchmark_cost(results_dir) -> pd.DataFrame | None:
 
 def benchmark_throughput(results_dir) -> pd.DataFrame | None:
     """The stored throughput benchmark: images/s of PGD-7 training in the paper-style loop, the library's
-    path and several library processes at once, with the ratios (None when none is stored;
+    path and several library processes at once, with the ratios, and the seconds of the library's first
+    warm-up batches (compiling, on a compiled path) where recorded (None when none is stored;
     :func:`dpaat_lib.store.benchmark_paths`)."""
     rows = []
     for r in store.benchmark_rows(results_dir, "throughput"):
@@ -1489,6 +1490,8 @@ def benchmark_throughput(results_dir) -> pd.DataFrame | None:
         if "concurrent_img_s" in r:
             row[f"{r['procs']} processes img/s"] = f"{r['concurrent_img_s']:.0f}"
             row[f"ratio ({r['procs']} processes)"] = f"x{r['concurrent_ratio']:.2f}"
+        if "library_warmup_s" in r:  # compiling included on a compiled path: what a run pays once
+            row["library warm-up s"] = f"{r['library_warmup_s']:.1f}"
         rows.append(row)
     return pd.DataFrame(rows).set_index(["hardware", "library path", "model"]).fillna("–") if rows else None
 

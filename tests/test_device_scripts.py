@@ -131,14 +131,16 @@ def test_device_env_seeds_an_empty_compile_cache_from_the_carried_parts(tmp_path
     assert cache.is_dir() and not any(cache.iterdir())
 
 
-def _decision_inputs(out: Path, passed=("std", "at", "sat", "amat", "dpaat"), graphs_img_s=900.0):
+def _decision_inputs(out: Path, passed=("std", "at", "sat", "amat", "dpaat"), graphs_img_s=900.0, warmups=None):
     lines = [f"PASSED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[{m}]" for m in passed]
     lines += ["FAILED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[amat] - AssertionError"
               ] if "amat" not in passed else []
     (out / "cuda-tests.txt").write_text("\n".join(["....", "=== short test summary info ===", *lines]) + "\n")
     row = {"model": "resnet34", "paper_img_s": 400.0, "library_img_s": 500.0, "concurrent_img_s": 650.0}
-    (out / "benchmark-cuda-eager.json").write_text(json.dumps({"throughput": [row]}))
     fast = {**row, "library_img_s": graphs_img_s, "concurrent_img_s": graphs_img_s * 1.3}
+    if warmups is not None:  # (eager, graphs): the first warm-up's seconds, compiling included for the graphs
+        row["library_warmup_s"], fast["library_warmup_s"] = warmups
+    (out / "benchmark-cuda-eager.json").write_text(json.dumps({"throughput": [row]}))
     (out / "benchmark-cuda-graphs.json").write_text(json.dumps({"throughput": [fast]}))
 
 
@@ -172,5 +174,13 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     _decision_inputs(tmp_path, graphs_img_s=480.0)
     mode, why = decision.decide(tmp_path)
     assert mode == "" and any("library_img_s 480" in w for w in why)
+    # Compiling must pay for itself within a run: 2160 images an epoch at 500 and 900 img/s save 1.92 s.
+    _decision_inputs(tmp_path, warmups=(2.0, 32.0))
+    mode, why = decision.decide(tmp_path)
+    assert mode == "reduce-overhead" and "compiling paid back: resnet34 after 15.6 epochs" in why[0]
+    _decision_inputs(tmp_path, warmups=(2.0, 62.0))
+    mode, why = decision.decide(tmp_path)
+    assert mode == "" and why == ["resnet34: compiling is paid back only after 31 epochs of 2160 images, more "
+                                  "than a run's 30"]
     (tmp_path / "cuda-tests.txt").unlink()
     assert decision.decide(tmp_path)[0] == ""  # nothing measured: eager

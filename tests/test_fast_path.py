@@ -70,6 +70,7 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     assert list(cost.columns) == ["STD", "AT", "SAT", "AMAT", "DPAAT"] and cost.iloc[0]["STD"] == "x1.00"
     speed = report.benchmark_throughput(tmp_path)
     assert "ratio (2 processes)" in speed.columns and len(speed) == 1
+    assert rows[0]["warmup_batches"] == 2 and float(speed.iloc[0]["library warm-up s"]) > 0
     # Each row names the training code it timed: this checkout's, so "current" and no caveat.
     from dpaat_lib.training import training_code_digest
     assert {c["training_code"] for c in stored["method_cost"] + stored["throughput"]} == {training_code_digest()}
