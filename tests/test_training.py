@@ -182,8 +182,9 @@ def test_compiled_amat_matches_eager(tmp_path, data, run_kw):
 @pytest.mark.parametrize("method", ["std", "at", "sat", "amat", "dpaat"])
 def test_cuda_graphs_match_eager_on_a_gpu(tmp_path, data, run_kw, method):
     """compile_mode="reduce-overhead" (CUDA graphs) on a GPU: every method trains and gives the eager
-    numbers up to float rounding (the attack's input gradients, eval and train modes, AMAT's shapes)."""
-    cfg = tiny_config(data, method=method)
+    numbers up to float rounding (the attack's input gradients, eval and train modes, AMAT's shapes, and
+    batches of 10, 10 and 4: the partial last batch runs eagerly between graph replays)."""
+    cfg = tiny_config(data, method=method, prof=tiny_profile(batch_size=10))
     kw = dict(run_kw, device="cuda")
     eager = experiment.run(cfg, results=tmp_path / "eager", **kw)
     graphs = experiment.run(cfg, results=tmp_path / "graphs", compile_mode="reduce-overhead", **kw)
