@@ -9,6 +9,7 @@ train again a finished run whose checkpoint-derived results were lost
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import statistics
@@ -103,7 +104,9 @@ def _method_cost(results, method: str) -> float | None:
 def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> float | None:
     """Expected seconds to train ``config`` and compute its extras, from the finished runs in ``results``
     (on the hardware they ran on), with ``sharing`` processes on the device (stored runs that recorded
-    theirs are scaled by :func:`_share_factor`); None when no run of its model is stored.
+    theirs are scaled by :func:`_share_factor`); for a model with no stored run, the estimates of the
+    models that have one scaled by their benchmarked speeds (:func:`_from_other_models`); None when
+    neither is possible.
 
     Seconds per epoch: the median of the stored runs of the same model and method; else the model's
     STD runs times the method's cost relative to STD as benchmarked into ``results``, or without a
@@ -121,7 +124,7 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
             r[key] = r[key] * f if r[key] else r[key]
     mine = [r for r in rows if r["model"] == config.model]
     if not mine:
-        return None
+        return _from_other_models(config, results, sharing, {r["model"] for r in rows})
     same = [r["s_per_epoch"] for r in mine if r["method"] == config.method.name]
     std = [r["s_per_epoch"] for r in mine if r["method"] == "std"]
     if same:
@@ -136,6 +139,23 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     evals = [r["eval_s"] for r in mine if r["eval_s"]]
     extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
     return spe * epochs + (max(evals) if evals else 0.0) + 1.2 * (max(extras) if extras else 0.0)
+
+
+def _from_other_models(config: RunConfig, results, sharing: int | None, stored: set[str]) -> float | None:
+    """The estimate for ``config`` on each model with stored runs, times how much slower ``config.model``
+    trained than that model in the benchmarks stored in ``results`` (library path, not compiled; the
+    median over files): the median over those models, or None where a speed is missing. So the first run
+    of a model (DenseNet121's STD on a fresh grid) is not started blind by ``--finish-by``."""
+    speeds: dict[str, list[float]] = {}
+    for row in store.benchmark_rows(results, "throughput"):
+        if not row.get("compile"):
+            speeds.setdefault(row["model"], []).append(row["library_img_s"])
+    speed = {m: statistics.median(v) for m, v in speeds.items()}
+    if config.model not in speed:
+        return None
+    scaled = [est * speed[m] / speed[config.model] for m in sorted(stored & speed.keys())
+              for est in [estimate_seconds(dataclasses.replace(config, model=m), results, sharing)] if est is not None]
+    return statistics.median(scaled) if scaled else None
 
 
 def supersede(results, run_id: str) -> Path:

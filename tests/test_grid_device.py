@@ -184,6 +184,15 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     store.write_json(tmp_path / std.run_id / "eps_curve-l2-0.json", {"seconds": 3.0})
     store.write_json(tmp_path / std.run_id / "eps_curve-linf-0.json", {})  # stored before curves were timed
     assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 7 + 1.2 * 13)
+    # A model with no stored run: the stored model's estimate, scaled by the benchmarked speeds (library path,
+    # not compiled), so --finish-by does not start its first run blind.
+    other = dataclasses.replace(at, model="resnet34")
+    assert grid.estimate_seconds(other, tmp_path) is None  # no benchmark of its speed
+    rows = [{"model": "smallcnn", "library_img_s": 400.0}, {"model": "resnet34", "library_img_s": 100.0},
+            {"model": "resnet34", "library_img_s": 10.0, "compile": "reduce-overhead"}]
+    store.write_json(tmp_path / "benchmark-cuda.json", {"throughput": rows, "method_cost": []})
+    assert grid.estimate_seconds(other, tmp_path) == pytest.approx(4 * grid.estimate_seconds(at, tmp_path))
+    assert grid.estimate_seconds(dataclasses.replace(at, model="densenet121"), tmp_path) is None
 
 
 def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
