@@ -4,10 +4,13 @@
     python scripts/compile_decision.py --read FILE [FILE ...]     (device_grid.sh with COMPILE=auto)
 
 Yes ("reduce-overhead") only if the CUDA-graph test passed for every method (cuda-tests.txt, pytest
--rA), the compiled library path was faster than the eager one for every benchmarked CNN, in one
-process and (where measured) in several, and what compiling adds to a run (the benchmark's first
-warm-up through the graphs, less eager's) is paid back by the faster epochs within the paper
-profile's cap of 30 epochs of 2160 images (in one process; rows without warm-up seconds skip this). Prints the reasons; --write FILE stores the decision as JSON
+-rA) and the compiled library path was faster than the eager one for every benchmarked CNN, in one
+process and (where measured) in several. The reasons also say after how many epochs of the paper
+profile (2160 images) the faster epochs pay for compiling (the benchmark's first warm-up through the
+graphs, less eager's, in one process). That is reported, not a veto: it is measured on an empty
+compile cache, and the cache a session carries from an earlier one (device_session.sh) makes later
+compiles far cheaper; the models that gain most (the lightweight group's many small kernels) are
+not the one benchmarked (resnet34). Prints the reasons; --write FILE stores the decision as JSON
 (mode, reasons, torch version, card), for `COMPILE=auto bash scripts/device_grid.sh`: on the same
 machine, so the session's next call can start at once (a lent machine goes back after 30 idle
 seconds), and committed as results/<profile>/compile-decision.json, so that a later GPU session with
@@ -27,7 +30,6 @@ from pathlib import Path
 
 METHODS = ("std", "at", "sat", "amat", "dpaat")
 EPOCH_IMAGES = 2160  # the paper profile's training set: (800 - 80) images x 3 classes
-MAX_EPOCHS = 30  # the paper profile's epoch cap
 TEST = "test_cuda_graphs_match_eager_on_a_gpu"
 MODE = "reduce-overhead"
 
@@ -53,18 +55,15 @@ def decide(out_dir: Path) -> tuple[str, list[str]]:
         for key in ("library_img_s", "concurrent_img_s"):
             if key in g and key in e and g[key] <= e[key]:
                 reasons.append(f"{model}: {key} {g[key]:.0f} through CUDA graphs, not above eager's {e[key]:.0f}")
-        epochs = break_even_epochs(e, g)
-        if epochs is not None and epochs > MAX_EPOCHS:
-            reasons.append(f"{model}: compiling is paid back only after {epochs:.0f} epochs of {EPOCH_IMAGES} "
-                           f"images, more than a run's {MAX_EPOCHS}")
+    paid = [f"{m} after {n:.1f}" for m, g in rows["graphs"].items() if m in rows["eager"]
+            for n in [break_even_epochs(rows["eager"][m], g)] if n is not None]
+    payback = (f"compiling (empty cache) paid back by the faster epochs of {EPOCH_IMAGES} images: "
+               f"{', '.join(paid)} epochs") if paid else ""
     if not reasons:
         speedups = ", ".join(f"{m} x{g['library_img_s'] / rows['eager'][m]['library_img_s']:.2f}"
                              for m, g in rows["graphs"].items() if m in rows["eager"])
-        paid = [f"{m} after {n:.1f} epochs" for m, g in rows["graphs"].items() if m in rows["eager"]
-                for n in [break_even_epochs(rows["eager"][m], g)] if n is not None]
-        return MODE, [f"every method correct under CUDA graphs; faster: {speedups}" +
-                      (f"; compiling paid back: {', '.join(paid)}" if paid else "")]
-    return "", reasons
+        return MODE, [f"every method correct under CUDA graphs; faster: {speedups}"] + ([payback] if payback else [])
+    return "", reasons + ([payback] if payback else [])
 
 
 def break_even_epochs(eager: dict, graphs: dict) -> float | None:

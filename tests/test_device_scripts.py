@@ -174,13 +174,12 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     _decision_inputs(tmp_path, graphs_img_s=480.0)
     mode, why = decision.decide(tmp_path)
     assert mode == "" and any("library_img_s 480" in w for w in why)
-    # Compiling must pay for itself within a run: 2160 images an epoch at 500 and 900 img/s save 1.92 s.
+    # After how many epochs compiling pays for itself: 2160 images an epoch at 500 and 900 img/s save 1.92 s.
     _decision_inputs(tmp_path, warmups=(2.0, 32.0))
     mode, why = decision.decide(tmp_path)
-    assert mode == "reduce-overhead" and "compiling paid back: resnet34 after 15.6 epochs" in why[0]
-    _decision_inputs(tmp_path, warmups=(2.0, 62.0))
+    assert mode == "reduce-overhead" and why[1].endswith("images: resnet34 after 15.6 epochs")
+    _decision_inputs(tmp_path, warmups=(2.0, 62.0), graphs_img_s=480.0)
     mode, why = decision.decide(tmp_path)
-    assert mode == "" and why == ["resnet34: compiling is paid back only after 31 epochs of 2160 images, more "
-                                  "than a run's 30"]
+    assert mode == "" and why[-1].endswith("resnet34 after inf epochs")  # not faster: never paid back
     (tmp_path / "cuda-tests.txt").unlink()
     assert decision.decide(tmp_path)[0] == ""  # nothing measured: eager
