@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     if args.images % args.batch_size == 0:
         print(f"note: {args.images} images are {args.images // args.batch_size} full batches: no partial batch")
     rows = []
+    card = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+            else f"CPU ({torch.get_num_threads()} threads)")
     print(f"{args.model}, {args.size} px, {args.images} images, batch {args.batch_size}, {args.epochs} epochs, "
           f"torch.compile mode {args.compile}, {args.device}, torch {torch.__version__}")
     print(f"{'method':8s} {'torch s':>8s} {'library s':>10s} {'warm s':>7s} {'torch/lib':>10s} {'cold/warm':>10s}"
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
             caches = {"torch": Path(tmp) / f"{method}-torch", "library": Path(tmp) / f"{method}-library"}
             caches["warm"] = caches["library"]  # the cache the cold library run left
             r = {way: run_child(args, method, way, caches[way]) for way in WAYS}
-            row = {"method": method, "model": args.model, "device": args.device, "size": args.size,
+            row = {"method": method, "model": args.model, "device": args.device, "card": card, "size": args.size,
                    "images": args.images, "epochs": args.epochs, "compile": args.compile,
                    "torch_version": torch.__version__, **{f"{w}_s": r[w]["seconds"] for w in WAYS}, **{f"{w}_graphs": r[w]["graphs"] for w in WAYS},
                    "torch_over_library": r["torch"]["seconds"] / r["library"]["seconds"],

@@ -173,6 +173,49 @@ def grid_time_findings(calls: pd.DataFrame, finished: int, total: int, goal_min:
     return text + f": already exceeded by {minutes - goal_min:.1f} minutes, with {left} runs still to train."
 
 
+def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: int = 8) -> str:
+    """What is left of a grid against the length of one GPU call, from :func:`dpaat_lib.precompute.plan_table`
+    at ``sharing`` processes. A lent machine's checkpoints do not outlive it, so a run must finish within
+    one call: ``window_s`` is about what ``TOTAL=570 bash scripts/device_session.sh`` leaves a run (570 s
+    less preparing the data and the last 25 s). Runs alone on the card take 1/sqrt(sharing) of the
+    time (:func:`dpaat_lib.grid._share_factor`, the grid's own model of sharing)."""
+    from .grid import _share_factor
+
+    left = plan[plan["state"] != "done"]
+    if left.empty:
+        return "Nothing of the grid is left to train."
+    known = left[left["expected s"].str.fullmatch(r"\d+")]
+    est = known["expected s"].astype(float)
+    model = known["run"].str.split("-").str[0]
+    alone = est * _share_factor(sharing, 1)
+    fits, fits_alone = est <= window_s, (alone <= window_s) & (est > window_s)
+    never = alone > window_s
+
+    def models(mask) -> str:
+        counts = model[mask].value_counts(sort=False)
+        return and_list([f"{m} ({n})" for m, n in counts.items()]) if len(counts) else "none"
+
+    text = (f"**What is left, against one call.** {len(left)} runs are left to train (those whose extras were "
+            f"lost with their checkpoint included): {est.sum():,.0f} process-seconds expected at {sharing} "
+            f"processes (`dpaat grid --plan --sharing {sharing}`, from the stored runs and the benchmark), about "
+            f"{est.sum() / sharing / 60:.0f} minutes of one card with {sharing} runs sharing it. A lent machine's "
+            f"checkpoints do not outlive it, so a run must finish within one call, which leaves a run about "
+            f"{window_s:.0f} s. At {sharing} processes {int(fits.sum())} of them fit: {models(fits)}.")
+    if fits_alone.any():
+        text += f" {int(fits_alone.sum())} more would fit alone on the card: {models(fits_alone)}."
+    if never.any():
+        text += (f" {int(never.sum())} would not even alone: {models(never)}, {alone[never].min():.0f} to "
+                 f"{alone[never].max():.0f} s each.")
+    if len(known) < len(left):
+        text += f" {len(left) - len(known)} have no estimate (no stored run or benchmark of their CNN)."
+    if never.any() or fits_alone.any():
+        text += (" Unless CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` in the first GPU "
+                 "session) shorten them enough, the runs that do not fit at full sharing need calls with fewer "
+                 "processes, and those that do not fit alone a GPU session longer than one call or a machine "
+                 "that keeps its checkpoints.")
+    return text
+
+
 def grid_progress(configs: Sequence[RunConfig], finished: Sequence[experiment.RunResult]) -> pd.DataFrame:
     """Which runs of a grid are finished: rows the models, columns the methods; "done", "—" (still to
     run), or empty where the grid has no such run."""
@@ -1474,6 +1517,24 @@ def benchmark_cost(results_dir) -> pd.DataFrame | None:
     out = pd.DataFrame.from_dict(rows, orient="index")
     out.index = pd.MultiIndex.from_tuples(out.index, names=["hardware", "model", "training code"])
     return out
+
+
+def compile_time_table(results_dir) -> pd.DataFrame | None:
+    """The stored ``compile-time*.json`` of benchmarks/compile_time.py (in ``results_dir`` and the stores
+    one level below): per method, the seconds of its first epochs through torch.compile with torch's own
+    shape handling, with the library's (the partial last batch eager) and again on the library's warm
+    cache, the graphs each compiled, and the two ratios. None when none is stored."""
+    root = Path(results_dir)
+    rows = []
+    for path in sorted(root.glob("compile-time*.json")) + sorted(root.glob("*/compile-time*.json")):
+        for r in store.read_json(path)["compile_time"]:
+            rows.append({"hardware": r.get("card", r["device"]), "model": r["model"], "method": LABELS[r["method"]],
+                         "run": f"{r['images']} images, {r['epochs']} epochs, {r['size']} px",
+                         "graphs (torch, library)": f"{r['torch_graphs']}, {r['library_graphs']}",
+                         "torch's shapes s": f"{r['torch_s']:.1f}", "library s": f"{r['library_s']:.1f}",
+                         "torch / library": f"x{r['torch_over_library']:.2f}",
+                         "warm cache s": f"{r['warm_s']:.1f}", "cold / warm": f"x{r['cold_over_warm']:.1f}"})
+    return pd.DataFrame(rows).set_index(["hardware", "model", "method"]) if rows else None
 
 
 def benchmark_throughput(results_dir) -> pd.DataFrame | None:

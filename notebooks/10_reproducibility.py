@@ -31,7 +31,7 @@ device = "cpu"
 
 # %%
 from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
-from dpaat_lib import profiles
+from dpaat_lib import precompute, profiles
 
 # %%
 prof, main = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
@@ -107,6 +107,22 @@ report.md(report.benchmark_findings(bench_root))
 # raising it; the grid relies on the latter.
 
 # %% [markdown]
+# ### What compiling costs a run
+#
+# CUDA graphs come through `torch.compile`, which compiles each graph of a run before its first
+# batch. `benchmarks/compile_time.py` times each method's first epochs three ways in fresh
+# processes: with torch's own shape handling, where an epoch's partial last batch recompiles every
+# graph for a dynamic batch size; with the library's (`training.CompiledNet`: the full batch compiled,
+# the partial batch eager; AMAT's varying sub-batch dynamic from the start); and the library's again
+# on the compile cache the previous process left, as a GPU session that carries the cache of an
+# earlier one starts (`scripts/device_session.sh`). On a CPU here; the GPU's seconds differ, the
+# graphs compiled do not.
+
+# %%
+compile_times = report.compile_time_table(bench_root)
+compile_times if compile_times is not None else report.md("No compile-time benchmark stored.")
+
+# %% [markdown]
 # ## The paper profile on a GPU: what is stored so far
 #
 # The paper's protocol (six CNNs at 224 px, `profile="paper"`) runs on a lent GPU in calls of at
@@ -132,6 +148,15 @@ report.md(report.grid_time_findings(paper_calls, len(paper_runs), len(paper_cfgs
 
 # %%
 paper_calls
+
+# %% [markdown]
+# What is left, run by run, with the seconds each is expected to take at 8 processes on the card
+# (`dpaat grid --profile paper --book --plan --sharing 8`: from the stored runs, scaled by the
+# benchmark for a CNN with none), against the length of one call:
+
+# %% tags=["hide-input"]
+paper_plan = precompute.plan_table(paper_cfgs, report.results_dir(paper_prof, results_root), paper_prof, sharing=8)
+report.md(report.grid_window_findings(paper_plan, sharing=8))
 
 # %%
 report.side_by_side(paper_runs, "I") if paper_runs else report.md("None yet.")

@@ -97,7 +97,11 @@ def test_compile_time_benchmark_counts_the_graphs_each_way_compiles(tmp_path):
                        "--epochs", "1", "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["compile_time"]
     assert (row["torch_graphs"], row["library_graphs"], row["warm_graphs"]) == (2, 1, 1)
-    assert row["torch_s"] > 0 and row["cold_over_warm"] > 0
+    assert row["torch_s"] > 0 and row["cold_over_warm"] > 0 and row["card"].startswith("CPU")
+    from dpaat_lib import report  # chapter 10's table of the stored file
+    table = report.compile_time_table(tmp_path)
+    assert table.loc[(row["card"], "smallcnn", "STD"), "graphs (torch, library)"] == "2, 1"
+    assert report.compile_time_table(tmp_path / "nothing") is None
 
 
 def _bench_rows(card, ratio, concurrent=None):

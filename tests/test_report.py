@@ -270,6 +270,24 @@ def test_grid_calls_and_the_time_goal(tmp_path):
     assert report.grid_time_findings(calls, 34, 34).endswith(": met.")
 
 
+def test_what_is_left_against_one_call():
+    """Chapter 10's account of the runs left: which fit one call at full sharing, which only alone on the
+    card (1/sqrt(8) of the time at 8 processes), which not even alone."""
+    plan = pd.DataFrame({"run": ["resnet34-std-s0-a", "resnet34-at-s0-b", "mobilenet_v2-at-s0-c",
+                                 "densenet121-d-a-s0-d", "densenet121-at-s0-e"],
+                         "state": ["done", "to train", "to train", "resumes at epoch 3", "to train"],
+                         "expected s": ["", "400", "1000", "2000", "?"]})
+    text = report.grid_window_findings(plan, window_s=500, sharing=8)
+    assert "4 runs are left to train" in text and "3,400 process-seconds" in text and "about 7 minutes" in text
+    assert "At 8 processes 1 of them fit: resnet34 (1)." in text
+    assert "1 more would fit alone on the card: mobilenet_v2 (1)." in text  # 1000 / sqrt(8) = 354 s
+    assert "1 would not even alone: densenet121 (1), 707 to 707 s each." in text
+    assert "1 have no estimate" in text
+    fits = report.grid_window_findings(plan.iloc[:2], window_s=500, sharing=8)
+    assert "alone" not in fits and "CUDA graphs" not in fits and fits.endswith("fit: resnet34 (1).")
+    assert report.grid_window_findings(plan.iloc[:1]) == "Nothing of the grid is left to train."
+
+
 def test_a_gpu_sized_profile_is_not_trained_by_a_page_on_the_cpu(tmp_path, synthetic_root, monkeypatch):
     """A chapter executed with profile="paper" on a CPU must not start days of training for missing runs."""
     from dpaat_lib import grid
