@@ -62,6 +62,10 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
                         "scales the stored runs' times by it)")
     p.add_argument("--plan", action="store_true",
                    help="train nothing: list the grid's runs, what each lacks and its expected seconds (--sharing)")
+    p.add_argument("--workers-for", type=float, metavar="SECONDS",
+                   help="train nothing: how many processes (8, 4, 2 or 1) should share the device in a call that "
+                        "leaves each run SECONDS, so that the runs that finish do the most of the grid; the count "
+                        "is the last line printed (scripts/device_grid.sh WORKERS=auto)")
     p.add_argument("--retrain-lost-extras", action="store_true",
                    help="with --claim --extras: train again a finished run whose extras are missing and whose "
                         "checkpoint is gone (its folder moves to <results>/superseded/)")
@@ -116,6 +120,14 @@ def _grid(args, models, methods) -> int:
     print(f"results: {results}", flush=True)
     if args.plan:
         print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing).to_string(index=False))
+        return 0
+    if args.workers_for is not None:
+        plan = precompute.plan_table(cfgs, results, prof, sharing=8)
+        left = plan[(plan["state"] != "done") & plan["expected s"].str.fullmatch(r"\d+")]
+        best, work = grid.workers_for([float(e) for e in left["expected s"]], 8, args.workers_for)
+        print(f"{len(left)} runs left with an estimate; work done within {args.workers_for:.0f} s per run, in seconds "
+              f"alone on the device: " + ", ".join(f"{k} processes {w:.0f}" for k, w in work.items()))
+        print(best)
         return 0
     kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
               time_budget_s=args.time_budget, weights_path=args.weights, compile_mode=args.compile_mode)

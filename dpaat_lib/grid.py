@@ -158,6 +158,29 @@ def _from_other_models(config: RunConfig, results, sharing: int | None, stored: 
     return statistics.median(scaled) if scaled else None
 
 
+def workers_for(estimates: list[float], estimated_at: int, window_s: float,
+                choices: tuple[int, ...] = (8, 4, 2, 1)) -> tuple[int, dict[int, float]]:
+    """How many processes should share the device in a call that leaves each run ``window_s`` seconds, for
+    the runs left with these ``estimates`` (seconds at ``estimated_at`` processes, :func:`estimate_seconds`).
+
+    A lent machine's checkpoints do not outlive it, so only a run that finishes within the call counts.
+    For each count k of ``choices``, the runs are scaled to k processes (:func:`_share_factor`) and
+    packed shortest first into k lanes of ``window_s``; the work done is the packed runs' seconds alone
+    on the device. Fewer processes make each run faster, so runs too long for a full card can fit; more
+    processes do more at once. Returns the count that does the most work (ties: more processes) and the
+    work of each count."""
+    work = {}
+    for k in choices:
+        lanes = [0.0] * k
+        work[k] = 0.0
+        for est in sorted(e * _share_factor(estimated_at, k) for e in estimates):
+            lane = min(range(k), key=lanes.__getitem__)
+            if lanes[lane] + est <= window_s:
+                lanes[lane] += est
+                work[k] += est * _share_factor(k, 1)
+    return max(choices, key=lambda k: (work[k], k)), work
+
+
 def supersede(results, run_id: str) -> Path:
     """Move a run's folder to ``<results>/superseded/<run_id>`` (replacing an older one there), so the
     run is trained again from scratch; nothing stored is deleted. Returns the new place."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU: continue a profile's book grid for at most LIMIT seconds, then pack the results.
 #
-#   LIMIT=555 WORKERS=8 BENCH=1 DATA=scratch/ham-gpu bash scripts/device_grid.sh   (data: dpaat slim-copy)
+#   LIMIT=555 WORKERS=auto BENCH=1 DATA=scratch/ham-gpu bash scripts/device_grid.sh   (data: dpaat slim-copy)
 #
 # - installs the wheels carried in .whl/ (grad-cam, ttach, torchattacks) when the machine lacks them;
 # - decodes the profile's images once (dpaat prepare), before the workers start;
@@ -10,6 +10,9 @@
 #   $RESULTS/benchmark-$DEVICE.json (packed);
 # - MPS=1 (default): starts NVIDIA's multi-process service when the machine has it, so the workers'
 #   small kernels run side by side (checked with a tiny CUDA program; switched off if that fails);
+# - WORKERS=auto (default): 8, except on a last call (FINAL=1), where `dpaat grid --workers-for` picks 8, 4, 2
+#   or 1 so that the runs expected to finish before the call ends do the most of the grid (fewer processes
+#   make each run faster: the runs too long for a full card go when nothing shorter is left);
 # - WORKERS processes run `dpaat grid --book --claim` together: each takes the next unclaimed run
 #   (STD runs first, AMAT once its STD is done), and right after a run computes what the book derives
 #   from its checkpoint (--extras: eps curves, stronger attacks, Grad-CAM), because checkpoints do
@@ -32,7 +35,7 @@
 set -uo pipefail
 START=$(date +%s)
 LIMIT=${LIMIT:-570}
-WORKERS=${WORKERS:-8}
+WORKERS=${WORKERS:-auto}
 DATA=${DATA:-scratch/ham-gpu}
 PROFILE=${PROFILE:-paper}
 RESULTS=${RESULTS:-results/$PROFILE}
@@ -76,6 +79,17 @@ if [ "$MPS" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
   fi
 else
   echo "MPS off"
+fi
+
+if [ "$WORKERS" = auto ]; then
+  WORKERS=8
+  if [ "$FINAL" = 1 ]; then  # the window a run will have: what is left, less this choice (~10 s) and the last 25 s
+    CHOICE=$("$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" $GRID_ARGS \
+      --workers-for $(( LIMIT - $(elapsed) - 35 )) | tail -n 2)
+    echo "$CHOICE"
+    [[ "$(echo "$CHOICE" | tail -n 1)" =~ ^[0-9]+$ ]] && WORKERS=$(echo "$CHOICE" | tail -n 1)
+  fi
+  echo "WORKERS=auto: $WORKERS"
 fi
 
 LEFT=$(( LIMIT - $(elapsed) ))

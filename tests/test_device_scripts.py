@@ -50,7 +50,7 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     shutil.rmtree(results / std / "ckpt")  # as on a fresh machine: the checkpoint is gone ...
     for p in (results / std).glob("robustness-*.json"):  # ... and so is its stronger evaluation
         p.unlink()
-    log = _call(tmp_path, synthetic_root, tmp_path / "out2", FINAL="1")
+    log = _call(tmp_path, synthetic_root, tmp_path / "out2", FINAL="1", WORKERS="auto")
     assert ("training it again (its strong attacks and worst case on every test image are missing and its "
             "checkpoint is gone)") in log
     assert (results / "superseded" / std / "done").exists()
@@ -61,7 +61,9 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     # Each call is on record for the grid's GPU time (chapter 10).
     calls = [json.loads(line) for line in (results / "calls.jsonl").read_text().splitlines()]
     assert [c["runs_trained"] for c in calls] == [7, 1] and [c["final"] for c in calls] == [0, 1]
-    assert all(c["seconds"] > 0 and c["workers"] == 2 and c["card"] == "cpu" for c in calls)
+    assert all(c["seconds"] > 0 and c["card"] == "cpu" for c in calls)
+    # WORKERS=auto on a last call: the count `dpaat grid --workers-for` chose (one short run: a full card).
+    assert calls[0]["workers"] == 2 and f"WORKERS=auto: {calls[1]['workers']}" in log and calls[1]["workers"] == 8
     assert "results/calls.jsonl" in second
 
 

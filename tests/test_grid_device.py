@@ -195,6 +195,25 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     assert grid.estimate_seconds(dataclasses.replace(at, model="densenet121"), tmp_path) is None
 
 
+def test_workers_for_a_call_do_the_most_work_that_finishes(tmp_path, capsys):
+    """A lent machine keeps no checkpoint: only runs that finish within the call count. Estimates at 8
+    processes; a run alone on the card takes 1/sqrt(8) of the time (grid._share_factor)."""
+    # Short runs: all fit at 8 processes, which does the most at once.
+    k, work = grid.workers_for([100.0] * 10, 8, 500)
+    assert k == 8 and work[8] == pytest.approx(1000 / 8 ** 0.5)
+    # Runs of 1000 s at 8 processes fit no lane of 500 s; at 2 processes they take 500 s, alone 354 s.
+    k, work = grid.workers_for([1000.0] * 4, 8, 500)
+    assert work[8] == work[4] == 0 and k == 2 and work[2] == pytest.approx(2 * 1000 / 8 ** 0.5)
+    # Shortest first, into the emptiest lane, only while the lane has room.
+    k, work = grid.workers_for([100.0, 300.0, 300.0], 1, 500, choices=(1,))
+    assert work[1] == pytest.approx(400)
+    assert grid.workers_for([], 8, 500) == (8, {8: 0.0, 4: 0.0, 2: 0.0, 1: 0.0})
+    # The command line device_grid.sh reads (WORKERS=auto): the count on the last line; nothing trained.
+    assert cli.main(["grid", "--profile", "quick", "--book", "--results", str(tmp_path), "--workers-for", "60"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "8" and not any(tmp_path.iterdir())  # nothing stored: no estimate, nothing to pack
+
+
 def test_finish_by_starts_only_runs_that_fit(tmp_path, prof, data, run_kw):
     std, at = configs(prof, data, ("std", "at"))
     results = tmp_path / "r"
