@@ -208,10 +208,12 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
                  f"{alone[never].max():.0f} s each.")
     if len(known) < len(left):
         text += f" {len(left) - len(known)} have no estimate (no stored run or benchmark of their CNN)."
-    if never.any() or fits_alone.any():
-        text += (" Unless CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` in the first GPU "
-                 "session) shorten them enough, the runs that do not fit at full sharing need calls with fewer "
-                 "processes, and those that do not fit alone a GPU session longer than one call or a machine "
+    if fits_alone.any():
+        text += (" The last call of a GPU session gives those fewer processes once the shorter runs are done "
+                 "(`WORKERS=auto`, `dpaat grid --workers-for`).")
+    if never.any():
+        text += (" The others need CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` in the "
+                 "first GPU session) to shorten them enough, a GPU session longer than one call, or a machine "
                  "that keeps its checkpoints.")
     return text
 

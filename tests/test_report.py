@@ -282,7 +282,7 @@ def test_what_is_left_against_one_call():
     assert "At 8 processes 1 of them fit: resnet34 (1)." in text
     assert "1 more would fit alone on the card: mobilenet_v2 (1)." in text  # 1000 / sqrt(8) = 354 s
     assert "1 would not even alone: densenet121 (1), 707 to 707 s each." in text
-    assert "1 have no estimate" in text
+    assert "1 have no estimate" in text and "WORKERS=auto" in text and "need CUDA graphs" in text
     fits = report.grid_window_findings(plan.iloc[:2], window_s=500, sharing=8)
     assert "alone" not in fits and "CUDA graphs" not in fits and fits.endswith("fit: resnet34 (1).")
     assert report.grid_window_findings(plan.iloc[:1]) == "Nothing of the grid is left to train."
