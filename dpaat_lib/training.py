@@ -60,7 +60,7 @@ class CompiledNet(nn.Module):
         super().__init__()
         self.model = model
         self.batch_size = batch_size
-        dynamic = None if batch_size is None else False  # None: dynamic where marked (_mark_batch)
+        dynamic = None if batch_size is None else False  # None: dynamic where _compiles marks it
         # A tuple, so the compiled wrappers are not registered as submodules (their parameters are model's).
         self._compiled = (torch.compile(model, mode=mode, dynamic=dynamic),
                           torch.compile(_Pair(model), mode=mode, dynamic=dynamic))
