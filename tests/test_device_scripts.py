@@ -23,7 +23,9 @@ TINY = ("--set n_train=12 --set n_val=4 --set n_test=6 --set epochs=2 --set stro
 def _call(tmp_path, synthetic_root, out, **env):
     env = {**os.environ, "OUT": str(out), "LIMIT": "150", "WORKERS": "2", "PROFILE": "quick", "DEVICE": "cpu",
            "MPS": "0", "RESULTS": str(tmp_path / "results"), "DATA": str(synthetic_root), "PY": sys.executable,
-           "GRID_ARGS": TINY, "DPAAT_CACHE": str(tmp_path / "cache"), **env}
+           "GRID_ARGS": TINY, "DPAAT_CACHE": str(tmp_path / "cache"),
+           # torch sets this in the process that compiles first (here, pytest): never the machine's own cache
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), **env}
     done = subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -76,9 +78,10 @@ def test_device_session_checks_once_then_trusts_the_stored_decision(tmp_path, sy
            "STORE": str(tmp_path / "store"), "DATA": str(synthetic_root), "PY": sys.executable,
            "GRID_ARGS": TINY + " --methods std", "DPAAT_CACHE": str(tmp_path / "cache"), "MODELS": "smallcnn",
            "BENCH_ARGS": "--size 16 --images 16 --batch-size 8 --workers 0 --warmup 1"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # set by torch in a process that compiled: the session sets its own
 
-    def session(out):
-        done = subprocess.run(["bash", "scripts/device_session.sh"], cwd=ROOT, env={**env, "OUT": str(out)},
+    def session(out, **more):
+        done = subprocess.run(["bash", "scripts/device_session.sh"], cwd=ROOT, env={**env, "OUT": str(out), **more},
                               capture_output=True, text=True, timeout=400)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         return (out / "session.log").read_text()
@@ -95,8 +98,10 @@ def test_device_session_checks_once_then_trusts_the_stored_decision(tmp_path, sy
     assert len(list((tmp_path / "out1").iterdir())) <= 8  # what the device tool brings back
     # The decision, committed to the store (results/<profile>/compile-decision.json), is trusted next time.
     shutil.copy(tmp_path / "store" / "compile-decision.json", tmp_path / "store" / "quick" / "compile-decision.json")
-    log = session(tmp_path / "out2")
+    log = session(tmp_path / "out2", CACHE_MAX_MB="0")
     assert "check skipped" in log and not (tmp_path / "out2" / "check.tgz").exists()
+    # A cache over CACHE_MAX_MB stays behind (the carried paths hold 64 MiB in all).
+    assert "compile cache not packed" in log and not list((tmp_path / "out2").glob("compile-cache*"))
 
 
 def _source_device_env(tmp_path, seed: Path) -> str:
