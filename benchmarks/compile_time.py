@@ -6,8 +6,8 @@ each method through ``dpaat_lib.training.CompiledNet``:
 
 (a) torch: ``torch.compile``'s own shape handling (the library before it fixed one batch size): the
     partial batch recompiles every graph with a dynamic batch size, and the run goes on with those;
-(b) library: the graphs compiled once for the full batch, the partial batch run eagerly (AMAT, whose
-    attacked sub-batch varies, compiles once with a dynamic batch size);
+(b) library (``training.compiled_for``): the graphs compiled for the full batch, the partial batch run
+    eagerly (AMAT, whose attacked sub-batch varies, with a dynamic batch size from the first call);
 (c) library, warm: (b) again on the compile cache (b) left behind (TORCHINDUCTOR_CACHE_DIR), as a GPU
     session that carries the cache of an earlier one (scripts/device_session.sh, README "On a GPU").
 
@@ -34,7 +34,7 @@ import torch
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import build_model, list_models
 from dpaat_lib.profiles import MAIN_METHODS
-from dpaat_lib.training import COMPILE_MODES, CompiledNet, train_epoch
+from dpaat_lib.training import COMPILE_MODES, CompiledNet, compiled_for, train_epoch
 
 WAYS = ("torch", "library", "warm")  # (a), (b), (c)
 
@@ -63,8 +63,8 @@ def child(args) -> dict:
     gen = torch.Generator(device=device).manual_seed(1)
     method = build_method(MethodConfig(name=args.child), args.images, generator=gen,
                           threshold=1.0 if args.child == "amat" else None)  # any threshold: the same passes
-    net = (TorchShapes(model, args.compile) if args.way == "torch" else  # library and warm alike
-           CompiledNet(model, args.compile, batch_size=None if method.varying_batch else args.batch_size))
+    net = (TorchShapes(model, args.compile) if args.way == "torch"  # library and warm alike: as train_run
+           else compiled_for(model, args.compile, method, args.batch_size))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     fast = device.type == "cuda"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else None
@@ -124,7 +124,8 @@ def main(argv=None) -> int:
             r = {way: run_child(args, method, way, caches[way]) for way in WAYS}
             row = {"method": method, "model": args.model, "device": args.device, "card": card, "size": args.size,
                    "images": args.images, "epochs": args.epochs, "compile": args.compile,
-                   "torch_version": torch.__version__, **{f"{w}_s": r[w]["seconds"] for w in WAYS}, **{f"{w}_graphs": r[w]["graphs"] for w in WAYS},
+                   "torch_version": torch.__version__, **{f"{w}_s": r[w]["seconds"] for w in WAYS},
+                   **{f"{w}_graphs": r[w]["graphs"] for w in WAYS},
                    "torch_over_library": r["torch"]["seconds"] / r["library"]["seconds"],
                    "cold_over_warm": r["library"]["seconds"] / r["warm"]["seconds"]}
             rows.append(row)

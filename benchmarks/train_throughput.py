@@ -48,7 +48,7 @@ from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
 from dpaat_lib.profiles import MAIN_METHODS as METHODS
-from dpaat_lib.training import COMPILE_MODES, CompiledNet, train_epoch, training_code_digest
+from dpaat_lib.training import COMPILE_MODES, compiled_for, train_epoch, training_code_digest
 
 
 class DecodedImages(Dataset):
@@ -110,8 +110,7 @@ def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_mode
     # AMAT's threshold comes from a trained STD model in a run; any value exercises the same passes here.
     method = build_method(MethodConfig(name=method_name, attack=training_attack()), len(y), generator=gen,
                           threshold=1.0 if method_name == "amat" else None)
-    net = (CompiledNet(model, compile_mode, batch_size=None if method.varying_batch else batch_size)
-           if compile_mode else model)  # as dpaat_lib.training.train_run compiles it
+    net = compiled_for(model, compile_mode, method, batch_size) if compile_mode else model  # as train_run
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     xd, yd = x.to(device), y.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()

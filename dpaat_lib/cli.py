@@ -119,12 +119,13 @@ def _grid(args, models, methods) -> int:
         cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
     print(f"results: {results}", flush=True)
     if args.plan:
-        print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing).to_string(index=False))
+        print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing).drop(columns="seconds")
+              .to_string(index=False))
         return 0
     if args.workers_for is not None:
         plan = precompute.plan_table(cfgs, results, prof, sharing=8)
-        left = plan[(plan["state"] != "done") & plan["expected s"].str.fullmatch(r"\d+")]
-        best, work = grid.workers_for([float(e) for e in left["expected s"]], 8, args.workers_for)
+        left = plan[(plan["state"] != "done") & plan["seconds"].notna()]
+        best, work = grid.workers_for(list(left["seconds"]), 8, args.workers_for)
         print(f"{len(left)} runs left with an estimate; work done within {args.workers_for:.0f} s per run, in seconds "
               f"alone on the device: " + ", ".join(f"{k} processes {w:.0f}" for k, w in work.items()))
         print(best)

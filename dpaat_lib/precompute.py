@@ -108,7 +108,8 @@ def precompute_all(prof: profiles.Profile, configs: Sequence[RunConfig], results
 def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
     """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
     checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k"
-    or "to train", with :func:`grid.estimate_seconds` at ``sharing`` for the runs to train."""
+    or "to train", with :func:`grid.estimate_seconds` at ``sharing`` for the runs to train: "expected s" as
+    printed ("?" where none), "seconds" as a number (None where none or done) for what reads the plan."""
     rows = []
     for c in grid.ordered(configs):
         run = store.RunDir(results, c.run_id)
@@ -125,6 +126,6 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
             epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
             state = f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else "to train"
             est = grid.estimate_seconds(c, results, sharing)
-        rows.append({"run": c.run_id, "state": state,
+        rows.append({"run": c.run_id, "state": state, "seconds": est,
                      "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})
     return pd.DataFrame(rows)

@@ -179,15 +179,13 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
     one call: ``window_s`` is about what ``TOTAL=570 bash scripts/device_session.sh`` leaves a run (570 s
     less preparing the data and the last 25 s). Runs alone on the card take 1/sqrt(sharing) of the
     time (:func:`dpaat_lib.grid._share_factor`, the grid's own model of sharing)."""
-    from .grid import _share_factor
-
     left = plan[plan["state"] != "done"]
     if left.empty:
         return "Nothing of the grid is left to train."
-    known = left[left["expected s"].str.fullmatch(r"\d+")]
-    est = known["expected s"].astype(float)
+    known = left[left["seconds"].notna()]
+    est = known["seconds"].astype(float)
     model = known["run"].str.split("-").str[0]
-    alone = est * _share_factor(sharing, 1)
+    alone = est * grid._share_factor(sharing, 1)
     fits, fits_alone = est <= window_s, (alone <= window_s) & (est > window_s)
     never = alone > window_s
 

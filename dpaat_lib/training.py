@@ -79,6 +79,12 @@ class CompiledNet(nn.Module):
         return self._compiled[1](a, b) if self._compiles(a, b) else (self.model(a), self.model(b))
 
 
+def compiled_for(model: nn.Module, mode: str, method, batch_size: int) -> CompiledNet:
+    """``model`` compiled to train ``method`` at ``batch_size`` (train_run, and the benchmarks that time
+    it): for the full batch only, unless the method's batches vary in size (AMAT's sub-batch)."""
+    return CompiledNet(model, mode, batch_size=None if method.varying_batch else batch_size)
+
+
 TRAINING_PATH_MODULES = ("attacks", "methods", "models", "training")
 
 
@@ -267,9 +273,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
             gen.set_state(ck[key].cpu())
         state = ck["state"]
 
-    # Shares model's parameters; compiled for the full batch unless the method's batches vary (AMAT).
-    net = (CompiledNet(model, compile_mode, batch_size=None if method.varying_batch else tc.batch_size)
-           if compile_mode else model)
+    net = compiled_for(model, compile_mode, method, tc.batch_size) if compile_mode else model  # shares parameters
     store.write_json(run / "config.json", config.to_dict())
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext())
     started = time.perf_counter()

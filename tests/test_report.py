@@ -276,7 +276,7 @@ def test_what_is_left_against_one_call():
     plan = pd.DataFrame({"run": ["resnet34-std-s0-a", "resnet34-at-s0-b", "mobilenet_v2-at-s0-c",
                                  "densenet121-d-a-s0-d", "densenet121-at-s0-e"],
                          "state": ["done", "to train", "to train", "resumes at epoch 3", "to train"],
-                         "expected s": ["", "400", "1000", "2000", "?"]})
+                         "seconds": [None, 400.0, 1000.0, 2000.0, None]})
     text = report.grid_window_findings(plan, window_s=500, sharing=8)
     assert "4 runs are left to train" in text and "3,400 process-seconds" in text and "about 7 minutes" in text
     assert "At 8 processes 1 of them fit: resnet34 (1)." in text
