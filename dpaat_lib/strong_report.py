@@ -249,7 +249,8 @@ def strong_settings(prof: profiles.Profile, evals: dict) -> str:
     n = sorted({int(e["n_images"]) for e in evals.values()})
     images = (f"{n[0]} test images" if len(n) == 1 else f"{', '.join(map(str, n))} test images") if n else "—"
     subset = ("the whole test set" if prof.strong_images is None else
-              f"a class-balanced subset of the first {prof.strong_images} test images ({images})")
+              f"{images}: the first {prof.strong_images // len(prof.classes)} test images of each of the "
+              f"{len(prof.classes)} classes, in test order")
     return (f"**Attacks** (profile `{prof.name}`): APGD-CE and APGD-DLR with {prof.apgd_steps} steps and "
             f"Square with {prof.square_queries} queries (AutoAttack's defaults: 100 and 5000), each in Linf "
             "(eps = 2/255) and L2 (eps = eps0), one restart, seeded with the run's seed, on "
@@ -258,7 +259,9 @@ def strong_settings(prof: profiles.Profile, evals: dict) -> str:
             f"**Masking checks**: APGD-CE with {'/'.join(map(str, m['steps']))} steps; "
             f"{'/'.join(map(str, m['restarts']))} restarts of the {min(m['steps'])}-step attack; "
             f"{m['pgd_steps']}-step PGD as eps grows to a large radius; Square against the worst case of every "
-            "white-box attack at the paper's radius. A check tolerates one image of noise.")
+            "white-box attack at the paper's radius. A check tolerates one image of noise. "
+            f"With {prof.square_queries} queries Square is far below its usual budget, so the last check can "
+            "only catch gross masking.")
 
 
 def strong_table(evals: dict) -> pd.DataFrame:
@@ -383,7 +386,7 @@ def masking_detail(evals: dict) -> pd.DataFrame:
 
 def plot_masking_eps(evals: dict):
     """Robust accuracy against eps from the masking checks' sweep (20-step PGD), one panel per model
-    and norm, one line per method; dotted: the paper's radius; dashed: the largest accuracy the check
+    and norm, one line per method; dotted: Table I's radius (our reading of the paper's); dashed: the largest accuracy the check
     allows at the largest radius."""
     models = list(dict.fromkeys(k[0] for k, _ in _sorted_items(evals)))
     colors = METHOD_COLORS
@@ -408,7 +411,7 @@ def plot_masking_eps(evals: dict):
             if limit is not None:
                 ax.axhline(limit, color="k", ls="--", lw=0.8, label="allowed at the largest eps")
             if radius is not None:
-                ax.axvline(radius, color="k", ls=":", lw=0.8, label="paper's radius")
+                ax.axvline(radius, color="k", ls=":", lw=0.8, label="Table I's radius")
                 ax.set_xscale("symlog", linthresh=radius)
             if ticks:
                 ax.set_xticks(sorted(ticks), [f"{t:.3g}" for t in sorted(ticks)], fontsize=7)
@@ -488,7 +491,9 @@ def strong_findings(evals: dict, missing: Sequence[str] = (), synthetic: bool = 
                    if c["check"] == "more_steps" and not c["detail"].get("converged", True)]
     n_checks = sum(len(e.get("masking") or []) for e in evals.values())
     if not fails:
-        parts.append(f"**Gradient masking**: every run passes all {n_checks} checks: more steps and restarts never "
+        per_run = sorted({len(e.get("masking") or []) for e in evals.values()})
+        parts.append(f"**Gradient masking**: every run passes all its checks ({'/'.join(map(str, per_run))} per run, "
+                     f"{n_checks} in all): more steps and restarts never "
                      "raise robust accuracy, accuracy falls to about zero as eps grows, and Square finds no image "
                      "the white-box attacks missed. Passing is necessary, not sufficient (Carlini et al. 2019): "
                      "it rules out the common kinds of masking, not every adaptive attack.")

@@ -409,8 +409,9 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def significance_display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
-    """The table for the page: rounded, the CI as one column, the verdict in words."""
+def significance_display(table: pd.DataFrame, digits: int = 1, alpha: float = 0.05) -> pd.DataFrame:
+    """The table for the page: rounded, the CI as one column, the verdict in words (Holm-adjusted
+    where the table carries ``p_holm``)."""
     if table.empty:
         return table
     keep = ["model", "comparison", "attack", "metric", "seeds"]
@@ -429,8 +430,11 @@ def significance_display(table: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
         out["Holm p"] = [shown(p, ".3f") for p in table["p_holm"]]
     out["95% bootstrap CI"] = [f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" for lo, hi in
                                zip(table["ci_low"], table["ci_high"])]
-    out["beyond seed noise"] = ["yes" if e else ("n/a (one seed)" if n < 2 else "no")
-                                for e, n in zip(table["exceeds_noise"], table["seeds"])]
+    # The verdict column follows the Holm-adjusted p where the table has it: a reader scanning the
+    # column must not see "yes" for a difference that the correction for the table's tests removes.
+    held = table["p_holm"] < alpha if "p_holm" in table else table["exceeds_noise"]
+    column = "beyond seed noise (Holm)" if "p_holm" in table else "beyond seed noise"
+    out[column] = ["yes" if e else ("n/a (one seed)" if n < 2 else "no") for e, n in zip(held, table["seeds"])]
     return out
 
 
@@ -793,7 +797,7 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
     the default DPAAT's seed mean and its 95% prediction interval for the mean of m more seeds, and AT."""
     if frame.empty or not set(frame["param"]) & set(SWEEP_PARAMS):
         return "No sweep runs."
-    lines, outside, n_points, seeds_of_point = [], [], 0, {}
+    lines, outside, n_points, seeds_of_point, widths = [], [], 0, {}, []
     for param in [p for p in SWEEP_PARAMS if p in set(frame["param"])]:
         default = value_label(param, getattr(study_profile, param), study_profile.eps0)
         for model in dict.fromkeys(frame.loc[frame["param"] == param, "model"]):
@@ -809,6 +813,7 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
                     if row["label"] != default and not d.empty and d.iloc[0]["seeds"] > 1:
                         n_points += 1
                         lo, hi = default_interval(d.iloc[0], int(row["seeds"]))
+                        widths.append(hi - lo)
                         seeds_of_point[int(row["seeds"])] = seeds_of_point.get(int(row["seeds"]), 0) + 1
                         if not lo <= row["mean"] <= hi:
                             txt += " **outside**"
@@ -838,7 +843,9 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile, attacks
         verdict = (f"All {n_points} sweep points fall inside {interval} ("
                    + ", ".join(f"{k} with {m} seed{'s' * (m > 1)}" for m, k in sorted(seeds_of_point.items()))
                    + "): on this evidence no swept value changes DPAAT's clean or robust accuracy by more than "
-                     "the variation between training seeds.")
+                     "the variation between training seeds."
+                   + (f" That evidence is weak: the intervals are {min(widths):.1f} to {max(widths):.1f} points wide, "
+                      "so only a change of about half its interval's width could have shown." if widths else ""))
     else:
         verdict = "The default DPAAT has one seed here, so the sweep points cannot be set against seed noise."
     chance = 100 / len(study_profile.classes)

@@ -72,7 +72,7 @@ report.plot_dpaat_rule(eps0=prof.eps0, eta=prof.eta)
 report.headline(results)
 
 # %%
-report.md(report.group_note(prof.models))
+report.md(report.group_note(prof.models) + "\n\n" + report.threat_scale_note(results[0].config))
 
 # %% [markdown]
 # ## What it shows
@@ -98,6 +98,7 @@ report.md(
     f"over three seeds):\n\n"
     + report.comparison_sentence(results, "DPAAT", "AT")
     + (f"\n\n{worst_case}" if worst_case else "")
+    + "\n\n" + report.stopping_findings(results)
     + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
        if prof.synthetic else "")
 )

@@ -71,11 +71,11 @@ report.md(report.leakage_text(summary, results[0]))
 # ## Example test images, as the models see them
 
 # %% tags=["nbval-ignore-output"]
-# (nbval: this picture needs the data folder, which a re-execution may not have; real images
-# are never stored with the results, so without the data the cell says so instead.)
+# (nbval: this picture needs the data folder, which a re-execution may not have; the results
+# store holds no real images, so without the data the cell says so instead.)
 examples = report.example_images(data, data_root, n_per_class=5)
 (report.plot_examples(*examples[:2], data.classes, examples[2]) if examples else
- report.md("Example images need the data (`data_root`); real images are never stored with the results."))
+ report.md("Example images need the data (`data_root`); the results store holds no real images."))
 
 # %% [markdown]
 # ## The synthetic stand-in
@@ -83,9 +83,10 @@ examples = report.example_images(data, data_root, n_per_class=5)
 # The real data cannot be shipped with the project. So that every chapter runs anywhere, the
 # `quick` profile without `data_root` uses a stand-in written by
 # `dpaat_lib.synthetic.make_synthetic_ham` in HAM10000's folder layout: procedurally drawn
-# "lesions" on a skin-coloured background, in three classes that differ in shape, border and
-# colour (nv round and uniform, mel irregular and multi-coloured, bkl oval, light and fissured),
-# about a fifth of them photographed twice, each with its lesion mask (used by chapter 8). It is
+# "lesions" on a skin-coloured background, in the seven classes of HAM10000 that differ in shape,
+# border and colour (the paper's three: nv round and uniform, mel irregular and multi-coloured,
+# bkl oval, light and fissured; bcc, akiec, vasc and df for chapter 12's 7-class task, drawn after
+# them so the three-class set does not depend on them), about a fifth of them photographed twice, each with its lesion mask (used by chapter 8). It is
 # not HAM10000 and every page computed on it says so at the top.
 
 # %%

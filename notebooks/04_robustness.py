@@ -43,11 +43,14 @@ report.profile_banner(prof, results)
 # %% [markdown]
 # ## Our Table I, per model
 #
-# Percent; mean ± std over seeds when there are several. The test set has
-# `n_test` images per class (see the banner).
+# Percent; mean ± std (sample standard deviation) over training seeds when there are several.
+# The banner gives the number of test images per class.
 
 # %%
 report.ours_table(results, "I")
+
+# %%
+report.md(report.stopping_findings(results))
 
 # %% [markdown]
 # ## Beside the paper's group averages
@@ -56,7 +59,12 @@ report.ours_table(results, "I")
 report.side_by_side(results, "I")
 
 # %%
-report.md(report.group_note(prof.models))
+report.md(report.group_note(prof.models) + "\n\n" + report.threat_scale_note(results[0].config) + "\n\n"
+          + report.paper_consistency_note("I"))
+
+# %% [markdown]
+# Bars: our mean over seeds, with ± one standard deviation over seeds; black dashes: the paper's
+# all-six average as printed.
 
 # %%
 report.plot_metric_bars(results, report.TABLE1_COLUMNS, paper=report.paper_table1(), paper_group="all_six")
@@ -67,8 +75,9 @@ report.plot_metric_bars(results, report.TABLE1_COLUMNS, paper=report.paper_table
 # One radius can flatter or hide a method, so each trained model is also attacked over a range
 # of radii: 20-step PGD in L2 and 20-step I-FGSM in Linf (steps keep their ratio to eps).
 # The curves are computed once from each run's checkpoint and stored beside the run
-# (`eps_curve-<norm>-<hash>.json`); with several training seeds, for the first seed's runs (each
-# curve costs 160 attack steps per test image).
+# (`eps_curve-<norm>-<hash>.json`); with several training seeds, for the first seed's runs only
+# (a 20-step attack of every test image at each radius), so they show a trend, not a tested
+# difference.
 
 # %%
 curves_l2 = report.eps_curves(report.first_seed(results), out, data_root, norm="l2", device=device)
@@ -92,13 +101,11 @@ report.md(
     f"**Ranking under 20-step PGD (seed means, %):** {report.rank_sentence(results, '20-PGD')}.\n\n"
     f"**Under 20-step I-FGSM (Linf):** {report.rank_sentence(results, '20-IFGSM')}.\n\n"
     f"**Clean:** {report.rank_sentence(results, 'GAcc')}.\n\n"
-    f"In the paper (all six CNNs) STD falls from {report.paper_value('I', 'all_six', 'STD', 'GAcc'):.2f}% clean to "
-    f"{report.paper_value('I', 'all_six', 'STD', '20-IFGSM'):.2f}% under 20-step I-FGSM, and every adversarial method "
-    f"trades clean accuracy for robustness; DPAAT is the most robust under every attack. "
-    f"The 20- and 50-step PGD columns of the paper are identical for four of its five methods; ours: "
-    + "; ".join(f"{row['model']} {row['method']} {100 * row['20-PGD']:.1f} vs {100 * row['50-PGD']:.1f}"
-                for _, row in report.results_frame(results).iterrows())
-    + ".\n\n**DPAAT minus AT, same test images:**\n\n"
+    + report.paper_table1_findings("all_six") + " Ours, 20- against 50-step PGD (seed means): "
+    + report.pgd_steps_sentence(results) + ".\n\n"
+    + (f"**Against eps (first seed):** {report.eps_curve_findings(curves_l2, prof.eps0)} "
+       f"{report.eps_curve_findings(curves_linf, 2 / 255)}\n\n" if curves_l2 and curves_linf else "")
+    + "**DPAAT minus AT, same test images:**\n\n"
     + report.comparison_sentence(results, "DPAAT", "AT", attacks=("clean", "20-IFGSM", "20-PGD"))
     + ("\n\nThese are SYNTHETIC data: the table tests the pipeline, not the paper." if prof.synthetic else "")
 )

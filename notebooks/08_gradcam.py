@@ -98,18 +98,17 @@ score_tables[shown[1]] if len(shown) > 1 else None
 # energy inside the lesion, beside the share a uniform map would have (the lesion's area).
 
 # %%
-if prof.synthetic:
-    mask_table = None
-    report.md("This page runs on the synthetic data: the scores above already include the lesion mask.")
-else:
+mask_table, mask_text = None, "This page runs on the synthetic data: the scores above already include the lesion mask."
+if not prof.synthetic:
     mask_prof, mask_runs = report.load_grid("quick", results_root=mask_results_root, methods=("std", "at", "dpaat"),
                                             device=device)
     mask_model = report.figure_models(mask_prof)[0]
     mask_ids, mask_note = report.gradcam_selection(mask_runs, mask_model, n_per_class=n_score)
     mask_table = report.gradcam_scores(report.gradcam_results(
         mask_runs, mask_model, mask_ids, report.results_dir(mask_prof, mask_results_root), None, device))
-    report.md(f"**{mask_model}, SYNTHETIC data** ({mask_prof.image_size} px): {mask_table['images'].iloc[0]} "
-              f"{mask_note}.")
+    mask_text = (f"**{mask_model}, SYNTHETIC data** ({mask_prof.image_size} px): {mask_table['images'].iloc[0]} "
+                 f"{mask_note}.")
+report.md(mask_text)
 
 # %%
 mask_table
@@ -120,17 +119,26 @@ mask_table
 # %% tags=["hide-input"]
 t = score_tables[shown[0]].astype({c: float for c in score_tables[shown[0]].columns if c != "images"})
 has_mask = "energy in lesion mask" in t.columns
+gap = "insertion - deletion (higher = better)"
 report.md(
-    f"On {shown[0]}, the lowest deletion AUC (most faithful by that measure) is {t['deletion AUC (lower = better)'].idxmin()}'s, "
-    f"the highest insertion AUC {t['insertion AUC (higher = better)'].idxmax()}'s and the highest ROAD score "
-    f"{t['ROAD (higher = better)'].idxmax()}'s"
+    f"On {shown[0]} (the runs of seed {min(r.config.train.seed for r in results)}), the largest gap between "
+    f"insertion and deletion AUC is {t[gap].idxmax()}'s ({t[gap].max():.3f}; "
+    + ", ".join(f"{m} {v:.3f}" for m, v in t[gap].items())
+    + f") and the highest ROAD score {t['ROAD (higher = better)'].idxmax()}'s. Both AUCs are areas under the model's "
+      "raw probability of the true class, so a less confident model (adversarial training lowers confidence) has "
+      f"a lower deletion AUC without a more faithful map (here the lowest deletion AUC is "
+      f"{t['deletion AUC (lower = better)'].idxmin()}'s and the lowest insertion AUC "
+      f"{t['insertion AUC (higher = better)'].idxmin()}'s); the gap between the two cancels much of that"
     + (f"; the largest share of map energy inside the lesion is {t['energy in lesion mask'].idxmax()}'s "
        f"({t['energy in lesion mask'].max():.3f}, against {t['lesion area share (uniform map)'].iloc[0]:.3f} for a "
        f"uniform map)" if has_mask else "; lesion masks are not available for these data, so the share of energy in the "
        "lesion cannot be measured")
-    + ". The paper's Fig. 4 shows hand-picked examples; these are random correct images, scored on a sample, "
-      "from a single training run per method."
-    + (f"\n\nThese are SYNTHETIC data at {prof.image_size} px: the last convolutional block sees a few pixels "
-       "per side, so the maps are coarse." if prof.synthetic else "")
+    + f". The paper's Fig. 4 shows hand-picked examples; these are {int(t['images'].iloc[0])} random correct images "
+      "from one training run per method, with no interval, so small differences between methods say little."
+    + (f"\n\nAt {prof.image_size} px the Grad-CAM layer of {shown[0]} gives a "
+       f"{report.model_table([shown[0]], prof.image_size, len(classes)).iloc[0, -1]} map, upsampled to the image "
+       "(chapter 3), so every map is coarse: it can say which part of the image counts, not which structure."
+       if prof.image_size < 100 else "")
+    + ("\n\nThese are SYNTHETIC data." if prof.synthetic else "")
     + ("" if prof.synthetic else "\n\n" + report.lesion_energy_sentence(mask_table))
 )

@@ -49,7 +49,9 @@ report.profile_banner(prof, results)
 #
 # Colour: share of the training images whose radius falls in each bin, after each epoch;
 # white line: the mean radius; red dashed line: eps0. (D-B keeps every radius at eps0 and is
-# left out.)
+# left out.) One run per method: the first seed's. The table below gives every seed, and in
+# "mean (kept)" the mean radius at the epoch whose checkpoint was kept, i.e. the adversary the
+# evaluated model was trained against last.
 
 # %%
 report.plot_radius_heatmaps(results)
@@ -63,11 +65,15 @@ radii
 #
 # Each method's training loss is its own objective (for DPAAT it includes the adversarial and
 # synchronisation terms), so the left panels compare shapes, not levels. The star marks the
-# epoch whose checkpoint was kept (best validation accuracy; early stopping with patience
-# `patience`).
+# epoch whose checkpoint was kept: the lowest clean validation cross-entropy (right panels), so
+# it need not be the peak of the accuracy curve. Early stopping waits the profile's patience
+# (banner) for the cross-entropy to fall again.
 
 # %%
 report.plot_training_curves(main)
+
+# %%
+report.md(report.stopping_findings(main))
 
 # %% [markdown]
 # ## Training cost

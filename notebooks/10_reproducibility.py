@@ -61,7 +61,9 @@ report.md(report.environment(device))
 report.runs_frame(results)
 
 # %% [markdown]
-# The full configuration of the DPAAT run, as stored in its folder:
+# The full configuration of the DPAAT run, as stored in its folder (`null` for `eta` and
+# `eps_max` means eps0 per nat and 2 eps0, chapter 3; `head_epochs` applies only when `weights`
+# names ImageNet weights to fine-tune):
 
 # %%
 report.md(report.config_json(next(r for r in results if r.config.method.name == "dpaat")))
@@ -84,8 +86,9 @@ report.md(report.papermill_commands(prof.name))
 # `benchmarks/train_throughput.py` trains one epoch of PGD-7 adversarial training (batch 32) in a
 # paper-style loop (fp32, NCHW, a DataLoader over decoded images) and in the library's path (data
 # on the device, bf16 and channels_last on a GPU), in the same process, and with `--procs N` in N
-# library processes sharing the card, as the GPU grid runs. Every stored result, whatever profile's
-# folder holds it (a benchmark times hardware on random images, not this profile's runs). The column
+# library processes sharing the card, as the GPU grid runs. The table shows every stored result,
+# whatever profile's folder holds it (a benchmark times hardware on random images, not this
+# profile's runs). The column
 # *training code* says whether a row timed this book's training path (a digest of the code of
 # `attacks`, `methods`, `models` and `training`, comments and docstrings left out), an earlier one,
 # or does not record which:
@@ -140,11 +143,14 @@ report.grid_progress(paper_cfgs, paper_runs)
 
 # %% [markdown]
 # The GPU calls behind these runs, from `results/paper/calls.jsonl` (one line per call of
-# `scripts/device_grid.sh`), against issue 4's goal of the whole grid in 30 minutes of one GPU:
+# `scripts/device_grid.sh`), against the project's goal of the whole grid in 30 minutes of one GPU:
 
 # %%
 paper_calls = report.grid_calls(report.results_dir(paper_prof, results_root))
-report.md(report.grid_time_findings(paper_calls, len(paper_runs), len(paper_cfgs)))
+paper_plan = precompute.plan_table(paper_cfgs, report.results_dir(paper_prof, results_root), paper_prof, sharing=8)
+report.md(report.grid_time_findings(paper_calls, len(paper_runs), len(paper_cfgs),
+                                    left=int((paper_plan["state"] != "done").sum()),
+                                    expected_card_s=paper_plan["seconds"].sum() / 8))
 
 # %%
 paper_calls
@@ -155,7 +161,6 @@ paper_calls
 # benchmark for a CNN with none), against the length of one call:
 
 # %% tags=["hide-input"]
-paper_plan = precompute.plan_table(paper_cfgs, report.results_dir(paper_prof, results_root), paper_prof, sharing=8)
 report.md(report.grid_window_findings(paper_plan, sharing=8))
 
 # %%

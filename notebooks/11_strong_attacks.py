@@ -17,7 +17,8 @@
 # PGD only. A defence can look robust to those because its gradients are useless rather than
 # because no nearby adversarial example exists. So every trained model is attacked again with
 # AutoPGD (Croce & Hein 2020) with the cross-entropy and the DLR loss and with the black-box
-# Square attack (Andriushchenko et al. 2020), in Linf and L2 at the paper's radii; the per-image
+# Square attack (Andriushchenko et al. 2020), in Linf and L2 at our reading of the paper's radii
+# (chapter 3); the per-image
 # worst case over all attacks stands beside the paper's PGD numbers. Then the gradient-masking
 # checks of Carlini et al. 2019 ("On Evaluating Adversarial Robustness"): more steps or
 # restarts never raise robust accuracy; robust accuracy falls towards zero as eps grows; the
@@ -76,7 +77,10 @@ strong_report.strong_table(evals)
 # ## Beside the paper's numbers
 #
 # The paper's published group averages (six CNNs, 224 px, real HAM10000) beside ours for the
-# same attack and for the worst case of its norm.
+# same attack and for the worst case of its norm, on the first seed's subset above (the seed means
+# on the whole test set follow in "Every seed"). Where the profile's resolution is below the
+# paper's 224 px (banner), the radii weigh differently (chapter 3): the L2 columns are a stronger
+# threat than in the paper and the Linf columns a weaker one, so compare directions, not levels.
 
 # %%
 strong_report.strong_beside_paper(evals)

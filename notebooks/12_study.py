@@ -18,7 +18,7 @@
 # (a) Is DPAAT's advantage larger than the variation between training seeds? Three seeds per
 # method, mean ± std, and DPAAT against AT, SAT and AMAT with a paired t-test across seeds and a
 # paired bootstrap interval over test images. (b) What do the adaptive length eta, the
-# synchronisation weight lambda and the batch-or-epoch criterion mu (method.md section 5) do to
+# synchronisation weight lambda and the batch-or-epoch criterion mu (chapter 3) do to
 # clean and robust accuracy? (c) Does the comparison carry over to all seven diagnoses, where
 # the classes are far from balanced?
 
@@ -175,6 +175,9 @@ counts if len(counts) else report.md("No stored class counts and no data folder 
 
 # %%
 study.imbalance_table(results7)
+
+# %%
+report.md(report.stopping_findings(results7))
 
 # %% [markdown]
 # DPAAT against AT, SAT and AMAT in balanced accuracy, clean and under 20-step PGD: the same paired

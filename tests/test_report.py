@@ -265,7 +265,10 @@ def test_grid_calls_and_the_time_goal(tmp_path):
     assert list(calls["compile"]) == ["eager", "reduce-overhead"] and list(calls["note"]) == ["by hand", ""]
     text = report.grid_time_findings(calls, 10, 34)
     assert "2 GPU call(s) (NVIDIA H200, NVIDIA H100) have run 19.0 minutes" in text
-    assert "11.0 minutes are left for the other 24 runs" in text
+    assert "11.0 minutes are left for the 24 runs still to train" in text
+    again = report.grid_time_findings(calls, 10, 34, left=29, expected_card_s=3960)
+    assert "5 of them to train again" in again and "29 runs still to train" in again
+    assert "the plan expects about 66 minutes of the card for them, so the goal will be missed by about 55" in again
     assert "exceeded by 8.0 minutes, with 4 runs" in report.grid_time_findings(calls, 30, 34, goal_min=11)
     assert report.grid_time_findings(calls, 34, 34).endswith(": met.")
 
@@ -311,3 +314,97 @@ def test_lesion_energy_sentence_ranks_the_methods_against_a_uniform_map():
     scores["energy in lesion mask"] = ["0.100", "0.120"]
     assert "no method's maps concentrate on the lesion" in report.lesion_energy_sentence(scores)
     assert "cannot be measured" in report.lesion_energy_sentence(scores.drop(columns=["energy in lesion mask"]))
+
+
+# --------------------------------------------------------------------------
+# What the book says about its own runs and the paper's tables
+# --------------------------------------------------------------------------
+
+def test_paper_consistency_flags_all_six_values_that_are_not_the_groups_mean():
+    off = report.paper_consistency("I")
+    row = off[(off["method"] == "AMAT") & (off["column"] == "20-PGD")].iloc[0]
+    assert row["mean of the groups"] == pytest.approx((61.58 + 60.42) / 2) and row["outside the groups' range"]
+    # a value that is the mean of its groups (to the rounding) is not flagged: DPAAT GAcc 70.71 = (71.93 + 69.48) / 2
+    assert off[(off["method"] == "DPAAT") & (off["column"] == "GAcc")].empty
+    assert "3 of them lie outside the range" in report.paper_consistency_note("I")
+    t2 = report.paper_consistency("II")
+    assert set(zip(t2["method"], t2["column"])) == {("AT", "mARP"), ("DPAAT", "mARP")}
+
+
+def test_paper_table1_findings_counts_from_the_table():
+    text = report.paper_table1_findings("all_six")
+    assert "identical for 3 of its 5 methods (AT, SAT, DPAAT)" in text and "for AMAT 50 steps" in text
+    assert "identical for 4 of its 5 methods" in report.paper_table1_findings("widely_used")
+
+
+def test_threat_scale_note_scales_with_the_resolution():
+    prof = profiles.get_profile("quick")
+    cfg = profiles.run_config(prof, "smallcnn", "at", 0, profiles.data_config(prof, digest="0" * 16))
+    small = report.threat_scale_note(cfg)
+    assert f"{224 / cfg.data.image_size:.1f} times stronger per pixel" in small
+    full = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=224))
+    assert "the paper's resolution" in report.threat_scale_note(full)
+
+
+def _history(n_epochs: int, best: int, cap: int, radius: float | None = None) -> dict:
+    eps = [{"epoch": e, "seconds": 1.0, "val_acc": 0.5, "val_loss": 1.0 / e,
+            **({"radius_mean": radius * e / n_epochs} if radius is not None else {})} for e in range(1, n_epochs + 1)]
+    return {"finished": True, "epochs": eps, "best_epoch": best}
+
+
+def test_stopping_findings_separates_the_cap_from_early_stopping():
+    capped = fake_result("smallcnn", "at")
+    cap = capped.config.train.epochs
+    capped = dataclasses.replace(capped, history=_history(cap, cap, cap))
+    stopped = dataclasses.replace(fake_result("smallcnn", "std"), history=_history(cap - 2, cap - 6, cap))
+    amat = dataclasses.replace(fake_result("smallcnn", "amat"), history=_history(cap, cap - 1, cap, radius=0.4))
+    text = report.stopping_findings([capped, stopped, amat])
+    assert f"Of 3 runs, 1 reached the cap of {cap} epochs" in text and "AT 1 of 1" in text and "STD 0 of 1" in text
+    assert f"STD {cap - 2}/{cap - 6}; AMAT {cap}/{cap - 1}." in text
+    eps0 = amat.config.method.eps0
+    kept = 0.4 * (cap - 1) / cap
+    assert f"their mean was {kept:.3f} ({kept / eps0:.0%} of eps0)" in text
+
+
+def test_confusion_balance_averages_the_seeds_and_names_ties():
+    def run(method, seed, cm):
+        r = fake_result("smallcnn", method, seed=seed)
+        return dataclasses.replace(r, metrics={**r.metrics, "confusion": {"clean": cm, "20-PGD": cm}})
+
+    even = [[8, 1, 1], [1, 8, 1], [1, 1, 8]]  # every class 80%
+    uneven = [[9, 1, 0], [2, 6, 2], [0, 0, 10]]  # 90, 60, 100
+    results = [run("at", 0, even), run("at", 1, uneven), run("dpaat", 0, even), run("dpaat", 1, uneven)]
+    t = report.confusion_balance(results, "smallcnn")
+    assert t.loc[("clean", "AT"), "worst class"] == f"70.0 ± {np.std([80, 60], ddof=1):.1f}"
+    assert list(t.index.get_level_values("attack")) == ["clean", "clean", "20-PGD", "20-PGD"]
+    text = report.confusion_balance_findings(results, "smallcnn")
+    assert "highest worst-class recall AT and DPAAT (70.0%)" in text  # a tie is named as one
+    assert "the smallest spread in 0 of its 2 seed(s)" in text  # idxmin picks AT first in a tie
+
+
+def test_ablation_claims_check_every_statement_and_the_conclusion():
+    accs = {"at": 0.60, "d-a": 0.62, "d-b": 0.66, "dpaat": 0.64}  # RAcc = acc - 0.1 in the fakes
+    t = report.ablation_claims([fake_result("smallcnn", m, acc=a) for m, a in accs.items()])
+    held = dict(zip(t["paper's statement"], t["holds here"]))
+    assert len(held) == 7
+    assert held["D-A: higher GAcc than AT"] == "yes" and held["D-B: highest GAcc of the four"] == "yes"
+    assert held["D-B: lower 20-PGD RAcc than D-A"] == "no"  # D-B's RAcc is the highest here
+    assert held["D-(A+B) = DPAAT: highest 20-PGD RAcc"] == "no"
+    assert held["conclusion: the adaptation matters more for robustness than the synchronisation term"] == "no"
+
+
+def test_method_difference_tests_each_metric_across_seeds():
+    results = [fake_result("smallcnn", m, seed=s, acc=a + 0.01 * s) for s in range(3)
+               for m, a in (("at", 0.6), ("dpaat", 0.65))]
+    d = report.method_difference(results, "DPAAT", "AT", metrics=("GAcc",))
+    assert d.loc[0, "DPAAT - AT"] == "+5.0" and d.loc[0, "seeds"] == 3 and d.loc[0, "t-test p"] == "0.000"
+    one = report.method_difference(results[:2], "DPAAT", "AT", metrics=("GAcc",))
+    assert "t-test p" not in one
+
+
+def test_model_table_gives_the_grad_cam_map_size_at_the_resolution():
+    t = report.model_table(["smallcnn", "inception_v3"], 32)
+    assert t.loc["smallcnn", "Grad-CAM map at 32 px"] == "4 x 4"  # four 2x2 pools, the layer before the last
+    assert t.loc["inception_v3", "Grad-CAM map at 32 px"] == "needs >= 75 px"
+    assert t.loc["smallcnn", "in the paper"].startswith("no") and t.loc["inception_v3", "in the paper"] == "yes"
+    assert report.model_table(["smallcnn"], 64).iloc[0, -1] == "8 x 8"

@@ -189,7 +189,7 @@ def test_strong_tables_and_findings_from_stored_evaluations():
     assert "-7.0 points" in text  # 20-PGD 40.0 -> worst case L2 33.0
     assert "SYNTHETIC" in text and "1 run(s)" in text
     key = ("smallcnn", "AT", 0)
-    assert "every run passes all 8 checks" in strong_report.strong_findings({key: evals[key]})
+    assert "every run passes all its checks (8 per run, 8 in all)" in strong_report.strong_findings({key: evals[key]})
     assert "No stronger evaluation" in strong_report.strong_findings({}, missing=["a"])
     fig = strong_report.plot_masking_eps(evals)
     assert len(fig.axes) == 2

@@ -240,8 +240,19 @@ def test_seed_table_and_significance_display():
     sig = study.significance_table(res, metric="acc")
     assert set(sig["comparison"]) == {"DPAAT - AT", "DPAAT - SAT", "DPAAT - AMAT"}
     shown = study.significance_display(sig)
-    assert set(shown["beyond seed noise"]) <= {"yes", "no"}
+    assert set(shown["beyond seed noise (Holm)"]) <= {"yes", "no"}
     assert "paired t-test across seeds" in study.significance_sentence(sig)
+
+
+def test_significance_display_verdict_follows_holm_not_the_raw_p():
+    # Two rows that pass p < 0.05 alone; Holm over the table keeps only the stronger one.
+    sig = study.significance_table(_grid(0.15), metric="acc")
+    sig["p_ttest"] = [0.001, 0.03] + [0.5] * (len(sig) - 2)
+    sig["exceeds_noise"] = sig["p_ttest"] < 0.05
+    sig["p_holm"] = study.holm(sig["p_ttest"].to_numpy())
+    shown = study.significance_display(sig)
+    assert list(shown["beyond seed noise (Holm)"][:2]) == ["yes", "no"]
+    assert list(shown["Holm p"][:2]) == [f"{sig['p_holm'][0]:.3f}", f"{sig['p_holm'][1]:.3f}"]
 
 
 def test_sweep_frame_table_plot_and_findings():
@@ -436,14 +447,33 @@ def test_comparison_headline_follows_the_test():
     up = report.comparison_headline(_grid(0.15))
     assert "paired t-test across 3 training seeds" in up and "higher than AT" in up
     assert "beyond seed-to-seed noise" in up and "holds on these runs beyond seed-to-seed noise" in up
-    assert "adjusted for the" in up and "(Holm)" in up  # several tests at once: the correction is stated
+    assert "Holm-adjusted for the 6 comparisons" in up and "Holm p = " in up  # several tests: corrected
     null = report.comparison_headline(_grid(0.0, seed=0), others=("AT",))  # no false alarm for this seed
     assert "within seed-to-seed noise of AT" in null and "is not supported by these runs" in null
-    down = report.comparison_headline(_grid(-0.15))
+    down = report.comparison_headline(_grid(-0.15), others=("AT",))  # two tests: the planted one survives Holm
     assert "lower than AT" in down and "not supported" in down
     one = report.comparison_headline(_grid(0.15, seeds=(0,)))
     assert "exact McNemar test" in one and "one training seed per method" in one
-    assert "Holm" not in one and "Holm" not in null  # nothing passed the test: no correction to state
+    assert "descriptive only" not in one and "descriptive only" not in null  # nothing removed by the correction
+
+
+def test_comparison_headline_verdict_is_holm_adjusted(monkeypatch):
+    # A difference that passes p < 0.05 alone but not after the correction for the headline's 6 tests
+    # is reported within noise, and the unadjusted count is said.
+    from dpaat_lib import report
+
+    real = study.significance
+
+    def marginal(*args, **kw):
+        out = real(*args, **kw)
+        out["p_ttest"] = 0.03 if args[2] == "AT" and kw["attacks"] == ("20-PGD",) else 0.6
+        return out
+
+    monkeypatch.setattr(study, "significance", marginal)
+    text = report.comparison_headline(_grid(0.15))
+    assert "higher than" not in text and "within seed-to-seed noise of AT (+" in text
+    assert "Unadjusted, 1 of the 6 comparisons would pass" in text and "descriptive only" in text
+    assert "is not supported by these runs" in text
 
 
 def test_sweep_commands_skip_the_default_value():
