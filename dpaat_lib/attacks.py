@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 import torch
@@ -83,27 +84,45 @@ class L2:
 _THREATS = {"linf": Linf, "l2": L2}
 
 
-def as_radius(eps, x: torch.Tensor, *, check_values: bool = True) -> torch.Tensor:
+def as_radius(eps, x: torch.Tensor, *, check_values: bool = True, name: str = "eps") -> torch.Tensor:
     """``eps`` (float or (N,) tensor) as an (N,1,1,1) tensor on x's device, checked.
 
     A float is checked on the host; a tensor's values cost one device sync to check, which
     ``check_values=False`` skips (the training methods, whose radii are clamped by construction).
+    ``name``: the argument's name in the error messages (``"eps"``, ``"step_size"``).
     """
     n = x.shape[0]
     if isinstance(eps, torch.Tensor):
         if eps.dim() == 0:
             eps = eps.expand(n)
         if eps.shape != (n,):
-            raise ValueError(f"eps must be a float or a tensor of shape (N,) = ({n},), one radius per "
-                             f"sample; got shape {tuple(eps.shape)}. Pass eps.flatten() or a float.")
+            raise ValueError(f"{name} must be a float or a tensor of shape (N,) = ({n},), one value per "
+                             f"sample; got shape {tuple(eps.shape)}. Pass {name}.flatten() or a float.")
         eps = eps.to(device=x.device, dtype=x.dtype)
         if check_values and not bool(((eps >= 0) & torch.isfinite(eps)).all()):
-            raise ValueError("eps must be finite and >= 0 for every sample")
+            raise ValueError(f"{name} must be finite and >= 0 for every sample")
     else:
         if not (math.isfinite(float(eps)) and float(eps) >= 0):
-            raise ValueError(f"eps must be finite and >= 0, got {eps}")
+            raise ValueError(f"{name} must be finite and >= 0, got {eps}")
         eps = torch.full((n,), float(eps), device=x.device, dtype=x.dtype)
     return eps.view(n, 1, 1, 1)
+
+
+def check_unit_range(x: torch.Tensor, what: str = "x") -> None:
+    """Raise ValueError unless every value of ``x`` is finite and in [0, 1] (one device sync).
+
+    NaN fails too (a plain ``lo < 0 or hi > 1`` is False for NaN), with a message that names the
+    non-finite values.
+    """
+    if not x.numel():
+        return
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device sync, not two; NaN propagates
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{what} has non-finite values (NaN or inf; range [{lo:.3g}, {hi:.3g}]): images must be "
+                         "finite and in [0, 1]. Find where the NaN or inf comes from, or drop those images")
+    if not (0 <= lo and hi <= 1):
+        raise ValueError(f"{what} must lie in [0, 1] (the models normalise inside); got values in "
+                         f"[{lo:.3g}, {hi:.3g}]. Pass unnormalised images scaled by 1/255")
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: bool = True) -> None:
@@ -111,12 +130,24 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: 
         raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
     if x.dim() != 4:
         raise ValueError(f"x must be a batch of images (N, C, H, W); got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a float tensor in [0, 1], got {x.dtype}; scale uint8 images with "
+                        "dpaat_lib.training.to_float(x)")
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape (N,) = ({x.shape[0]},); got {tuple(y.shape)}")
-    if check_values and x.numel():
-        lo, hi = torch.stack(torch.aminmax(x)).tolist()  # one device sync, not two
-        if lo < 0 or hi > 1:
-            raise ValueError(f"x must lie in [0, 1] (the models normalise inside); got values in [{lo:.3g}, {hi:.3g}]")
+    if check_values:
+        check_unit_range(x)
+
+
+def _check_linf_radius(eps) -> None:
+    """An Linf radius above 1 on images in [0, 1] is a radius in 0-255 units (a tensor: one device sync)."""
+    if isinstance(eps, torch.Tensor):
+        big = float(eps.max()) if eps.numel() else 0.0
+    else:
+        big = float(eps)
+    if big > 1:
+        raise ValueError(f"Linf eps = {big:.4g} is above 1, but images and eps are in [0, 1] pixel units: "
+                         f"did you mean eps={big:.4g}/255 = {big / 255:.4g}?")
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -134,14 +165,17 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
     the attack ascends its sum, so every sample gets its own gradient. Returns
     a new tensor x' with ||x' - x|| <= eps_i and x' in [0, 1].
 
-    ``check_values=False`` skips the checks that read tensor values (x in [0, 1], every radius
-    finite and >= 0): each costs the device a host sync, and the training loop, which calls this
-    for every batch, builds valid inputs by construction. Shapes and names are always checked.
+    ``check_values=False`` skips the checks that read tensor values (x finite and in [0, 1], every
+    radius finite and >= 0, an Linf radius <= 1): each costs the device a host sync, and the
+    training loop, which calls this for every batch, builds valid inputs by construction. Shapes,
+    dtypes and names are always checked, and so is a float ``eps`` or ``step_size``.
     """
     _check_inputs(x, y, norm, check_values=check_values)
     threat = _THREATS[norm]
     radius = as_radius(eps, x, check_values=check_values)
-    size = as_radius(step_size, x, check_values=check_values)
+    size = as_radius(step_size, x, check_values=check_values, name="step_size")
+    if norm == "linf" and (check_values or not isinstance(eps, torch.Tensor)):
+        _check_linf_radius(radius if isinstance(eps, torch.Tensor) else eps)
     loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="none"))
     x = x.detach()
     was_training = model.training
@@ -185,7 +219,13 @@ def ifgsm(model, x, y, *, eps, step_size, steps) -> torch.Tensor:
 
 def pgd(model, x, y, *, eps, step_size, steps, norm: str = "linf", random_start: bool = True,
         generator: torch.Generator | None = None) -> torch.Tensor:
-    """PGD (Madry et al. 2018) in Linf or L2, random start inside the ball by default."""
+    """PGD (Madry et al. 2018) in Linf or L2, random start inside the ball by default.
+
+    ``norm`` defaults to ``"linf"`` (the common PGD), but every PGD of the paper, the training
+    adversary included, is L2: pass ``norm="l2"`` for those (e.g. eps=0.5, step_size=0.15).
+    ``x`` (N, C, H, W) lies in [0, 1] and ``eps`` is in the same units: an Linf radius above 1
+    raises (8/255, not 8). ``eps`` and ``step_size``: floats or (N,) tensors, one per sample.
+    """
     return perturb(model, x, y, eps=eps, step_size=step_size, steps=steps, norm=norm,
                    random_start=random_start, generator=generator)
 
@@ -204,10 +244,28 @@ class AttackSpec:
     def __post_init__(self):
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r} in attack {self.name!r}; use one of {NORMS}")
+        for field in ("eps", "step_size"):
+            v = getattr(self, field)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"attack {self.name!r}: {field} must be a finite number >= 0, got {v!r}")
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"attack {self.name!r}: Linf eps = {self.eps:.4g} is above 1, but images and eps are "
+                             f"in [0, 1] pixel units: did you mean eps={self.eps:.4g}/255?")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
+            raise ValueError(f"attack {self.name!r}: steps must be an integer >= 0, got {self.steps!r}")
 
     def __call__(self, model, x, y, *, eps=None, generator=None, check_values: bool = True) -> torch.Tensor:
-        """Run the attack; ``eps`` overrides the radius (float or per-sample (N,) tensor);
-        ``check_values`` as in :func:`perturb`."""
+        """Run the attack on ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,); returns x'.
+
+        ``eps`` overrides the radius only (float or per-sample (N,) tensor): the step stays the
+        spec's ``step_size``, whatever the radius. That is what training needs (AMAT and DPAAT
+        run PGD-L2 with the fixed step 0.15 inside each sample's own radius), but it is not the
+        same attack at another radius: for FGSM (one step of ``step_size``) an override below
+        the spec's eps still steps by the spec's eps and is then clipped, one above it never
+        reaches the new radius. For the same attack at another radius, with the step scaled in
+        proportion, use :meth:`with_eps` (``spec.with_eps(r)(model, x, y)``).
+        ``generator`` seeds the random start; ``check_values`` as in :func:`perturb`.
+        """
         return perturb(model, x, y, eps=self.eps if eps is None else eps, step_size=self.step_size,
                        steps=self.steps, norm=self.norm, random_start=self.random_start,
                        generator=generator, check_values=check_values)

@@ -25,24 +25,37 @@ from .models import list_models
 from .training import COMPILE_MODES
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default where it has one (not for unset options, whose help
+    says what they fall back to)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
-    p.add_argument("--profile", default=default_profile, choices=list(profiles.PROFILES))
+    p.add_argument("--profile", default=default_profile, choices=list(profiles.PROFILES),
+                   help="the profile: data, models, image size, epochs, seeds (README, 'Profiles')")
     p.add_argument("--data", help="folder of a HAM10000 copy (official layout); without it the quick profile "
                                   "uses the synthetic stand-in")
     p.add_argument("--results", help="results store (default: ./results/<profile>, as the book)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    p.add_argument("--models", nargs="+", choices=list_models())
-    p.add_argument("--methods", nargs="+", choices=METHODS)
-    p.add_argument("--seeds", nargs="+", type=int)
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--models", nargs="+", choices=list_models(), help="models to run (default: the profile's)")
+    p.add_argument("--methods", nargs="+", choices=METHODS,
+                   help=f"methods to run (default: {' '.join(profiles.MAIN_METHODS)})")
+    p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the profile's)")
+    p.add_argument("--image-size", type=int, help="image side in px (default: the profile's)")
+    p.add_argument("--epochs", type=int, help="epoch limit (default: the profile's)")
     p.add_argument("--time-budget", type=float, help="seconds; stop cleanly after it, resumable")
     p.add_argument("--weights", help="local state-dict file (e.g. ImageNet weights of the model): two-phase "
                                      "fine-tuning as in the paper instead of training from scratch")
     p.add_argument("--compile", dest="compile_mode", choices=COMPILE_MODES,
                    help="train through torch.compile in this mode (reduce-overhead: CUDA graphs); a speed option "
                         "that leaves the runs' identities unchanged")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable), e.g. --set eta=0.25 --set mu=epoch")
@@ -71,8 +84,12 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
                         "checkpoint is gone (its folder moves to <results>/superseded/)")
 
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
 def _overrides(pairs) -> dict:
-    """``["eta=0.25", "models=resnet34,mobilenet_v2"]`` -> Profile overrides, typed as the profile's fields."""
+    """``["eta=0.25", "models=resnet34,mobilenet_v2"]`` -> Profile overrides, typed as the profile's fields.
+    A value that does not fit its field's type raises a ValueError naming the field and the type."""
     types = {f.name: f.type for f in fields(profiles.Profile)}
     out = {}
     for pair in pairs:
@@ -80,20 +97,39 @@ def _overrides(pairs) -> dict:
         if not sep or key not in types:
             raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {sorted(types)}, got {pair!r}")
         t = str(types[key])
-        if t.startswith("tuple"):
-            items = [v for v in value.split(",") if v]
-            out[key] = tuple(int(v) for v in items) if "int" in t else tuple(items)
-        elif value.lower() == "none" and "None" in t:
-            out[key] = None
-        elif t.startswith("bool"):
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif t.startswith("int"):
-            out[key] = int(value)
-        elif t.startswith("float"):
-            out[key] = float(value)
-        else:
-            out[key] = value
+        try:
+            if t.startswith("tuple"):
+                items = [v for v in value.split(",") if v]
+                out[key] = tuple(int(v) for v in items) if "int" in t else tuple(items)
+            elif value.lower() == "none" and "None" in t:
+                out[key] = None
+            elif t.startswith("bool"):
+                if value.lower() not in _TRUE + _FALSE:
+                    raise ValueError(value)
+                out[key] = value.lower() in _TRUE
+            elif t.startswith("int"):
+                out[key] = int(value)
+            elif t.startswith("float"):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            hint = {"bool": f" (one of {', '.join(_TRUE + _FALSE)})"}.get(t, "")
+            raise ValueError(f"--set {pair}: field {key!r} takes {t}{hint}; {value!r} is not one") from None
     return out
+
+
+def _check_data_folder(folder) -> None:
+    """``--data`` must name an existing folder (say so before any profile or store is read)."""
+    if folder is None:
+        return
+    path = Path(folder)
+    if not path.exists():
+        raise DataError(f"--data {folder}: the folder does not exist. Pass the folder of your HAM10000 copy "
+                        f"(the one that holds {data.METADATA_FILE})")
+    if not path.is_dir():
+        raise DataError(f"--data {folder} is a file, not a folder. Pass the folder that holds "
+                        f"{data.METADATA_FILE}")
 
 
 def _profile(args):
@@ -189,31 +225,35 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="dpaat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _common(sub.add_parser("quick", help="the quick profile: five methods, small CNN, CPU"), "quick")
-    _common(sub.add_parser("grid", help="a profile's whole grid"), "paper")
-    t = sub.add_parser("train", help="one run (trained and evaluated, or loaded)")
+
+    def add(name, **kw):
+        return sub.add_parser(name, formatter_class=_HelpFormatter, **kw)
+    _common(add("quick", help="the quick profile: five methods, small CNN, CPU"), "quick")
+    _common(add("grid", help="a profile's whole grid"), "paper")
+    t = add("train", help="one run (trained and evaluated, or loaded)")
     _common(t, "paper")
-    t.add_argument("--model", required=True, choices=list_models())
-    t.add_argument("--method", required=True, choices=METHODS)
-    _common(sub.add_parser("prepare", help="decode the profile's images once into the cache (before several "
-                                           "processes start)"), "paper")
-    _common(sub.add_parser("extras", help="eps curves, stronger attacks and Grad-CAM of the finished runs that "
-                                          "have checkpoints"), "paper")
-    c = sub.add_parser("slim-copy", help="copy a HAM10000 folder with only the images a profile's split uses "
-                                         "(the others as empty files), to carry the data to a lent GPU")
+    t.add_argument("--model", required=True, choices=list_models(), help="the model")
+    t.add_argument("--method", required=True, choices=METHODS, help="the training method")
+    _common(add("prepare", help="decode the profile's images once into the cache (before several "
+                                "processes start)"), "paper")
+    _common(add("extras", help="eps curves, stronger attacks and Grad-CAM of the finished runs that "
+                               "have checkpoints"), "paper")
+    c = add("slim-copy", help="copy a HAM10000 folder with only the images a profile's split uses "
+                              "(the others as empty files), to carry the data to a lent GPU")
     _common(c, "paper")
     c.add_argument("--out", required=True, help="the new folder")
-    s = sub.add_parser("synthetic", help="write the synthetic stand-in in HAM10000's layout")
-    s.add_argument("folder")
-    s.add_argument("--n-per-class", type=int, default=150)
-    s.add_argument("--size", type=int, default=96)
-    s.add_argument("--seed", type=int, default=0)
-    sub.add_parser("models", help="list model names")
+    s = add("synthetic", help="write the synthetic stand-in in HAM10000's layout")
+    s.add_argument("folder", help="where to write it")
+    s.add_argument("--n-per-class", type=int, default=150, help="images per class")
+    s.add_argument("--size", type=int, default=96, help="image side in px")
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    add("models", help="list model names")
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
     try:
+        _check_data_folder(getattr(args, "data", None))
         if args.command == "models":
             print("\n".join(list_models()))
             return 0

@@ -216,6 +216,21 @@ def read_metadata(root: str | os.PathLike, classes: Sequence[str] = CLASSES) -> 
             f"{csv}: image_id {ids[0]} appears more than once ({len(ids)} "
             f"duplicated ids). Each image must have one row; remove the duplicates."
         )
+    if meta.empty:
+        raise DataError(
+            f"{csv} has a header but no data rows. Re-download the metadata file "
+            f"(the official one has 10015 rows)."
+        )
+    counts = meta["dx"].value_counts()
+    absent = [c for c in classes if counts.get(c, 0) == 0]
+    if absent:
+        found = {str(k): int(v) for k, v in counts.items()}
+        raise DataError(
+            f"{csv}: no rows with dx {' or '.join(repr(c) for c in absent)}, so "
+            f"{'these classes' if len(absent) > 1 else 'this class'} would have 0 images "
+            f"(rows per dx in the file: {found}). Check the dx column, or pass classes= "
+            f"without {absent}."
+        )
     meta = meta[meta["dx"].isin(classes)].copy()
     empty_lesion = meta["lesion_id"] == ""
     meta.loc[empty_lesion, "lesion_id"] = meta.loc[empty_lesion, "image_id"]
@@ -326,6 +341,7 @@ def make_split(
                 f"make_split needs a metadata table with column '{col}'; pass the "
                 f"result of read_metadata()."
             )
+    _check_labels_present(meta, "make_split")
     if lesion_aware:
         dx_per_lesion = meta.groupby("lesion_id")["dx"].nunique()
         if (dx_per_lesion > 1).any():
@@ -385,6 +401,18 @@ def make_split(
     return {side: sorted(ids, key=lambda i: (int(label_of[i]), i)) for side, ids in sides.items()}
 
 
+def _check_labels_present(meta: pd.DataFrame, who: str) -> None:
+    """Every label 0..max must have rows: a class with none would silently leave the split."""
+    if meta.empty:
+        raise DataError(f"{who} got a metadata table with no rows; pass the result of read_metadata() "
+                        f"on a folder whose metadata lists images of the requested classes.")
+    labels = set(int(v) for v in meta["label"])
+    absent = sorted(set(range(max(labels) + 1)) - labels)
+    if absent:
+        raise DataError(f"{who}: label(s) {absent} have no rows, so those classes would have 0 images in "
+                        f"every side. Check the dx column, or read the metadata with classes= without them.")
+
+
 def _greedy_fill(lesions: list[list[str]], n: int) -> tuple[list[str], list[list[str]]]:
     """Take whole lesions, in order, while they still fit into ``n`` images; if none fits, the
     smallest. Returns (taken image ids, lesions left). Reaches ``n`` exactly when enough
@@ -431,6 +459,7 @@ def make_fraction_split(
         if col not in meta.columns:
             raise DataError(f"make_fraction_split needs a metadata table with column '{col}'; pass the "
                             f"result of read_metadata().")
+    _check_labels_present(meta, "make_fraction_split")
     if lesion_aware and (meta.groupby("lesion_id")["dx"].nunique() > 1).any():
         raise DataError("a lesion_id has images of several classes, so a lesion-aware per-class split cannot "
                         "keep it on one side. Fix the metadata or use lesion_aware=False.")
@@ -576,11 +605,54 @@ def load_images(
 
 @dataclass
 class SplitTensors:
-    """One side of a split in memory: images, labels and their image_ids."""
+    """One side of a split in memory: images, labels and their image_ids.
+
+    ``x`` must be uint8 (0-255), as :func:`load_split` decodes it: training and evaluation
+    scale it to [0, 1] themselves (:func:`dpaat_lib.training.to_float`), so a float tensor
+    raises a TypeError here, when it is built, not epochs later.
+    """
 
     x: torch.Tensor  # uint8 (N, 3, S, S)
     y: torch.Tensor  # long (N,)
     image_ids: list[str]
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self, side: str = "") -> None:
+        """Raise TypeError / ValueError unless x is uint8 (N, C, H, W) and y, image_ids have N entries."""
+        what = f"SplitTensors{f' {side!r}' if side else ''}"
+        if not isinstance(self.x, torch.Tensor) or self.x.dtype != torch.uint8:
+            got = self.x.dtype if isinstance(self.x, torch.Tensor) else type(self.x).__name__
+            raise TypeError(f"{what}.x must be uint8 images (0-255), got {got}; the library scales them to "
+                            "[0, 1] itself. Convert float images in [0, 1] with (x * 255).round().to(torch.uint8)")
+        if self.x.dim() != 4:
+            raise ValueError(f"{what}.x must have shape (N, C, H, W), got {tuple(self.x.shape)}")
+        n = self.x.shape[0]
+        if not isinstance(self.y, torch.Tensor) or tuple(self.y.shape) != (n,):
+            got = tuple(self.y.shape) if isinstance(self.y, torch.Tensor) else type(self.y).__name__
+            raise ValueError(f"{what}.y must be a tensor of shape (N,) = ({n},) of class indices, got {got}")
+        if len(self.image_ids) != n:
+            raise ValueError(f"{what} has {n} images but {len(self.image_ids)} image_ids")
+
+
+def check_split_tensors(tensors: dict, sides: Sequence[str] = ("train", "val", "test")) -> None:
+    """Raise a clear error unless ``tensors`` has each of ``sides`` as a valid :class:`SplitTensors`
+    (uint8 images; checked again because a dataclass's fields can be replaced after it was built)."""
+    if not isinstance(tensors, dict):
+        raise TypeError(f"tensors must be a dict {{side: SplitTensors}} with sides {tuple(sides)}, "
+                        f"got {type(tensors).__name__}")
+    missing = [s for s in sides if s not in tensors]
+    if missing:
+        raise ValueError(f"tensors lacks the side(s) {missing}; give {tuple(sides)} (as load_split returns)")
+    for s in sides:
+        t = tensors[s]
+        if isinstance(t, SplitTensors):
+            t.check(s)
+        elif not all(hasattr(t, a) for a in ("x", "y", "image_ids")):
+            raise TypeError(f"tensors[{s!r}] must be a SplitTensors, got {type(t).__name__}")
+        else:
+            SplitTensors.check(t, s)
 
 
 def load_split(

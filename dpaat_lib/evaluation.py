@@ -18,16 +18,33 @@ def _probs(model, x):
 
 def attacked_probs(model, x_uint8: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None, *,
                    device="cpu", batch_size: int = 128, seed: int = 0, eps=None) -> torch.Tensor:
-    """Softmax outputs (N, C) on the images attacked by ``attack`` (None: clean), in batches."""
+    """Softmax outputs (N, C) on the uint8 images ``x_uint8`` (N, 3, H, W) attacked by ``attack``
+    (None: clean), in batches of ``batch_size``, in eval mode; the model's mode is restored.
+
+    ``eps`` overrides the attack's radius (:meth:`dpaat_lib.attacks.AttackSpec.__call__`: the step
+    stays the spec's): a float, or one radius per image as an (N,) tensor, which is cut into the
+    batches with the images. ``seed`` seeds the random starts, drawn batch after batch.
+    """
+    n = x_uint8.shape[0]
+    if x_uint8.dtype != torch.uint8:
+        to_float(x_uint8)  # raises the TypeError that says what to pass
+    per_image = isinstance(eps, torch.Tensor) and eps.dim() > 0
+    if per_image and tuple(eps.shape) != (n,):
+        raise ValueError(f"eps must be a float or a tensor of shape (N,) = ({n},), one radius per image; "
+                         f"got shape {tuple(eps.shape)}")
+    was = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     out = []
-    for i in range(0, x_uint8.shape[0], batch_size):
-        xb = to_float(x_uint8[i:i + batch_size].to(device))
-        yb = y[i:i + batch_size].to(device)
-        if attack is not None:
-            xb = attack(model, xb, yb, eps=eps, generator=gen)
-        out.append(_probs(model, xb).cpu())
+    try:
+        for i in range(0, n, batch_size):
+            xb = to_float(x_uint8[i:i + batch_size].to(device))
+            yb = y[i:i + batch_size].to(device)
+            if attack is not None:
+                xb = attack(model, xb, yb, eps=eps[i:i + batch_size] if per_image else eps, generator=gen)
+            out.append(_probs(model, xb).cpu())
+    finally:
+        model.train(was)
     return torch.cat(out)
 
 

@@ -18,6 +18,7 @@ from . import store
 from .config import DataConfig, RunConfig
 from .evaluation import evaluate
 from .metrics import compute_metrics
+from .models import check_input_size
 from .synthetic import make_synthetic_ham
 from .training import load_trained, train_run
 
@@ -115,10 +116,20 @@ def load_result(config: RunConfig, results) -> RunResult | None:
 
 
 def amat_threshold(config: RunConfig, results, **kw) -> float:
-    """AMAT's T: mean (+ z std) per-sample validation CE of the STD run of the same architecture."""
-    std = run(config.std_counterpart(), results=results, **kw)
+    """AMAT's T: mean (+ z std) per-sample validation CE of the STD run of the same architecture.
+
+    The STD run is loaded, or trained with the same ``kw`` as the AMAT run (data folder or
+    ``tensors``, device, ...); an error names it.
+    """
+    std_config = config.std_counterpart()
+    try:
+        std = run(std_config, results=results, **kw)
+    except D.DataError as err:
+        raise D.DataError(f"AMAT run {config.run_id} needs the threshold of its STD run {std_config.run_id}, "
+                          f"which is not in {results} and cannot be trained: {err}") from err
     if std is None:
-        raise RuntimeError(f"the STD run {config.std_counterpart().run_id} that AMAT needs did not finish")
+        raise RuntimeError(f"the STD run {std_config.run_id} that AMAT run {config.run_id} needs for its threshold "
+                           "did not finish: train it first (dpaat_lib.grid orders this), or call again")
     best = std.history["best"]
     return best["val_loss"] + config.method.amat_z * best["val_ce_std"]
 
@@ -139,6 +150,8 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     """Load the run's results, or compute what is missing. Returns None only when a
     ``time_budget_s`` ran out before training finished (call again to continue).
 
+    ``tensors``: ``{"train", "val", "test"}`` :class:`dpaat_lib.data.SplitTensors` (uint8 images) to
+    train and evaluate on instead of the data folder (also for the STD run AMAT needs).
     ``weights_path``: the local state-dict file whose :func:`weights_digest` is
     ``config.train.weights`` (two-phase fine-tuning, method.md section 6). ``compile_mode``: train
     through ``torch.compile`` (:func:`dpaat_lib.training.train_run`); not part of the run's identity.
@@ -155,8 +168,11 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     done = load_result(config, results)
     if done is not None:
         return done
+    if tensors is not None:
+        D.check_split_tensors(tensors)
+    check_input_size(config.model, config.data.image_size)
     kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path,
-              compile_mode=compile_mode)
+              compile_mode=compile_mode, tensors=tensors)
     threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
     run_dir = store.RunDir(results, config.run_id)
     if tensors is None:

@@ -45,6 +45,7 @@ from torchvision.transforms.functional import gaussian_blur
 from . import data as D
 from . import experiment, store
 from .config import RunConfig
+from .attacks import check_unit_range
 from .models import gradcam_target_layer
 from .training import load_trained, to_float
 
@@ -70,17 +71,29 @@ def cams(model, model_name: str, x: torch.Tensor, targets: torch.Tensor, *, batc
     shape, not in magnitude. A map needs a target-layer feature map larger
     than 1x1 (e.g. 64 px for resnet34, mobilenet_v2; more for inception_v3);
     otherwise it is zero and a warning says so.
+
+    Works under ``torch.no_grad()`` too (the maps need gradients, so they are taken with them on);
+    a float ``x`` must be finite and in [0, 1] (ValueError otherwise, as in the attacks), and a
+    caller's ``x`` that requires grad gets no gradient from the maps.
     """
     layer = gradcam_target_layer(model, model_name)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a batch of images (N, 3, H, W), got {shape}; for one image pass x[None]")
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise TypeError(f"x must be uint8 (0-255) or float in [0, 1], got {x.dtype}")
+        check_unit_range(x.detach())
     targets = torch.as_tensor(targets).view(-1).tolist()
     if len(targets) != x.shape[0]:
         raise ValueError(f"got {x.shape[0]} images but {len(targets)} targets")
     was, device = model.training, _device(model)
     out = []
     try:
-        with GradCAM(model=model, target_layers=[layer]) as cam:
+        with GradCAM(model=model, target_layers=[layer]) as cam, torch.enable_grad():
             for i in range(0, x.shape[0], batch_size):
-                xb = _as_float(x[i:i + batch_size].to(device))
+                # detach: the maps' backward must not reach a caller's tensor that requires grad
+                xb = _as_float(x[i:i + batch_size].detach().to(device))
                 try:
                     out.append(cam(xb, [ClassifierOutputTarget(int(t)) for t in targets[i:i + batch_size]]))
                 except IndexError as err:

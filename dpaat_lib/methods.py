@@ -17,6 +17,8 @@ mode for their own forward passes and back (:func:`dpaat_lib.attacks.perturb`).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -59,6 +61,26 @@ class MethodConfig:
             raise ValueError(f"mu must be 'batch' or 'epoch', got {self.mu!r}")
         if self.length not in ("linear", "normalized"):
             raise ValueError(f"length must be 'linear' or 'normalized', got {self.length!r}")
+        if not isinstance(self.attack, AttackSpec):
+            raise TypeError(f"attack must be an AttackSpec (e.g. training_attack()), got {type(self.attack).__name__}")
+        # Only values that can never make sense; the AttackSpec checks eps0 (attack.eps) >= 0 itself.
+        if not _finite(self.alpha) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1] (the weight of the clean loss), got {self.alpha!r}")
+        if not _finite(self.lam) or self.lam < 0:
+            raise ValueError(f"lam must be finite and >= 0 (the weight of the sync loss; 0 is D-A), got {self.lam!r}")
+        for field in ("eta", "gamma", "amat_z"):
+            v = getattr(self, field)
+            if v is not None and not _finite(v):
+                raise ValueError(f"{field} must be a finite number, got {v!r}")
+        if not _finite(self.eps_min) or self.eps_min < 0:
+            raise ValueError(f"eps_min must be finite and >= 0 (a radius), got {self.eps_min!r}")
+        if self.eps_max is not None and not _finite(self.eps_max):
+            raise ValueError(f"eps_max must be a finite number or None (2 * eps0), got {self.eps_max!r}")
+        eps_max = 2 * self.attack.eps if self.eps_max is None else self.eps_max
+        if self.eps_min > eps_max:
+            which = f"eps_max={self.eps_max!r}" if self.eps_max is not None else f"eps_max=None (2 * eps0 = {eps_max!r})"
+            raise ValueError(f"eps_min={self.eps_min!r} is above {which}: the radii are clipped to "
+                             "[eps_min, eps_max], so give eps_min <= eps_max")
 
     @property
     def eps0(self) -> float:
@@ -76,7 +98,14 @@ class MethodConfig:
         return asdict(self)
 
 
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def per_sample_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each sample, shape (N,), from ``logits`` (N, K) and class indices ``y`` (N,)
+    (long): ``F.cross_entropy(..., reduction="none")``. The methods average it themselves, and
+    DPAAT and AMAT also keep one value per training image."""
     return F.cross_entropy(logits, y, reduction="none")
 
 
@@ -129,6 +158,25 @@ class Method:
         return self.config.attack(model, x, y, eps=eps, generator=self.generator, check_values=False)
 
     def loss(self, model, x, y, idx):  # pragma: no cover - abstract
+        """The training loss of one batch and its logs: ``(loss, logs)``.
+
+        ``x``: images (N, C, H, W) as floats in [0, 1] (the models normalise inside; the training
+        loop scales uint8 by 1/255). Not checked here, since a check costs a device sync per batch:
+        images in 0-255 or ImageNet-normalised give a wrong attack radius without an error.
+        ``y``: class indices (N,), long. ``idx``: the batch's indices into the training set
+        (a long tensor (N,), each < ``n_train``), so that a method can keep one radius per training
+        image (AMAT, DPAAT); an index may repeat in a batch (the balanced sampler draws with
+        replacement). ``model`` should be in train mode, as the training loop leaves it; the
+        attacks switch it to eval mode for their own passes and back.
+
+        ``loss`` is a 0-dim tensor to call ``backward()`` on; ``logs`` maps names to 0-dim tensors
+        (detached) or numbers, summed by the loop and read once per epoch.
+
+        State: DPAAT updates the radii of ``idx`` (and its epoch statistics) and AMAT records
+        what its attack saw, inside this call, before any backward or optimiser step, and also
+        under ``torch.no_grad()``: calling ``loss`` to evaluate a batch changes the method's
+        state. Work on a ``copy.deepcopy`` of the method (or restore ``state_dict()``) for that.
+        """
         raise NotImplementedError
 
     def end_epoch(self) -> dict:
@@ -286,6 +334,7 @@ class DPAAT(RadiusTable):
         self.eta = config.eps0 if config.eta is None else config.eta
         # The epoch's running sum of dL: a float64 tensor on the device while the epoch runs (no sync).
         self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
+        self.epoch_dl_bad = 0  # non-finite dL of the epoch so far: a 0-dim tensor on the device while it runs
         self.prev_epoch_mu: float | None = None
 
     def step_length(self, dl: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
@@ -305,19 +354,35 @@ class DPAAT(RadiusTable):
         l_sync = sync_loss(logits, logits_adv).mean()
         loss = c.alpha * l.mean() + (1 - c.alpha) * l_adv.mean() + c.lam * l_sync
         dl = (l_adv - l).detach().float().to(self.device)
-        self.epoch_dl_sum = self.epoch_dl_sum + dl.sum().double()
+        # A non-finite dL (a NaN image, an overflowing loss) must not reach mu, which would turn every
+        # radius of the batch NaN for good: only finite entries count and are updated. All on the device,
+        # without a sync; where every entry is finite, the values below are exactly dl's own.
+        finite = torch.isfinite(dl)
+        dl_finite = torch.where(finite, dl, torch.zeros_like(dl))
+        self.epoch_dl_sum = self.epoch_dl_sum + dl_finite.sum().double()
         self.epoch_dl_n += dl.numel()
+        self.epoch_dl_bad = self.epoch_dl_bad + (~finite).sum()
         if self.adapt:
-            mu = dl.mean() if (c.mu == "batch" or self.prev_epoch_mu is None) else self.prev_epoch_mu
-            self.eps[i] = (self.eps[i] + self.step_length(dl, mu)).clamp(c.eps_min, self.eps_max)
+            if c.mu == "batch" or self.prev_epoch_mu is None:
+                n_finite = finite.sum()
+                mu = torch.where(n_finite == dl.numel(), dl_finite.mean(),
+                                 dl_finite.sum() / n_finite.clamp_min(1))  # mean over the finite entries
+            else:
+                mu = self.prev_epoch_mu
+            # A non-finite entry steps by 0 (dL := mu) and keeps its radius.
+            step = self.step_length(torch.where(finite, dl, mu), mu)
+            old = self.eps[i]
+            self.eps[i] = torch.where(finite, (old + step).clamp(c.eps_min, self.eps_max), old)
         return loss, {"loss": loss.detach(), "sync": l_sync.detach(), "dL_mean": dl.mean(),
                       "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y)}
 
     def end_epoch(self):
-        if self.epoch_dl_n:
-            self.prev_epoch_mu = float(self.epoch_dl_sum) / self.epoch_dl_n
-        self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
-        return {"epoch_mu": self.prev_epoch_mu, **self.radius_log()}
+        n = self.epoch_dl_n - int(self.epoch_dl_bad)  # the finite dL of the epoch
+        if n:
+            self.prev_epoch_mu = float(self.epoch_dl_sum) / n
+        logs = {"nonfinite_dL": self.epoch_dl_n - n} if n != self.epoch_dl_n else {}
+        self.epoch_dl_sum, self.epoch_dl_n, self.epoch_dl_bad = 0.0, 0, 0
+        return {"epoch_mu": self.prev_epoch_mu, **logs, **self.radius_log()}
 
     def state_dict(self):
         return {"eps": self.eps.cpu().clone(), "prev_epoch_mu": self.prev_epoch_mu,
@@ -328,6 +393,7 @@ class DPAAT(RadiusTable):
         self.prev_epoch_mu = state["prev_epoch_mu"]
         # The running sums of the current epoch (zero at an epoch's end, where checkpoints are taken).
         self.epoch_dl_sum, self.epoch_dl_n = state.get("epoch_dl_sum", 0.0), state.get("epoch_dl_n", 0)
+        self.epoch_dl_bad = 0
 
 
 def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,

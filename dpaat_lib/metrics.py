@@ -19,10 +19,38 @@ MARP_ATTACK = "20-PGD"
 
 
 def attack_names(pred: pd.DataFrame) -> list[str]:
+    """The attacks of a predictions frame (:func:`dpaat_lib.evaluation.evaluate`), clean included,
+    in column order: the ``<attack>`` of every ``pred_<attack>`` column."""
     return [c[len("pred_"):] for c in pred.columns if c.startswith("pred_")]
 
 
+def check_predictions(pred: pd.DataFrame, classes, attacks=None, probabilities: bool = True) -> None:
+    """Raise ValueError unless ``pred`` is a predictions frame for ``classes``: a ``label`` column of
+    class indices in range(len(classes)), ``pred_<attack>`` columns for ``attacks`` (default: clean)
+    and, with ``probabilities``, the ``p_<attack>_<class>`` columns of every class."""
+    k = len(classes)
+    attacks = [CLEAN] if attacks is None else list(attacks)
+    expected = ["label", *(f"pred_{a}" for a in attacks)]
+    if probabilities:
+        expected += [f"p_{a}_{c}" for a in attacks for c in classes]
+    missing = [c for c in expected if c not in pred.columns]
+    if missing:
+        raise ValueError(f"the predictions frame lacks the column(s) {missing}; for classes {tuple(classes)} it "
+                         f"needs {expected} (as dpaat_lib.evaluation.evaluate writes them)")
+    for col in ["label", *(f"pred_{a}" for a in attacks)]:
+        v = pred[col]
+        if not pd.api.types.is_integer_dtype(v):
+            raise ValueError(f"column {col!r} must hold class indices (integers 0..{k - 1} for {tuple(classes)}), "
+                             f"got dtype {v.dtype}; map class names to their position in classes")
+        bad = v[(v < 0) | (v >= k)]
+        if len(bad):
+            raise ValueError(f"column {col!r} has value(s) {sorted(set(bad.tolist()))[:5]} outside range({k}) "
+                             f"= the {k} classes {tuple(classes)}: pass the classes the model was trained on")
+
+
 def accuracy(pred: pd.DataFrame, attack: str = CLEAN) -> float:
+    """Share of images whose ``pred_<attack>`` equals their ``label`` (GAcc for clean, eq. 17; RAcc
+    under an attack)."""
     return float((pred[f"pred_{attack}"] == pred["label"]).mean())
 
 
@@ -57,6 +85,10 @@ def imbalance_metrics(pred: pd.DataFrame, classes) -> dict[str, dict[str, float]
 
 
 def mean_average_precision(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
+    """Eq. 18: the mean over ``classes`` of the one-vs-rest average precision of the softmax scores
+    ``p_<attack>_<class>`` (mAP on clean images, mARP under 20-PGD). A class absent from the test
+    set has no positives: scikit-learn warns and scores its AP 0 (pulling the mean down)."""
+    check_predictions(pred, classes, [attack])
     y = pred["label"].to_numpy()
     aps = [average_precision_score(y == k, pred[f"p_{attack}_{c}"].to_numpy()) for k, c in enumerate(classes)]
     return float(np.mean(aps))
@@ -68,8 +100,15 @@ def confusion(pred: pd.DataFrame, classes, attack: str = CLEAN) -> np.ndarray:
 
 
 def compute_metrics(pred: pd.DataFrame, classes) -> dict:
-    """All scalar metrics of one run, plus confusion matrices (lists, JSON-ready)."""
+    """All scalar metrics of one run, plus confusion matrices (lists, JSON-ready).
+
+    ``pred``: the per-image predictions of :func:`dpaat_lib.evaluation.evaluate` (``label``,
+    ``pred_<attack>`` and ``p_<attack>_<class>`` columns); ``classes``: the class names in label
+    order. Raises ValueError when a column is missing or a label lies outside range(len(classes)).
+    """
     names = attack_names(pred)
+    check_predictions(pred, classes, names, probabilities=False)
+    check_predictions(pred, classes, [CLEAN])
     p, r, f1, _ = precision_recall_fscore_support(pred["label"], pred[f"pred_{CLEAN}"],
                                                   labels=list(range(len(classes))), average="macro",
                                                   zero_division=0)

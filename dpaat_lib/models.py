@@ -91,6 +91,15 @@ def min_input_size(name: str) -> int:
     return _REGISTRY[name][3]
 
 
+def check_input_size(name: str, size: int) -> None:
+    """Raise ValueError if images of ``size`` px are too small for ``name`` (:func:`min_input_size`):
+    called where a run is trained, so the error comes before any data is decoded or epoch run."""
+    need = min_input_size(name)
+    if int(size) < need:
+        raise ValueError(f"{name} needs >= {need} px images; got {size} px. Raise the image size "
+                         f"(DataConfig.image_size, --image-size) or choose another model")
+
+
 def _get(module: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)

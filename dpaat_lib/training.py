@@ -20,8 +20,9 @@ from tqdm import tqdm
 
 from . import store
 from .config import RunConfig
+from .data import check_split_tensors
 from .methods import build_method
-from .models import build_model, head
+from .models import build_model, check_input_size, head
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile's modes, for ``train_run(compile_mode=...)`` and the command lines."""
@@ -130,7 +131,18 @@ def code_text(source: str) -> str:
 
 
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.float().div_(255)
+    """uint8 images (0-255) as a new float32 tensor in [0, 1]; the input is never modified.
+
+    Raises TypeError for any other dtype: the training and evaluation tensors
+    (:class:`dpaat_lib.data.SplitTensors`) hold uint8 images, and a float tensor here is a
+    mistake (scaling it by 1/255 again would silently darken the images).
+    """
+    if not isinstance(x_uint8, torch.Tensor) or x_uint8.dtype != torch.uint8:
+        got = x_uint8.dtype if isinstance(x_uint8, torch.Tensor) else type(x_uint8).__name__
+        raise TypeError(f"expected uint8 images (0-255), got {got}: the training and evaluation tensors hold "
+                        "uint8 (dpaat_lib.data.SplitTensors.x). Convert float images in [0, 1] with "
+                        "(x * 255).round().to(torch.uint8)")
+    return x_uint8.float().div_(255)  # .float() of a uint8 tensor is a new tensor: div_ touches only that
 
 
 def random_flips(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -168,7 +180,10 @@ def epoch_order(y: torch.Tensor, generator: torch.Generator, sampler: str = "shu
 @torch.no_grad()
 def predict_logits(model, x_uint8: torch.Tensor, *, batch_size: int = 256, device="cpu",
                    channels_last: bool = False) -> torch.Tensor:
-    """Eval-mode logits of uint8 images, in batches; the model's mode is restored."""
+    """Eval-mode logits of uint8 images (N, 3, H, W), in batches; the model's mode is restored.
+    A float tensor raises TypeError (:func:`to_float`)."""
+    if x_uint8.dtype != torch.uint8:
+        to_float(x_uint8)  # raises the TypeError that says what to pass
     was = model.training
     model.eval()
     out = []
@@ -244,6 +259,8 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
     tc, device = config.train, torch.device(device)
     if run.trained:
         return store.read_json(run / "history.json")
+    check_split_tensors(data, ("train", "val"))
+    check_input_size(config.model, config.data.image_size)
     torch.manual_seed(tc.seed)
     model = build_model(config.model, len(config.data.classes), weights_path).to(device)
     if tc.channels_last:

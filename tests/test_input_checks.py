@@ -1,0 +1,408 @@
+"""Invalid input gets a clear error early, and one bad value never poisons valid state (review 3).
+
+One test per defect the review found: each fails on the code before its fix. Valid input is
+untouched by these checks (the numbers of every training run, attack and evaluation are the same
+bit for bit, and every stored configuration still loads under its own run id).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dpaat_lib import attacks, cli, evaluation, experiment, gradcam, methods, metrics, training
+from dpaat_lib import data as D
+from dpaat_lib.attacks import AttackSpec
+from dpaat_lib.config import DataConfig, RunConfig, TrainConfig
+from dpaat_lib.methods import MethodConfig, build_method
+from dpaat_lib import models
+from dpaat_lib.models import build_model
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHORT_ATTACKS = (AttackSpec("FGSM", "linf", 2 / 255, 2 / 255, 1, False), AttackSpec("2-PGD", "l2", 0.5, 0.15, 2, True))
+
+
+def _side(n: int, size: int = 16, seed: int = 0) -> D.SplitTensors:
+    g = torch.Generator().manual_seed(seed)
+    return D.SplitTensors(x=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                          y=torch.arange(n) % 3, image_ids=[f"img{seed}_{i}" for i in range(n)])
+
+
+def _tensors(size: int = 16) -> dict:
+    return {"train": _side(12, size, 0), "val": _side(6, size, 1), "test": _side(6, size, 2)}
+
+
+def _config(method: str = "std", model: str = "smallcnn", size: int = 16) -> RunConfig:
+    return RunConfig(model=model, method=MethodConfig(name=method, attack=attacks.training_attack(steps=1)),
+                     data=DataConfig(source="ham10000", digest="review3", image_size=size),
+                     train=TrainConfig(epochs=1, batch_size=8), eval_attacks=SHORT_ATTACKS)
+
+
+# --------------------------------------------------------------------------
+# 1. training.to_float and SplitTensors: uint8 only, never in place
+# --------------------------------------------------------------------------
+
+
+def test_to_float_rejects_float_input_and_never_modifies_it(smallcnn):
+    x = torch.rand(4, 3, 16, 16)
+    before = x.clone()
+    with pytest.raises(TypeError, match=r"uint8.*\(x \* 255\)\.round\(\)"):
+        training.to_float(x)
+    with pytest.raises(TypeError, match="uint8"):
+        training.predict_logits(smallcnn, x)
+    assert torch.equal(x, before)
+    u = (before * 255).to(torch.uint8)
+    u0 = u.clone()
+    out = training.to_float(u)
+    assert out.dtype == torch.float32 and torch.equal(out, u0.float() / 255) and torch.equal(u, u0)
+
+
+def test_split_tensors_need_uint8_images():
+    with pytest.raises(TypeError, match=r"SplitTensors\.x must be uint8.*float32"):
+        D.SplitTensors(x=torch.rand(3, 3, 8, 8), y=torch.arange(3), image_ids=["a", "b", "c"])
+    with pytest.raises(ValueError, match="2 image_ids"):
+        D.SplitTensors(x=torch.zeros(3, 3, 8, 8, dtype=torch.uint8), y=torch.arange(3), image_ids=["a", "b"])
+    tensors = _tensors()
+    tensors["val"].x = tensors["val"].x.float()  # replaced after it was built
+    with pytest.raises(TypeError, match="SplitTensors 'val'.x must be uint8"):
+        D.check_split_tensors(tensors)
+
+
+def test_run_with_float_tensors_fails_before_training(tmp_path):
+    tensors = _tensors()
+    tensors["train"].x = tensors["train"].x.float() / 255
+    before = tensors["train"].x.clone()
+    with pytest.raises(TypeError, match="'train'.x must be uint8"):
+        experiment.run(_config(), results=tmp_path, tensors=tensors, progress=False)
+    assert torch.equal(tensors["train"].x, before)
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+# --------------------------------------------------------------------------
+# 2. the attacks reject NaN and inf
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_attacks_reject_non_finite_images(smallcnn, image_batch, bad):
+    x, y = image_batch
+    x = x.clone()
+    x[1, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        attacks.pgd(smallcnn, x, y, eps=0.5, step_size=0.15, steps=2, norm="l2")
+    with pytest.raises(ValueError, match="non-finite"):
+        attacks.paper_attacks()[0](smallcnn, x, y)
+
+
+# --------------------------------------------------------------------------
+# 3. DPAAT: a non-finite loss leaves the other radii alone; MethodConfig rejects nonsense
+# --------------------------------------------------------------------------
+
+NO_START = AttackSpec("PGD-2", "l2", 0.5, 0.15, 2, False)  # no random start: the same x' in any batch
+
+
+def _dpaat_radii(model, x, y, idx, n_train=8, **cfg):
+    method = build_method(MethodConfig(name="dpaat", attack=NO_START, **cfg), n_train)
+    method.loss(model, x, y, idx)
+    return method
+
+
+def test_dpaat_non_finite_loss_updates_only_the_finite_samples(smallcnn):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16, generator=g), torch.arange(8) % 3
+    idx = torch.arange(8)
+    bad = x.clone()
+    bad[3] = float("nan")  # eval mode: only sample 3's losses are NaN
+    method = _dpaat_radii(smallcnn, bad, y, idx)
+    r = method.radii()
+    assert torch.isfinite(r).all(), r
+    assert r[3] == 0.5  # its radius is kept (eps0)
+    keep = idx != 3
+    clean = _dpaat_radii(smallcnn, x[keep], y[keep], idx[keep])  # mu from the 7 finite samples alone
+    torch.testing.assert_close(r[keep], clean.radii()[keep], atol=1e-6, rtol=0)
+    assert not torch.equal(r[keep], torch.full((7,), 0.5))  # they did move
+    # The epoch mean counts only the finite dL, and the log says how many were not.
+    logs = method.end_epoch()
+    assert np.isfinite(logs["epoch_mu"]) and logs["nonfinite_dL"] == 1
+    assert "nonfinite_dL" not in clean.end_epoch()
+
+
+def test_dpaat_all_non_finite_in_train_mode_keeps_the_radii():
+    """In train mode one NaN image spoils BatchNorm's batch statistics, so every loss is NaN: the batch
+    then moves no radius, instead of turning them all NaN for the rest of the run."""
+    model = build_model("smallcnn").train()
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 3
+    x[0] = float("nan")
+    method = build_method(MethodConfig(name="dpaat", attack=NO_START, mu="epoch"), 8)
+    method.loss(model, x, y, torch.arange(8))
+    assert torch.equal(method.radii(), torch.full((8,), 0.5))
+    logs = method.end_epoch()
+    assert logs["epoch_mu"] is None and logs["nonfinite_dL"] == 8
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(alpha=1.5), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(lam=-1.0), "lam"),
+    (dict(lam=float("nan")), "lam"), (dict(eps_min=-0.1), "eps_min"), (dict(eps_min=1.0, eps_max=0.5), "eps_min"),
+    (dict(eps_min=2.0), "eps_max=None"), (dict(eta=float("inf")), "eta"),
+])
+def test_method_config_rejects_values_that_never_make_sense(kw, field):
+    with pytest.raises(ValueError, match=field):
+        MethodConfig(name="dpaat", **kw)
+
+
+def test_attack_spec_rejects_negative_or_pixel_unit_values():
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        MethodConfig(name="at", attack=attacks.training_attack(eps0=-0.5))
+    with pytest.raises(ValueError, match="steps"):
+        AttackSpec("X", "l2", 0.5, 0.15, -1, True)
+    with pytest.raises(ValueError, match="255"):
+        AttackSpec("FGSM", "linf", 8.0, 8.0, 1, False)
+
+
+def test_edge_values_stay_valid():
+    MethodConfig(name="sat", alpha=0.0)
+    MethodConfig(name="dpaat", alpha=1.0, lam=0.0, eps_min=0.5, eps_max=0.5, eta=0.0, gamma=0.0)
+    MethodConfig(name="dpaat", eps_min=1.0)  # = 2 * eps0, the default eps_max
+    AttackSpec("clean", "linf", 0.0, 0.0, 0, False)
+
+
+def test_every_stored_config_still_parses_under_its_run_id():
+    stored = sorted(REPO.glob("results/*/*/config.json"))
+    assert stored
+    for path in stored:
+        assert RunConfig.from_dict(json.loads(path.read_text())).run_id == path.parent.name, path
+
+
+# --------------------------------------------------------------------------
+# 4. a requested class without rows, a metadata file without rows
+# --------------------------------------------------------------------------
+
+
+def _folder_with(src: pathlib.Path, dst: pathlib.Path, edit) -> pathlib.Path:
+    shutil.copytree(src, dst)
+    csv = dst / D.METADATA_FILE
+    edit(pd.read_csv(csv)).to_csv(csv, index=False)
+    return dst
+
+
+def test_a_class_without_rows_is_an_error(synthetic_root, tmp_path):
+    root = _folder_with(synthetic_root, tmp_path / "nobkl", lambda m: m[m.dx != "bkl"])
+    with pytest.raises(D.DataError, match=r"no rows with dx 'bkl'.*Check the dx column.*classes="):
+        D.read_metadata(root)
+    assert set(D.read_metadata(root, classes=("nv", "mel"))["dx"]) == {"nv", "mel"}
+    meta = D.read_metadata(synthetic_root)
+    with pytest.raises(D.DataError, match=r"label\(s\) \[1\] have no rows"):
+        D.make_split(meta[meta.label != 1], seed=0, n_train=60, n_test=20, n_val=10)
+    with pytest.raises(D.DataError, match=r"label\(s\) \[1\] have no rows"):
+        D.make_fraction_split(meta[meta.label != 1], seed=0)
+
+
+def test_a_header_only_metadata_file_is_an_error(synthetic_root, tmp_path):
+    root = _folder_with(synthetic_root, tmp_path / "empty", lambda m: m.iloc[:0])
+    with pytest.raises(D.DataError, match="header but no data rows"):
+        D.read_metadata(root)
+    with pytest.raises(D.DataError, match="no rows"):
+        D.make_split(D.read_metadata(synthetic_root).iloc[:0], seed=0)
+
+
+# --------------------------------------------------------------------------
+# 5. AMAT's STD run uses the same tensors
+# --------------------------------------------------------------------------
+
+
+def test_amat_run_on_tensors_trains_its_std_run_on_them(tmp_path):
+    tensors = _tensors()
+    cfg = _config("amat")
+    result = experiment.run(cfg, results=tmp_path, tensors=tensors, progress=False)
+    assert result is not None and "amat_threshold" in result.metrics
+    assert (tmp_path / cfg.std_counterpart().run_id / "done").exists()
+
+
+def test_amat_names_its_std_run_when_it_cannot_be_trained(tmp_path):
+    cfg = _config("amat")
+    with pytest.raises(D.DataError, match=f"STD run {cfg.std_counterpart().run_id}"):
+        experiment.run(cfg, results=tmp_path, progress=False)
+
+
+# --------------------------------------------------------------------------
+# 6. attacked_probs: per-image eps cut into batches; the model's mode restored
+# --------------------------------------------------------------------------
+
+
+def test_attacked_probs_cuts_a_per_image_eps_into_its_batches(smallcnn):
+    side = _side(10)
+    spec = attacks.paper_attacks()[1]  # I-FGSM: no random start, so batches do not change x'
+    eps = torch.linspace(0.0, 8 / 255, 10)
+    batched = evaluation.attacked_probs(smallcnn, side.x, side.y, spec, batch_size=4, eps=eps)
+    whole = evaluation.attacked_probs(smallcnn, side.x, side.y, spec, batch_size=10, eps=eps)
+    torch.testing.assert_close(batched, whole, atol=1e-5, rtol=0)
+    clean = evaluation.attacked_probs(smallcnn, side.x, side.y, None)
+    torch.testing.assert_close(batched[0], clean[0], atol=1e-5, rtol=0)  # eps 0: the clean image
+    with pytest.raises(ValueError, match=r"\(10,\)"):
+        evaluation.attacked_probs(smallcnn, side.x, side.y, spec, eps=torch.zeros(9))
+
+
+def test_attacked_probs_restores_the_models_mode(smallcnn):
+    side = _side(4)
+    smallcnn.train()
+    evaluation.attacked_probs(smallcnn, side.x, side.y, attacks.paper_attacks()[0])
+    assert smallcnn.training
+    smallcnn.eval()
+    evaluation.attacked_probs(smallcnn, side.x, side.y, None)
+    assert not smallcnn.training
+
+
+# --------------------------------------------------------------------------
+# 7. pgd: an Linf radius in 0-255 units, a negative step named as such
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [8.0, torch.tensor([0.01, 8.0, 0.01, 0.01])])
+def test_linf_eps_above_one_asks_for_pixel_units(smallcnn, image_batch, eps):
+    x, y = image_batch
+    with pytest.raises(ValueError, match=r"did you mean eps=8/255"):
+        attacks.pgd(smallcnn, x, y, eps=eps, step_size=0.01, steps=1)
+    attacks.pgd(smallcnn, x, y, eps=8.0, step_size=0.15, steps=1, norm="l2")  # an L2 radius may exceed 1
+
+
+def test_negative_step_size_is_named(smallcnn, image_batch):
+    x, y = image_batch
+    with pytest.raises(ValueError, match="step_size must be finite and >= 0"):
+        attacks.pgd(smallcnn, x, y, eps=0.1, step_size=-0.1, steps=2)
+    with pytest.raises(ValueError, match="step_size must be finite and >= 0 for every sample"):
+        attacks.pgd(smallcnn, x, y, eps=0.1, step_size=torch.tensor([0.1, -0.1, 0.1, 0.1]), steps=2)
+
+
+def test_uint8_images_into_an_attack_say_how_to_scale(smallcnn, image_batch):
+    x, y = image_batch
+    with pytest.raises(TypeError, match="to_float"):
+        attacks.pgd(smallcnn, (x * 255).to(torch.uint8), y, eps=0.5, step_size=0.15, steps=1, norm="l2")
+
+
+# --------------------------------------------------------------------------
+# 8. the image size a model needs
+# --------------------------------------------------------------------------
+
+
+def test_too_small_images_for_the_model_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="inception_v3 needs >= 75 px images; got 32 px"):
+        models.check_input_size("inception_v3", 32)
+    models.check_input_size("inception_v3", 75)
+    models.check_input_size("smallcnn", 16)
+    with pytest.raises(ValueError, match="inception_v3 needs >= 75 px images; got 32 px"):
+        experiment.run(_config(model="inception_v3", size=32), results=tmp_path, tensors=_tensors(32),
+                       progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------
+# 9. Grad-CAM: under no_grad, shapes, values, a caller's gradients
+# --------------------------------------------------------------------------
+
+
+def test_cams_work_under_no_grad(smallcnn, image_batch):
+    x, y = image_batch
+    expected = gradcam.cams(smallcnn, "smallcnn", x, y)
+    with torch.no_grad():
+        maps = gradcam.cams(smallcnn, "smallcnn", x, y)
+    np.testing.assert_array_equal(maps, expected)
+
+
+def test_cams_check_the_images(smallcnn, image_batch):
+    x, y = image_batch
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*x\[None\]"):
+        gradcam.cams(smallcnn, "smallcnn", x[0], y[:1])
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        gradcam.cams(smallcnn, "smallcnn", bad, y)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        gradcam.cams(smallcnn, "smallcnn", x * 255, y)
+
+
+def test_cams_leave_no_gradient_in_the_callers_images(smallcnn, image_batch):
+    x, y = image_batch
+    leaf = x.clone().requires_grad_(True)
+    gradcam.cams(smallcnn, "smallcnn", leaf, y)
+    assert leaf.grad is None
+
+
+# --------------------------------------------------------------------------
+# 10. metrics: labels outside the classes, missing probability columns
+# --------------------------------------------------------------------------
+
+
+def _predictions(labels, classes=("nv", "mel", "bkl")) -> pd.DataFrame:
+    n = len(labels)
+    p = np.full((n, len(classes)), 1 / len(classes))
+    return pd.DataFrame({"image_id": [f"i{i}" for i in range(n)], "label": labels, "pred_clean": [0] * n,
+                         **{f"p_clean_{c}": p[:, k] for k, c in enumerate(classes)}})
+
+
+def test_metrics_reject_labels_outside_the_classes():
+    pred = _predictions([0, 1, 2, 1])
+    with pytest.raises(ValueError, match=r"'label' has value\(s\) \[2\] outside range\(2\)"):
+        metrics.compute_metrics(pred, ("nv", "mel"))
+    with pytest.raises(ValueError, match="outside range"):
+        metrics.compute_metrics(_predictions([0, 1, -1, 1]), ("nv", "mel", "bkl"))
+    metrics.compute_metrics(pred, ("nv", "mel", "bkl"))
+
+
+def test_metrics_name_missing_probability_columns():
+    pred = _predictions([0, 1, 2]).drop(columns=["p_clean_mel", "p_clean_bkl"])
+    with pytest.raises(ValueError, match=r"\['p_clean_mel', 'p_clean_bkl'\].*needs \['label', 'pred_clean', "
+                                         r"'p_clean_nv', 'p_clean_mel', 'p_clean_bkl'\]"):
+        metrics.compute_metrics(pred, ("nv", "mel", "bkl"))
+    with pytest.raises(ValueError, match="p_clean_mel"):
+        metrics.mean_average_precision(pred, ("nv", "mel", "bkl"))
+
+
+# --------------------------------------------------------------------------
+# 11. the command line
+# --------------------------------------------------------------------------
+
+
+def test_cli_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: cpu)" in text and "(default: paper)" in text
+    with pytest.raises(SystemExit):
+        cli.main(["synthetic", "--help"])
+    assert "(default: 150)" in capsys.readouterr().out
+
+
+def test_cli_set_names_the_field_of_a_bad_value(capsys, tmp_path):
+    assert cli.main(["quick", "--results", str(tmp_path), "--set", "epochs=abc"]) == 2
+    err = capsys.readouterr().err
+    assert "--set epochs=abc: field 'epochs' takes int" in err
+    assert cli.main(["quick", "--results", str(tmp_path), "--set", "bf16=maybe"]) == 2
+    assert "field 'bf16' takes bool" in capsys.readouterr().err
+
+
+def test_cli_says_a_data_folder_does_not_exist(capsys, tmp_path):
+    missing = tmp_path / "nonexistent"
+    assert cli.main(["quick", "--data", str(missing), "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--data {missing}: the folder does not exist" in err
+
+
+# --------------------------------------------------------------------------
+# 12. docstrings of the public strategy and metric functions
+# --------------------------------------------------------------------------
+
+
+def test_public_strategy_and_metric_functions_are_documented():
+    assert "idx" in methods.Method.loss.__doc__ and "no_grad" in methods.Method.loss.__doc__
+    assert "[0, 1]" in methods.Method.loss.__doc__ and "train mode" in methods.Method.loss.__doc__
+    assert methods.per_sample_ce.__doc__
+    assert "with_eps" in AttackSpec.__call__.__doc__ and "step" in AttackSpec.__call__.__doc__
+    public = [f for name, f in vars(metrics).items()
+              if callable(f) and not name.startswith("_") and getattr(f, "__module__", "") == metrics.__name__]
+    assert public and all(f.__doc__ for f in public), [f.__name__ for f in public if not f.__doc__]
