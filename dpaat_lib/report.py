@@ -1596,24 +1596,28 @@ def plot_training_curves(results: Sequence[experiment.RunResult]):
     by = ("lowest validation CE" if chosen == {"val_loss"} else "highest validation accuracy"
           if chosen == {"val_acc"} else "each run's select_on")
     for i, model in enumerate(models):
+        labelled = set()  # one legend entry per method; its seeds share the colour
         for r in sorted((r for r in results if r.config.model == model), key=lambda r: method_key(r.config.method.label)):
             ep = r.history["epochs"]
             e = [x["epoch"] for x in ep]
-            lab = r.config.method.label + (f" s{r.config.train.seed}" if r.config.train.seed else "")
-            c = colors.get(r.config.method.label)
-            axes[i, 0].plot(e, [x.get("train_loss", np.nan) for x in ep], color=c, label=lab)
-            axes[i, 1].plot(e, [100 * x["val_acc"] for x in ep], color=c, label=lab)
-            axes[i, 2].plot(e, [x.get("val_loss", np.nan) for x in ep], color=c, label=lab)
+            method = r.config.method.label
+            lab = "_nolegend_" if method in labelled else method
+            labelled.add(method)
+            c = colors.get(method)
+            axes[i, 0].plot(e, [x.get("train_loss", np.nan) for x in ep], color=c, label=lab, lw=1)
+            axes[i, 1].plot(e, [100 * x["val_acc"] for x in ep], color=c, label=lab, lw=1)
+            axes[i, 2].plot(e, [x.get("val_loss", np.nan) for x in ep], color=c, label=lab, lw=1)
             b = r.history.get("best_epoch")
             if b:
                 axes[i, 1].scatter([b], [100 * ep[b - 1]["val_acc"]], color=c, marker="*", s=60, zorder=3)
                 axes[i, 2].scatter([b], [ep[b - 1].get("val_loss", np.nan)], color=c, marker="*", s=60, zorder=3)
-        axes[i, 0].set_title(f"{model}: training loss (each method's own objective)", fontsize=9)
+        n_seeds = len({r.config.train.seed for r in results if r.config.model == model})
+        axes[i, 0].set_title(f"{model}: training loss (own objective; one line per seed, {n_seeds})", fontsize=9)
         axes[i, 1].set_title(f"{model}: validation accuracy (clean; * = kept, by {by})", fontsize=9)
         axes[i, 2].set_title(f"{model}: validation cross-entropy (clean; * = kept)", fontsize=9)
         for ax in axes[i]:
             ax.set_xlabel("epoch")
-            ax.legend(fontsize=7)
+        axes[i, 0].legend(fontsize=7)
         axes[i, 0].set_ylabel("loss")
         axes[i, 1].set_ylabel("%")
         axes[i, 2].set_ylabel("mean CE (nats)")
