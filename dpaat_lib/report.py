@@ -661,7 +661,7 @@ def comparison_sentence(results: Sequence[experiment.RunResult], a: str = "DPAAT
             parts.append(f"{r['model']}, {_attack_name(r['attack'])}: {a} {r['mean']:+.1f} ± {r['seed_std']:.1f} "
                          f"points vs {b} over {r['seeds']} seeds (per seed "
                          f"{', '.join(f'{d:+.1f}' for d in r['per_seed'])}); paired t-test across seeds "
-                         f"{_p_text(r['p_ttest'])}, Holm p = {r['p_holm']:.3f}, {verdict} at {alpha:g}; "
+                         f"{_p_text(r['p_ttest'])}, Holm {_p_text(r['p_holm'])}, {verdict} at {alpha:g}; "
                          f"95% paired bootstrap CI over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
         n = int(sig["seeds"].min()) if len(sig) else 0
         notes.append(f"{n} seeds per method: the verdict is the paired t-test across seeds ({n - 1} degrees of "
@@ -727,7 +727,7 @@ def comparison_headline(results: Sequence[experiment.RunResult], a: str = "DPAAT
             for (m, t_att, o, d, p), p_adj in zip(tests, adjusted):
                 if (m, t_att) != (model, att):
                     continue
-                item = f"{o} ({d:+.1f} points, {_p_text(p)}, Holm p = {p_adj:.3f})"
+                item = f"{o} ({d:+.1f} points, {_p_text(p)}, Holm {_p_text(p_adj)})"
                 (up if p_adj < alpha and d > 0 else down if p_adj < alpha and d < 0 else flat).append(item)
             if not (up or down or flat):
                 continue
@@ -1174,6 +1174,30 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
                      "a weaker adversary than AT's, yet are evaluated at eps0, which weighs against AMAT in every "
                      "robustness comparison of a short schedule.")
     return " ".join(parts)
+
+
+def unmoved_radii_note(results: Sequence[experiment.RunResult], method: str = "DPAAT") -> str:
+    """A caveat (Markdown, empty when there is none): the ``method`` runs whose median radius at the kept
+    epoch is still exactly eps0, so that at least half of the training images' radii never moved (a
+    radius moves only when the sampler draws its image; DPAAT's batch-mean update is zero-sum, so a
+    moved radius almost never lands back on eps0)."""
+    runs = [r for r in results if r.config.method.label == method and r.history["epochs"]
+            and "radius_quantiles" in r.history["epochs"][0]]
+    still = []
+    for r in runs:
+        kept = r.history["epochs"][(r.history.get("best_epoch") or len(r.history["epochs"])) - 1]
+        if abs(kept["radius_quantiles"][2] - r.config.method.eps0) < 1e-6:
+            still.append(r)
+    if not still:
+        return ""
+    q = [r.history["epochs"][(r.history.get("best_epoch") or len(r.history["epochs"])) - 1]["radius_quantiles"]
+         for r in still]
+    return (f"**Radii that never moved.** In {len(still)} of the {len(runs)} {method} runs the median radius at the "
+            f"kept epoch is still exactly eps0 = {still[0].config.method.eps0:g} (quartiles "
+            + "; ".join(f"{a[1]:.3f}-{a[3]:.3f}" for a in q)
+            + "): at least half of the training images' radii were never updated, since a radius moves only when "
+              f"the sampler draws its image. Where that is so, {method} is close to AT with its synchronisation term, "
+              "and its comparisons say little about the adaptation.")
 
 
 def training_cost(results: Sequence[experiment.RunResult]) -> pd.DataFrame:

@@ -197,6 +197,28 @@ def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] =
     return report.mean_std_table(prediction_frame(results, metrics, attacks), columns, scale, digits)
 
 
+def below_chance_note(results: Sequence[experiment.RunResult], attack: str = "20-PGD") -> str:
+    """A caveat (Markdown, empty when there is none): the (model, method) pairs whose seed-mean accuracy
+    under ``attack`` is below a constant guess (1 / number of classes). Such a model gained no
+    robustness to ``attack``, so a difference between two of them compares two failures."""
+    if not results:
+        return ""
+    frame = prediction_frame(results, ("acc",), (attack,))
+    col = _column("acc", attack)
+    chance = 1 / len(results[0].config.data.classes)
+    means = frame.groupby(["model", "method"], sort=False)[col].mean()
+    low = means[means < chance]
+    if low.empty:
+        return ""
+    by_model = {}
+    for (model, method), v in low.items():
+        by_model.setdefault(model, []).append(f"{method} {100 * v:.1f}%")
+    return ("**Below chance.** " + "; ".join(f"on {m}, {', '.join(v)}" for m, v in by_model.items())
+            + f" under {attack}, below the {100 * chance:.1f}% of a constant guess: these models gained no "
+              f"robustness to {attack}, so a difference between them under it compares two failures; read their "
+              "clean accuracy only.")
+
+
 def main_table(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS,
                digits: int = 1) -> pd.DataFrame:
     """Per (model, method): ``mean ± std`` over seeds of each stored metric in percent, and the seeds

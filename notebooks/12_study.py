@@ -120,6 +120,9 @@ study.main_table(other) if other else report.md("Every sweep CNN is in the main 
 # %%
 study.significance_display(sig_other) if other else None
 
+# %%
+report.md(study.below_chance_note(other) or "Every sweep CNN's AT and DPAAT are above chance under 20-PGD.")
+
 # %% [markdown]
 # ## (b) DPAAT's free parameters
 #
@@ -177,7 +180,7 @@ counts if len(counts) else report.md("No stored class counts and no data folder 
 study.imbalance_table(results7)
 
 # %%
-report.md(report.stopping_findings(results7))
+report.md(report.stopping_findings(results7) + "\n\n" + report.unmoved_radii_note(results7))
 
 # %% [markdown]
 # DPAAT against AT, SAT and AMAT in balanced accuracy, clean and under 20-step PGD: the same paired

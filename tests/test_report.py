@@ -408,3 +408,15 @@ def test_model_table_gives_the_grad_cam_map_size_at_the_resolution():
     assert t.loc["inception_v3", "Grad-CAM map at 32 px"] == "needs >= 75 px"
     assert t.loc["smallcnn", "in the paper"].startswith("no") and t.loc["inception_v3", "in the paper"] == "yes"
     assert report.model_table(["smallcnn"], 64).iloc[0, -1] == "8 x 8"
+
+
+def test_unmoved_radii_note_flags_a_median_still_at_eps0():
+    moved = fake_result("smallcnn", "dpaat")
+    eps0 = moved.config.method.eps0
+    ep = [{"epoch": 1, "seconds": 1.0, "val_acc": 0.5, "radius_quantiles": [0.1, 0.3, eps0 + 0.01, 0.7, 0.9]}]
+    moved = dataclasses.replace(moved, history={"epochs": ep, "best_epoch": 1})
+    assert report.unmoved_radii_note([moved]) == ""
+    still = dataclasses.replace(moved, history={"epochs": [{**ep[0], "radius_quantiles": [0.3, 0.45, eps0, 0.52, 0.7]}],
+                                                "best_epoch": 1})
+    note = report.unmoved_radii_note([moved, still])
+    assert "In 1 of the 2 DPAAT runs" in note and "quartiles 0.450-0.520" in note

@@ -541,3 +541,16 @@ def test_seven_class_pipeline_end_to_end(tmp_path, cache_dir):
     sweeps = study.load_sweeps("quick-7", {"lam": (0.5, 1.0)}, **kw)
     assert [len(v) for v in sweeps["lam"].values()] == [2, 2]
     assert sweeps["lam"][1.0][0].run_id == res[2].run_id  # lam = 1.0 is the main grid's DPAAT run, loaded
+
+
+def test_below_chance_note_names_models_that_gained_no_robustness():
+    import dataclasses
+
+    res = _grid(0.15)
+    assert study.below_chance_note(res) == ""  # the planted grid is above chance (3 classes)
+    # one class: chance is 100%, so every method falls below it and is named
+    one = [dataclasses.replace(r, config=dataclasses.replace(
+        r.config, data=dataclasses.replace(r.config.data, classes=("nv",)))) for r in res]
+    note = study.below_chance_note(one)
+    assert note.startswith("**Below chance.**") and "below the 100.0% of a constant guess" in note
+    assert all(f"{m} " in note for m in ("AT", "SAT", "AMAT", "DPAAT")) and "compares two failures" in note
