@@ -213,7 +213,7 @@ def below_chance_note(results: Sequence[experiment.RunResult], attack: str = "20
     by_model = {}
     for (model, method), v in low.items():
         by_model.setdefault(model, []).append(f"{method} {100 * v:.1f}%")
-    return ("**Below chance.** " + "; ".join(f"on {m}, {', '.join(v)}" for m, v in by_model.items())
+    return ("**Below chance.** " + "; ".join(f"On {m}, {', '.join(v)}" for m, v in by_model.items())
             + f" under {attack}, below the {100 * chance:.1f}% of a constant guess: these models gained no "
               f"robustness to {attack}, so a difference between them under it compares two failures; read their "
               "clean accuracy only.")
