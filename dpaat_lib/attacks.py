@@ -139,14 +139,15 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: 
         check_unit_range(x)
 
 
-def _check_linf_radius(eps) -> None:
-    """An Linf radius above 1 on images in [0, 1] is a radius in 0-255 units (a tensor: one device sync)."""
+def _check_linf_radius(eps, where: str = "") -> None:
+    """An Linf radius above 1 on images in [0, 1] is a radius in 0-255 units (a tensor: one device sync).
+    ``where`` prefixes the message (e.g. the attack's name)."""
     if isinstance(eps, torch.Tensor):
         big = float(eps.max()) if eps.numel() else 0.0
     else:
         big = float(eps)
     if big > 1:
-        raise ValueError(f"Linf eps = {big:.4g} is above 1, but images and eps are in [0, 1] pixel units: "
+        raise ValueError(f"{where}Linf eps = {big:.4g} is above 1, but images and eps are in [0, 1] pixel units: "
                          f"did you mean eps={big:.4g}/255 = {big / 255:.4g}?")
 
 
@@ -248,9 +249,8 @@ class AttackSpec:
             v = getattr(self, field)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"attack {self.name!r}: {field} must be a finite number >= 0, got {v!r}")
-        if self.norm == "linf" and self.eps > 1:
-            raise ValueError(f"attack {self.name!r}: Linf eps = {self.eps:.4g} is above 1, but images and eps are "
-                             f"in [0, 1] pixel units: did you mean eps={self.eps:.4g}/255?")
+        if self.norm == "linf":
+            _check_linf_radius(self.eps, where=f"attack {self.name!r}: ")
         if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
             raise ValueError(f"attack {self.name!r}: steps must be an integer >= 0, got {self.steps!r}")
 

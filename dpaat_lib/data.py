@@ -647,12 +647,9 @@ def check_split_tensors(tensors: dict, sides: Sequence[str] = ("train", "val", "
         raise ValueError(f"tensors lacks the side(s) {missing}; give {tuple(sides)} (as load_split returns)")
     for s in sides:
         t = tensors[s]
-        if isinstance(t, SplitTensors):
-            t.check(s)
-        elif not all(hasattr(t, a) for a in ("x", "y", "image_ids")):
+        if not all(hasattr(t, a) for a in ("x", "y", "image_ids")):
             raise TypeError(f"tensors[{s!r}] must be a SplitTensors, got {type(t).__name__}")
-        else:
-            SplitTensors.check(t, s)
+        SplitTensors.check(t, s)
 
 
 def load_split(

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from .attacks import AttackSpec
-from .training import to_float
+from .training import require_uint8, to_float
 
 CLEAN = "clean"
 
@@ -26,8 +26,7 @@ def attacked_probs(model, x_uint8: torch.Tensor, y: torch.Tensor, attack: Attack
     batches with the images. ``seed`` seeds the random starts, drawn batch after batch.
     """
     n = x_uint8.shape[0]
-    if x_uint8.dtype != torch.uint8:
-        to_float(x_uint8)  # raises the TypeError that says what to pass
+    require_uint8(x_uint8)
     per_image = isinstance(eps, torch.Tensor) and eps.dim() > 0
     if per_image and tuple(eps.shape) != (n,):
         raise ValueError(f"eps must be a float or a tensor of shape (N,) = ({n},), one radius per image; "

@@ -78,7 +78,8 @@ class MethodConfig:
             raise ValueError(f"eps_max must be a finite number or None (2 * eps0), got {self.eps_max!r}")
         eps_max = 2 * self.attack.eps if self.eps_max is None else self.eps_max
         if self.eps_min > eps_max:
-            which = f"eps_max={self.eps_max!r}" if self.eps_max is not None else f"eps_max=None (2 * eps0 = {eps_max!r})"
+            which = (f"eps_max={self.eps_max!r}" if self.eps_max is not None
+                     else f"eps_max=None (2 * eps0 = {eps_max!r})")
             raise ValueError(f"eps_min={self.eps_min!r} is above {which}: the radii are clipped to "
                              "[eps_min, eps_max], so give eps_min <= eps_max")
 

@@ -120,10 +120,16 @@ def head(model: nn.Module, name: str) -> nn.Module:
     return _get(model.net, _REGISTRY[name][1])
 
 
+def gradcam_layer_path(name: str) -> str:
+    """The attribute path of ``name``'s Grad-CAM target layer inside the torchvision model."""
+    _check_name(name)
+    return _REGISTRY[name][2]
+
+
 def gradcam_target_layer(model: nn.Module, name: str) -> nn.Module:
     """The last convolutional block of the CNN: where Grad-CAM reads activations."""
-    _check_name(name)
-    return _get(model.net, _REGISTRY[name][2])
+    path = gradcam_layer_path(name)  # checks the name first
+    return _get(model.net, path)
 
 
 def build_model(name: str, num_classes: int = 3, weights: str | Path | None = None) -> Normalized:

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 TABLE1_COLUMNS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD", "GAcc")
 TABLE2_COLUMNS = ("mAP", "mARP", "precision", "recall", "f1")
 PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
+PAPER_IMAGE_SIZE = 224  # method.md section 2: the paper's CNNs take 224 px inputs (InceptionV3 299)
 METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))
 ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = DPAAT"}
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
@@ -264,7 +265,7 @@ def model_table(model_names: Sequence[str], image_size: int, num_classes: int = 
             hook.remove()
             cam = f"{shape[0][0]} x {shape[0][1]}"
         rows.append({"model": name, "in the paper": "yes" if name in MD.PAPER_MODELS else "no (this book's)",
-                     "parameters": f"{params / 1e6:.2f} M", "Grad-CAM layer": MD._REGISTRY[name][2],
+                     "parameters": f"{params / 1e6:.2f} M", "Grad-CAM layer": MD.gradcam_layer_path(name),
                      f"Grad-CAM map at {image_size} px": cam})
     return pd.DataFrame(rows).set_index("model")
 
@@ -293,9 +294,6 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
         lines[-1] += (f" | at {prof.image_size} px the L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times "
                       f"stronger per pixel than at the paper's {PAPER_IMAGE_SIZE} px (chapter 3)")
     return Markdown("\n".join(lines))
-
-
-PAPER_IMAGE_SIZE = 224  # method.md section 2: the paper's CNNs take 224 px inputs (InceptionV3 299)
 
 
 def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str:
@@ -402,9 +400,8 @@ def paper_consistency_note(table: str = "I") -> str:
     return (f"**A check of the paper's own Table {table}.** Both of its groups hold three CNNs, so each all-six "
             f"value should be the mean of the two group values. {len(off)} are not: " + "; ".join(items)
             + f". The largest gap is {fmt_v(worst)}{unit}"
-            + (f", and {len(outside)} of them {'lies' if len(outside) == 1 else 'lie'} outside the range of the two groups, "
-                 "which no average can do"
-               if len(outside) else "")
+            + (f", and {len(outside)} of them {'lies' if len(outside) == 1 else 'lie'} outside the range of the "
+               "two groups, which no average can do" if len(outside) else "")
             + ". We compare with the paper's values as printed; where a gap above matters, the group columns "
               "are the paper's other reading.")
 
@@ -1121,7 +1118,6 @@ def radius_stats(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
         if not eps or "radius_mean" not in eps[0]:
             continue
         first, last = eps[0], eps[-1]
-        kept = r.history.get("best_epoch") or len(eps)
         rows.append({"model": r.config.model, "method": r.config.method.label, "seed": r.config.train.seed,
                      "epochs": len(eps),
                      "mean (epoch 1)": f"{first['radius_mean']:.3f}", "std (epoch 1)": f"{first['radius_std']:.3f}",
@@ -1129,8 +1125,19 @@ def radius_stats(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
                      "5% (last)": f"{last['radius_quantiles'][0]:.3f}",
                      "95% (last)": f"{last['radius_quantiles'][-1]:.3f}",
                      # the radii the kept checkpoint was trained with, which is the model evaluated
-                     "kept epoch": kept, "mean (kept)": f"{eps[kept - 1]['radius_mean']:.3f}"})
+                     "kept epoch": _kept_epoch(r)["epoch"], "mean (kept)": f"{_kept_epoch(r)['radius_mean']:.3f}"})
     return pd.DataFrame(rows)
+
+
+def _kept_epoch(r: experiment.RunResult) -> dict:
+    """The history record of the epoch whose checkpoint was kept (the last one where none is marked)."""
+    eps = r.history["epochs"]
+    return eps[(r.history.get("best_epoch") or len(eps)) - 1]
+
+
+def _cut_by_cap(r: experiment.RunResult) -> bool:
+    """The run reached its epoch cap with the last epoch kept: its validation metric still improved."""
+    return r.history.get("best_epoch") == len(r.history["epochs"]) == r.config.train.epochs
 
 
 def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
@@ -1141,12 +1148,7 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
         return "No runs."
     capped, stopped = {}, {}
     for r in results:
-        eps = r.history["epochs"]
-        label = r.config.method.label
-        if r.history.get("best_epoch") == len(eps) == r.config.train.epochs:
-            capped.setdefault(label, []).append(r)
-        else:
-            stopped.setdefault(label, []).append(r)
+        (capped if _cut_by_cap(r) else stopped).setdefault(r.config.method.label, []).append(r)
     cap = ", ".join(sorted({str(r.config.train.epochs) for r in results}))
     labels = sorted({r.config.method.label for r in results}, key=method_key)
     count = {m: sum(1 for r in results if r.config.method.label == m) for m in labels}
@@ -1165,8 +1167,7 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
             and "radius_mean" in r.history["epochs"][0]]
     if amat:
         eps0 = amat[0].config.method.eps0
-        kept = [r.history["epochs"][(r.history.get("best_epoch") or len(r.history["epochs"])) - 1]["radius_mean"]
-                for r in amat]
+        kept = [_kept_epoch(r)["radius_mean"] for r in amat]
         parts.append(f"AMAT's radii start at eps0/10 and grow by at most eps0/10 per epoch, so within {cap} epochs "
                      f"they cannot all reach eps0 = {eps0:g}: at the kept epoch their mean was "
                      + ", ".join(f"{k:.3f}" for k in kept)
@@ -1183,15 +1184,10 @@ def unmoved_radii_note(results: Sequence[experiment.RunResult], method: str = "D
     moved radius almost never lands back on eps0)."""
     runs = [r for r in results if r.config.method.label == method and r.history["epochs"]
             and "radius_quantiles" in r.history["epochs"][0]]
-    still = []
-    for r in runs:
-        kept = r.history["epochs"][(r.history.get("best_epoch") or len(r.history["epochs"])) - 1]
-        if abs(kept["radius_quantiles"][2] - r.config.method.eps0) < 1e-6:
-            still.append(r)
+    still = [r for r in runs if abs(_kept_epoch(r)["radius_quantiles"][2] - r.config.method.eps0) < 1e-6]
     if not still:
         return ""
-    q = [r.history["epochs"][(r.history.get("best_epoch") or len(r.history["epochs"])) - 1]["radius_quantiles"]
-         for r in still]
+    q = [_kept_epoch(r)["radius_quantiles"] for r in still]
     return (f"**Radii that never moved.** In {len(still)} of the {len(runs)} {method} runs the median radius at the "
             f"kept epoch is still exactly eps0 = {still[0].config.method.eps0:g} (quartiles "
             + "; ".join(f"{a[1]:.3f}-{a[3]:.3f}" for a in q)
@@ -1706,7 +1702,8 @@ def method_difference(results: Sequence[experiment.RunResult], a: str = "DPAAT",
             d = [scale * (float(ra.loc[k, c]) - float(rb.loc[k, c])) for k in seeds]
             p = study.paired_difference_test(d)
             ps.append(p)
-            rows.append({"model": model, "metric": c, a: fmt(float(ra.loc[seeds, c].mean()), scale=scale, digits=digits),
+            rows.append({"model": model, "metric": c,
+                         a: fmt(float(ra.loc[seeds, c].mean()), scale=scale, digits=digits),
                          b: fmt(float(rb.loc[seeds, c].mean()), scale=scale, digits=digits),
                          f"{a} - {b}": f"{float(np.mean(d)):+.{digits}f}", "seeds": len(seeds),
                          "per seed": ", ".join(f"{x:+.{digits}f}" for x in d)})
@@ -1742,7 +1739,8 @@ def ablation_claims(results: Sequence[experiment.RunResult], similar: float = 2.
             ("D-B: lower 20-PGD RAcc than D-A", r["D-B"] < r["D-A"], f"D-B {r['D-B']:.1f} vs D-A {r['D-A']:.1f}"),
             ("D-(A+B) = DPAAT: highest 20-PGD RAcc", r.idxmax() == "DPAAT" and (r == r.max()).sum() == 1,
              ", ".join(f"{k} {v:.1f}" for k, v in r.sort_values(ascending=False).items())),
-            ("D-(A+B) = DPAAT: higher GAcc than AT", g["DPAAT"] > g["AT"], f"DPAAT {g['DPAAT']:.1f} vs AT {g['AT']:.1f}"),
+            ("D-(A+B) = DPAAT: higher GAcc than AT", g["DPAAT"] > g["AT"],
+             f"DPAAT {g['DPAAT']:.1f} vs AT {g['AT']:.1f}"),
             ("conclusion: the adaptation matters more for robustness than the synchronisation term",
              no_adapt > no_sync, f"20-PGD lost without the adaptation (DPAAT - D-B) {no_adapt:+.1f}, without the "
              f"synchronisation term (DPAAT - D-A) {no_sync:+.1f}"),
@@ -1774,8 +1772,9 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         f"({'eps0 per nat' if prof.eta is None else prof.eta}), radius bounds [0, 2 eps0], "
         f"lambda = {prof.lam}, mu = the {prof.mu} mean; AMAT's threshold from a trained STD model; "
         "flip augmentation; early stopping on a validation set carved from the 800 training images, the "
-        f"checkpoint kept by the {'lowest clean validation cross-entropy' if (c is None or c.train.select_on == 'val_loss') else 'highest clean validation accuracy'} "
-        "(the paper names no metric).",
+        "checkpoint kept by the "
+        + ("highest clean validation accuracy" if c is not None and c.train.select_on == "val_acc"
+           else "lowest clean validation cross-entropy") + " (the paper names no metric).",
         f"- **Split**: {'lesion-aware' if prof.lesion_aware else 'image-level'} (no lesion on two sides); "
         "the paper's split is not described and HAM10000 has several images of one lesion (chapter 2).",
         f"- **Data**: {'the SYNTHETIC stand-in, not HAM10000' if prof.synthetic else 'HAM10000 as published at 200x150 px (the original is 600x450)'}; "
@@ -1797,8 +1796,7 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
 
 def _capped_text(results: Sequence[experiment.RunResult]) -> str:
     """How many runs the epoch cap ended with their last epoch kept (see :func:`stopping_findings`)."""
-    capped = [r for r in results
-              if r.history.get("best_epoch") == len(r.history["epochs"]) == r.config.train.epochs]
+    capped = [r for r in results if _cut_by_cap(r)]
     return (f"{len(capped)} of these {len(results)} runs reached the cap with their last epoch kept, cut short "
             "while their validation loss still fell (chapter 4)")
 

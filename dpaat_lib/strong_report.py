@@ -386,8 +386,8 @@ def masking_detail(evals: dict) -> pd.DataFrame:
 
 def plot_masking_eps(evals: dict):
     """Robust accuracy against eps from the masking checks' sweep (20-step PGD), one panel per model
-    and norm, one line per method; dotted: Table I's radius (our reading of the paper's); dashed: the largest accuracy the check
-    allows at the largest radius."""
+    and norm, one line per method; dotted: Table I's radius (our reading of the paper's); dashed: the
+    largest accuracy the check allows at the largest radius."""
     models = list(dict.fromkeys(k[0] for k, _ in _sorted_items(evals)))
     colors = METHOD_COLORS
     fig = new_figure(9, 3.4 * max(1, len(models)))

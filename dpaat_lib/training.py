@@ -130,18 +130,24 @@ def code_text(source: str) -> str:
     return "\n".join(line for line in kept if line)
 
 
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 images (0-255) as a new float32 tensor in [0, 1]; the input is never modified.
+def require_uint8(x) -> None:
+    """Raise TypeError unless ``x`` is a uint8 tensor (images 0-255).
 
-    Raises TypeError for any other dtype: the training and evaluation tensors
-    (:class:`dpaat_lib.data.SplitTensors`) hold uint8 images, and a float tensor here is a
-    mistake (scaling it by 1/255 again would silently darken the images).
+    The training and evaluation tensors (:class:`dpaat_lib.data.SplitTensors`) hold uint8 images, and
+    a float tensor where they are expected is a mistake (scaling it by 1/255 again would silently
+    darken the images).
     """
-    if not isinstance(x_uint8, torch.Tensor) or x_uint8.dtype != torch.uint8:
-        got = x_uint8.dtype if isinstance(x_uint8, torch.Tensor) else type(x_uint8).__name__
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8:
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
         raise TypeError(f"expected uint8 images (0-255), got {got}: the training and evaluation tensors hold "
                         "uint8 (dpaat_lib.data.SplitTensors.x). Convert float images in [0, 1] with "
                         "(x * 255).round().to(torch.uint8)")
+
+
+def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0-255) as a new float32 tensor in [0, 1]; the input is never modified
+    (:func:`require_uint8` refuses any other dtype)."""
+    require_uint8(x_uint8)
     return x_uint8.float().div_(255)  # .float() of a uint8 tensor is a new tensor: div_ touches only that
 
 
@@ -182,8 +188,7 @@ def predict_logits(model, x_uint8: torch.Tensor, *, batch_size: int = 256, devic
                    channels_last: bool = False) -> torch.Tensor:
     """Eval-mode logits of uint8 images (N, 3, H, W), in batches; the model's mode is restored.
     A float tensor raises TypeError (:func:`to_float`)."""
-    if x_uint8.dtype != torch.uint8:
-        to_float(x_uint8)  # raises the TypeError that says what to pass
+    require_uint8(x_uint8)
     was = model.training
     model.eval()
     out = []

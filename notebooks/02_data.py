@@ -86,8 +86,9 @@ examples = report.example_images(data, data_root, n_per_class=5)
 # "lesions" on a skin-coloured background, in the seven classes of HAM10000 that differ in shape,
 # border and colour (the paper's three: nv round and uniform, mel irregular and multi-coloured,
 # bkl oval, light and fissured; bcc, akiec, vasc and df for chapter 12's 7-class task, drawn after
-# them so the three-class set does not depend on them), about a fifth of them photographed twice, each with its lesion mask (used by chapter 8). It is
-# not HAM10000 and every page computed on it says so at the top.
+# them so the three-class set does not depend on them), about a fifth of them photographed
+# twice, each with its lesion mask (used by chapter 8). It is not HAM10000 and every page
+# computed on it says so at the top.
 
 # %%
 report.md(
