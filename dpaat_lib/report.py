@@ -101,20 +101,24 @@ def make_profile(profile: str = "quick", *, data_root=None, **overrides) -> prof
 
 def load_grid(profile: str = "quick", *, data_root=None, results_root=None, models=None,
               methods: Sequence[str] | None = profiles.MAIN_METHODS, seeds=None, device: str = "cpu",
-              cache_dir=None, **overrides) -> tuple[profiles.Profile, list[experiment.RunResult]]:
+              cache_dir=None, stored_only: bool = False,
+              **overrides) -> tuple[profiles.Profile, list[experiment.RunResult]]:
     """Load (or train and evaluate) a profile's grid; returns (profile, results in config order).
 
     ``overrides`` are Profile fields (``image_size``, ``epochs`` ...); None
     values are ignored. Results go to ``<results_root>/<profile>``. Nothing is
     printed: the progress of a long run goes to the ``dpaat_lib.report``
     logger, so executed notebooks do not depend on whether a run was trained
-    or loaded.
+    or loaded. ``stored_only``: train nothing; return the finished runs the
+    results folder holds (possibly none).
     """
     prof = make_profile(profile, data_root=data_root, seeds=seeds, **overrides)
     root = resolve_path(data_root)
     out = results_dir(prof, results_root)
     data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
     cfgs = profiles.configs(prof, data, models=models, methods=tuple(methods or profiles.MAIN_METHODS))
+    if stored_only:
+        return prof, [r for r in (experiment.load_result(c, out) for c in cfgs) if r is not None]
     if prof.gpu and str(device) == "cpu":
         absent = [c.run_id for c in cfgs if experiment.load_result(c, out) is None]
         if absent:
@@ -1129,6 +1133,11 @@ def radius_stats(results: Sequence[experiment.RunResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+AMAT_SHORT_RADIUS = 0.9
+"""Below this share of eps0, an AMAT run's mean radius at its kept epoch counts as a weaker training
+adversary than AT's (:func:`stopping_findings`)."""
+
+
 def _kept_epoch(r: experiment.RunResult) -> dict:
     """The history record of the epoch whose checkpoint was kept (the last one where none is marked)."""
     eps = r.history["epochs"]
@@ -1156,9 +1165,11 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
              f"{sum(map(len, capped.values()))} reached the cap of {cap} epochs with the kept checkpoint at the last "
              "epoch: " + (", ".join(f"{m} {len(capped.get(m, []))} of {count[m]}" for m in labels)) + "."]
     if capped:
+        longest = max(r.config.train.epochs for r in results)
         parts.append("Such a run was cut short by the cap while its validation loss still fell, not stopped "
-                     "by early stopping; a longer schedule would likely move its numbers (the paper profile "
-                     "allows 30 epochs, method.md up to 60).")
+                     "by early stopping; a longer schedule would likely move its numbers"
+                     + (" (the paper profile allows 30 epochs, method.md up to 60; chapter 12 (d) trains the "
+                        "main grid on method.md's schedule)." if longest < 60 else "."))
     if stopped:
         parts.append("The others kept an earlier epoch (epochs run / epoch kept): " + "; ".join(
             m + " " + ", ".join(f"{len(r.history['epochs'])}/{r.history.get('best_epoch')}" for r in rs)
@@ -1168,12 +1179,19 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
     if amat:
         eps0 = amat[0].config.method.eps0
         kept = [_kept_epoch(r)["radius_mean"] for r in amat]
-        parts.append(f"AMAT's radii start at eps0/10 and grow by at most eps0/10 per epoch, so within {cap} epochs "
-                     f"they cannot all reach eps0 = {eps0:g}: at the kept epoch their mean was "
-                     + ", ".join(f"{k:.3f}" for k in kept)
-                     + f" ({', '.join(f'{k / eps0:.0%}' for k in kept)} of eps0). Its models were trained against "
-                     "a weaker adversary than AT's, yet are evaluated at eps0, which weighs against AMAT in every "
-                     "robustness comparison of a short schedule.")
+        short = [k for k in kept if k < AMAT_SHORT_RADIUS * eps0]
+        text = ("AMAT's radii start at eps0/10 and grow by at most eps0/10 per epoch (at least 9 epochs to reach "
+                f"eps0 = {eps0:g}): at the kept epoch their mean was " + ", ".join(f"{k:.3f}" for k in kept)
+                + f" ({', '.join(f'{k / eps0:.0%}' for k in kept)} of eps0).")
+        if len(short) == len(kept):
+            text += (" Its models were trained against a weaker adversary than AT's, yet are evaluated at eps0, "
+                     "which weighs against AMAT in every robustness comparison of this schedule.")
+        elif short:
+            text += (f" In {len(short)} of {len(kept)} runs that mean was below {AMAT_SHORT_RADIUS:.0%} of eps0: "
+                     "those models were trained against a weaker adversary than AT's, yet are evaluated at eps0.")
+        else:
+            text += f" By the kept epoch every run's mean had reached at least {AMAT_SHORT_RADIUS:.0%} of eps0."
+        parts.append(text)
     return " ".join(parts)
 
 
@@ -1798,7 +1816,9 @@ def _capped_text(results: Sequence[experiment.RunResult]) -> str:
     """How many runs the epoch cap ended with their last epoch kept (see :func:`stopping_findings`)."""
     capped = [r for r in results if _cut_by_cap(r)]
     return (f"{len(capped)} of these {len(results)} runs reached the cap with their last epoch kept, cut short "
-            "while their validation loss still fell (chapter 4)")
+            "while their validation loss still fell (chapter 4"
+            + ("; chapter 12 (d) trains the main grid again on method.md's schedule, up to 60 epochs)"
+               if capped and max(r.config.train.epochs for r in results) < 60 else ")"))
 
 
 def leakage_text(summary_: dict | None, result: experiment.RunResult) -> str:

@@ -32,7 +32,7 @@ device = "cpu"
 
 # %%
 from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
-from dpaat_lib import profiles, strong_report
+from dpaat_lib import profiles, strong_report, study
 
 # %% [markdown]
 # ## Compute or load
@@ -82,6 +82,11 @@ report.md(report.group_note(prof.models) + "\n\n" + report.threat_scale_note(res
 worst = strong_report.seed_worst_case(results, prof, report.results_dir(prof, results_root), data_root=data_root,
                                device=device)[0]
 worst_case = strong_report.worst_case_headline(worst, strong_report.seed_worst_case_significance(worst))
+# chapter 12 (d)'s runs of this grid on method.md's schedule, where they are stored (never trained here)
+full = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
+                        methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, image_size=image_size,
+                        stored_only=True, **study.schedule_overrides(profile))[1]
+schedule = study.schedule_headline(results, full)
 report.md(
     report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "
@@ -99,6 +104,7 @@ report.md(
     + report.comparison_sentence(results, "DPAAT", "AT")
     + (f"\n\n{worst_case}" if worst_case else "")
     + "\n\n" + report.stopping_findings(results)
+    + (f"\n\n{schedule}" if schedule else "")
     + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
        if prof.synthetic else "")
 )

@@ -11,7 +11,7 @@
 # ---
 
 # %% [markdown]
-# # 12. Beyond the paper: seeds, DPAAT's free parameters, all seven classes
+# # 12. Beyond the paper: seeds, DPAAT's free parameters, all seven classes, the schedule
 #
 # **Goal.** Answer three questions the paper leaves open, because it reports one training run
 # per method, fixes DPAAT's free parameters, and tests three of HAM10000's seven classes.
@@ -20,7 +20,8 @@
 # paired bootstrap interval over test images. (b) What do the adaptive length eta, the
 # synchronisation weight lambda and the batch-or-epoch criterion mu (chapter 3) do to
 # clean and robust accuracy? (c) Does the comparison carry over to all seven diagnoses, where
-# the classes are far from balanced?
+# the classes are far from balanced? (d) Does the comparison survive method.md's full training
+# schedule, where part (a)'s runs stop at a cap of 12 epochs that cut most of them short?
 
 # %% tags=["parameters"]
 profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles); paper uses cpu-real here (dpaat_lib.study)
@@ -38,6 +39,8 @@ eta_values = None  # None: the study's values (study.DEFAULT_SWEEPS); the defaul
 lam_values = None  # None: the study's values; the default 1.0 is always included
 mu_values = None  # None: batch and epoch
 seven_seeds = None  # None: the 7-class profile's (cpu-real-7: 0, 1, 2; quick-7: 0)
+full_epochs = None  # (d)'s epoch cap; None: study.FULL_SCHEDULE (cpu-real: method.md's 60; quick: 16)
+full_patience = None  # (d)'s early-stopping patience; None: study.FULL_SCHEDULE (5, method.md's)
 n_boot = 2000  # bootstrap resamples of the test images
 
 # %%
@@ -47,9 +50,10 @@ from dpaat_lib import profiles, study
 # %% [markdown]
 # ## Compute or load
 #
-# Three grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
+# Four grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
 # methods on every seed; DPAAT once per swept value on each sweep CNN, with AT and the default DPAAT
-# on every seed as its yardsticks; and the five methods on seven classes.
+# on every seed as its yardsticks; the five methods on seven classes; and the five methods on every
+# seed again, under the full schedule.
 
 # %%
 name3, name7 = study.study_profiles(profile)
@@ -66,6 +70,10 @@ sweeps, sweep_at, sweep_default = study.load_sweep_study(
 prof7, results7 = report.load_grid(name7, data_root=data_root, results_root=results_root, models=models,
                                    methods=methods or profiles.MAIN_METHODS, seeds=seven_seeds, device=device,
                                    **over)
+over_full = {**over, **study.schedule_overrides(name3, epochs=full_epochs, patience=full_patience)}
+prof_full, results_full = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
+                                           methods=methods or profiles.MAIN_METHODS,
+                                           seeds=seeds or study.STUDY_SEEDS, device=device, **over_full)
 report.profile_banner(prof, results)
 
 # %%
@@ -197,6 +205,44 @@ study.significance_display(sig7)
 study.per_class_recall(results7)
 
 # %% [markdown]
+# ## (d) The schedule: does the epoch cap decide the comparison?
+#
+# Part (a)'s runs stop at the profile's epoch cap; a run that reaches it with its last epoch kept
+# was cut short while its validation loss still fell (the table below counts them). Here the same
+# five methods on the same seeds, data and test images train under a longer schedule, and nothing
+# else changes. How each run ended, and the epochs run / epoch kept per seed under both schedules:
+
+# %%
+report.md(study.schedule_note(prof, prof_full) + "\n\n" + report.stopping_findings(results_full))
+
+# %%
+study.schedule_table(results, results_full)
+
+# %% [markdown]
+# Accuracy under the full schedule, percent, mean ± standard deviation over seeds (part (a)'s
+# table for the capped runs):
+
+# %%
+study.main_table(results_full)
+
+# %% [markdown]
+# What the longer schedule changed: each method's accuracy under the full schedule minus that of
+# the capped run of the same seed (points), with part (a)'s paired t-test across seeds, Holm's
+# adjustment over this table and the paired bootstrap interval over the test images.
+
+# %%
+change = study.schedule_change(results, results_full, n_boot=n_boot)
+study.significance_display(change)
+
+# %% [markdown]
+# DPAAT against AT, SAT and AMAT under the full schedule, as in part (a):
+
+# %%
+sig_full = study.significance_table(results_full, "DPAAT", study.COMPARED, attacks=study.TEST_ATTACKS,
+                                    n_boot=n_boot)
+study.significance_display(sig_full)
+
+# %% [markdown]
 # ## What it shows
 
 # %% tags=["hide-input"]
@@ -206,6 +252,7 @@ report.md(
        + study.seed_findings(sig_other) if other else "") + "\n\n"
     + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n" + study.trend_findings(trends)
     + "\n\n"
-    + "**(c) Seven classes.** " + study.seven_class_findings(results7, sig7)
+    + "**(c) Seven classes.** " + study.seven_class_findings(results7, sig7) + "\n\n"
+    + "**(d) Schedule.** " + study.schedule_findings(results, results_full, change, sig, sig_full)
     + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
 )

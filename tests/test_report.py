@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpaat_lib import profiles, report, store
+from dpaat_lib import experiment, profiles, report, store
 from dpaat_lib.models import GROUPS
 from fakes import fake_result
 
@@ -305,6 +305,24 @@ def test_a_gpu_sized_profile_is_not_trained_by_a_page_on_the_cpu(tmp_path, synth
                          methods=("std",))
 
 
+def test_load_grid_stored_only_trains_nothing_and_returns_what_is_stored(synthetic_root, tmp_path, monkeypatch):
+    from dpaat_lib import grid
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("stored_only must not train")
+
+    monkeypatch.setattr(grid, "run_grid", forbidden)
+    kw = dict(data_root=synthetic_root, results_root=tmp_path, methods=("std", "at"), stored_only=True)
+    prof, none = report.load_grid("quick", **kw)
+    assert none == []
+    stored = fake_result("smallcnn", "std")
+    cfgs = profiles.configs(prof, experiment.resolve_data(profiles.data_config(prof), synthetic_root,
+                                                          report.results_dir(prof, tmp_path)), methods=("std",))
+    monkeypatch.setattr(experiment, "load_result",
+                        lambda c, out: dataclasses.replace(stored, config=c) if c.run_id == cfgs[0].run_id else None)
+    assert [r.run_id for r in report.load_grid("quick", **kw)[1]] == [cfgs[0].run_id]
+
+
 def test_lesion_energy_sentence_ranks_the_methods_against_a_uniform_map():
     scores = pd.DataFrame({"images": [30, 30], "energy in lesion mask": ["0.270", "0.120"],
                            "lesion area share (uniform map)": ["0.135", "0.135"]}, index=["STD", "AT"])
@@ -364,6 +382,16 @@ def test_stopping_findings_separates_the_cap_from_early_stopping():
     eps0 = amat.config.method.eps0
     kept = 0.4 * (cap - 1) / cap
     assert f"their mean was {kept:.3f} ({kept / eps0:.0%} of eps0)" in text
+    assert "weaker adversary than AT's, yet are evaluated at eps0, which weighs" in text
+
+
+@pytest.mark.parametrize("radii, says", [((0.2, 0.48), "In 1 of 2 runs that mean was below 90% of eps0"),
+                                         ((0.46, 0.5), "every run's mean had reached at least 90% of eps0")])
+def test_stopping_findings_names_a_weaker_amat_adversary_only_where_there_is_one(radii, says):
+    runs = [dataclasses.replace(fake_result("smallcnn", "amat", seed=s), history=_history(20, 20, 60, radius=r))
+            for s, r in enumerate(radii)]
+    text = report.stopping_findings(runs)
+    assert says in text and "which weighs against AMAT" not in text
 
 
 def test_confusion_balance_averages_the_seeds_and_names_ties():

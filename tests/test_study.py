@@ -554,3 +554,118 @@ def test_below_chance_note_names_models_that_gained_no_robustness():
     note = study.below_chance_note(one)
     assert note.startswith("**Below chance.**") and "below the 100.0% of a constant guess" in note
     assert all(f"{m} " in note for m in ("AT", "SAT", "AMAT", "DPAAT")) and "compares two failures" in note
+
+
+# --------------------------------------------------------------------------
+# Section (d): the full schedule against the capped one
+# --------------------------------------------------------------------------
+
+def _scheduled(results, epochs: int, patience: int, run: int, kept: int):
+    """The fake runs with a training schedule and a history of ``run`` epochs, ``kept`` kept."""
+    out = []
+    for r in results:
+        train = replace(r.config.train, epochs=epochs, patience=patience)
+        hist = {"finished": True, "best_epoch": kept,
+                "epochs": [{"epoch": e, "seconds": 1.0, "val_loss": 1.0} for e in range(1, run + 1)]}
+        out.append(replace(r, config=replace(r.config, train=train), history=hist))
+    return out
+
+
+def _schedules(gain: float, seeds=(0, 1, 2)):
+    capped = _scheduled(_grid(0.0, seeds=seeds, seed=0), 12, 4, run=12, kept=12)
+    full = _scheduled(_grid(gain, seeds=seeds, seed=1), 60, 5, run=30, kept=25)
+    return capped, full
+
+
+def test_schedule_overrides_are_method_md_s_schedule_unless_given():
+    assert study.schedule_overrides("cpu-real") == {"epochs": 60, "patience": 5}
+    assert study.schedule_overrides("cpu-real", epochs=40, patience=None) == {"epochs": 40, "patience": 5}
+    assert study.schedule_overrides("quick")["epochs"] > profiles.get_profile("quick").epochs
+
+
+def test_schedule_change_pairs_the_seeds_and_finds_a_planted_gain():
+    capped, full = _schedules(0.3)
+    change = study.schedule_change(capped, full, attacks=("20-PGD",))
+    assert list(change["comparison"]) == ["AT: full - capped", "SAT: full - capped", "AMAT: full - capped",
+                                          "DPAAT: full - capped"]
+    row = change.set_index("comparison").loc["DPAAT: full - capped"]
+    assert 20 < row["mean"] < 40 and row["p_holm"] < 0.05 and len(row["per_seed"]) == 3
+    at = change.set_index("comparison").loc["AT: full - capped"]
+    assert abs(at["mean"]) < 10 and at["p_holm"] > 0.05
+    # the per-seed differences are those of the runs' own accuracies
+    by = {(study._label(r), r.config.train.seed): r for r in capped}
+    dp = [r for r in full if study._label(r) == "DPAAT"]
+    want = [round(100 * (study.metric_value(r, "acc", "20-PGD")
+                         - study.metric_value(by[("DPAAT", r.config.train.seed)], "acc", "20-PGD")), 2) for r in dp]
+    assert row["per_seed"] == want
+
+    sig_c = study.significance_table(capped, attacks=("20-PGD",))
+    sig_f = study.significance_table(full, attacks=("20-PGD",))
+    text = study.schedule_findings(capped, full, change, sig_c, sig_f)
+    assert "0 of 3 comparisons keep their verdict" in text
+    assert "DPAAT - AT 20-PGD" in text and "(within noise) capped" in text and "(higher beyond noise) full" in text
+    assert "1 moved beyond seed noise" in text and "DPAAT 20-PGD +" in text
+    assert "12 of 12 runs cut short" in text and "0 of 12 runs reached the cap" in text
+
+    table = study.schedule_table(capped, full)
+    assert table.loc[("smallcnn", "AT"), "epochs run/kept (full)"] == "30/25, 30/25, 30/25"
+    assert table.loc[("smallcnn", "AT"), "cut by the cap (capped)"] == "3 of 3"
+    assert table.loc[("smallcnn", "AT"), "mean epochs (full)"] == 30
+
+
+def test_schedule_findings_names_the_runs_both_schedules_trained_alike():
+    capped, _ = _schedules(0.0)
+    same = _scheduled(capped, 60, 5, run=16, kept=12)  # stopped early at the capped run's epoch: same predictions
+    text = study.schedule_findings(capped, same, study.schedule_change(capped, same, attacks=("20-PGD",)),
+                                   pd.DataFrame(), pd.DataFrame())
+    assert "12 of them (AT seed 0, SAT seed 0" in text and "reproduce the capped run's predictions exactly" in text
+    assert "12 of them" not in study.schedule_findings(capped, _schedules(0.0)[1], pd.DataFrame(), pd.DataFrame(),
+                                                       pd.DataFrame())
+
+
+def test_schedule_change_without_a_gain_keeps_the_verdicts():
+    capped, full = _schedules(0.0)
+    change = study.schedule_change(capped, full, attacks=("clean", "20-PGD"))
+    assert not (change["p_holm"] < 0.05).any()
+    text = study.schedule_findings(capped, full, change, study.significance_table(capped, attacks=("20-PGD",)),
+                                   study.significance_table(full, attacks=("20-PGD",)))
+    assert "3 of 3 comparisons keep their verdict" in text and "0 moved beyond seed noise" in text
+
+
+def test_schedule_change_with_one_seed_reads_signs_and_refuses_other_test_images():
+    capped, full = _schedules(0.3, seeds=(0,))
+    change = study.schedule_change(capped, full, attacks=("20-PGD",))
+    text = study.schedule_findings(capped, full, change, study.significance_table(capped, attacks=("20-PGD",)),
+                                   study.significance_table(full, attacks=("20-PGD",)))
+    assert "one seed: signs only" in text and "with one seed, the sign" in text
+    assert study.schedule_findings(capped, capped, change, pd.DataFrame(), pd.DataFrame()).startswith(
+        "The full schedule is this chapter's schedule here")
+    other = [replace(r, predictions=r.predictions.assign(image_id=[f"x{k}" for k in range(len(r.predictions))]))
+             for r in full]
+    with pytest.raises(ValueError, match="tested on different images"):
+        study.schedule_change(capped, other)
+
+
+def test_schedule_note_says_whether_the_long_schedule_is_method_md_s():
+    capped = profiles.get_profile("cpu-real")
+    text = study.schedule_note(capped, profiles.get_profile("cpu-real", **study.schedule_overrides("cpu-real")))
+    assert "Part (a): up to 12 epochs, patience 4. Here: up to 60 epochs, patience 5, method.md's schedule" in text
+    quick = profiles.get_profile("quick", **study.schedule_overrides("quick"))
+    assert "the quick build's stand-in" in study.schedule_note(profiles.get_profile("quick"), quick)
+
+
+def test_schedule_headline_agrees_with_chapter_12_and_needs_every_run():
+    capped, full = _schedules(0.3)
+    attacks = ("20-PGD",)
+    text = study.schedule_headline(capped, full, attacks=attacks)
+    change = study.schedule_change(capped, full, attacks=attacks)
+    moved = int((change["p_holm"] < 0.05).sum())
+    assert moved == 1 and f"{moved} of {len(change)} accuracies (method x attack) moved beyond seed noise" in text
+    sig_f = study.significance_table(full, attacks=attacks)
+    at = sig_f.set_index(["comparison", "attack"]).loc[("DPAAT - AT", "20-PGD")]
+    at_c = study.significance_table(capped, attacks=attacks).set_index(["comparison", "attack"]).loc[
+        ("DPAAT - AT", "20-PGD"), "mean"]
+    assert f"20-PGD {at_c:+.1f} points capped, {at['mean']:+.1f} on the full schedule (higher beyond noise)" in text
+    assert "they ran 30 to 30 epochs (0 reached that cap" in text and "0 of 3 comparisons" in text
+    assert study.schedule_headline(capped, full[:-1], attacks=attacks) == ""  # one run missing: no sentence
+    assert study.schedule_headline(capped, capped, attacks=attacks) == ""
