@@ -1025,7 +1025,6 @@ def sampler_text(prof: profiles.Profile) -> str:
     return "none (a plain shuffle of each epoch)"
 
 
-
 # --------------------------------------------------------------------------
 # The training schedule: does the epoch cap decide the comparison?
 # --------------------------------------------------------------------------
@@ -1049,12 +1048,11 @@ def schedule_overrides(study_profile: str, **given) -> dict:
 def schedule_note(capped: profiles.Profile, full: profiles.Profile) -> str:
     """Markdown: the two schedules of section (d), and whether the longer one is method.md's."""
     spec = (full.epochs, full.patience) == (SPEC_SCHEDULE["epochs"], SPEC_SCHEDULE["patience"])
+    which = ("method.md's schedule from scratch (its section 6)." if spec else
+             f"not method.md's schedule from scratch (up to {SPEC_SCHEDULE['epochs']} epochs, patience "
+             f"{SPEC_SCHEDULE['patience']})" + (": the quick build's stand-in for it." if full.synthetic else "."))
     return (f"**Schedules.** Part (a): up to {capped.epochs} epochs, patience {capped.patience}. Here: up to "
-            f"{full.epochs} epochs, patience {full.patience}, "
-            + ("method.md's schedule from scratch (its section 6)." if spec else
-               f"not method.md's schedule from scratch (up to {SPEC_SCHEDULE['epochs']} epochs, patience "
-               f"{SPEC_SCHEDULE['patience']})" + (": the quick build's stand-in for it." if full.synthetic else "."))
-            )
+            f"{full.epochs} epochs, patience {full.patience}, {which}")
 
 
 def _schedule_name(results: Sequence[experiment.RunResult]) -> str:
@@ -1110,7 +1108,7 @@ def schedule_change(capped: Sequence[experiment.RunResult], full: Sequence[exper
             for rf, rc in pairs_by_seed:
                 pf = rf.predictions.set_index("image_id")
                 pc = rc.predictions.set_index("image_id")
-                if not pf.index.equals(pc.index) and set(pf.index) != set(pc.index):
+                if set(pf.index) != set(pc.index):
                     raise ValueError(f"{model} {label} seed {rf.config.train.seed}: the two schedules' runs were "
                                      "tested on different images (a different split or data folder)")
                 pc = pc.loc[pf.index]
