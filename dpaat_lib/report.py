@@ -42,7 +42,7 @@ with warnings.catch_warnings():
 from . import data as D
 from . import experiment, grid, profiles, store
 from .attacks import AttackSpec
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, TrainConfig
 from .evaluation import CLEAN, curve_accuracy, robust_accuracy_curve
 from .methods import LABELS, MethodConfig
 from .metrics import MARP_ATTACK, group_average
@@ -1138,6 +1138,15 @@ AMAT_SHORT_RADIUS = 0.9
 adversary than AT's (:func:`stopping_findings`)."""
 
 
+def _full_schedule_pointer(results: Sequence[experiment.RunResult]) -> str:
+    """Where the book answers a cap shorter than method.md's schedule (TrainConfig's defaults: up to 60
+    epochs, patience 5); empty when every run had the full schedule."""
+    if max(r.config.train.epochs for r in results) >= TrainConfig.epochs:
+        return ""
+    return (f"chapter 12 (d) trains the main grid again on method.md's schedule, up to {TrainConfig.epochs} epochs "
+            f"with patience {TrainConfig.patience}")
+
+
 def _kept_epoch(r: experiment.RunResult) -> dict:
     """The history record of the epoch whose checkpoint was kept (the last one where none is marked)."""
     eps = r.history["epochs"]
@@ -1165,11 +1174,10 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
              f"{sum(map(len, capped.values()))} reached the cap of {cap} epochs with the kept checkpoint at the last "
              "epoch: " + (", ".join(f"{m} {len(capped.get(m, []))} of {count[m]}" for m in labels)) + "."]
     if capped:
-        longest = max(r.config.train.epochs for r in results)
         parts.append("Such a run was cut short by the cap while its validation loss still fell, not stopped "
                      "by early stopping; a longer schedule would likely move its numbers"
-                     + (" (the paper profile allows 30 epochs, method.md up to 60; chapter 12 (d) trains the "
-                        "main grid on method.md's schedule)." if longest < 60 else "."))
+                     + (f" (the paper profile allows 30 epochs, method.md up to {TrainConfig.epochs}; "
+                        f"{_full_schedule_pointer(results)})." if _full_schedule_pointer(results) else "."))
     if stopped:
         parts.append("The others kept an earlier epoch (epochs run / epoch kept): " + "; ".join(
             m + " " + ", ".join(f"{len(r.history['epochs'])}/{r.history.get('best_epoch')}" for r in rs)
@@ -1817,8 +1825,7 @@ def _capped_text(results: Sequence[experiment.RunResult]) -> str:
     capped = [r for r in results if _cut_by_cap(r)]
     return (f"{len(capped)} of these {len(results)} runs reached the cap with their last epoch kept, cut short "
             "while their validation loss still fell (chapter 4"
-            + ("; chapter 12 (d) trains the main grid again on method.md's schedule, up to 60 epochs)"
-               if capped and max(r.config.train.epochs for r in results) < 60 else ")"))
+            + (f"; {_full_schedule_pointer(results)})" if capped and _full_schedule_pointer(results) else ")"))
 
 
 def leakage_text(summary_: dict | None, result: experiment.RunResult) -> str:

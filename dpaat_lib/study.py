@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from . import experiment, profiles, report
+from .config import TrainConfig
 from .evaluation import CLEAN
 from .metrics import balanced_accuracy, macro_f1
 from .methods import LABELS
@@ -1029,8 +1030,9 @@ def sampler_text(prof: profiles.Profile) -> str:
 # The training schedule: does the epoch cap decide the comparison?
 # --------------------------------------------------------------------------
 
-SPEC_SCHEDULE = {"epochs": 60, "patience": 5}
-"""method.md section 6's schedule from scratch: up to 60 epochs, early stopping with patience 5."""
+SPEC_SCHEDULE = {"epochs": TrainConfig.epochs, "patience": TrainConfig.patience}
+"""method.md section 6's schedule from scratch, TrainConfig's defaults: up to 60 epochs, early stopping with
+patience 5."""
 FULL_SCHEDULE: dict[str, dict] = {"cpu-real": SPEC_SCHEDULE, "quick": {"epochs": 16, "patience": 5}}
 """Section (d)'s schedule per study profile: method.md section 6's from scratch (up to 60 epochs, early
 stopping with patience 5) on cpu-real, whose main grid stops at 12 epochs (patience 4) to fit two CPU

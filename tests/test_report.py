@@ -383,6 +383,10 @@ def test_stopping_findings_separates_the_cap_from_early_stopping():
     kept = 0.4 * (cap - 1) / cap
     assert f"their mean was {kept:.3f} ({kept / eps0:.0%} of eps0)" in text
     assert "weaker adversary than AT's, yet are evaluated at eps0, which weighs" in text
+    assert "chapter 12 (d) trains the main grid again on method.md's schedule, up to 60 epochs" in text
+    full = [dataclasses.replace(r, config=dataclasses.replace(r.config, train=dataclasses.replace(
+        r.config.train, epochs=60))) for r in (capped, stopped, amat)]
+    assert "chapter 12 (d)" not in report.stopping_findings(full)
 
 
 @pytest.mark.parametrize("radii, says", [((0.2, 0.48), "In 1 of 2 runs that mean was below 90% of eps0"),
