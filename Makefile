@@ -8,7 +8,7 @@ PROFILE ?= cpu-real
 DATA ?=
 DEVICE ?= cpu
 
-.PHONY: setup book publish reproduce test unit nbval book-check clean
+.PHONY: setup book publish reproduce gpu-prep test unit nbval book-check clean
 
 .venv/.installed: requirements.txt pyproject.toml
 	python3 -m venv .venv
@@ -29,6 +29,15 @@ publish: setup  ## re-execute the published book/ from its committed results, HT
 reproduce: setup  ## everything from a HAM10000 folder: make reproduce DATA=/path/to/ham10000 PROFILE=paper DEVICE=cuda
 	@test -n "$(DATA)" || { echo "usage: make reproduce DATA=/path/to/HAM10000 [PROFILE=cpu-real|paper] [DEVICE=cuda]"; exit 2; }
 	$(PY) scripts/build_book.py --profile $(PROFILE) --out . --data "$(DATA)" --device $(DEVICE)
+
+# The packages a lent GPU lacks (it has torch, no internet): pure-Python wheels, as in requirements.txt.
+GPU_WHEELS := grad-cam==1.5.7 ttach==0.0.3 torchattacks==3.5.1
+
+gpu-prep: setup  ## what a lent GPU's call carries (README, "On a GPU"): make gpu-prep DATA=/path/to/HAM10000
+	@test -n "$(DATA)" || { echo "usage: make gpu-prep DATA=/path/to/HAM10000"; exit 2; }
+	.venv/bin/dpaat slim-copy --profile paper --data "$(DATA)" --out scratch/ham-gpu
+	rm -rf .whl && .venv/bin/pip wheel -q --no-deps -w .whl $(GPU_WHEELS) $(PIP_QUIET)
+	$(PY) scripts/travel_size.py --carry scratch/ham-gpu .whl $(wildcard scratch/compile-cache)
 
 unit: setup
 	$(PY) -m pytest tests

@@ -6,6 +6,7 @@
     dpaat prepare --profile paper --data DIR decode the profile's images once into the cache
     dpaat extras --profile paper --data DIR  eps curves, stronger attacks, Grad-CAM from the checkpoints
     dpaat slim-copy --profile paper --data DIR --out DIR2   a copy with only the images the profile uses
+    dpaat compact-store results/cpu-real     gzip the large run files of an older store (same content)
     dpaat synthetic DIR                      write the synthetic stand-in folder
     dpaat models                             list the model names
 """
@@ -242,6 +243,9 @@ def main(argv=None) -> int:
                               "(the others as empty files), to carry the data to a lent GPU")
     _common(c, "paper")
     c.add_argument("--out", required=True, help="the new folder")
+    k = add("compact-store", help="gzip predictions.csv and split.json of every run under a results folder "
+                                  "written by an older version (the book reads both; the content is unchanged)")
+    k.add_argument("results", nargs="+", help="results folders, e.g. results/cpu-real")
     s = add("synthetic", help="write the synthetic stand-in in HAM10000's layout")
     s.add_argument("folder", help="where to write it")
     s.add_argument("--n-per-class", type=int, default=150, help="images per class")
@@ -265,6 +269,12 @@ def main(argv=None) -> int:
             return _grid(args, [args.model], [args.method])
         if args.command == "slim-copy":
             return _slim_copy(args)
+        if args.command == "compact-store":
+            for folder in args.results:
+                got = store.compact_store(folder)
+                print(f"{folder}: {got['folders']} run folders compacted, {got['bytes_before'] / 2**20:.1f} MiB -> "
+                      f"{got['bytes_after'] / 2**20:.1f} MiB", flush=True)
+            return 0
         if args.command in ("prepare", "extras"):
             return _prepare_or_extras(args)
         return _grid(args, args.models, args.methods or profiles.MAIN_METHODS)

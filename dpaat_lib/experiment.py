@@ -112,7 +112,7 @@ def load_result(config: RunConfig, results) -> RunResult | None:
     if not run.done:
         return None
     return RunResult(config, run.path, store.read_json(run / "history.json"),
-                     store.read_json(run / "metrics.json"), pd.read_csv(run / "predictions.csv"))
+                     store.read_json(run / "metrics.json"), store.read_csv(run.predictions))
 
 
 def amat_threshold(config: RunConfig, results, **kw) -> float:
@@ -180,7 +180,7 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     else:
         split = {k: v.image_ids for k, v in tensors.items()}
     store.write_json(run_dir / "config.json", config.to_dict())
-    store.write_json(run_dir / "split.json", split)
+    store.write_json(run_dir / store.SPLIT, split)
     history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
                         time_budget_s=time_budget_s, weights_path=weights_path, compile_mode=compile_mode)
     if not history["finished"]:
@@ -194,7 +194,7 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     metrics = compute_metrics(predictions, config.data.classes)
     if threshold is not None:
         metrics["amat_threshold"] = threshold
-    store.write_csv(run_dir / "predictions.csv", predictions)
+    store.write_csv(run_dir / store.PREDICTIONS, predictions)
     store.write_json(run_dir / "metrics.json", metrics)
     run_dir.mark_done()
     return load_result(config, results)

@@ -839,7 +839,7 @@ def split_summary(data: DataConfig, data_root=None, results_root=None, profile_n
 
 def stored_split_matches(result: experiment.RunResult, summary_: dict) -> bool:
     """Whether the split saved with a run is the one ``split_summary`` describes."""
-    split = store.read_json(Path(result.path) / "split.json")
+    split = store.read_json(store.run_file(result.path, store.SPLIT))
     return _digest(split) == summary_["split_digest"]
 
 
@@ -934,13 +934,13 @@ def eps_curve(config: RunConfig, results_dir, data_root=None, norm: str = "l2", 
 
 def _measured_points(run: store.RunDir, attack: AttackSpec, test) -> dict[float, float]:
     """The curve's points the run's own evaluation already measured: clean accuracy at radius 0 and
-    ``attack`` at its own radius, read from ``predictions.csv`` (same model, seed and batches as
+    ``attack`` at its own radius, read from the run's predictions (same model, seed and batches as
     :func:`dpaat_lib.evaluation.robust_accuracy_curve` would use). Empty when the file or its columns
     are missing, or its images differ from ``test``'s."""
-    path = run / "predictions.csv"
+    path = run.predictions
     if not path.exists():
         return {}
-    pred = pd.read_csv(path)
+    pred = store.read_csv(path)
     columns = {0.0: f"pred_{CLEAN}", float(attack.eps): f"pred_{attack.name}"}
     if list(pred.get("image_id", [])) != list(test.image_ids) or any(c not in pred for c in columns.values()):
         return {}
@@ -1143,8 +1143,12 @@ def _full_schedule_pointer(results: Sequence[experiment.RunResult]) -> str:
     epochs, patience 5); empty when every run had the full schedule."""
     if max(r.config.train.epochs for r in results) >= TrainConfig.epochs:
         return ""
-    return (f"chapter 12 (d) trains the main grid again on method.md's schedule, up to {TrainConfig.epochs} epochs "
-            f"with patience {TrainConfig.patience}")
+    # Part (d) retrains the main grid, of the default classes: a page of other classes must not imply its runs.
+    sizes = sorted({len(r.config.data.classes) for r in results})
+    other = sizes != [len(profiles.CLASSES)]
+    return (f"chapter 12 (d) trains the {f'{len(profiles.CLASSES)}-class ' if other else ''}main grid again on "
+            f"method.md's schedule, up to {TrainConfig.epochs} epochs with patience {TrainConfig.patience}"
+            + (f", not these {'/'.join(map(str, sizes))}-class runs" if other else ""))
 
 
 def _kept_epoch(r: experiment.RunResult) -> dict:

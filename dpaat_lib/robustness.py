@@ -577,7 +577,7 @@ def robust_eval_result(config, *, results, data_root=None, device="cpu", cache_d
     the batch size.
 
     Returned (and stored): ``robust_accuracy`` per attack, the paper's five
-    (from the run's ``predictions.csv``, on the same images) and the strong
+    (from the run's stored predictions, on the same images) and the strong
     suite's; ``worst_case`` accuracy over clean + the paper's attacks
     ("paper"), clean + the suite ("strong"), both ("all") and per norm;
     ``masking`` (the checks); ``per_image`` (0/1 per image and column);
@@ -598,7 +598,7 @@ def robust_eval_result(config, *, results, data_root=None, device="cpu", cache_d
         raise FileNotFoundError(f"no stored robustness result {path.name} and no checkpoint {ckpt} to compute it: "
                                 f"checkpoints are not committed; train run {config.run_id} here "
                                 "(dpaat_lib.experiment.run in an empty results folder) or copy its ckpt/ folder")
-    pred_path = run / "predictions.csv"
+    pred_path = run.predictions
     if not pred_path.exists():
         raise FileNotFoundError(f"{pred_path} is missing: run {config.run_id} has not finished its evaluation "
                                 "(call dpaat_lib.experiment.run first)")
@@ -613,14 +613,14 @@ def robust_eval_result(config, *, results, data_root=None, device="cpu", cache_d
     x, y = test.x[idx], test.y[idx]
     ids = [test.image_ids[i] for i in idx.tolist()]
 
-    predictions = pd.read_csv(pred_path).set_index("image_id")
+    predictions = store.read_csv(pred_path).set_index("image_id")
     missing = [i for i in ids if i not in predictions.index]
     if missing:
-        raise ValueError(f"predictions.csv of {config.run_id} lacks test images {missing[:3]}: the test split "
+        raise ValueError(f"{pred_path.name} of {config.run_id} lacks test images {missing[:3]}: the test split "
                          "differs from the one the run was evaluated on")
     pred = predictions.loc[ids]
     if (pred["label"].to_numpy() != y.numpy()).any():
-        raise ValueError(f"labels in predictions.csv of {config.run_id} disagree with the test split")
+        raise ValueError(f"labels in {pred_path.name} of {config.run_id} disagree with the test split")
     paper = [a.name for a in config.eval_attacks]
     paper_frame = pd.DataFrame({a: pred[f"pred_{a}"].to_numpy() == y.numpy() for a in paper},
                                index=pd.RangeIndex(len(ids), name="image"))

@@ -1,13 +1,19 @@
 """Run folders and atomic writes: nothing already computed is lost.
 
-A run folder ``<results>/<run_id>/`` holds ``config.json``, ``split.json``,
-``history.json`` (per-epoch log), ``metrics.json``, ``predictions.csv`` (per
+A run folder ``<results>/<run_id>/`` holds ``config.json``, ``split.json.gz``,
+``history.json`` (per-epoch log), ``metrics.json``, ``predictions.csv.gz`` (per
 test image, every attack) and ``done`` last; checkpoints go to
 ``<results>/<run_id>/ckpt/`` (git-ignored). Every file is written to a
 temporary name and renamed, so an interruption never leaves half a file.
+
+The two large files are gzipped (a name ending in ``.gz`` is enough): the
+committed results travel to a lent GPU with the repository, under a size limit.
+Stores written before that hold ``split.json`` and ``predictions.csv``: they
+are read as they are (:func:`run_file`), and :func:`compact_run` converts them.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -17,6 +23,11 @@ import pandas as pd
 import torch
 
 
+# mkstemp creates its file readable by its owner alone; a result is given the mode any new file gets.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,27 +35,100 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+PREDICTIONS = "predictions.csv.gz"
+SPLIT = "split.json.gz"
+LEGACY_NAMES = {PREDICTIONS: "predictions.csv", SPLIT: "split.json"}
+
+
+def _gzip(data: bytes) -> bytes:
+    # mtime=0 (and gzip.compress writes no file name): the same content gives the same bytes, so a
+    # re-written file is no change to git and the migration can be checked byte for byte.
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def _write_text(path, text: str) -> None:
+    """``text`` to ``path`` atomically, gzipped when the name ends in ``.gz``."""
+    data = text.encode()
+    if str(path).endswith(".gz"):
+        data = _gzip(data)
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def read_text(path) -> str:
+    data = Path(path).read_bytes()
+    return (gzip.decompress(data) if str(path).endswith(".gz") else data).decode()
+
+
 def write_json(path, obj) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.write("\n")
-    _atomic(path, w)
+    _write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def read_json(path):
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(read_text(path))
 
 
 def write_csv(path, frame: pd.DataFrame) -> None:
-    _atomic(path, lambda tmp: frame.to_csv(tmp, index=False, float_format="%.6g"))
+    _write_text(path, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+
+
+def read_csv(path) -> pd.DataFrame:
+    """A table :func:`write_csv` wrote (pandas reads ``.gz`` by its name)."""
+    return pd.read_csv(path)
+
+
+def run_file(folder, name: str) -> Path:
+    """``folder/name``, or the file under its name from before compression (``LEGACY_NAMES``) where
+    only that one exists: a store written by an older version reads as it is."""
+    path = Path(folder) / name
+    legacy = Path(folder) / LEGACY_NAMES.get(name, name)
+    return legacy if not path.exists() and legacy.exists() else path
+
+
+def compact_run(folder) -> list[str]:
+    """Gzip a run folder's uncompressed ``predictions.csv`` and ``split.json`` in place (the new file
+    written atomically and checked against the old bytes before the old one is removed); returns the
+    names converted. Idempotent: a folder already compact is left as it is."""
+    folder = Path(folder)
+    converted = []
+    for name, legacy_name in LEGACY_NAMES.items():
+        legacy = folder / legacy_name
+        if not legacy.exists():
+            continue
+        data = legacy.read_bytes()
+        target = folder / name
+        if target.exists() and gzip.decompress(target.read_bytes()) != data:
+            raise ValueError(f"{folder} holds both {legacy_name} and {name} with different contents: "
+                             "keep the one the run's done file belongs to and remove the other")
+        packed = _gzip(data)
+        _atomic(target, lambda tmp: Path(tmp).write_bytes(packed))
+        if gzip.decompress(target.read_bytes()) != data:  # never remove the only good copy
+            raise OSError(f"{target} does not read back as {legacy}: {legacy} is kept")
+        legacy.unlink()
+        converted.append(legacy_name)
+    return converted
+
+
+def compact_store(root) -> dict:
+    """:func:`compact_run` on every run folder under ``root`` (a profile's store, its ``superseded/``
+    folder too); returns the folders converted and the bytes before and after."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no results folder {root}: name a store such as results/cpu-real")
+    folders = sorted({p.parent for name in LEGACY_NAMES.values() for p in root.rglob(name)})
+    before = after = 0
+    for folder in folders:
+        names = [n for n, old in LEGACY_NAMES.items() if (folder / old).exists()]
+        before += sum((folder / LEGACY_NAMES[n]).stat().st_size for n in names)
+        compact_run(folder)
+        after += sum((folder / n).stat().st_size for n in names)
+    return {"folders": len(folders), "bytes_before": before, "bytes_after": after}
 
 
 def save_torch(path, obj) -> None:
@@ -63,6 +147,14 @@ class RunDir:
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    @property
+    def predictions(self) -> Path:
+        return run_file(self.path, PREDICTIONS)
+
+    @property
+    def split(self) -> Path:
+        return run_file(self.path, SPLIT)
 
     @property
     def ckpt(self) -> Path:

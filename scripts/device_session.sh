@@ -11,7 +11,8 @@
 # 2. scripts/device_grid.sh for the rest of TOTAL seconds, as the session's last call (FINAL=1: a run
 #    starts only if it is expected to finish), with COMPILE=auto;
 # 3. torch.compile's cache (seeded from scratch/compile-cache when carried, scripts/device_env.sh) packed
-#    into $OUT/compile-cache.tgz.part-NN, unless over CACHE_MAX_MB (the carried paths hold 64 MiB in all);
+#    into $OUT/compile-cache.tgz.part-NN, unless over CACHE_MAX_MB (a call sends 64 MiB in all: the tracked
+#    files, at most 24 MiB by a test, the data copy 20 MB, so a larger cache could not be carried back);
 # 4. the whole log in $OUT/session.log.
 # Afterwards: unpack check.tgz and copy its benchmark-cuda-*.json and compile-decision.json into
 # results/paper/; unpack the results archive(s) over results/; put the compile-cache parts in
@@ -25,7 +26,7 @@ PROFILE=${PROFILE:-paper}
 STORE=${STORE:-/root/dpaat}  # outside the carried paths: a warm machine keeps it between calls
 RESULTS=${RESULTS:-$STORE/$PROFILE}
 CHECK=${CHECK:-auto}
-CACHE_MAX_MB=${CACHE_MAX_MB:-40}
+CACHE_MAX_MB=${CACHE_MAX_MB:-20}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$STORE/compile-cache}  # kept between calls
 mkdir -p "$OUT" "$STORE"
 exec > >(tee -a "$OUT/session.log") 2>&1

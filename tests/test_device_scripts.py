@@ -190,3 +190,47 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     assert mode == "" and why[-1].endswith("resnet34 after inf epochs")  # not faster: never paid back
     (tmp_path / "cuda-tests.txt").unlink()
     assert decision.decide(tmp_path)[0] == ""  # nothing measured: eager
+
+
+def _travel_size():
+    spec = importlib.util.spec_from_file_location("travel_size", ROOT / "scripts" / "travel_size.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_travel_size_counts_what_the_device_tool_sends(tmp_path, capsys):
+    travel = _travel_size()
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/ignored/\n/carried/\n")
+    (tmp_path / "tracked.txt").write_bytes(b"t" * 3000)
+    (tmp_path / "untracked.txt").write_bytes(b"u" * 500)
+    (tmp_path / "ignored").mkdir()
+    (tmp_path / "ignored" / "big.bin").write_bytes(b"i" * 100_000)  # stays behind: not counted
+    (tmp_path / "carried" / "sub").mkdir(parents=True)
+    (tmp_path / "carried" / "sub" / "data.bin").write_bytes(b"c" * 7000)
+    subprocess.run(["git", "add", "tracked.txt", ".gitignore"], cwd=tmp_path, check=True)
+    sizes = travel.travel_sizes(tmp_path, ["carried"])
+    gitignore = len("/ignored/\n/carried/\n")
+    assert sizes == {"tracked": 3000 + gitignore, "untracked": 500, "carry carried": 7000}
+    assert travel.main(["--root", str(tmp_path), "--carry", "carried"]) == 0
+    assert "MiB under the limit of 64 MiB" in capsys.readouterr().out
+    assert travel.main(["--root", str(tmp_path), "--carry", "carried", "--limit-mib", "0.005"]) == 1
+    assert "the largest part is carry carried" in capsys.readouterr().err
+    assert travel.main(["--root", str(tmp_path), "--carry", "absent"]) == 2
+    assert "carried path absent does not exist" in capsys.readouterr().err
+
+
+# What the repository may hold in tracked files and still travel to a lent GPU with the data copy
+# (dpaat slim-copy, 20 MB), the wheels (0.2 MB) and a compile cache of up to 20 MiB, under 64 MiB.
+TRACKED_BUDGET_MIB = 24
+
+
+def test_the_repository_leaves_room_for_the_data_and_a_compile_cache():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = _travel_size().travel_sizes(ROOT)["tracked"] / 2**20
+    assert tracked <= TRACKED_BUDGET_MIB, (
+        f"the tracked files hold {tracked:.1f} MiB, over the {TRACKED_BUDGET_MIB} MiB that leave a lent GPU's "
+        "call room for the data and a compile cache: gzip large result files (dpaat compact-store) or keep "
+        "them out of git")

@@ -129,7 +129,7 @@ def test_extras_let_the_book_load_everything_without_checkpoints(tmp_path, prof,
 
 @pytest.mark.parametrize("method", ["std", "dpaat"])
 def test_eps_curve_reads_the_runs_own_points_and_equals_attacking_every_radius(tmp_path, prof, data, run_kw, method):
-    """The curve takes radius 0 and the attack's own radius from predictions.csv instead of attacking
+    """The curve takes radius 0 and the attack's own radius from the stored predictions instead of attacking
     again: the stored curve must equal one attacked at every radius (same model, seed and batches)."""
     from dpaat_lib.evaluation import robust_accuracy_curve
     from dpaat_lib.training import load_trained
@@ -146,7 +146,7 @@ def test_eps_curve_reads_the_runs_own_points_and_equals_attacking_every_radius(t
         assert curve["acc"] == every
     # A predictions file of other images is not read: every radius is attacked.
     pred = r.predictions.iloc[::-1]
-    store.write_csv(tmp_path / c.run_id / "predictions.csv", pred)
+    store.write_csv(tmp_path / c.run_id / store.PREDICTIONS, pred)
     assert report._measured_points(store.RunDir(tmp_path, c.run_id), attack, tensors["test"]) == {}
 
 

@@ -387,6 +387,11 @@ def test_stopping_findings_separates_the_cap_from_early_stopping():
     full = [dataclasses.replace(r, config=dataclasses.replace(r.config, train=dataclasses.replace(
         r.config.train, epochs=60))) for r in (capped, stopped, amat)]
     assert "chapter 12 (d)" not in report.stopping_findings(full)
+    # A page of seven-class runs is pointed at the main grid without implying that its own runs were retrained.
+    seven = [dataclasses.replace(r, config=dataclasses.replace(r.config, data=dataclasses.replace(
+        r.config.data, classes=profiles.ALL_CLASSES))) for r in (capped, stopped, amat)]
+    assert ("chapter 12 (d) trains the 3-class main grid again on method.md's schedule, up to 60 epochs with "
+            "patience 5, not these 7-class runs") in report.stopping_findings(seven)
 
 
 @pytest.mark.parametrize("radii, says", [((0.2, 0.48), "In 1 of 2 runs that mean was below 90% of eps0"),

@@ -304,8 +304,8 @@ def test_robust_eval_result_computes_once_then_loads(monkeypatch, finished_run):
     assert not list(run.path.glob("*.tmp"))
     assert res["n_images"] == 9 and len(res["image_ids"]) == 9
 
-    # Three images per class, the first of each class in test order; labels as in predictions.csv.
-    pred = pd.read_csv(run / "predictions.csv").set_index("image_id").loc[res["image_ids"]]
+    # Three images per class, the first of each class in test order; labels as in the stored predictions.
+    pred = store.read_csv(run.predictions).set_index("image_id").loc[res["image_ids"]]
     assert pred["label"].value_counts().tolist() == [3, 3, 3]
     paper = [a.name for a in cfg.eval_attacks]
     assert set(res["robust_accuracy"]) == set(paper) | {a.name for a in TINY_SUITE}

@@ -358,11 +358,11 @@ def test_run_needs_a_data_digest(tmp_path):
 def test_run_folder_is_complete_and_checkpoints_load_weights_only(reference):
     cfg, results, _ = reference
     run_dir = store.RunDir(results, cfg.run_id)
-    for name in ("config.json", "split.json", "history.json", "metrics.json", "predictions.csv", "done"):
+    for name in ("config.json", store.SPLIT, "history.json", "metrics.json", store.PREDICTIONS, "done"):
         assert (run_dir / name).is_file(), name
     assert not list(results.rglob("*.tmp")), "an atomic write left a temporary file behind"
     assert RunConfig.from_dict(store.read_json(run_dir / "config.json")) == cfg
-    split = store.read_json(run_dir / "split.json")
+    split = store.read_json(run_dir.split)
     assert {len(split[k]) for k in split} and not set(split["train"]) & set(split["test"])
     best = torch.load(run_dir.ckpt / "best.pt", weights_only=True)
     build_model("smallcnn").load_state_dict(best)
@@ -387,6 +387,60 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
     assert sorted(os.listdir(tmp_path / "a")) == ["x.json"]
+
+
+def test_gzipped_files_hold_the_plain_text_and_are_the_same_bytes_each_time(tmp_path):
+    frame = pd.DataFrame({"image_id": ["a", "b"], "p": [1 / 3, 2.5e-7]})
+    store.write_csv(tmp_path / "p.csv", frame)
+    store.write_csv(tmp_path / "p.csv.gz", frame)
+    packed = (tmp_path / "p.csv.gz").read_bytes()
+    assert packed[:2] == b"\x1f\x8b" and store.read_text(tmp_path / "p.csv.gz") == (tmp_path / "p.csv").read_text()
+    time.sleep(1.1)  # gzip's header would carry the time: the bytes must not depend on it
+    store.write_csv(tmp_path / "p.csv.gz", frame)
+    assert (tmp_path / "p.csv.gz").read_bytes() == packed
+    pd.testing.assert_frame_equal(store.read_csv(tmp_path / "p.csv.gz"), store.read_csv(tmp_path / "p.csv"))
+    store.write_json(tmp_path / "s.json.gz", {"test": ["x", "y"]})
+    assert store.read_json(tmp_path / "s.json.gz") == {"test": ["x", "y"]}
+
+
+def _as_older_store(results, run_id, to):
+    """A copy of a run folder as versions before compression wrote it: plain predictions.csv and split.json."""
+    folder = shutil.copytree(results / run_id, to / run_id, ignore=shutil.ignore_patterns("ckpt"))
+    for name, legacy in store.LEGACY_NAMES.items():
+        (folder / legacy).write_text(store.read_text(folder / name))
+        (folder / name).unlink()
+    return folder
+
+
+def test_an_older_store_reads_as_it_is_and_compacts_to_the_same_files(tmp_path, reference):
+    cfg, results, result = reference
+    older = tmp_path / "older"
+    folder = _as_older_store(results, cfg.run_id, older)
+    assert store.RunDir(older, cfg.run_id).predictions.name == "predictions.csv"
+    assert_same_run(experiment.load_result(cfg, older), result)
+
+    assert store.compact_store(older)["folders"] == 1
+    assert sorted(p.name for p in folder.iterdir() if "json" in p.name or "csv" in p.name) == sorted(
+        p.name for p in (results / cfg.run_id).iterdir() if "json" in p.name or "csv" in p.name)
+    for name in store.LEGACY_NAMES:  # byte for byte what this version writes itself
+        assert (folder / name).read_bytes() == (results / cfg.run_id / name).read_bytes(), name
+    assert_same_run(experiment.load_result(cfg, older), result)
+    assert store.compact_store(older) == {"folders": 0, "bytes_before": 0, "bytes_after": 0}
+
+
+def test_compacting_refuses_two_different_copies_and_a_missing_folder(tmp_path, reference, capsys):
+    from dpaat_lib import cli
+
+    cfg, results, _ = reference
+    folder = _as_older_store(results, cfg.run_id, tmp_path)
+    store.write_json(folder / store.SPLIT, {"test": ["another split"]})
+    with pytest.raises(ValueError, match="both split.json and split.json.gz"):
+        store.compact_run(folder)
+    assert (folder / "split.json").exists(), "the plain copy must be kept when the two differ"
+    with pytest.raises(FileNotFoundError, match="no results folder"):
+        store.compact_store(tmp_path / "nowhere")
+    assert cli.main(["compact-store", str(tmp_path / "nowhere")]) == 2
+    assert "no results folder" in capsys.readouterr().err
 
 
 def test_balanced_epoch_draws_set_the_epoch_length_and_keep_the_classes_even():
