@@ -12,7 +12,7 @@
 #    starts only if it is expected to finish), with COMPILE=auto;
 # 3. torch.compile's cache (seeded from scratch/compile-cache when carried, scripts/device_env.sh) packed
 #    into $OUT/compile-cache.tgz.part-NN, unless over CACHE_MAX_MB (a call sends 64 MiB in all: the tracked
-#    files, at most 24 MiB by a test, the data copy 20 MB, so a larger cache could not be carried back);
+#    files, at most 24 MiB by a test, the data copy 14.5 MB, so a larger cache could not be carried back);
 # 4. the whole log in $OUT/session.log.
 # Afterwards: unpack check.tgz and copy its benchmark-cuda-*.json and compile-decision.json into
 # results/paper/; unpack the results archive(s) over results/; put the compile-cache parts in

@@ -222,7 +222,7 @@ def test_travel_size_counts_what_the_device_tool_sends(tmp_path, capsys):
 
 
 # What the repository may hold in tracked files and still travel to a lent GPU with the data copy
-# (dpaat slim-copy, 20 MB), the wheels (0.2 MB) and a compile cache of up to 20 MiB, under 64 MiB.
+# (dpaat slim-copy, 14.5 MB at 200x150), the wheels (0.2 MB) and a compile cache of up to 20 MiB, under 64 MiB.
 TRACKED_BUDGET_MIB = 24
 
 
