@@ -57,7 +57,8 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
                    help="train through torch.compile in this mode (reduce-overhead: CUDA graphs); a speed option "
                         "that leaves the runs' identities unchanged")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the profile's cpu_threads, else "
+                                               "torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable), e.g. --set eta=0.25 --set mu=epoch")
     p.add_argument("--book", action="store_true",
@@ -135,7 +136,14 @@ def _check_data_folder(folder) -> None:
 
 def _profile(args):
     over = {**dict(image_size=args.image_size, epochs=args.epochs, seeds=args.seeds), **_overrides(args.set)}
-    return profiles.profile_for(args.profile, args.data, **over)
+    prof = profiles.profile_for(args.profile, args.data, **over)
+    if args.threads is None:
+        profiles.pin_cpu_threads(prof, args.device)
+    elif prof.cpu_threads is not None and args.threads != prof.cpu_threads and str(args.device).startswith("cpu"):
+        print(f"dpaat: note: --threads {args.threads}, but profile {prof.name!r} computes with {prof.cpu_threads} "
+              "(its committed runs were trained so): the thread count changes a CPU run's numbers as a seed "
+              "would, so runs trained now will not reproduce the store's", file=sys.stderr, flush=True)
+    return prof
 
 
 def _grid(args, models, methods) -> int:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from . import data as D
 from . import store
@@ -189,8 +190,11 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     t0 = time.perf_counter()
     predictions = evaluate(model, tensors["test"], config.eval_attacks, config.data.classes, device=device,
                            seed=config.train.seed)
-    # The evaluation's time beside the epochs' (the grid's estimates read both).
-    store.write_json(run_dir / "history.json", {**history, "eval_seconds": time.perf_counter() - t0})
+    # The evaluation's time beside the epochs' (the grid's estimates read both), and where the evaluation ran:
+    # on a CPU the thread count changes the numbers (dpaat_lib.profiles.pin_cpu_threads).
+    store.write_json(run_dir / "history.json", {**history, "eval_seconds": time.perf_counter() - t0,
+                                                "evaluated_on": {"device": str(device), "torch": torch.__version__,
+                                                                 "torch_threads": torch.get_num_threads()}})
     metrics = compute_metrics(predictions, config.data.classes)
     if threshold is not None:
         metrics["amat_threshold"] = threshold

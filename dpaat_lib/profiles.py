@@ -68,6 +68,10 @@ class Profile:
     # Sized for a GPU: a page that would train a missing run of it on a CPU stops instead (days of CPU time,
     # report.load_grid); `dpaat grid --device cpu` still trains it for whoever means it.
     gpu: bool = False
+    # torch's CPU threads for computing this profile's runs on a CPU (pin_cpu_threads); None: torch's choice.
+    # The thread count sets the order of float sums, so it changes a CPU run's numbers as a seed would:
+    # a profile whose runs are committed pins the count they were trained with, so that they reproduce.
+    cpu_threads: int | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -98,9 +102,10 @@ PROFILES = {
     # What two CPU cores afford in well under an hour: the paper's split of real HAM10000, a small CNN at
     # 32 px (the torchvision CNNs' last feature map is 1x1 at that size, which makes Grad-CAM meaningless).
     # Three training seeds, so that every comparison of methods can be set against seed-to-seed noise.
+    # One torch thread, as its committed runs were trained (two processes at a time on two cores).
     "cpu-real": Profile("cpu-real", "ham10000", ("smallcnn",), ("smallcnn",), image_size=32,
                         n_train=800, n_val=80, n_test=299, epochs=12, patience=4, seeds=(0, 1, 2), strong_images=90,
-                        apgd_steps=50, square_queries=300, strong_all_seeds=True),
+                        apgd_steps=50, square_queries=300, strong_all_seeds=True, cpu_threads=1),
     # method.md's protocol at 224 px on one GPU. From scratch method.md allows up to 60 epochs with
     # patience 5; the cap of 30 is what one H100 affords for the 34 runs of the book within 30 minutes
     # (stated in the book; a papermill parameter epochs=60 re-runs the full schedule). The stronger
@@ -116,7 +121,7 @@ PROFILES = {
     "cpu-real-7": Profile("cpu-real-7", "ham10000", ("smallcnn",), ("smallcnn",), image_size=32,
                           n_train=0, n_val=0, n_test=0, epochs=12, patience=4, seeds=(0, 1, 2), strong_images=140,
                           apgd_steps=50, square_queries=300, classes=ALL_CLASSES, test_fraction=0.2,
-                          val_fraction=0.1, sampler="balanced", epoch_draws=2160),
+                          val_fraction=0.1, sampler="balanced", epoch_draws=2160, cpu_threads=1),
     # The same on the synthetic stand-in's seven classes (dpaat_lib.experiment.SYNTHETIC_ARGS: 160 images
     # of nv, mel, bkl, 48 to 20 of the others), sized for the book's quick build.
     "quick-7": Profile("quick-7", "synthetic", ("smallcnn",), ("smallcnn",), image_size=32, n_train=0, n_val=0,
@@ -134,6 +139,20 @@ def get_profile(name: str, **overrides) -> Profile:
         raise ValueError(f"unknown profile field(s) {sorted(bad)}; known: {sorted(known)}")
     clean = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
     return replace(PROFILES[name], **clean)
+
+
+def pin_cpu_threads(p: Profile, device="cpu") -> int | None:
+    """Set torch's CPU threads to ``p.cpu_threads`` when computing on a CPU; returns the count set, or None
+    where nothing was set (no pinned count, or a GPU device). Process-wide, as torch's setting is: the
+    entry points call it (report.load_grid for a page, the ``dpaat`` command unless ``--threads``)."""
+    if p.cpu_threads is None or not str(device).startswith("cpu"):
+        return None
+    if p.cpu_threads < 1:
+        raise ValueError(f"cpu_threads must be a whole number >= 1 (or None: torch's choice), got {p.cpu_threads!r}")
+    import torch
+
+    torch.set_num_threads(p.cpu_threads)
+    return p.cpu_threads
 
 
 PAPER_SPLIT = {"n_train": 800, "n_val": 80, "n_test": 299}

@@ -110,9 +110,12 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     printed: the progress of a long run goes to the ``dpaat_lib.report``
     logger, so executed notebooks do not depend on whether a run was trained
     or loaded. ``stored_only``: train nothing; return the finished runs the
-    results folder holds (possibly none).
+    results folder holds (possibly none). On a CPU the process computes with the
+    profile's ``cpu_threads`` (:func:`dpaat_lib.profiles.pin_cpu_threads`), so that
+    a run trained here reproduces the committed one.
     """
     prof = make_profile(profile, data_root=data_root, seeds=seeds, **overrides)
+    profiles.pin_cpu_threads(prof, device)
     root = resolve_path(data_root)
     out = results_dir(prof, results_root)
     data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
@@ -1272,6 +1275,34 @@ def environment(device: str = "cpu") -> str:
     if torch.cuda.is_available():
         items["gpu"] = torch.cuda.get_device_name(0)
     return "\n".join(f"- env `{k}`: {v}" for k, v in items.items())
+
+
+def cpu_threads_note(prof: profiles.Profile, results: Sequence[experiment.RunResult]) -> str:
+    """Whether a run trained again on a CPU reproduces the stored one: the profile's pinned torch threads
+    (:func:`dpaat_lib.profiles.pin_cpu_threads`), and how many runs record where they were evaluated."""
+    recorded = [r.history["evaluated_on"] for r in results if "evaluated_on" in r.history]
+    if prof.cpu_threads is None:
+        text = (f"**Threads.** Profile `{prof.name}` does not pin torch's CPU threads: on a CPU its runs' numbers "
+                "depend on the machine's thread count (the order of float sums) as they depend on the seed, so a "
+                "run trained on another machine can differ from the one shown here.")
+    else:
+        text = (f"**Threads.** On a CPU, profile `{prof.name}` computes with {prof.cpu_threads} torch "
+                f"thread{'s' if prof.cpu_threads > 1 else ''} (`cpu_threads`), the count its committed runs were "
+                "trained with: the thread count sets the order of float sums, and another count gives other "
+                "numbers, as another seed would. With it, a run trained again gives the same predictions byte for "
+                "byte (tests/test_committed_results.py retrains one run of cpu-real and of cpu-real-7 from the real "
+                "data); `dpaat --threads N` trades that for speed, and "
+                "several one-thread processes (`dpaat grid --claim DIR`) use more cores without it.")
+    if not results:
+        return text
+    if recorded:
+        threads = sorted({str(e.get("torch_threads")) for e in recorded if str(e.get("device", "")).startswith("cpu")})
+        text += (f" {len(recorded)} of the {len(results)} runs record the device they were evaluated on"
+                 + (f" (on a CPU, torch threads: {' or '.join(threads)})" if threads else "") + "; "
+                 f"{len(results) - len(recorded)} predate that record.")
+    else:
+        text += f" None of the {len(results)} runs records the device it was evaluated on (they predate that record)."
+    return text
 
 
 def runs_frame(results: Sequence[experiment.RunResult]) -> pd.DataFrame:

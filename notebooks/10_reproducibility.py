@@ -80,6 +80,9 @@ report.md(report.config_json(next(r for r in results if r.config.method.name == 
 # %%
 report.md(report.papermill_commands(prof.name))
 
+# %%
+report.md(report.cpu_threads_note(prof, results))
+
 # %% [markdown]
 # ## Training speed
 #

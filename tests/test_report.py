@@ -253,6 +253,30 @@ def test_the_committed_paper_store_loads_without_data():
     assert {r.run_id for r in runs} <= {c.run_id for c in cfgs}
 
 
+def test_a_page_of_the_committed_cpu_store_computes_with_its_pinned_threads():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        prof, runs = report.load_grid("cpu-real", stored_only=True)
+        assert torch.get_num_threads() == prof.cpu_threads == 1 and len(runs) == 15
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_threads_note_says_whether_runs_reproduce_and_counts_the_recorded_ones():
+    run = fake_result("smallcnn", "at")
+    on_cpu = dataclasses.replace(fake_result("smallcnn", "std"), history={
+        **run.history, "evaluated_on": {"device": "cpu", "torch": "2.x", "torch_threads": 1}})
+    pinned = report.cpu_threads_note(profiles.get_profile("cpu-real"), [run, on_cpu])
+    assert "computes with 1 torch thread (`cpu_threads`)" in pinned
+    assert "1 of the 2 runs record the device they were evaluated on (on a CPU, torch threads: 1); 1 predate" in pinned
+    free = report.cpu_threads_note(profiles.get_profile("quick"), [run])
+    assert "does not pin torch's CPU threads" in free and "None of the 1 runs records" in free
+    assert report.cpu_threads_note(profiles.get_profile("quick"), []).endswith("differ from the one shown here.")
+
+
 def test_grid_calls_and_the_time_goal(tmp_path):
     assert report.grid_calls(tmp_path).empty
     assert report.grid_time_findings(report.grid_calls(tmp_path), 0, 34) == "No GPU call is recorded yet."

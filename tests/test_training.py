@@ -13,6 +13,8 @@ import os
 import shutil
 import time
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -364,6 +366,9 @@ def test_run_folder_is_complete_and_checkpoints_load_weights_only(reference):
     assert RunConfig.from_dict(store.read_json(run_dir / "config.json")) == cfg
     split = store.read_json(run_dir.split)
     assert {len(split[k]) for k in split} and not set(split["train"]) & set(split["test"])
+    evaluated_on = store.read_json(run_dir / "history.json")["evaluated_on"]
+    assert evaluated_on["device"] == "cpu" and evaluated_on["torch"] == torch.__version__
+    assert isinstance(evaluated_on["torch_threads"], int) and evaluated_on["torch_threads"] >= 1
     best = torch.load(run_dir.ckpt / "best.pt", weights_only=True)
     build_model("smallcnn").load_state_dict(best)
     last = torch.load(run_dir.ckpt / "last.pt", weights_only=True)
@@ -490,3 +495,37 @@ def test_training_code_digest_ignores_prose_but_not_code(edit, same):
     assert (training.code_text(edit(CODE)) == training.code_text(CODE)) is same
     assert training.code_text(CODE).splitlines() == [
         "import math", "def f(a):", '    s = "# not a comment"', '    return a; "kept: it shares its line"']
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name, device, pinned", [("cpu-real", "cpu", 1), ("cpu-real-7", "cpu", 1),
+                                                  ("cpu-real", "cuda", None), ("quick", "cpu", None),
+                                                  ("paper", "cpu", None)])
+def test_a_profile_whose_runs_are_committed_pins_the_cpu_threads(restore_threads, name, device, pinned):
+    torch.set_num_threads(2)
+    assert profiles.pin_cpu_threads(profiles.get_profile(name), device) == pinned
+    assert torch.get_num_threads() == (pinned or 2)
+
+
+def test_pinning_refuses_a_thread_count_below_one(restore_threads):
+    with pytest.raises(ValueError, match="cpu_threads must be a whole number >= 1"):
+        profiles.pin_cpu_threads(profiles.get_profile("cpu-real", cpu_threads=0))
+
+
+def test_the_command_pins_the_profiles_threads_unless_told_and_then_warns(restore_threads, capsys):
+    from dpaat_lib import cli
+
+    results = str(Path(__file__).resolve().parents[1] / "results" / "cpu-real")
+    plan = ["grid", "--profile", "cpu-real", "--plan", "--results", results, "--no-progress"]
+    torch.set_num_threads(2)
+    assert cli.main(plan) == 0
+    assert torch.get_num_threads() == 1 and "note:" not in capsys.readouterr().err
+    assert cli.main(plan + ["--threads", "2"]) == 0
+    assert torch.get_num_threads() == 2
+    assert "will not reproduce the store's" in capsys.readouterr().err
