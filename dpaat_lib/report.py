@@ -1297,9 +1297,11 @@ def cpu_threads_note(prof: profiles.Profile, results: Sequence[experiment.RunRes
         return text
     if recorded:
         threads = sorted({str(e.get("torch_threads")) for e in recorded if str(e.get("device", "")).startswith("cpu")})
-        text += (f" {len(recorded)} of the {len(results)} runs record the device they were evaluated on"
-                 + (f" (on a CPU, torch threads: {' or '.join(threads)})" if threads else "") + "; "
-                 f"{len(results) - len(recorded)} predate that record.")
+        every = len(recorded) == len(results)
+        text += ((f" All {len(results)} runs record" if every else f" {len(recorded)} of the {len(results)} runs record")
+                 + " the device they were evaluated on"
+                 + (f" (on a CPU, torch threads: {' or '.join(threads)})" if threads else "")
+                 + ("." if every else f"; {len(results) - len(recorded)} predate that record."))
     else:
         text += f" None of the {len(results)} runs records the device it was evaluated on (they predate that record)."
     return text

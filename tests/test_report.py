@@ -275,6 +275,8 @@ def test_the_threads_note_says_whether_runs_reproduce_and_counts_the_recorded_on
     free = report.cpu_threads_note(profiles.get_profile("quick"), [run])
     assert "does not pin torch's CPU threads" in free and "None of the 1 runs records" in free
     assert report.cpu_threads_note(profiles.get_profile("quick"), []).endswith("differ from the one shown here.")
+    assert report.cpu_threads_note(profiles.get_profile("quick"), [on_cpu]).endswith(
+        "All 1 runs record the device they were evaluated on (on a CPU, torch threads: 1).")
 
 
 def test_grid_calls_and_the_time_goal(tmp_path):
