@@ -47,17 +47,12 @@ SPLIT = "split.json.gz"
 LEGACY_NAMES = {PREDICTIONS: "predictions.csv", SPLIT: "split.json"}
 
 
-def _gzip(data: bytes) -> bytes:
-    # mtime=0 (and gzip.compress writes no file name): the same content gives the same bytes, so a
-    # re-written file is no change to git and the migration can be checked byte for byte.
-    return gzip.compress(data, compresslevel=9, mtime=0)
-
-
-def _write_text(path, text: str) -> None:
-    """``text`` to ``path`` atomically, gzipped when the name ends in ``.gz``."""
-    data = text.encode()
+def _write_bytes(path, data: bytes) -> None:
+    """``data`` to ``path`` atomically, gzipped when the name ends in ``.gz``."""
     if str(path).endswith(".gz"):
-        data = _gzip(data)
+        # mtime=0 (and gzip.compress writes no file name): the same content gives the same bytes, so a
+        # re-written file is no change to git and the migration can be checked byte for byte.
+        data = gzip.compress(data, compresslevel=9, mtime=0)
     _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -67,7 +62,7 @@ def read_text(path) -> str:
 
 
 def write_json(path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    _write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_json(path):
@@ -75,7 +70,7 @@ def read_json(path):
 
 
 def write_csv(path, frame: pd.DataFrame) -> None:
-    _write_text(path, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    _write_bytes(path, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode())
 
 
 def read_csv(path) -> pd.DataFrame:
@@ -91,12 +86,12 @@ def run_file(folder, name: str) -> Path:
     return legacy if not path.exists() and legacy.exists() else path
 
 
-def compact_run(folder) -> list[str]:
+def compact_run(folder) -> tuple[int, int]:
     """Gzip a run folder's uncompressed ``predictions.csv`` and ``split.json`` in place (the new file
     written atomically and checked against the old bytes before the old one is removed); returns the
-    names converted. Idempotent: a folder already compact is left as it is."""
+    bytes of the files converted, before and after. Idempotent: a compact folder is left as it is."""
     folder = Path(folder)
-    converted = []
+    before = after = 0
     for name, legacy_name in LEGACY_NAMES.items():
         legacy = folder / legacy_name
         if not legacy.exists():
@@ -106,13 +101,12 @@ def compact_run(folder) -> list[str]:
         if target.exists() and gzip.decompress(target.read_bytes()) != data:
             raise ValueError(f"{folder} holds both {legacy_name} and {name} with different contents: "
                              "keep the one the run's done file belongs to and remove the other")
-        packed = _gzip(data)
-        _atomic(target, lambda tmp: Path(tmp).write_bytes(packed))
+        _write_bytes(target, data)
         if gzip.decompress(target.read_bytes()) != data:  # never remove the only good copy
             raise OSError(f"{target} does not read back as {legacy}: {legacy} is kept")
         legacy.unlink()
-        converted.append(legacy_name)
-    return converted
+        before, after = before + len(data), after + target.stat().st_size
+    return before, after
 
 
 def compact_store(root) -> dict:
@@ -122,13 +116,8 @@ def compact_store(root) -> dict:
     if not root.is_dir():
         raise FileNotFoundError(f"no results folder {root}: name a store such as results/cpu-real")
     folders = sorted({p.parent for name in LEGACY_NAMES.values() for p in root.rglob(name)})
-    before = after = 0
-    for folder in folders:
-        names = [n for n, old in LEGACY_NAMES.items() if (folder / old).exists()]
-        before += sum((folder / LEGACY_NAMES[n]).stat().st_size for n in names)
-        compact_run(folder)
-        after += sum((folder / n).stat().st_size for n in names)
-    return {"folders": len(folders), "bytes_before": before, "bytes_after": after}
+    sizes = [compact_run(folder) for folder in folders]
+    return {"folders": len(folders), "bytes_before": sum(b for b, _ in sizes), "bytes_after": sum(a for _, a in sizes)}
 
 
 def save_torch(path, obj) -> None:
