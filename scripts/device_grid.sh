@@ -23,6 +23,10 @@
 #   goes back): a run is started only if it is expected to finish, extras included, before the call
 #   ends (--finish-by, estimated from the runs already stored), and training may go on to the end;
 # - appends the call (seconds, card, workers, runs trained) to $RESULTS/calls.jsonl;
+# - every PACK_EVERY seconds (default 60) while the workers run, packs the runs finished so far (with their logs)
+#   into $OUT/results-$PROFILE-$START.partial.tgz: the device tool may stop a call before LIMIT (its limit is
+#   less than timeout_s when the machine's start took long), and what was finished then still comes back;
+#   the final archive replaces it;
 # - packs what this call wrote into the results store (no checkpoints), logs included, into
 #   $OUT/results-$PROFILE-$START.tgz, split into parts of 15 MiB if larger (the device tool brings back
 #   files of at most 16 MiB): unpack the calls' archives in order, over one folder.
@@ -47,6 +51,7 @@ FINAL=${FINAL:-0}
 GRID_ARGS=${GRID_ARGS:-}
 COMPILE=${COMPILE:-}
 PY=${PY:-python3}
+PACK_EVERY=${PACK_EVERY:-60}
 if [ "$COMPILE" = auto ]; then  # what scripts/device_check.sh decided, on this machine or committed to the store
   COMPILE=$("$PY" scripts/compile_decision.py --read "${DECISION:-/root/dpaat/compile-decision.json}" \
     "$RESULTS/compile-decision.json" | tr -d '[:space:]')
@@ -58,6 +63,23 @@ mkdir -p "$OUT" "$RESULTS/logs"
 MARK=$(mktemp /tmp/dpaat-call-start.XXXXXX)  # files newer than this are what this call wrote
 elapsed() { echo $(( $(date +%s) - START )); }
 source scripts/device_env.sh
+BASE=$(dirname "$RESULTS") NAME=$(basename "$RESULTS")
+PARTIAL="$OUT/results-$PROFILE-$START.partial.tgz"
+written() {  # what this call wrote to the store, relative to BASE: no checkpoints, no superseded runs
+  (cd "$BASE" && find "$NAME" -type f -newer "$MARK" -not -path "*/ckpt/*" -not -path "*/superseded/*" | sort)
+}
+pack_partial() {  # the store's own files, the logs and the finished runs: never a run still training
+  written | while read -r f; do
+    run=$(echo "$f" | cut -d/ -f2)
+    if [ "$(dirname "$f")" = "$NAME" ] || [ "$run" = logs ] || [ -e "$BASE/$NAME/$run/done" ]; then echo "$f"; fi
+  done > "$MARK.partial"
+  tar czf "$OUT/partial.tmp" -C "$BASE" -T "$MARK.partial" 2>/dev/null
+  if [ "$(stat -c %s "$OUT/partial.tmp" 2>/dev/null || echo 0)" -le $(( 15 * 1024 * 1024 )) ]; then
+    mv "$OUT/partial.tmp" "$PARTIAL"
+  else
+    rm -f "$OUT/partial.tmp"
+  fi
+}
 
 "$PY" -m dpaat_lib prepare --profile "$PROFILE" --data "$DATA" --results "$RESULTS" $GRID_ARGS
 echo "[$(elapsed)s] data ready"
@@ -101,14 +123,19 @@ if [ "$FINAL" = 1 ]; then
 fi
 CLAIMS=/tmp/claims-$START
 echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"
+PIDS=()
 for k in $(seq 1 "$WORKERS"); do
   timeout -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" \
     --device "$DEVICE" --claim "$CLAIMS" --extras --retrain-lost-extras --sharing "$WORKERS" "${FINISH[@]}" --time-budget "$TRAIN_END" \
     --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
     > "$RESULTS/logs/worker$k-$START.log" 2>&1 &
+  PIDS+=($!)
   sleep 2  # staggered starts: the first runs claimed are the STD runs, in order
 done
-wait
+(while sleep "$PACK_EVERY"; do pack_partial; done) &
+PACKER=$!
+wait "${PIDS[@]}"
+kill "$PACKER" 2>/dev/null; wait "$PACKER" 2>/dev/null
 echo "[$(elapsed)s] workers done"
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 
@@ -121,9 +148,9 @@ printf '{"start": %s, "seconds": %s, "card": "%s", "workers": %s, "compile": "%s
 grep -h "done in\|FAILED\|interrupted\|extras:\|not started\|again" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
 grep -h -A12 "FAILED" "$RESULTS"/logs/worker*-"$START".log | head -n 60
 ARCHIVE="$OUT/results-$PROFILE-$START.tgz"
-(cd "$(dirname "$RESULTS")" && find "$(basename "$RESULTS")" -type f -newer "$MARK" -not -path "*/ckpt/*" \
-  -not -path "*/superseded/*" | sort > "$MARK.list")
-tar czf "$ARCHIVE" -C "$(dirname "$RESULTS")" -T "$MARK.list"
+written > "$MARK.list"
+tar czf "$ARCHIVE" -C "$BASE" -T "$MARK.list"
+rm -f "$PARTIAL" "$OUT/partial.tmp"  # the final archive holds all of it
 echo "$(wc -l < "$MARK.list") files written by this call packed"
 if [ "$(stat -c %s "$ARCHIVE")" -gt $(( 15 * 1024 * 1024 )) ]; then
   split -b 15M -d "$ARCHIVE" "$ARCHIVE.part-" && rm "$ARCHIVE"  # cat the parts in order to unpack

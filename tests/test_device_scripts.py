@@ -7,9 +7,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,22 +22,26 @@ TINY = ("--set n_train=12 --set n_val=4 --set n_test=6 --set epochs=2 --set stro
         "--set apgd_steps=2 --set square_queries=4 --set train_steps=2")
 
 
-def _call(tmp_path, synthetic_root, out, **env):
+def _grid_env(tmp_path, synthetic_root, out, **env):
     # LIMIT is far above the ~1 minute a call takes here: a call ends when its runs are done, and a slow or busy
     # machine (CI once took four times as long) must not stop it before all seven runs start.
-    env = {**os.environ, "OUT": str(out), "LIMIT": "900", "WORKERS": "2", "PROFILE": "quick", "DEVICE": "cpu",
-           "MPS": "0", "RESULTS": str(tmp_path / "results"), "DATA": str(synthetic_root), "PY": sys.executable,
-           "GRID_ARGS": TINY, "DPAAT_CACHE": str(tmp_path / "cache"),
-           # torch sets this in the process that compiles first (here, pytest): never the machine's own cache
-           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), **env}
-    done = subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1000)
+    return {**os.environ, "OUT": str(out), "LIMIT": "900", "WORKERS": "2", "PROFILE": "quick", "DEVICE": "cpu",
+            "MPS": "0", "RESULTS": str(tmp_path / "results"), "DATA": str(synthetic_root), "PY": sys.executable,
+            "GRID_ARGS": TINY, "DPAAT_CACHE": str(tmp_path / "cache"), "PACK_EVERY": "3",
+            # torch sets this in the process that compiles first (here, pytest): never the machine's own cache
+            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), **env}
+
+
+def _call(tmp_path, synthetic_root, out, **env):
+    done = subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=_grid_env(tmp_path, synthetic_root, out,
+                                                                                     **env),
+                          capture_output=True, text=True, timeout=1000)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
-def _members(out: Path) -> list[str]:
-    (archive,) = out.glob("results-quick-*.tgz")
+def _members(out: Path, pattern: str = "results-quick-*[0-9].tgz") -> list[str]:
+    (archive,) = out.glob(pattern)
     with tarfile.open(archive) as tar:
         return tar.getnames()
 
@@ -44,6 +50,7 @@ def _members(out: Path) -> list[str]:
 def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path, synthetic_root):
     log = _call(tmp_path, synthetic_root, tmp_path / "out1", COMPILE="auto", DECISION=str(tmp_path / "none.txt"))
     assert "COMPILE=auto: eager" in log  # no decision by device_check.sh on this machine: eager
+    assert not list((tmp_path / "out1").glob("*partial*"))  # the final archive replaced the partial one
     first = _members(tmp_path / "out1")
     runs = {Path(m).parts[1] for m in first if m.endswith("/done")}
     assert len(runs) == 7  # smallcnn x STD, AT, SAT, AMAT, DPAAT, plus D-A and D-B
@@ -69,6 +76,29 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     # WORKERS=auto on a last call: the count `dpaat grid --workers-for` chose (one short run: a full card).
     assert calls[0]["workers"] == 2 and f"WORKERS=auto: {calls[1]['workers']}" in log and calls[1]["workers"] == 8
     assert "results/calls.jsonl" in second
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_device_grid_call_stopped_early_brings_back_its_finished_runs(tmp_path, synthetic_root):
+    """The device tool may stop a call before LIMIT (killing everything): the partial archive, packed every
+    PACK_EVERY seconds, then holds the runs finished so far and the logs, and never a run still training."""
+    out = tmp_path / "out"
+    call = subprocess.Popen(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=_grid_env(tmp_path, synthetic_root, out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, members = time.monotonic() + 600, []
+    try:
+        while not any(m.endswith("/done") for m in members) and call.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+            if list(out.glob("*.partial.tgz")):  # replaced by a rename: never half-written
+                members = _members(out, "*.partial.tgz")
+    finally:
+        os.killpg(call.pid, signal.SIGKILL)  # as the device tool stops a call: everything, at once
+        call.wait()
+    assert call.returncode == -signal.SIGKILL, "the call ended before a partial archive held a finished run"
+    done = {Path(m).parts[1] for m in members if m.endswith("/done")}
+    folders = {Path(m).parts[1] for m in members if len(Path(m).parts) > 2 and Path(m).parts[1] != "logs"}
+    assert done and folders == done, (done, folders)
+    assert any(m.startswith("results/logs/worker") for m in members) and not any("/ckpt/" in m for m in members)
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
