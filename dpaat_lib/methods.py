@@ -260,7 +260,9 @@ class AMAT(RadiusTable):
     T comes from an already trained STD model of the same architecture (mean
     per-sample validation CE, + z * std as an option) and stays fixed. Only
     correctly classified samples are attacked; after each epoch their radius
-    grows by delta if CE(x') <= T, else moves half-way to ||x' - x||.
+    grows by delta if CE(x') <= T, else moves half-way to ||x' - x||. A sample
+    whose CE(x') or distance is not finite keeps its radius; the epoch's log
+    counts them (``nonfinite_adv``).
     """
 
     varying_batch = True  # the attacked sub-batch: the correctly classified images of each batch
@@ -271,12 +273,17 @@ class AMAT(RadiusTable):
             raise ValueError("AMAT needs the threshold of a trained STD model of the same architecture: "
                              "train the STD run first (dpaat_lib.grid orders this for you) and pass "
                              "threshold=<its validation CE>")
+        # NaN would silently shrink every radius (CE <= NaN is never true); inf (every radius grows) is allowed.
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+            raise ValueError(f"AMAT's threshold must be a number (its STD run's mean validation CE + amat_z x their "
+                             f"std), got {threshold!r}: train that STD run again if it diverged")
         self.threshold = float(threshold)
         self.delta = config.eps0 / 10
         # What the last visit of each sample saw; applied at the end of the epoch.
         self.seen = torch.zeros(n_train, dtype=torch.bool, device=self.device)
         self.adv_loss = torch.zeros(n_train, device=self.device)
         self.adv_dist = torch.zeros(n_train, device=self.device)
+        self.nonfinite = torch.zeros(n_train, dtype=torch.bool, device=self.device)
 
     def loss(self, model, x, y, idx):
         a = self.config.alpha
@@ -291,9 +298,15 @@ class AMAT(RadiusTable):
             x_adv = self.attack(model, xs, ys, eps=self.eps[cidx].to(x.device))
             ce_adv = per_sample_ce(model(x_adv), ys)
             adv_term = ce_adv.mean()
-            self.seen[cidx] = True
-            self.adv_loss[cidx] = ce_adv.detach().float().to(self.device)
-            self.adv_dist[cidx] = (x_adv - xs).flatten(1).norm(dim=1).detach().float().to(self.device)
+            adv_loss = ce_adv.detach().float().to(self.device)
+            adv_dist = (x_adv - xs).flatten(1).norm(dim=1).detach().float().to(self.device)
+            # As in DPAAT: a non-finite loss or distance (a NaN image, an overflow) must not reach the radius,
+            # which would stay NaN for the rest of the run; such a sample keeps its radius and is counted.
+            finite = torch.isfinite(adv_loss) & torch.isfinite(adv_dist)
+            self.seen[cidx] = finite
+            self.nonfinite[cidx] = ~finite
+            self.adv_loss[cidx] = adv_loss
+            self.adv_dist[cidx] = adv_dist
         loss = a * ce.mean() + (1 - a) * adv_term
         return loss, {"acc": correct.float().mean(), "attacked": correct.sum(), "loss": loss.detach()}
 
@@ -304,8 +317,11 @@ class AMAT(RadiusTable):
         self.eps[grow] += self.delta
         self.eps[shrink] = (self.eps[shrink] + self.adv_dist[shrink]) / 2
         self.eps.clamp_(0.0, self.eps_max)
-        logs = {"grown": int(grow.sum()), "shrunk": int(shrink.sum()), **self.radius_log()}
+        # Always logged (0 included), so a history tells whether its run was trained with this count.
+        logs = {"grown": int(grow.sum()), "shrunk": int(shrink.sum()), "nonfinite_adv": int(self.nonfinite.sum()),
+                **self.radius_log()}
         self.seen.zero_()
+        self.nonfinite.zero_()
         return logs
 
     def state_dict(self):

@@ -1210,6 +1210,36 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
     return " ".join(parts)
 
 
+NONFINITE_KEYS = {"nonfinite_dL": "DPAAT's dL", "nonfinite_adv": "AMAT's adversarial loss"}  # methods.py's logs
+
+
+def nonfinite_findings(results: Sequence[experiment.RunResult]) -> str:
+    """Whether training met a NaN or an inf (Markdown), from every epoch of every run: its training and
+    validation losses, and the per-sample counts DPAAT and AMAT log when a sample's loss was not finite
+    (such a sample keeps its radius, so the radius tables above do not show it)."""
+    if not results:
+        return "No runs."
+    hits = []
+    for r in results:
+        for e in r.history["epochs"]:
+            bad = [f"{e[k]} x {what}" for k, what in NONFINITE_KEYS.items() if e.get(k)]
+            bad += [k for k in ("train_loss", "val_loss", "radius_mean") if k in e and not math.isfinite(e[k])]
+            if bad:
+                hits.append(f"{r.config.run_id} epoch {e['epoch']}: " + ", ".join(bad))
+    amat = [r for r in results if r.config.method.name == "amat" and r.history["epochs"]]
+    uncounted = sum(1 for r in amat if not any("nonfinite_adv" in e for e in r.history["epochs"]))
+    caveat = (f" {uncounted} of the {len(amat)} AMAT runs were trained before AMAT counted its non-finite "
+              "adversarial losses, so for them only the losses and radii are checked." if uncounted else "")
+    if not hits:
+        return (f"**Non-finite values.** None in any of the {len(results)} runs: every epoch's training and "
+                "validation loss and mean radius is finite, and no epoch logged a DPAAT or AMAT sample whose "
+                "adversarial loss was NaN or inf." + caveat)
+    shown = "; ".join(hits[:12]) + (f"; and {len(hits) - 12} more" if len(hits) > 12 else "")
+    return (f"**Non-finite values.** {len(hits)} epochs met a NaN or an inf ({shown}). A sample whose adversarial "
+            "loss was not finite kept its radius for that epoch; a non-finite training loss means the model's "
+            "weights may be damaged from that epoch on, so read those runs' numbers with care." + caveat)
+
+
 def unmoved_radii_note(results: Sequence[experiment.RunResult], method: str = "DPAAT") -> str:
     """A caveat (Markdown, empty when there is none): the ``method`` runs whose median radius at the kept
     epoch is still exactly eps0, so that at least half of the training images' radii never moved (a

@@ -75,6 +75,9 @@ report.plot_training_curves(main)
 # %%
 report.md(report.stopping_findings(main))
 
+# %%
+report.md(report.nonfinite_findings(results))
+
 # %% [markdown]
 # ## Training cost
 #

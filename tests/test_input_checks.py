@@ -146,6 +146,28 @@ def test_dpaat_all_non_finite_in_train_mode_keeps_the_radii():
     assert logs["epoch_mu"] is None and logs["nonfinite_dL"] == 8
 
 
+def test_amat_non_finite_sample_keeps_its_radius(smallcnn):
+    """AMAT, like DPAAT: a sample whose adversarial loss is NaN keeps its radius, and the epoch's log counts it."""
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[3] = float("nan")  # eval mode: only sample 3's logits are NaN
+    with torch.no_grad():
+        y = smallcnn(x).argmax(1)  # every sample "correct", so every sample is attacked
+    method = build_method(MethodConfig(name="amat", attack=NO_START), 8, threshold=0.0)  # every finite one shrinks
+    start = method.radii().clone()
+    method.loss(smallcnn, x, y, torch.arange(8))
+    logs = method.end_epoch()
+    assert torch.isfinite(method.radii()).all() and method.radii()[3] == start[3]
+    assert logs["nonfinite_adv"] == 1 and logs["shrunk"] == 7 and logs["grown"] == 0
+    method.loss(smallcnn, x[:3], y[:3], torch.arange(3))  # a clean epoch: the count was reset
+    assert method.end_epoch()["nonfinite_adv"] == 0
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), "0.5", True])
+def test_amat_rejects_a_threshold_that_is_not_a_number(threshold):
+    with pytest.raises(ValueError, match="threshold must be a number"):
+        build_method(MethodConfig(name="amat", attack=NO_START), 8, threshold=threshold)
+
+
 @pytest.mark.parametrize("kw, field", [
     (dict(alpha=1.5), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(lam=-1.0), "lam"),
     (dict(lam=float("nan")), "lam"), (dict(eps_min=-0.1), "eps_min"), (dict(eps_min=1.0, eps_max=0.5), "eps_min"),

@@ -429,6 +429,25 @@ def test_stopping_findings_names_a_weaker_amat_adversary_only_where_there_is_one
     assert says in text and "which weighs against AMAT" not in text
 
 
+def test_nonfinite_findings_names_each_epoch_that_met_a_nan():
+    def run(method, seed=0, **bad):
+        h = _history(3, 3, 3, radius=0.5)
+        h["epochs"][1].update(bad)
+        return dataclasses.replace(fake_result("smallcnn", method, seed=seed), history=h)
+
+    clean = [run("std"), run("dpaat"), run("amat", nonfinite_adv=0)]
+    text = report.nonfinite_findings(clean)
+    assert "None in any of the 3 runs" in text and "trained before AMAT counted" not in text
+    old_amat = run("amat", seed=1)  # its epochs predate the count
+    assert "1 of the 2 AMAT runs were trained before AMAT counted" in report.nonfinite_findings(clean + [old_amat])
+    bad = [run("dpaat", seed=2, nonfinite_dL=4), run("at", val_loss=float("nan")), run("amat", seed=3, nonfinite_adv=2)]
+    text = report.nonfinite_findings(clean + bad)
+    ids = [r.config.run_id for r in bad]
+    assert text.startswith("**Non-finite values.** 3 epochs met a NaN or an inf")
+    assert (f"{ids[0]} epoch 2: 4 x DPAAT's dL" in text and f"{ids[1]} epoch 2: val_loss" in text
+            and f"{ids[2]} epoch 2: 2 x AMAT's adversarial loss" in text)
+
+
 def test_confusion_balance_averages_the_seeds_and_names_ties():
     def run(method, seed, cm):
         r = fake_result("smallcnn", method, seed=seed)
