@@ -152,12 +152,20 @@ def stored_book_runs(profile: str = "paper", results_root=None) -> tuple[profile
     return prof, cfgs, [r for r in found if r is not None]
 
 
+STOPPED_EARLY = "stopped early"  # how scripts/device_grid.sh's record of a call stopped early begins its note
+
+
 def grid_calls(results_dir) -> pd.DataFrame:
     """The GPU calls that filled a results folder, one row each, from its ``calls.jsonl`` (written by
     scripts/device_grid.sh): card, processes, compile mode, last call of a session or not, runs
-    trained, seconds of wall time. Empty when no call is recorded."""
+    trained, seconds of wall time. Empty when no call is recorded. A call stopped before it could append its
+    line (the device tool's limit came first) is read from the record its partial archive brought back,
+    ``logs/call-<start>.json``, whose seconds are a lower bound (its note says so)."""
     path = Path(results_dir) / "calls.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    recorded = {r["start"] for r in rows}
+    stopped = [json.loads(p.read_text()) for p in sorted((Path(results_dir) / "logs").glob("call-*.json"))]
+    rows = sorted(rows + [r for r in stopped if r["start"] not in recorded], key=lambda r: r["start"])
     cols = ["card", "workers", "compile", "final", "runs_trained", "seconds", "note"]
     out = pd.DataFrame(rows, columns=["start", *cols])
     out["compile"] = out["compile"].fillna("").replace("", "eager")
@@ -177,7 +185,10 @@ def grid_time_findings(calls: pd.DataFrame, finished: int, total: int, goal_min:
     minutes = calls["seconds"].sum() / 60
     cards = ", ".join(dict.fromkeys(calls["card"]))
     left = total - finished if left is None else left
-    text = (f"{len(calls)} GPU call(s) ({cards}) have run {minutes:.1f} minutes of wall time in all; {finished} of "
+    early = int(calls["note"].str.startswith(STOPPED_EARLY).sum())
+    text = (f"{len(calls)} GPU call(s) ({cards}) have run {minutes:.1f} minutes of wall time in all"
+            + (f" ({early} of them stopped early by the device tool, counted up to their last partial pack: a lower "
+               "bound)" if early else "") + f"; {finished} of "
             f"the {total} runs are stored"
             + (f", {left - (total - finished)} of them to train again (their stored extras were lost with their "
                "checkpoints)" if left > total - finished else "")

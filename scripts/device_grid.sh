@@ -22,7 +22,8 @@
 # - FINAL=1 marks the session's last call (the machine, with every unfinished run's checkpoint, then
 #   goes back): a run is started only if it is expected to finish, extras included, before the call
 #   ends (--finish-by, estimated from the runs already stored), and training may go on to the end;
-# - appends the call (seconds, card, workers, runs trained) to $RESULTS/calls.jsonl;
+# - appends the call (seconds, card, workers, runs trained) to $RESULTS/calls.jsonl (a call stopped early leaves
+#   its record so far in $RESULTS/logs/call-$START.json instead, packed with the partial archive);
 # - every PACK_EVERY seconds (default 60) while the workers run, packs the runs finished so far (with their logs)
 #   into $OUT/results-$PROFILE-$START.partial.tgz: the device tool may stop a call before LIMIT (its limit is
 #   less than timeout_s when the machine's start took long), and what was finished then still comes back;
@@ -68,7 +69,18 @@ PARTIAL="$OUT/results-$PROFILE-$START.partial.tgz"
 written() {  # what this call wrote to the store, relative to BASE: no checkpoints, no superseded runs
   (cd "$BASE" && find "$NAME" -type f -newer "$MARK" -not -path "*/ckpt/*" -not -path "*/superseded/*" | sort)
 }
+CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+PENDING="$RESULTS/logs/call-$START.json"
+call_record() {  # this call so far, as one line of calls.jsonl ($1: a note)
+  local trained
+  trained=$(cat "$RESULTS"/logs/worker*-"$START".log 2>/dev/null | grep ": done in" | grep -vc "done in 0.0s")
+  printf '{"start": %s, "seconds": %s, "card": "%s", "workers": %s, "compile": "%s", "final": %s, "runs_trained": %s%s}\n' \
+    "$START" "$(elapsed)" "${CARD:-$DEVICE}" "$WORKERS" "${COMPILE:-}" "$FINAL" "$trained" "${1:+, \"note\": \"$1\"}"
+}
 pack_partial() {  # the store's own files, the logs and the finished runs: never a run still training
+  # The call's record so far, in case it is stopped before it appends its line to calls.jsonl (chapter 10 reads both).
+  call_record "stopped early (by the device tool): its seconds up to its last partial pack, a lower bound" \
+    > "$PENDING.tmp" && mv "$PENDING.tmp" "$PENDING"
   written | while read -r f; do
     run=$(echo "$f" | cut -d/ -f2)
     if [ "$(dirname "$f")" = "$NAME" ] || [ "$run" = logs ] || [ -e "$BASE/$NAME/$run/done" ]; then echo "$f"; fi
@@ -140,10 +152,7 @@ echo "[$(elapsed)s] workers done"
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
 
 # One line per call in the store's calls.jsonl (packed with the results): the grid's GPU time, from its calls.
-CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
-TRAINED=$(cat "$RESULTS"/logs/worker*-"$START".log | grep ": done in" | grep -vc "done in 0.0s")
-printf '{"start": %s, "seconds": %s, "card": "%s", "workers": %s, "compile": "%s", "final": %s, "runs_trained": %s}\n' \
-  "$START" "$(elapsed)" "${CARD:-$DEVICE}" "$WORKERS" "${COMPILE:-}" "$FINAL" "$TRAINED" >> "$RESULTS/calls.jsonl"
+call_record >> "$RESULTS/calls.jsonl" && rm -f "$PENDING" "$PENDING.tmp"
 
 grep -h "done in\|FAILED\|interrupted\|extras:\|not started\|again" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
 grep -h -A12 "FAILED" "$RESULTS"/logs/worker*-"$START".log | head -n 60

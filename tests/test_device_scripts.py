@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dpaat_lib import report
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("--set n_train=12 --set n_val=4 --set n_test=6 --set epochs=2 --set strong_images=6 "
         "--set apgd_steps=2 --set square_queries=4 --set train_steps=2")
@@ -51,6 +53,7 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     log = _call(tmp_path, synthetic_root, tmp_path / "out1", COMPILE="auto", DECISION=str(tmp_path / "none.txt"))
     assert "COMPILE=auto: eager" in log  # no decision by device_check.sh on this machine: eager
     assert not list((tmp_path / "out1").glob("*partial*"))  # the final archive replaced the partial one
+    assert not list((tmp_path / "results" / "logs").glob("call-*"))  # its line is in calls.jsonl instead
     first = _members(tmp_path / "out1")
     runs = {Path(m).parts[1] for m in first if m.endswith("/done")}
     assert len(runs) == 7  # smallcnn x STD, AT, SAT, AMAT, DPAAT, plus D-A and D-B
@@ -99,6 +102,13 @@ def test_device_grid_call_stopped_early_brings_back_its_finished_runs(tmp_path, 
     folders = {Path(m).parts[1] for m in members if len(Path(m).parts) > 2 and Path(m).parts[1] != "logs"}
     assert done and folders == done, (done, folders)
     assert any(m.startswith("results/logs/worker") for m in members) and not any("/ckpt/" in m for m in members)
+    # The call's record so far, for chapter 10's GPU time: calls.jsonl never got its line.
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(next(out.glob("*.partial.tgz"))) as tar:
+        tar.extractall(unpacked, filter="data")
+    calls = report.grid_calls(unpacked / "results")
+    assert len(calls) == 1 and calls["note"][0].startswith(report.STOPPED_EARLY) and calls["seconds"][0] > 0
+    assert calls["workers"][0] == 2 and calls["card"][0] == "cpu"
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")

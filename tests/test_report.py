@@ -297,6 +297,18 @@ def test_grid_calls_and_the_time_goal(tmp_path):
     assert "the plan expects about 66 minutes of the card for them, so the goal will be missed by about 55" in again
     assert "exceeded by 8.0 minutes, with 4 runs" in report.grid_time_findings(calls, 30, 34, goal_min=11)
     assert report.grid_time_findings(calls, 34, 34).endswith(": met.")
+    assert "stopped early" not in text
+    # A call stopped by the device tool left only the record its partial archive brought back; one that
+    # finished has its line in calls.jsonl, and a record of it left behind is not counted twice.
+    (tmp_path / "logs").mkdir()
+    early = {**lines[1], "start": 3, "seconds": 120, "note": "stopped early (by the device tool): a lower bound"}
+    (tmp_path / "logs" / "call-3.json").write_text(json.dumps(early) + "\n")
+    (tmp_path / "logs" / "call-2.json").write_text(json.dumps({**lines[1], "seconds": 1}) + "\n")
+    calls = report.grid_calls(tmp_path)
+    assert list(calls["seconds"]) == [600, 540, 120]
+    text = report.grid_time_findings(calls, 10, 34)
+    assert ("3 GPU call(s) (NVIDIA H200, NVIDIA H100) have run 21.0 minutes of wall time in all (1 of them stopped "
+            "early by the device tool, counted up to their last partial pack: a lower bound)") in text
 
 
 def test_what_is_left_against_one_call():
