@@ -342,7 +342,8 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
                      "FGSM and I-FGSM columns are a weaker threat here than in the paper.")
     parts.append("The two kinds of columns therefore weigh differently from the paper's: compare our levels with "
                  "the paper's only in direction and ranking. The radii are parameters of the chapters "
-                 "(`papermill -p image_size 224` runs the paper's resolution).")
+                 "(`papermill -p image_size 224` runs the paper's resolution); chapter 12 (e) trains the five "
+                 "methods again with the L2 radius scaled to the paper's change per pixel.")
     return " ".join(parts)
 
 
@@ -1868,7 +1869,8 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         "20/50-step PGD in L2 at eps0 (chapter 3)."
         + (f" At {prof.image_size} px the same L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times stronger "
            "per pixel than at 224 px, and the Linf one weaker in L2 terms: levels compare with the paper's only in "
-           "direction (chapter 3)." if prof.image_size != PAPER_IMAGE_SIZE else ""),
+           "direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
+           "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else ""),
         "- **Initialisation**: " + ("two-phase fine-tuning from local ImageNet weights, as the paper."
                                     if pretrained else "training from scratch; the paper fine-tunes ImageNet "
                                     "weights, which cannot be downloaded on the machines that built this book."),

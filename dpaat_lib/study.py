@@ -1091,15 +1091,16 @@ def _group(results: Sequence[experiment.RunResult]) -> dict[tuple[str, str], lis
     return out
 
 
-def schedule_change(capped: Sequence[experiment.RunResult], full: Sequence[experiment.RunResult], *,
-                    attacks: Sequence[str] = TEST_ATTACKS, n_boot: int = 2000, alpha: float = 0.05,
-                    seed: int = 0) -> pd.DataFrame:
-    """What the full schedule changed, per (model, method) and attack: accuracy of the full-schedule run
-    minus that of the capped run of the same seed (points), with :func:`significance`'s columns (paired
-    t-test across seeds, paired bootstrap interval over the test images) and Holm over the table. The
-    comparison column reads ``"AT: full - capped"``."""
-    short, rows = _by_key(capped), []
-    for (model, label), runs in _group(full).items():
+def variant_change(base: Sequence[experiment.RunResult], variant: Sequence[experiment.RunResult], *,
+                   names: tuple[str, str] = ("capped", "full"), attacks: Sequence[str] = TEST_ATTACKS,
+                   n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """What a variant of the grid (another schedule, another radius) changed, per (model, method) and
+    attack: accuracy of the ``variant`` run minus that of the ``base`` run of the same seed (points), with
+    :func:`significance`'s columns (paired t-test across seeds, paired bootstrap interval over the test
+    images) and Holm over the table. ``names`` are (base, variant) in words: the comparison column reads
+    ``"AT: full - capped"``. Only attacks that are the same in both grids compare."""
+    short, rows = _by_key(base), []
+    for (model, label), runs in _group(variant).items():
         pairs_by_seed = [(r, short[(model, label, r.config.train.seed)]) for r in runs
                          if (model, label, r.config.train.seed) in short]
         if not pairs_by_seed:
@@ -1111,17 +1112,23 @@ def schedule_change(capped: Sequence[experiment.RunResult], full: Sequence[exper
                 pf = rf.predictions.set_index("image_id")
                 pc = rc.predictions.set_index("image_id")
                 if set(pf.index) != set(pc.index):
-                    raise ValueError(f"{model} {label} seed {rf.config.train.seed}: the two schedules' runs were "
+                    raise ValueError(f"{model} {label} seed {rf.config.train.seed}: the two grids' runs were "
                                      "tested on different images (a different split or data folder)")
                 pc = pc.loc[pf.index]
                 diffs.append(100 * (metric_value(rf, "acc", att) - metric_value(rc, "acc", att)))
                 pairs.append((pf["label"].to_numpy(), pf[f"pred_{att}"].to_numpy(), pc[f"pred_{att}"].to_numpy()))
-            rows.append(_paired_row(model, f"{label}: full", "capped", "clean" if att == CLEAN else att, "acc",
+            rows.append(_paired_row(model, f"{label}: {names[1]}", names[0], "clean" if att == CLEAN else att, "acc",
                                     diffs, pairs, n_classes, n_boot=n_boot, alpha=alpha, seed=seed))
     out = pd.DataFrame(rows)
     if len(out):
         out["p_holm"] = holm(out["p_ttest"].to_numpy())
     return out
+
+
+def schedule_change(capped: Sequence[experiment.RunResult], full: Sequence[experiment.RunResult],
+                    **kw) -> pd.DataFrame:
+    """:func:`variant_change` of section (d): the full schedule's runs against the capped ones."""
+    return variant_change(capped, full, names=("capped", "full"), **kw)
 
 
 def _verdict(row, alpha: float) -> str:
@@ -1133,23 +1140,61 @@ def _verdict(row, alpha: float) -> str:
     return "within noise"
 
 
-def verdict_changes(sig_capped: pd.DataFrame, sig_full: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+def verdict_changes(sig_base: pd.DataFrame, sig_variant: pd.DataFrame, alpha: float = 0.05,
+                    names: tuple[str, str] = ("capped", "full")) -> pd.DataFrame:
     """The comparisons both :func:`significance_table` results hold, side by side: the mean difference and
-    the verdict in words (:func:`_verdict`) under each schedule, and whether the verdict is kept."""
-    if sig_capped.empty or sig_full.empty:
-        return pd.DataFrame(columns=["model", "comparison", "attack", "mean capped", "capped", "mean full", "full",
-                                     "kept"])
+    the verdict in words (:func:`_verdict`) in the base grid and in its variant (``names``: (base, variant),
+    which name the columns), and whether the verdict is kept."""
+    a, b = names
+    if sig_base.empty or sig_variant.empty:
+        return pd.DataFrame(columns=["model", "comparison", "attack", f"mean {a}", a, f"mean {b}", b, "kept"])
     rows = []
-    full = sig_full.set_index(["model", "comparison", "attack"])
-    for _, rc in sig_capped.iterrows():
+    variant = sig_variant.set_index(["model", "comparison", "attack"])
+    for _, rc in sig_base.iterrows():
         key = (rc["model"], rc["comparison"], rc["attack"])
-        if key not in full.index:
+        if key not in variant.index:
             continue
-        rf = full.loc[key]
+        rf = variant.loc[key]
         vc, vf = _verdict(rc, alpha), _verdict(rf, alpha)
-        rows.append({"model": key[0], "comparison": key[1], "attack": key[2], "mean capped": rc["mean"],
-                     "capped": vc, "mean full": rf["mean"], "full": vf, "kept": vc == vf})
+        rows.append({"model": key[0], "comparison": key[1], "attack": key[2], f"mean {a}": rc["mean"],
+                     a: vc, f"mean {b}": rf["mean"], b: vf, "kept": vc == vf})
     return pd.DataFrame(rows)
+
+
+def _change_sentences(change: pd.DataFrame, title: str, alpha: float) -> list[str]:
+    """The reading of :func:`variant_change` (Markdown sentences): how many accuracies moved beyond seed
+    noise after Holm, and the largest changes with their per-seed values; with one seed, the signs."""
+    n_seeds = int(change["seeds"].max()) if len(change) else 0
+    if len(change) and n_seeds >= 2:
+        moved = change[change["p_holm"] < alpha]
+        big = change.reindex(change["mean"].abs().sort_values(ascending=False).index).head(3)
+        return [f"**{title}.** Of {len(change)} accuracies (method x attack, paired "
+                f"over {n_seeds} seeds), {len(moved)} moved beyond seed noise after Holm's correction"
+                + (": " + "; ".join(f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f}"
+                                   for _, r in moved.iterrows()) if len(moved) else "")
+                + ". The largest changes: " + "; ".join(
+                    f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f} points "
+                    f"(per seed {', '.join(f'{d:+.1f}' for d in r['per_seed'])})" for _, r in big.iterrows())
+                + "."]
+    if len(change):
+        return [f"**{title}** (one seed: signs only, no noise measured): "
+                + "; ".join(f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f}"
+                            for _, r in change.iterrows()) + "."]
+    return []
+
+
+def _verdict_sentence(verdicts: pd.DataFrame, sig_variant: pd.DataFrame, names: tuple[str, str],
+                      words: tuple[str, str], alpha: float, a: str) -> str:
+    """The reading of :func:`verdict_changes` (Markdown): how many comparisons of ``a`` keep their verdict,
+    and each one under 20-PGD and clean in both grids (``words``: how the text names the base grid and
+    the variant, after each mean)."""
+    lines = [f"{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) {words[0]}, "
+             f"{r['mean ' + names[1]]:+.1f} ({r[names[1]]}) {words[1]}" for _, r in verdicts.iterrows()
+             if r["attack"] in ("20-PGD", "clean")]
+    return (f"**Does the comparison of {a} with the others change?** {int(verdicts['kept'].sum())} of "
+            f"{len(verdicts)} comparisons keep their verdict (higher or lower beyond seed noise after Holm, "
+            "or within it" + ("; with one seed, the sign" if int(sig_variant["seeds"].max()) < 2 else "")
+            + "). " + "; ".join(lines) + ".")
 
 
 def schedule_findings(capped: Sequence[experiment.RunResult], full: Sequence[experiment.RunResult],
@@ -1178,31 +1223,10 @@ def schedule_findings(capped: Sequence[experiment.RunResult], full: Sequence[exp
         parts.append(f"{len(twins)} of them ({', '.join(f'{_label(r)} seed {r.config.train.seed}' for r in twins)}) "
                      "kept the same epoch under both schedules and reproduce the capped run's predictions exactly: "
                      "a seed's training is deterministic, so there the longer patience changed nothing.")
-    n_seeds = int(change["seeds"].max()) if len(change) else 0
-    if len(change) and n_seeds >= 2:
-        moved = change[change["p_holm"] < alpha]
-        big = change.reindex(change["mean"].abs().sort_values(ascending=False).index).head(3)
-        parts.append(f"**What the longer schedule changed.** Of {len(change)} accuracies (method x attack, paired "
-                     f"over {n_seeds} seeds), {len(moved)} moved beyond seed noise after Holm's correction"
-                     + (": " + "; ".join(f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f}"
-                                        for _, r in moved.iterrows()) if len(moved) else "")
-                     + ". The largest changes: " + "; ".join(
-                         f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f} points "
-                         f"(per seed {', '.join(f'{d:+.1f}' for d in r['per_seed'])})" for _, r in big.iterrows())
-                     + ".")
-    elif len(change):
-        parts.append(f"**What the longer schedule changed** (one seed: signs only, no noise measured): "
-                     + "; ".join(f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f}"
-                                 for _, r in change.iterrows()) + ".")
+    parts += _change_sentences(change, "What the longer schedule changed", alpha)
     verdicts = verdict_changes(sig_capped, sig_full, alpha)
     if len(verdicts):
-        lines = [f"{r['comparison']} {r['attack']}: {r['mean capped']:+.1f} ({r['capped']}) capped, "
-                 f"{r['mean full']:+.1f} ({r['full']}) full" for _, r in verdicts.iterrows()
-                 if r["attack"] in ("20-PGD", "clean")]
-        parts.append(f"**Does the comparison of {a} with the others change?** {int(verdicts['kept'].sum())} of "
-                     f"{len(verdicts)} comparisons keep their verdict (higher or lower beyond seed noise after Holm, "
-                     "or within it" + ("; with one seed, the sign" if int(sig_full["seeds"].max()) < 2 else "")
-                     + "). " + "; ".join(lines) + ".")
+        parts.append(_verdict_sentence(verdicts, sig_full, ("capped", "full"), ("capped", "full"), alpha, a))
     return " ".join(parts)
 
 
@@ -1232,12 +1256,145 @@ def schedule_headline(capped: Sequence[experiment.RunResult], full: Sequence[exp
     else:
         change_text = "one seed: the change is not set against seed noise"
     top = change.loc[change["mean"].abs().idxmax()]
-    pair = verdicts[verdicts["comparison"] == f"{a} - {b}"]
     return (f"**The epoch cap.** Chapter 12 (d) trains these {len(full)} runs again with {_schedule_name(full)}: "
             f"they ran {min(epochs)} to {max(epochs)} epochs ({n_cut} reached that cap with the last epoch kept), "
             f"and {change_text}; the largest change is {top['comparison'].split(':')[0]} {top['attack']} "
-            f"{top['mean']:+.1f} points. {a} - {b}: " + "; ".join(
-                f"{r['attack']} {r['mean capped']:+.1f} points capped, {r['mean full']:+.1f} on the full schedule "
-                f"({r['full']})" for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
+            f"{top['mean']:+.1f} points. "
+            + _pair_sentence(verdicts, ("capped", "full"), ("capped", "on the full schedule"), a, b))
+
+
+def _pair_sentence(verdicts: pd.DataFrame, names: tuple[str, str], words: tuple[str, str], a: str, b: str) -> str:
+    """Chapter 1's reading of :func:`verdict_changes`: ``a`` - ``b`` under 20-PGD and clean in both grids
+    (``words``: how the text names each grid, after its mean), and how many comparisons keep their verdict."""
+    pair = verdicts[verdicts["comparison"] == f"{a} - {b}"]
+    return (f"{a} - {b}: " + "; ".join(
+                f"{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, {r['mean ' + names[1]]:+.1f} "
+                f"{words[1]} ({r[names[1]]})" for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
             + f". {int(verdicts['kept'].sum())} of {len(verdicts)} comparisons of {a} with "
             + report.and_list(list(COMPARED)) + " keep their verdict.")
+
+
+# --------------------------------------------------------------------------
+# The threat's strength: the paper's radius per pixel
+# --------------------------------------------------------------------------
+
+SHARED_ATTACKS = (CLEAN, "FGSM", "20-IFGSM")
+"""The columns section (e)'s two grids share: clean, and the Linf attacks, whose radius (2/255, a bound on
+each value) does not depend on eps0. The PGD columns attack each grid at its own eps0."""
+
+
+def threat_overrides(prof: profiles.Profile, eps0: float | None = None) -> dict:
+    """Section (e)'s radius: eps0 and the training step, both scaled by image_size / 224, so that the L2
+    radius changes each value of an image at the profile's resolution by the root-mean-square amount
+    (eps0 / sqrt(3 s^2)) that the paper's eps0 changes a 224 px image by. It is also the largest L2 norm a
+    224 px perturbation of norm eps0 keeps once the image is averaged down to s px. ``eps0`` (not None)
+    sets the radius instead, the step keeping its ratio to it. Every radius a method derives from eps0
+    follows it (DPAAT's eta = eps0 per nat and eps_max = 2 eps0, AMAT's start and step eps0 / 10), and so
+    do the 20/50-step PGD of the evaluation; FGSM and I-FGSM keep their Linf 2/255. Empty where the
+    profile already runs at the paper's resolution and no ``eps0`` is given."""
+    if eps0 is None:
+        if prof.image_size == report.PAPER_IMAGE_SIZE:
+            return {}
+        return {"eps0": prof.eps0 * prof.image_size / report.PAPER_IMAGE_SIZE,
+                "train_step_size": prof.train_step_size * prof.image_size / report.PAPER_IMAGE_SIZE}
+    if isinstance(eps0, bool) or not isinstance(eps0, (int, float)) or not math.isfinite(eps0) or eps0 <= 0:
+        raise ValueError(f"threat_eps0 must be a positive L2 radius (or None: the paper's per pixel), got {eps0!r}")
+    return {"eps0": float(eps0), "train_step_size": prof.train_step_size * float(eps0) / prof.eps0}
+
+
+def threat_names(base: profiles.Profile, matched: profiles.Profile) -> tuple[str, str]:
+    """How section (e)'s tables name the two grids: by their eps0."""
+    return f"eps0 {base.eps0:.3g}", f"eps0 {matched.eps0:.3g}"
+
+
+def _rms_per_value(eps: float, size: int) -> float:
+    """Root-mean-square change per value (in 1/255) of an L2 perturbation of norm ``eps`` at ``size`` px."""
+    return 255 * eps / math.sqrt(3 * size * size)
+
+
+def threat_note(base: profiles.Profile, matched: profiles.Profile) -> str:
+    """Markdown: the radii of part (a) and of section (e), each as a change per pixel against the paper's."""
+    if matched.eps0 == base.eps0:
+        return (f"**Radius.** Part (a) already trains and attacks at eps0 = {base.eps0:g}, the paper's "
+                f"at {base.image_size} px: this section repeats it.")
+    s, paper = base.image_size, report.PAPER_IMAGE_SIZE
+    ref = _rms_per_value(base.eps0, paper)
+
+    def radius(p):
+        rms = _rms_per_value(p.eps0, s)
+        return (f"PGD-L2 eps0 = {p.eps0:.4g}, {p.train_steps} steps of {p.train_step_size:.4g}, a root-mean-square "
+                f"change of {rms:.2f}/255 per value at {s} px ({rms / ref:.1f} times the paper's {ref:.2f}/255 "
+                f"at {paper} px)")
+
+    return (f"**Radii.** Part (a): {radius(base)}. Here: {radius(matched)}. The training adversary, AMAT's and "
+            "DPAAT's radii (which start from and scale with eps0) and the 20-step PGD column follow eps0; FGSM "
+            "and I-FGSM keep their Linf 2/255, so their columns, and the clean one, compare the two grids on the "
+            "same test, while each grid's PGD column attacks at its own radius.")
+
+
+def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[experiment.RunResult],
+                    change: pd.DataFrame, sig_base: pd.DataFrame, sig_matched: pd.DataFrame,
+                    names: tuple[str, str], alpha: float = 0.05, a: str = "DPAAT") -> str:
+    """The reading of section (e) (Markdown): which runs trained alike in both grids, what the smaller
+    radius changed on the attacks both grids share (beyond seed noise after Holm), each method's PGD
+    accuracy at its grid's own radius, and whether each comparison of ``a`` with the others keeps its
+    verdict (Holm-adjusted in both tables; with one seed, its sign)."""
+    if not matched:
+        return "No runs at the paper's per-pixel radius."
+    if {r.run_id for r in matched} == {r.run_id for r in base}:
+        return "This grid already runs at the paper's per-pixel radius (the same runs): part (a) answers it."
+    parts = []
+    short = _by_key(base)
+    twins = [r for r in matched if (k := (r.config.model, _label(r), r.config.train.seed)) in short
+             and r.predictions[f"pred_{CLEAN}"].equals(short[k].predictions[f"pred_{CLEAN}"])]
+    # STD trains without an attack, so the radius cannot enter its training: its runs are the check.
+    unlike = [r for r in matched if r.config.method.name == "std" and r not in twins
+              and (r.config.model, _label(r), r.config.train.seed) in short]
+
+    def named(rs):
+        return ", ".join(f"{_label(r)} seed {r.config.train.seed}" for r in rs)
+
+    if twins or unlike:
+        parts.append(f"**Runs trained alike.** {len(twins)} of {len(matched)} runs"
+                     + (f" ({named(twins)})" if twins else "") + f" {'gives' if len(twins) == 1 else 'give'} the same clean predictions in both grids, image "
+                     "for image; STD trains without an attack, so the radius cannot enter its training"
+                     + (f". {named(unlike)} still {'differs' if len(unlike) == 1 else 'differ'}: something other "
+                        "than the radius changed between the two trainings (on a CPU, torch's thread count changes a "
+                        "run's numbers as another seed would, chapter 10)." if unlike else "."))
+    parts += _change_sentences(change, "What the smaller radius changed on the attacks both grids share", alpha)
+    if "pred_20-PGD" in matched[0].predictions:
+        def means(rs):
+            return {lab: 100 * np.mean([metric_value(r, "acc", "20-PGD") for r in runs])
+                    for (_, lab), runs in _group(rs).items()}
+
+        mb, mm = means(base), means(matched)
+        parts.append(f"**20-step PGD at each grid's own radius** (seed means, %; {names[0]} -> {names[1]}): "
+                     + ", ".join(f"{lab} {mb[lab]:.1f} -> {mm[lab]:.1f}" for lab in mm if lab in mb)
+                     + ". The smaller radius is a weaker attack as well as a weaker training adversary, so these "
+                       "levels are not a change of one model's robustness.")
+    verdicts = verdict_changes(sig_base, sig_matched, alpha, names=names)
+    if len(verdicts):
+        parts.append(_verdict_sentence(verdicts, sig_matched, names, (f"at {names[0]}", f"at {names[1]}"), alpha, a))
+    return " ".join(parts)
+
+
+def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[experiment.RunResult],
+                    alpha: float = 0.05, a: str = "DPAAT", b: str = "AT",
+                    attacks: Sequence[str] = TEST_ATTACKS) -> str:
+    """Chapter 1's account of section (e) (Markdown; empty unless ``matched`` holds every (model, method,
+    seed) of ``base`` at another radius): ``a`` - ``b`` at both radii and how many comparisons of ``a`` keep
+    their verdict, from the same tests as chapter 12 (the bootstrap intervals, not shown here, skipped)."""
+    def keys(rs):
+        return {(r.config.model, _label(r), r.config.train.seed) for r in rs}
+
+    if not matched or keys(matched) != keys(base) or {r.run_id for r in matched} == {r.run_id for r in base}:
+        return ""
+    e0, e1 = base[0].config.method.attack.eps, matched[0].config.method.attack.eps
+    names = (f"eps0 {e0:.3g}", f"eps0 {e1:.3g}")
+    verdicts = verdict_changes(significance_table(base, a, COMPARED, attacks=attacks, n_boot=1),
+                               significance_table(matched, a, COMPARED, attacks=attacks, n_boot=1), alpha, names=names)
+    s = base[0].config.data.image_size
+    return (f"**The threat's strength.** Chapter 12 (e) trains these {len(matched)} runs again with the L2 radius "
+            f"that changes a {s} px image per pixel as much as the paper's eps0 changes a "
+            f"{report.PAPER_IMAGE_SIZE} px one (eps0 = {e1:.3g} instead of {e0:g}; the 20-step PGD column attacks "
+            "at that radius too). " + _pair_sentence(verdicts, names, (f"at {e0:g}", f"at {e1:.3g}"), a, b))

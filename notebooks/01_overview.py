@@ -87,6 +87,12 @@ full = report.load_grid(profile, data_root=data_root, results_root=results_root,
                         methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, image_size=image_size,
                         stored_only=True, **study.schedule_overrides(profile))[1]
 schedule = study.schedule_headline(results, full)
+# chapter 12 (e)'s runs of this grid at the paper's radius per pixel, where they are stored (never trained here)
+over_threat = study.threat_overrides(prof)
+matched = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
+                           methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, image_size=image_size,
+                           stored_only=True, **over_threat)[1] if over_threat else []
+threat = study.threat_headline(results, matched)
 report.md(
     report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "
@@ -105,6 +111,7 @@ report.md(
     + (f"\n\n{worst_case}" if worst_case else "")
     + "\n\n" + report.stopping_findings(results)
     + (f"\n\n{schedule}" if schedule else "")
+    + (f"\n\n{threat}" if threat else "")
     + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
        if prof.synthetic else "")
 )

@@ -11,11 +11,11 @@
 # ---
 
 # %% [markdown]
-# # 12. Beyond the paper: seeds, DPAAT's free parameters, all seven classes, the schedule
+# # 12. Beyond the paper: seeds, DPAAT's free parameters, all seven classes, the schedule, the radius
 #
-# **Goal.** Answer four questions the paper leaves open, because it reports one training run
-# per method, fixes DPAAT's free parameters, tests three of HAM10000's seven classes and
-# trains under a schedule this book shortens on the CPU.
+# **Goal.** Answer five questions the paper leaves open, because it reports one training run
+# per method, fixes DPAAT's free parameters, tests three of HAM10000's seven classes, and
+# because this book trains under a shorter schedule and at a lower resolution on the CPU.
 # (a) Is DPAAT's advantage larger than the variation between training seeds? Three seeds per
 # method, mean ± std, and DPAAT against AT, SAT and AMAT with a paired t-test across seeds and a
 # paired bootstrap interval over test images. (b) What do the adaptive length eta, the
@@ -23,6 +23,8 @@
 # clean and robust accuracy? (c) Does the comparison carry over to all seven diagnoses, where
 # the classes are far from balanced? (d) Does the comparison survive a longer schedule
 # (on cpu-real, method.md's full one) than part (a)'s epoch cap, which cuts runs short?
+# (e) Does it survive the paper's radius per pixel? At a lower resolution the same L2 radius
+# changes each pixel more (chapter 3), so part (a)'s adversary is stronger than the paper's.
 
 # %% tags=["parameters"]
 profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles); paper uses cpu-real here (dpaat_lib.study)
@@ -42,6 +44,7 @@ mu_values = None  # None: batch and epoch
 seven_seeds = None  # None: the 7-class profile's (cpu-real-7: 0, 1, 2; quick-7: 0)
 full_epochs = None  # (d)'s epoch cap; None: study.FULL_SCHEDULE (cpu-real: method.md's 60; quick: 16)
 full_patience = None  # (d)'s early-stopping patience; None: study.FULL_SCHEDULE (5, method.md's)
+threat_eps0 = None  # (e)'s L2 radius; None: eps0 x image_size / 224, the paper's change per pixel (study.threat_overrides)
 n_boot = 2000  # bootstrap resamples of the test images
 
 # %%
@@ -51,10 +54,10 @@ from dpaat_lib import profiles, study
 # %% [markdown]
 # ## Compute or load
 #
-# Four grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
+# Five grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
 # methods on every seed; DPAAT once per swept value on each sweep CNN, with AT and the default DPAAT
 # on every seed as its yardsticks; the five methods on seven classes; and the five methods on every
-# seed again, under the full schedule.
+# seed again, under the full schedule and at the paper's per-pixel radius.
 
 # %%
 name3, name7 = study.study_profiles(profile)
@@ -75,6 +78,10 @@ over_full = {**over, **study.schedule_overrides(name3, epochs=full_epochs, patie
 prof_full, results_full = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                            methods=methods or profiles.MAIN_METHODS,
                                            seeds=seeds or study.STUDY_SEEDS, device=device, **over_full)
+over_threat = {**over, **study.threat_overrides(prof, threat_eps0)}
+prof_threat, results_threat = report.load_grid(name3, data_root=data_root, results_root=results_root,
+                                               models=models, methods=methods or profiles.MAIN_METHODS,
+                                               seeds=seeds or study.STUDY_SEEDS, device=device, **over_threat)
 report.profile_banner(prof, results)
 
 # %%
@@ -244,6 +251,49 @@ sig_full = study.significance_table(results_full, "DPAAT", study.COMPARED, attac
 study.significance_display(sig_full)
 
 # %% [markdown]
+# ## (e) The radius: the paper's change per pixel
+#
+# An L2 radius is spread over every value of an image, so at a lower resolution the same eps0
+# changes each pixel more (chapter 3): part (a)'s adversary is stronger than the paper's. Here the
+# same five methods on the same seeds, data and test images train with eps0 and the training step
+# scaled by the resolution over 224 px, which changes each pixel by the paper's root-mean-square
+# amount, and nothing else changes.
+
+# %%
+names_threat = study.threat_names(prof, prof_threat)
+report.md(study.threat_note(prof, prof_threat) + "\n\n" + report.stopping_findings(results_threat))
+
+# %% [markdown]
+# Accuracy at the paper's per-pixel radius, percent, mean ± standard deviation over seeds (the
+# 20-step PGD column attacks at this radius):
+
+# %%
+study.main_table(results_threat)
+
+# %% [markdown]
+# What the smaller radius changed on the tests both grids share (clean, FGSM and 20-step I-FGSM,
+# whose Linf radius does not depend on eps0): each method's accuracy minus that of part (a)'s run of
+# the same seed (points), with the paired t-test across seeds, Holm's adjustment over this table and
+# the paired bootstrap interval over the test images.
+
+# %%
+change_threat = study.variant_change(results, results_threat, names=names_threat, attacks=study.SHARED_ATTACKS,
+                                     n_boot=n_boot)
+study.significance_display(change_threat)
+
+# %% [markdown]
+# DPAAT against AT, SAT and AMAT at the paper's per-pixel radius, as in part (a), and each
+# comparison's verdict (beyond seed noise after Holm, or within it) at both radii:
+
+# %%
+sig_threat = study.significance_table(results_threat, "DPAAT", study.COMPARED, attacks=study.TEST_ATTACKS,
+                                      n_boot=n_boot)
+study.significance_display(sig_threat)
+
+# %%
+study.verdict_changes(sig, sig_threat, names=names_threat).round(1)
+
+# %% [markdown]
 # ## What it shows
 
 # %% tags=["hide-input"]
@@ -254,6 +304,8 @@ report.md(
     + "**(b) Free parameters.**\n\n" + study.sweep_findings(frame, prof) + "\n\n" + study.trend_findings(trends)
     + "\n\n"
     + "**(c) Seven classes.** " + study.seven_class_findings(results7, sig7) + "\n\n"
-    + "**(d) Schedule.** " + study.schedule_findings(results, results_full, change, sig, sig_full)
+    + "**(d) Schedule.** " + study.schedule_findings(results, results_full, change, sig, sig_full) + "\n\n"
+    + "**(e) Radius.** " + study.threat_findings(results, results_threat, change_threat, sig, sig_threat,
+                                                 names_threat)
     + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
 )

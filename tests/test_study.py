@@ -654,6 +654,12 @@ def test_schedule_note_says_whether_the_long_schedule_is_method_md_s():
     assert "the quick build's stand-in" in study.schedule_note(profiles.get_profile("quick"), quick)
 
 
+def _dpaat_minus_at(results, attack="20-PGD") -> float:
+    """Chapter 12's mean DPAAT - AT difference (points) under ``attack``, as the headlines must quote it."""
+    table = study.significance_table(results, attacks=(attack,)).set_index(["comparison", "attack"])
+    return table.loc[("DPAAT - AT", attack), "mean"]
+
+
 def test_schedule_headline_agrees_with_chapter_12_and_needs_every_run():
     capped, full = _schedules(0.3)
     attacks = ("20-PGD",)
@@ -661,11 +667,115 @@ def test_schedule_headline_agrees_with_chapter_12_and_needs_every_run():
     change = study.schedule_change(capped, full, attacks=attacks)
     moved = int((change["p_holm"] < 0.05).sum())
     assert moved == 1 and f"{moved} of {len(change)} accuracies (method x attack) moved beyond seed noise" in text
-    sig_f = study.significance_table(full, attacks=attacks)
-    at = sig_f.set_index(["comparison", "attack"]).loc[("DPAAT - AT", "20-PGD")]
-    at_c = study.significance_table(capped, attacks=attacks).set_index(["comparison", "attack"]).loc[
-        ("DPAAT - AT", "20-PGD"), "mean"]
-    assert f"20-PGD {at_c:+.1f} points capped, {at['mean']:+.1f} on the full schedule (higher beyond noise)" in text
+    at, at_c = _dpaat_minus_at(full), _dpaat_minus_at(capped)
+    assert f"20-PGD {at_c:+.1f} points capped, {at:+.1f} on the full schedule (higher beyond noise)" in text
     assert "they ran 30 to 30 epochs (0 reached that cap" in text and "0 of 3 comparisons" in text
     assert study.schedule_headline(capped, full[:-1], attacks=attacks) == ""  # one run missing: no sentence
     assert study.schedule_headline(capped, capped, attacks=attacks) == ""
+
+
+# --------------------------------------------------------------------------
+# Section (e): the paper's radius per pixel against the profile's eps0
+# --------------------------------------------------------------------------
+
+def _at_radius(results, eps: float):
+    """The fake runs with a training attack of L2 radius ``eps`` (another run id, same seeds)."""
+    from dpaat_lib.attacks import training_attack
+
+    return [replace(r, config=replace(r.config, method=replace(r.config.method,
+                                                               attack=training_attack(eps, 0.3 * eps, 7))))
+            for r in results]
+
+
+def test_threat_overrides_give_the_paper_s_change_per_pixel():
+    cpu = profiles.get_profile("cpu-real")
+    over = study.threat_overrides(cpu)
+    # the same root-mean-square change per value at 32 px as eps0 = 0.5 at 224 px: a seventh of the radius
+    assert study._rms_per_value(over["eps0"], 32) == pytest.approx(study._rms_per_value(0.5, 224))
+    assert over["eps0"] == pytest.approx(0.5 / 7) and over["train_step_size"] == pytest.approx(0.15 / 7)
+    # the exact floats of the stored runs of section (e) (their run ids hash them)
+    assert (over["eps0"], over["train_step_size"]) == (0.07142857142857142, 0.02142857142857143)
+    quick16 = profiles.get_profile("quick", image_size=16)
+    assert study.threat_overrides(quick16)["eps0"] == pytest.approx(0.5 * 16 / 224)
+    assert study.threat_overrides(profiles.get_profile("paper")) == {}  # already the paper's resolution
+    given = study.threat_overrides(cpu, 0.2)
+    assert given == {"eps0": 0.2, "train_step_size": pytest.approx(0.06)}  # the step keeps its ratio to eps0
+    for bad in (0, -0.1, float("nan"), float("inf"), True, "0.1"):
+        with pytest.raises(ValueError, match="threat_eps0 must be a positive L2 radius"):
+            study.threat_overrides(cpu, bad)
+    # the runs of the overridden profile attack at that radius, in training and in the PGD columns
+    cfg = profiles.run_config(profiles.get_profile("cpu-real", **over), "smallcnn", "dpaat", 0,
+                              profiles.data_config(cpu, "d"))
+    assert cfg.method.attack.eps == over["eps0"]
+    assert {a.name: a.eps for a in cfg.eval_attacks}["20-PGD"] == over["eps0"]
+    assert {a.name: a.eps for a in cfg.eval_attacks}["FGSM"] == pytest.approx(2 / 255)
+
+
+def test_threat_note_states_both_radii_per_pixel():
+    cpu = profiles.get_profile("cpu-real")
+    matched = profiles.get_profile("cpu-real", **study.threat_overrides(cpu))
+    text = study.threat_note(cpu, matched)
+    assert "Part (a): PGD-L2 eps0 = 0.5, 7 steps of 0.15, a root-mean-square change of 2.30/255" in text
+    assert "(7.0 times the paper's 0.33/255 at 224 px)" in text
+    assert "Here: PGD-L2 eps0 = 0.07143, 7 steps of 0.02143, a root-mean-square change of 0.33/255" in text
+    assert "(1.0 times the paper's" in text
+    assert study.threat_note(cpu, cpu).startswith("**Radius.** Part (a) already")
+    assert study.threat_names(cpu, matched) == ("eps0 0.5", "eps0 0.0714")
+
+
+def test_threat_findings_find_a_planted_gain_and_the_runs_trained_alike():
+    base = _grid(0.0, seed=0)
+    matched = _at_radius(_grid(0.3, seed=1), 0.0714)
+    # AT seed 0 trained alike in both grids: the same clean predictions
+    k = next(i for i, r in enumerate(matched) if study._label(r) == "AT" and r.config.train.seed == 0)
+    twin = next(r for r in base if study._label(r) == "AT" and r.config.train.seed == 0)
+    matched[k] = replace(matched[k],
+                         predictions=matched[k].predictions.assign(pred_clean=twin.predictions["pred_clean"]))
+    names = ("eps0 0.5", "eps0 0.0714")
+    change = study.variant_change(base, matched, names=names, attacks=("clean",))
+    assert list(change["comparison"])[0] == "AT: eps0 0.0714 - eps0 0.5"
+    sig_b = study.significance_table(base, attacks=("20-PGD",))
+    sig_m = study.significance_table(matched, attacks=("20-PGD",))
+    text = study.threat_findings(base, matched, change, sig_b, sig_m, names)
+    assert "**Runs trained alike.** 1 of 12 runs (AT seed 0) gives the same clean predictions in both grids" in text
+    assert "still differ" not in text  # no STD run in the fake grid: nothing to explain
+    assert "0 of 3 comparisons keep their verdict" in text
+    assert "DPAAT - AT 20-PGD" in text and "(within noise) at eps0 0.5" in text
+    assert "(higher beyond noise) at eps0 0.0714" in text
+    def pgd_mean(rs):
+        return 100 * np.mean([study.metric_value(r, "acc", "20-PGD") for r in rs if study._label(r) == "DPAAT"])
+
+    assert f"DPAAT {pgd_mean(base):.1f} -> {pgd_mean(matched):.1f}" in text
+    table = study.verdict_changes(sig_b, sig_m, names=names)
+    assert list(table.columns) == ["model", "comparison", "attack", "mean eps0 0.5", "eps0 0.5", "mean eps0 0.0714",
+                                   "eps0 0.0714", "kept"]
+    assert not table["kept"].any()
+    assert study.threat_findings(base, base, change, sig_b, sig_b, names).startswith("This grid already runs")
+    assert study.threat_findings(base, [], change, sig_b, sig_b, names) == "No runs at the paper's per-pixel radius."
+
+
+def test_threat_headline_agrees_with_chapter_12_and_needs_every_run():
+    base = _at_radius(_grid(0.0, seed=0), 0.5)
+    matched = _at_radius(_grid(0.3, seed=1), 0.0714)
+    attacks = ("20-PGD",)
+    text = study.threat_headline(base, matched, attacks=attacks)
+    at, at_b = _dpaat_minus_at(matched), _dpaat_minus_at(base)
+    assert f"20-PGD {at_b:+.1f} points at 0.5, {at:+.1f} at 0.0714 (higher beyond noise)" in text
+    assert "(eps0 = 0.0714 instead of 0.5" in text and "0 of 3 comparisons of DPAAT" in text
+    assert study.threat_headline(base, matched[:-1], attacks=attacks) == ""  # one run missing: no sentence
+    assert study.threat_headline(base, base, attacks=attacks) == ""
+
+
+def test_threat_findings_name_an_std_run_that_differs_without_an_attack():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 100)
+    base = [_fake("std", s, y, {"clean": 0.8, "20-PGD": 0.1}, rng) for s in (0, 1)]
+    matched = _at_radius([_fake("std", s, y, {"clean": 0.8, "20-PGD": 0.7}, rng) for s in (0, 1)], 0.0714)
+    matched[0] = replace(matched[0], predictions=matched[0].predictions.assign(
+        pred_clean=base[0].predictions["pred_clean"]))
+    text = study.threat_findings(base, matched, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(),
+                                 ("eps0 0.5", "eps0 0.0714"))
+    assert "1 of 2 runs (STD seed 0) gives the same clean predictions" in text
+    assert "STD seed 1 still differs: something other than the radius changed" in text
+    pgd = [100 * np.mean([study.metric_value(r, "acc", "20-PGD") for r in rs]) for rs in (base, matched)]
+    assert f"(seed means, %; eps0 0.5 -> eps0 0.0714): STD {pgd[0]:.1f} -> {pgd[1]:.1f}." in text
