@@ -1372,6 +1372,15 @@ def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[expe
                      + ", ".join(f"{lab} {mb[lab]:.1f} -> {mm[lab]:.1f}" for lab in mm if lab in mb)
                      + ". The smaller radius is a weaker attack as well as a weaker training adversary, so these "
                        "levels are not a change of one model's robustness.")
+        paper_std = report.paper_value("I", "all_six", "STD", "20-PGD")
+        if "STD" in mb and "STD" in mm and not math.isnan(paper_std):
+            closer = names[0] if abs(mb["STD"] - paper_std) <= abs(mm["STD"] - paper_std) else names[1]
+            parts.append(f"**Which radius is the paper's threat?** Against the undefended STD model, 20-step PGD "
+                         f"leaves {mb['STD']:.1f}% at {names[0]} and {mm['STD']:.1f}% at {names[1]}; the paper's "
+                         f"STD keeps {paper_std:.2f}% (the mean of its six CNNs at 224 px). By that yardstick "
+                         f"{closer} is the closer match: the same change per pixel is not the same attack strength, "
+                         "which also depends on the model and its input size, so neither grid reproduces the paper's "
+                         "threat in both senses.")
     verdicts = verdict_changes(sig_base, sig_matched, alpha, names=names)
     if len(verdicts):
         parts.append(_verdict_sentence(verdicts, sig_matched, names, (f"at {names[0]}", f"at {names[1]}"), alpha, a))
@@ -1394,7 +1403,13 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
     verdicts = verdict_changes(significance_table(base, a, COMPARED, attacks=attacks, n_boot=1),
                                significance_table(matched, a, COMPARED, attacks=attacks, n_boot=1), alpha, names=names)
     s = base[0].config.data.image_size
+    std = [100 * np.mean([metric_value(r, "acc", "20-PGD") for r in rs if _label(r) == "STD"] or [np.nan])
+           for rs in (base, matched)]
+    paper_std = report.paper_value("I", "all_six", "STD", "20-PGD")
     return (f"**The threat's strength.** Chapter 12 (e) trains these {len(matched)} runs again with the L2 radius "
             f"that changes a {s} px image per pixel as much as the paper's eps0 changes a "
             f"{report.PAPER_IMAGE_SIZE} px one (eps0 = {e1:.3g} instead of {e0:g}; the 20-step PGD column attacks "
-            "at that radius too). " + _pair_sentence(verdicts, names, (f"at {e0:g}", f"at {e1:.3g}"), a, b))
+            "at that radius too). " + _pair_sentence(verdicts, names, (f"at {e0:g}", f"at {e1:.3g}"), a, b)
+            + (f" Against the undefended STD, 20-PGD leaves {std[0]:.1f}% at {e0:g} and {std[1]:.1f}% at {e1:.3g}; "
+               f"the paper's STD keeps {paper_std:.2f}%."
+               if not (math.isnan(std[0]) or math.isnan(std[1]) or math.isnan(paper_std)) else ""))

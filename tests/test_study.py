@@ -762,6 +762,7 @@ def test_threat_headline_agrees_with_chapter_12_and_needs_every_run():
     at, at_b = _dpaat_minus_at(matched), _dpaat_minus_at(base)
     assert f"20-PGD {at_b:+.1f} points at 0.5, {at:+.1f} at 0.0714 (higher beyond noise)" in text
     assert "(eps0 = 0.0714 instead of 0.5" in text and "0 of 3 comparisons of DPAAT" in text
+    assert "undefended STD" not in text  # no STD run in the fake grid: no yardstick sentence
     assert study.threat_headline(base, matched[:-1], attacks=attacks) == ""  # one run missing: no sentence
     assert study.threat_headline(base, base, attacks=attacks) == ""
 
@@ -779,3 +780,7 @@ def test_threat_findings_name_an_std_run_that_differs_without_an_attack():
     assert "STD seed 1 still differs: something other than the radius changed" in text
     pgd = [100 * np.mean([study.metric_value(r, "acc", "20-PGD") for r in rs]) for rs in (base, matched)]
     assert f"(seed means, %; eps0 0.5 -> eps0 0.0714): STD {pgd[0]:.1f} -> {pgd[1]:.1f}." in text
+    # the paper's STD keeps 12.34% under 20-PGD: the planted 10% of the base grid is the closer match
+    assert (f"20-step PGD leaves {pgd[0]:.1f}% at eps0 0.5 and {pgd[1]:.1f}% at eps0 0.0714; "
+            "the paper's STD keeps 12.34%") in text
+    assert "By that yardstick eps0 0.5 is the closer match" in text
