@@ -314,6 +314,12 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
     return Markdown("\n".join(lines))
 
 
+def l2_rms_per_value(eps: float, size: int) -> float:
+    """Root-mean-square change per value, in 1/255, of an L2 perturbation of norm ``eps`` on a 3 x size x size
+    image: the norm spread over all 3 size^2 values."""
+    return 255 * eps / math.sqrt(3 * size * size)
+
+
 def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str:
     """What the configured radii mean at this resolution, against the paper's (Markdown).
 
@@ -331,9 +337,9 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
                 "paper as we read it.")
     parts = [f"**The threat at {s} px.** The paper's CNNs see {paper_size} px images; this profile's see {s} px."]
     for e in l2:
-        rms, rms_paper = e / math.sqrt(d), e / math.sqrt(d_paper)
+        rms, rms_paper = l2_rms_per_value(e, s), l2_rms_per_value(e, paper_size)
         parts.append(f"An L2 radius of {e:g} is spread over all 3 x {s} x {s} = {d} values: a root-mean-square "
-                     f"change of {255 * rms:.2f}/255 per value, against {255 * rms_paper:.2f}/255 at {paper_size} px, "
+                     f"change of {rms:.2f}/255 per value, against {rms_paper:.2f}/255 at {paper_size} px, "
                      f"so the L2 threat (training and the PGD columns) is {rms / rms_paper:.1f} times stronger per "
                      "pixel here.")
     for e in linf:

@@ -1308,21 +1308,16 @@ def threat_names(base: profiles.Profile, matched: profiles.Profile) -> tuple[str
     return f"eps0 {base.eps0:.3g}", f"eps0 {matched.eps0:.3g}"
 
 
-def _rms_per_value(eps: float, size: int) -> float:
-    """Root-mean-square change per value (in 1/255) of an L2 perturbation of norm ``eps`` at ``size`` px."""
-    return 255 * eps / math.sqrt(3 * size * size)
-
-
 def threat_note(base: profiles.Profile, matched: profiles.Profile) -> str:
     """Markdown: the radii of part (a) and of section (e), each as a change per pixel against the paper's."""
     if matched.eps0 == base.eps0:
         return (f"**Radius.** Part (a) already trains and attacks at eps0 = {base.eps0:g}, the paper's "
                 f"at {base.image_size} px: this section repeats it.")
     s, paper = base.image_size, report.PAPER_IMAGE_SIZE
-    ref = _rms_per_value(base.eps0, paper)
+    ref = report.l2_rms_per_value(base.eps0, paper)
 
     def radius(p):
-        rms = _rms_per_value(p.eps0, s)
+        rms = report.l2_rms_per_value(p.eps0, s)
         return (f"PGD-L2 eps0 = {p.eps0:.4g}, {p.train_steps} steps of {p.train_step_size:.4g}, a root-mean-square "
                 f"change of {rms:.2f}/255 per value at {s} px ({rms / ref:.1f} times the paper's {ref:.2f}/255 "
                 f"at {paper} px)")

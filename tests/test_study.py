@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpaat_lib import experiment, profiles, study
+from dpaat_lib import experiment, profiles, report, study
 from dpaat_lib.config import DataConfig, RunConfig, TrainConfig
 from dpaat_lib.data import ALL_CLASSES, CLASSES
 from dpaat_lib.methods import MethodConfig
@@ -691,7 +691,7 @@ def test_threat_overrides_give_the_paper_s_change_per_pixel():
     cpu = profiles.get_profile("cpu-real")
     over = study.threat_overrides(cpu)
     # the same root-mean-square change per value at 32 px as eps0 = 0.5 at 224 px: a seventh of the radius
-    assert study._rms_per_value(over["eps0"], 32) == pytest.approx(study._rms_per_value(0.5, 224))
+    assert report.l2_rms_per_value(over["eps0"], 32) == pytest.approx(report.l2_rms_per_value(0.5, 224))
     assert over["eps0"] == pytest.approx(0.5 / 7) and over["train_step_size"] == pytest.approx(0.15 / 7)
     # the exact floats of the stored runs of section (e) (their run ids hash them)
     assert (over["eps0"], over["train_step_size"]) == (0.07142857142857142, 0.02142857142857143)
