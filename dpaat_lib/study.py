@@ -31,6 +31,7 @@ from .config import TrainConfig
 from .evaluation import CLEAN
 from .metrics import balanced_accuracy, macro_f1
 from .methods import LABELS
+from .models import list_models
 
 # --------------------------------------------------------------------------
 # Which profiles the chapter uses
@@ -1166,22 +1167,31 @@ def _change_sentences(change: pd.DataFrame, title: str, alpha: float) -> list[st
     """The reading of :func:`variant_change` (Markdown sentences): how many accuracies moved beyond seed
     noise after Holm, and the largest changes with their per-seed values; with one seed, the signs."""
     n_seeds = int(change["seeds"].max()) if len(change) else 0
+    where = _model_prefix(change)
+
+    def name(r):
+        return f"{where(r)}{r['comparison'].split(':')[0]} {r['attack']}"
+
     if len(change) and n_seeds >= 2:
         moved = change[change["p_holm"] < alpha]
         big = change.reindex(change["mean"].abs().sort_values(ascending=False).index).head(3)
         return [f"**{title}.** Of {len(change)} accuracies (method x attack, paired "
                 f"over {n_seeds} seeds), {len(moved)} moved beyond seed noise after Holm's correction"
-                + (": " + "; ".join(f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f}"
-                                   for _, r in moved.iterrows()) if len(moved) else "")
+                + (": " + "; ".join(f"{name(r)} {r['mean']:+.1f}" for _, r in moved.iterrows()) if len(moved) else "")
                 + ". The largest changes: " + "; ".join(
-                    f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f} points "
+                    f"{name(r)} {r['mean']:+.1f} points "
                     f"(per seed {', '.join(f'{d:+.1f}' for d in r['per_seed'])})" for _, r in big.iterrows())
                 + "."]
     if len(change):
         return [f"**{title}** (one seed: signs only, no noise measured): "
-                + "; ".join(f"{r['comparison'].split(':')[0]} {r['attack']} {r['mean']:+.1f}"
-                            for _, r in change.iterrows()) + "."]
+                + "; ".join(f"{name(r)} {r['mean']:+.1f}" for _, r in change.iterrows()) + "."]
     return []
+
+
+def _model_prefix(table: pd.DataFrame) -> Callable:
+    """How a sentence names a row's CNN: ``"mobilenet_v2, "`` where ``table`` holds several, else nothing."""
+    several = len(table) and table["model"].nunique() > 1
+    return lambda r: f"{r['model']}, " if several else ""
 
 
 def _verdict_sentence(verdicts: pd.DataFrame, sig_variant: pd.DataFrame, names: tuple[str, str],
@@ -1189,7 +1199,8 @@ def _verdict_sentence(verdicts: pd.DataFrame, sig_variant: pd.DataFrame, names: 
     """The reading of :func:`verdict_changes` (Markdown): how many comparisons of ``a`` keep their verdict,
     and each one under 20-PGD and clean in both grids (``words``: how the text names the base grid and
     the variant, after each mean)."""
-    lines = [f"{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) {words[0]}, "
+    where = _model_prefix(verdicts)
+    lines = [f"{where(r)}{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) {words[0]}, "
              f"{r['mean ' + names[1]]:+.1f} ({r[names[1]]}) {words[1]}" for _, r in verdicts.iterrows()
              if r["attack"] in ("20-PGD", "clean")]
     return (f"**Does the comparison of {a} with the others change?** {int(verdicts['kept'].sum())} of "
@@ -1239,10 +1250,7 @@ def schedule_headline(capped: Sequence[experiment.RunResult], full: Sequence[exp
     schedule moved beyond seed noise, ``a`` - ``b`` under both schedules, and how many comparisons of
     ``a`` keep their verdict. The same tests as chapter 12, so the same p-values (the bootstrap intervals,
     not shown here, are skipped)."""
-    def keys(rs):
-        return {(r.config.model, _label(r), r.config.train.seed) for r in rs}
-
-    if not full or keys(full) != keys(capped) or {r.run_id for r in full} == {r.run_id for r in capped}:
+    if not _retrained(capped, full):
         return ""
     change = schedule_change(capped, full, attacks=attacks, alpha=alpha, n_boot=1)
     verdicts = verdict_changes(significance_table(capped, a, COMPARED, attacks=attacks, n_boot=1),
@@ -1264,15 +1272,27 @@ def schedule_headline(capped: Sequence[experiment.RunResult], full: Sequence[exp
             + _pair_sentence(verdicts, ("capped", "full"), ("capped", "on the full schedule"), a, b))
 
 
-def _pair_sentence(verdicts: pd.DataFrame, names: tuple[str, str], words: tuple[str, str], a: str, b: str) -> str:
+def _retrained(base: Sequence[experiment.RunResult], variant: Sequence[experiment.RunResult]) -> bool:
+    """Whether ``variant`` holds every (model, method, seed) of ``base``, trained otherwise (other runs):
+    what a headline needs before it compares the two grids."""
+    def keys(rs):
+        return {(r.config.model, _label(r), r.config.train.seed) for r in rs}
+
+    return bool(variant) and keys(variant) == keys(base) and {r.run_id for r in variant} != {r.run_id for r in base}
+
+
+def _pair_sentence(verdicts: pd.DataFrame, names: tuple[str, str], words: tuple[str, str], a: str, b: str,
+                   against: Sequence[str] = COMPARED) -> str:
     """Chapter 1's reading of :func:`verdict_changes`: ``a`` - ``b`` under 20-PGD and clean in both grids
-    (``words``: how the text names each grid, after its mean), and how many comparisons keep their verdict."""
+    (``words``: how the text names each grid, after its mean; each CNN named where there are several), and
+    how many comparisons of ``a`` with ``against`` keep their verdict."""
     pair = verdicts[verdicts["comparison"] == f"{a} - {b}"]
+    where = _model_prefix(pair)
     return (f"{a} - {b}: " + "; ".join(
-                f"{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, {r['mean ' + names[1]]:+.1f} "
+                f"{where(r)}{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, {r['mean ' + names[1]]:+.1f} "
                 f"{words[1]} ({r[names[1]]})" for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
             + f". {int(verdicts['kept'].sum())} of {len(verdicts)} comparisons of {a} with "
-            + report.and_list(list(COMPARED)) + " keep their verdict.")
+            + report.and_list(list(against)) + " keep their verdict.")
 
 
 # --------------------------------------------------------------------------
@@ -1301,6 +1321,26 @@ def threat_overrides(prof: profiles.Profile, eps0: float | None = None) -> dict:
     if isinstance(eps0, bool) or not isinstance(eps0, (int, float)) or not math.isfinite(eps0) or eps0 <= 0:
         raise ValueError(f"threat_eps0 must be a positive L2 radius (or None: the paper's per pixel), got {eps0!r}")
     return {"eps0": float(eps0), "train_step_size": prof.train_step_size * float(eps0) / prof.eps0}
+
+
+THREAT_MODELS = {"cpu-real": ("mobilenet_v2", "resnet34")}
+"""The CNNs outside the main grid on which section (e) trains AT and DPAAT at its radius too, on
+:data:`STUDY_SEEDS`, per study profile: on cpu-real the sweep CNNs, whose part (a) comparison is DPAAT
+against AT (ResNet34: about 25 minutes a run on one CPU core)."""
+
+
+def threat_models(study_profile: str, main_models: Sequence[str], given: Sequence[str] | None = None
+                  ) -> tuple[str, ...]:
+    """Section (e)'s CNNs outside the main grid: ``given`` (the notebook's parameter) or
+    :data:`THREAT_MODELS`, less those of ``main_models``. An unknown name is refused with the known ones."""
+    if isinstance(given, str):  # a papermill parameter given as one name
+        given = (given,)
+    chosen = tuple(THREAT_MODELS.get(study_profile, ()) if given is None else given)
+    unknown = [m for m in chosen if m not in list_models()]
+    if unknown:
+        raise ValueError(f"threat_models: unknown CNN(s) {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(list_models())}")
+    return tuple(m for m in dict.fromkeys(chosen) if m not in main_models)
 
 
 def threat_names(base: profiles.Profile, matched: profiles.Profile) -> tuple[str, str]:
@@ -1352,7 +1392,8 @@ def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[expe
 
     if twins or unlike:
         parts.append(f"**Runs trained alike.** {len(twins)} of {len(matched)} runs"
-                     + (f" ({named(twins)})" if twins else "") + f" {'gives' if len(twins) == 1 else 'give'} the same clean predictions in both grids, image "
+                     + (f" ({named(twins)})" if twins else "")
+                     + f" {'gives' if len(twins) == 1 else 'give'} the same clean predictions in both grids, image "
                      "for image; STD trains without an attack, so the radius cannot enter its training"
                      + (f". {named(unlike)} still {'differs' if len(unlike) == 1 else 'differ'}: something other "
                         "than the radius changed between the two trainings (on a CPU, torch's thread count changes a "
@@ -1360,19 +1401,23 @@ def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[expe
     parts += _change_sentences(change, "What the smaller radius changed on the attacks both grids share", alpha)
     if "pred_20-PGD" in matched[0].predictions:
         def means(rs):
-            return {lab: 100 * np.mean([metric_value(r, "acc", "20-PGD") for r in runs])
-                    for (_, lab), runs in _group(rs).items()}
+            return {key: 100 * np.mean([metric_value(r, "acc", "20-PGD") for r in runs])
+                    for key, runs in _group(rs).items()}
 
         mb, mm = means(base), means(matched)
+        several = len({m for m, _ in mm}) > 1
         parts.append(f"**20-step PGD at each grid's own radius** (seed means, %; {names[0]} -> {names[1]}): "
-                     + ", ".join(f"{lab} {mb[lab]:.1f} -> {mm[lab]:.1f}" for lab in mm if lab in mb)
+                     + ", ".join(f"{f'{m} ' if several else ''}{lab} {mb[(m, lab)]:.1f} -> {mm[(m, lab)]:.1f}"
+                                 for m, lab in mm if (m, lab) in mb)
                      + ". The smaller radius is a weaker attack as well as a weaker training adversary, so these "
                        "levels are not a change of one model's robustness.")
         paper_std = report.paper_value("I", "all_six", "STD", "20-PGD")
-        if "STD" in mb and "STD" in mm and not math.isnan(paper_std):
-            closer = names[0] if abs(mb["STD"] - paper_std) <= abs(mm["STD"] - paper_std) else names[1]
+        std = [(mb[k], mm[k]) for k in mm if k[1] == "STD" and k in mb]
+        if len(std) == 1 and not math.isnan(paper_std):
+            (std_b, std_m), = std
+            closer = names[0] if abs(std_b - paper_std) <= abs(std_m - paper_std) else names[1]
             parts.append(f"**Which radius is the paper's threat?** Against the undefended STD model, 20-step PGD "
-                         f"leaves {mb['STD']:.1f}% at {names[0]} and {mm['STD']:.1f}% at {names[1]}; the paper's "
+                         f"leaves {std_b:.1f}% at {names[0]} and {std_m:.1f}% at {names[1]}; the paper's "
                          f"STD keeps {paper_std:.2f}% (the mean of its six CNNs at 224 px). By that yardstick "
                          f"{closer} is the closer match: the same change per pixel is not the same attack strength, "
                          "which also depends on the model and its input size, so neither grid reproduces the paper's "
@@ -1385,27 +1430,37 @@ def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[expe
 
 def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[experiment.RunResult],
                     alpha: float = 0.05, a: str = "DPAAT", b: str = "AT",
-                    attacks: Sequence[str] = TEST_ATTACKS) -> str:
+                    attacks: Sequence[str] = TEST_ATTACKS, other_base: Sequence[experiment.RunResult] = (),
+                    other_matched: Sequence[experiment.RunResult] = ()) -> str:
     """Chapter 1's account of section (e) (Markdown; empty unless ``matched`` holds every (model, method,
     seed) of ``base`` at another radius): ``a`` - ``b`` at both radii and how many comparisons of ``a`` keep
-    their verdict, from the same tests as chapter 12 (the bootstrap intervals, not shown here, skipped)."""
-    def keys(rs):
-        return {(r.config.model, _label(r), r.config.train.seed) for r in rs}
-
-    if not matched or keys(matched) != keys(base) or {r.run_id for r in matched} == {r.run_id for r in base}:
+    their verdict, from the same tests as chapter 12 (the bootstrap intervals, not shown here, skipped).
+    ``other_base`` and ``other_matched``: ``a`` and ``b`` on the CNNs outside the main grid at both radii,
+    read the same way where every run is there."""
+    if not _retrained(base, matched):
         return ""
     e0, e1 = base[0].config.method.attack.eps, matched[0].config.method.attack.eps
     names = (f"eps0 {e0:.3g}", f"eps0 {e1:.3g}")
-    verdicts = verdict_changes(significance_table(base, a, COMPARED, attacks=attacks, n_boot=1),
-                               significance_table(matched, a, COMPARED, attacks=attacks, n_boot=1), alpha, names=names)
+    words = (f"at {e0:g}", f"at {e1:.3g}")
+
+    def verdicts(rb, rm, against):
+        return verdict_changes(significance_table(rb, a, against, attacks=attacks, n_boot=1),
+                               significance_table(rm, a, against, attacks=attacks, n_boot=1), alpha, names=names)
+
     s = base[0].config.data.image_size
     std = [100 * np.mean([metric_value(r, "acc", "20-PGD") for r in rs if _label(r) == "STD"] or [np.nan])
            for rs in (base, matched)]
     paper_std = report.paper_value("I", "all_six", "STD", "20-PGD")
+    others = ""
+    if _retrained(other_base, other_matched):
+        cnns = list(dict.fromkeys(r.config.model for r in other_matched))
+        others = (f" On {report.and_list(cnns)} ({a} and {b} only), " + _pair_sentence(
+            verdicts(other_base, other_matched, (b,)), names, words, a, b, against=(b,)))
     return (f"**The threat's strength.** Chapter 12 (e) trains these {len(matched)} runs again with the L2 radius "
             f"that changes a {s} px image per pixel as much as the paper's eps0 changes a "
             f"{report.PAPER_IMAGE_SIZE} px one (eps0 = {e1:.3g} instead of {e0:g}; the 20-step PGD column attacks "
-            "at that radius too). " + _pair_sentence(verdicts, names, (f"at {e0:g}", f"at {e1:.3g}"), a, b)
+            "at that radius too). " + _pair_sentence(verdicts(base, matched, COMPARED), names, words, a, b)
+            + others
             + (f" Against the undefended STD, 20-PGD leaves {std[0]:.1f}% at {e0:g} and {std[1]:.1f}% at {e1:.3g}; "
                f"the paper's STD keeps {paper_std:.2f}%."
                if not (math.isnan(std[0]) or math.isnan(std[1]) or math.isnan(paper_std)) else ""))

@@ -92,7 +92,13 @@ over_threat = study.threat_overrides(prof)
 matched = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                            methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, image_size=image_size,
                            stored_only=True, **over_threat)[1] if over_threat else []
-threat = study.threat_headline(results, matched)
+# and AT and DPAAT on its CNNs outside the main grid at both radii (cpu-real: MobileNetV2, ResNet34)
+outside = study.threat_models(profile, prof.models) if over_threat else ()
+other_base, other_matched = [
+    report.load_grid(profile, data_root=data_root, results_root=results_root, models=outside,
+                     methods=("at", "dpaat"), seeds=seeds, device=device, image_size=image_size, stored_only=True,
+                     **o)[1] if outside else [] for o in ({}, over_threat)]
+threat = study.threat_headline(results, matched, other_base=other_base, other_matched=other_matched)
 report.md(
     report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "

@@ -45,6 +45,7 @@ seven_seeds = None  # None: the 7-class profile's (cpu-real-7: 0, 1, 2; quick-7:
 full_epochs = None  # (d)'s epoch cap; None: study.FULL_SCHEDULE (cpu-real: method.md's 60; quick: 16)
 full_patience = None  # (d)'s early-stopping patience; None: study.FULL_SCHEDULE (5, method.md's)
 threat_eps0 = None  # (e)'s L2 radius; None: eps0 x image_size / 224, the paper's change per pixel (study.threat_overrides)
+threat_models = None  # CNNs outside the main grid with AT and DPAAT at (e)'s radius; None: study.THREAT_MODELS
 n_boot = 2000  # bootstrap resamples of the test images
 
 # %%
@@ -57,7 +58,8 @@ from dpaat_lib import profiles, study
 # Five grids, each loaded from `results/<profile>/` or trained where a run is missing: the five
 # methods on every seed; DPAAT once per swept value on each sweep CNN, with AT and the default DPAAT
 # on every seed as its yardsticks; the five methods on seven classes; and the five methods on every
-# seed again, under the full schedule and at the paper's per-pixel radius.
+# seed again, under the full schedule and at the paper's per-pixel radius (there with AT and DPAAT
+# on the CNNs outside the main grid too).
 
 # %%
 name3, name7 = study.study_profiles(profile)
@@ -82,6 +84,11 @@ over_threat = {**over, **study.threat_overrides(prof, threat_eps0)}
 prof_threat, results_threat = report.load_grid(name3, data_root=data_root, results_root=results_root,
                                                models=models, methods=methods or profiles.MAIN_METHODS,
                                                seeds=seeds or study.STUDY_SEEDS, device=device, **over_threat)
+threat_models = study.threat_models(name3, prof.models, threat_models)
+other_base, other_threat = [
+    report.load_grid(name3, data_root=data_root, results_root=results_root, models=threat_models,
+                     methods=("at", "dpaat"), seeds=seeds or study.STUDY_SEEDS, device=device, **o)[1]
+    if threat_models else [] for o in (over, over_threat)]
 report.profile_banner(prof, results)
 
 # %%
@@ -294,6 +301,36 @@ study.significance_display(sig_threat)
 study.verdict_changes(sig, sig_threat, names=names_threat).round(1)
 
 # %% [markdown]
+# ### The CNNs outside the main grid
+#
+# Part (a) compares DPAAT with AT on the sweep CNNs outside the main grid; here both train again
+# at this radius on the same seeds, and the same three tables follow: accuracy at this radius,
+# what the smaller radius changed on the shared tests, and DPAAT against AT with its verdict at
+# both radii (Holm's adjustment over each table, all its CNNs together).
+
+# %%
+sig_other_base = study.significance_table(other_base, "DPAAT", ("AT",), attacks=study.TEST_ATTACKS, n_boot=n_boot)
+sig_other_threat = study.significance_table(other_threat, "DPAAT", ("AT",), attacks=study.TEST_ATTACKS,
+                                            n_boot=n_boot)
+change_other = study.variant_change(other_base, other_threat, names=names_threat, attacks=study.SHARED_ATTACKS,
+                                    n_boot=n_boot)
+(study.main_table(other_threat) if other_threat
+ else report.md("No CNN outside the main grid at this radius on this profile (parameter `threat_models`)."))
+
+# %%
+study.significance_display(change_other) if other_threat else None
+
+# %%
+study.significance_display(sig_other_threat) if other_threat else None
+
+# %%
+study.verdict_changes(sig_other_base, sig_other_threat, names=names_threat).round(1) if other_threat else None
+
+# %%
+(report.md(study.below_chance_note(other_threat) or "Every such CNN's AT and DPAAT are above chance under 20-PGD "
+           "at this radius.") if other_threat else None)
+
+# %% [markdown]
 # ## What it shows
 
 # %% tags=["hide-input"]
@@ -307,5 +344,8 @@ report.md(
     + "**(d) Schedule.** " + study.schedule_findings(results, results_full, change, sig, sig_full) + "\n\n"
     + "**(e) Radius.** " + study.threat_findings(results, results_threat, change_threat, sig, sig_threat,
                                                  names_threat)
+    + (" **On the CNNs outside the main grid** (" + ", ".join(threat_models) + ", AT and DPAAT): "
+       + study.threat_findings(other_base, other_threat, change_other, sig_other_base, sig_other_threat,
+                               names_threat) + " " + study.below_chance_note(other_threat) if other_threat else "")
     + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
 )

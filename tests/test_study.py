@@ -784,3 +784,71 @@ def test_threat_findings_name_an_std_run_that_differs_without_an_attack():
     assert (f"20-step PGD leaves {pgd[0]:.1f}% at eps0 0.5 and {pgd[1]:.1f}% at eps0 0.0714; "
             "the paper's STD keeps 12.34%") in text
     assert "By that yardstick eps0 0.5 is the closer match" in text
+
+
+def _two_cnns(effect: dict[str, float], seed: int, eps: float):
+    """Fake AT and DPAAT runs on two CNNs outside the main grid, 3 seeds, DPAAT's 20-PGD shifted per CNN."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 200)
+    runs = []
+    for model, shift in effect.items():
+        for s in (0, 1, 2):
+            level = 0.5 + 0.02 * rng.standard_normal()
+            runs += [_fake(m, s, y, {"clean": 0.8, "20-PGD": level + (shift if m == "dpaat" else 0.0)}, rng,
+                           model=model) for m in ("at", "dpaat")]
+    return _at_radius(runs, eps)
+
+
+def test_threat_findings_name_each_cnn_outside_the_main_grid():
+    base = _two_cnns({"mobilenet_v2": 0.0, "resnet34": 0.0}, seed=0, eps=0.5)
+    matched = _two_cnns({"mobilenet_v2": 0.3, "resnet34": 0.0}, seed=1, eps=0.0714)
+    names = ("eps0 0.5", "eps0 0.0714")
+    change = study.variant_change(base, matched, names=names, attacks=("clean",))
+    sig_b, sig_m = (study.significance_table(rs, "DPAAT", ("AT",), attacks=("20-PGD",)) for rs in (base, matched))
+    text = study.threat_findings(base, matched, change, sig_b, sig_m, names)
+    # every sentence says which CNN a number belongs to, since the tables hold two
+    assert "1 of 2 comparisons keep their verdict" in text
+    assert "mobilenet_v2, DPAAT - AT 20-PGD" in text and "(higher beyond noise) at eps0 0.0714" in text
+    assert "resnet34, DPAAT - AT 20-PGD" in text
+    assert "The largest changes: mobilenet_v2, " in text or "The largest changes: resnet34, " in text
+
+    def pgd_mean(rs, model):
+        return 100 * np.mean([study.metric_value(r, "acc", "20-PGD") for r in rs
+                              if study._label(r) == "DPAAT" and r.config.model == model])
+
+    for model in ("mobilenet_v2", "resnet34"):
+        assert f"{model} DPAAT {pgd_mean(base, model):.1f} -> {pgd_mean(matched, model):.1f}" in text
+    assert "Runs trained alike" not in text and "undefended STD" not in text  # no STD: neither check applies
+    # one CNN: no names, as in the main grid's reading
+    one = [r for r in matched if r.config.model == "resnet34"]
+    one_text = study.threat_findings([r for r in base if r.config.model == "resnet34"], one,
+                                     change[change["model"] == "resnet34"], sig_b[sig_b["model"] == "resnet34"],
+                                     sig_m[sig_m["model"] == "resnet34"], names)
+    assert "resnet34," not in one_text and "DPAAT - AT 20-PGD" in one_text
+
+
+def test_threat_models_are_the_cnns_outside_the_main_grid():
+    assert study.threat_models("cpu-real", ("smallcnn",)) == ("mobilenet_v2", "resnet34")
+    assert study.threat_models("quick", ("smallcnn",)) == ()
+    assert study.threat_models("cpu-real", ("smallcnn",), "resnet34") == ("resnet34",)  # one name, as papermill
+    assert study.threat_models("cpu-real", ("smallcnn",), ["smallcnn", "resnet34", "resnet34"]) == ("resnet34",)
+    with pytest.raises(ValueError, match="unknown CNN.*'resnet99'.*choose from"):
+        study.threat_models("cpu-real", (), ["resnet99"])
+
+
+def test_threat_headline_reads_the_cnns_outside_the_main_grid_where_all_are_there():
+    base = _at_radius(_grid(0.0, seed=0), 0.5)
+    matched = _at_radius(_grid(0.0, seed=1), 0.0714)
+    ob = _two_cnns({"mobilenet_v2": 0.0, "resnet34": 0.0}, seed=0, eps=0.5)
+    om = _two_cnns({"mobilenet_v2": 0.3, "resnet34": 0.0}, seed=1, eps=0.0714)
+    attacks = ("20-PGD",)
+    text = study.threat_headline(base, matched, attacks=attacks, other_base=ob, other_matched=om)
+    at = study.significance_table(om, "DPAAT", ("AT",), attacks=attacks).set_index(["model", "attack"])["mean"]
+    assert "On mobilenet_v2 and resnet34 (DPAAT and AT only), DPAAT - AT: " in text
+    mobilenet = at[("mobilenet_v2", "20-PGD")]
+    assert "mobilenet_v2, 20-PGD " in text and f"{mobilenet:+.1f} at 0.0714 (higher beyond noise)" in text
+    assert "resnet34, 20-PGD " in text and "1 of 2 comparisons of DPAAT with AT keep their verdict" in text
+    assert "3 of 3 comparisons of DPAAT with AT, SAT and AMAT" in text  # the main grid's, unchanged
+    # a run missing outside the main grid: the main grid's sentence alone
+    assert study.threat_headline(base, matched, attacks=attacks, other_base=ob, other_matched=om[:-1]) == \
+        study.threat_headline(base, matched, attacks=attacks)
