@@ -144,7 +144,10 @@ for k in $(seq 1 "$WORKERS"); do
   PIDS+=($!)
   sleep 2  # staggered starts: the first runs claimed are the STD runs, in order
 done
-(while sleep "$PACK_EVERY"; do pack_partial; done) &
+# The nap runs in the background so that TERM reaches the loop at once and the trap ends the nap too: a plain
+# `while sleep` left its sleep running after the kill, holding the call's output open for up to PACK_EVERY s.
+(trap 'kill "${nap:-}" 2>/dev/null; exit 0' TERM
+ while :; do sleep "$PACK_EVERY" & nap=$!; wait "$nap" || break; pack_partial; done) &
 PACKER=$!
 wait "${PIDS[@]}"
 kill "$PACKER" 2>/dev/null; wait "$PACKER" 2>/dev/null

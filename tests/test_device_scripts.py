@@ -35,11 +35,26 @@ def _grid_env(tmp_path, synthetic_root, out, **env):
 
 
 def _call(tmp_path, synthetic_root, out, **env):
-    done = subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, env=_grid_env(tmp_path, synthetic_root, out,
-                                                                                     **env),
-                          capture_output=True, text=True, timeout=1000)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    log = tmp_path / f"{out.name}.log"
+    with log.open("w") as sink:  # a file, not a pipe: a process the call leaves behind must not hold it open
+        done = subprocess.run(["bash", "scripts/device_grid.sh"], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                              env=_grid_env(tmp_path, synthetic_root, out, **env), timeout=1000)
+    text = log.read_text()
+    assert done.returncode == 0, text[-6000:]
+    return text
+
+
+def _running(*argv: str) -> list[int]:
+    """The processes whose command line is exactly ``argv`` (read from /proc)."""
+    want = ("\0".join(argv) + "\0").encode()
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes() == want:
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # the process ended meanwhile
+            pass
+    return pids
 
 
 def _members(out: Path, pattern: str = "results-quick-*[0-9].tgz") -> list[str]:
@@ -50,7 +65,12 @@ def _members(out: Path, pattern: str = "results-quick-*[0-9].tgz") -> list[str]:
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
 def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path, synthetic_root):
-    log = _call(tmp_path, synthetic_root, tmp_path / "out1", COMPILE="auto", DECISION=str(tmp_path / "none.txt"))
+    # A pack interval longer than the call: the packer is stopped while it naps, and its nap must end with it (a
+    # sleep left running held the device tool's output open for up to PACK_EVERY seconds of the lent GPU).
+    log = _call(tmp_path, synthetic_root, tmp_path / "out1", COMPILE="auto", DECISION=str(tmp_path / "none.txt"),
+                PACK_EVERY="317")
+    if Path("/proc/self/cmdline").exists():
+        assert not _running("sleep", "317"), "the packer's sleep outlived the call"
     assert "COMPILE=auto: eager" in log  # no decision by device_check.sh on this machine: eager
     assert not list((tmp_path / "out1").glob("*partial*"))  # the final archive replaced the partial one
     assert not list((tmp_path / "results" / "logs").glob("call-*"))  # its line is in calls.jsonl instead
