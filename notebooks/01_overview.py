@@ -92,7 +92,7 @@ over_threat = study.threat_overrides(prof)
 matched = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                            methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, image_size=image_size,
                            stored_only=True, **over_threat)[1] if over_threat else []
-# and AT and DPAAT on its CNNs outside the main grid at both radii (cpu-real: MobileNetV2, ResNet34)
+# and AT and DPAAT on its CNNs outside the main grid at both radii (study.THREAT_MODELS)
 outside = study.threat_models(profile, prof.models) if over_threat else ()
 other_base, other_matched = [
     report.load_grid(profile, data_root=data_root, results_root=results_root, models=outside,

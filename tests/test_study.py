@@ -828,7 +828,7 @@ def test_threat_findings_name_each_cnn_outside_the_main_grid():
 
 
 def test_threat_models_are_the_cnns_outside_the_main_grid():
-    assert study.threat_models("cpu-real", ("smallcnn",)) == ("mobilenet_v2", "resnet34")
+    assert study.threat_models("cpu-real", ("smallcnn",)) == study.THREAT_MODELS["cpu-real"]
     assert study.threat_models("quick", ("smallcnn",)) == ()
     assert study.threat_models("cpu-real", ("smallcnn",), "resnet34") == ("resnet34",)  # one name, as papermill
     assert study.threat_models("cpu-real", ("smallcnn",), ["smallcnn", "resnet34", "resnet34"]) == ("resnet34",)
