@@ -1437,7 +1437,7 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
     seed) of ``base`` at another radius): ``a`` - ``b`` at both radii and how many comparisons of ``a`` keep
     their verdict, from the same tests as chapter 12 (the bootstrap intervals, not shown here, skipped).
     ``other_base`` and ``other_matched``: ``a`` and ``b`` on the CNNs outside the main grid at both radii,
-    read the same way where every run is there."""
+    read the same way where every run is there, with :func:`below_chance_note` at the smaller radius."""
     if not _retrained(base, matched):
         return ""
     e0, e1 = base[0].config.method.attack.eps, matched[0].config.method.attack.eps
@@ -1455,8 +1455,10 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
     others = ""
     if _retrained(other_base, other_matched):
         cnns = list(dict.fromkeys(r.config.model for r in other_matched))
+        low = below_chance_note(other_matched)  # a 20-PGD difference between two failures is no comparison
         others = (f" On {report.and_list(cnns)} ({a} and {b} only), " + _pair_sentence(
-            verdicts(other_base, other_matched, (b,)), names, words, a, b, against=(b,)))
+            verdicts(other_base, other_matched, (b,)), names, words, a, b, against=(b,))
+            + (f" {low}" if low else ""))
     return (f"**The threat's strength.** Chapter 12 (e) trains these {len(matched)} runs again with the L2 radius "
             f"that changes a {s} px image per pixel as much as the paper's eps0 changes a "
             f"{report.PAPER_IMAGE_SIZE} px one (eps0 = {e1:.3g} instead of {e0:g}; the 20-step PGD column attacks "

@@ -849,6 +849,11 @@ def test_threat_headline_reads_the_cnns_outside_the_main_grid_where_all_are_ther
     assert "mobilenet_v2, 20-PGD " in text and f"{mobilenet:+.1f} at 0.0714 (higher beyond noise)" in text
     assert "resnet34, 20-PGD " in text and "1 of 2 comparisons of DPAAT with AT keep their verdict" in text
     assert "3 of 3 comparisons of DPAAT with AT, SAT and AMAT" in text  # the main grid's, unchanged
+    assert "Below chance" not in text  # 50% and more under 20-PGD: above the 33.3% of a constant guess
+    low = [replace(r, predictions=r.predictions.assign(**{"pred_20-PGD": (r.predictions["label"] + 1) % 3}))
+           for r in om]
+    assert "**Below chance.** On mobilenet_v2, AT 0.0%, DPAAT 0.0%" in study.threat_headline(
+        base, matched, attacks=attacks, other_base=ob, other_matched=low)
     # a run missing outside the main grid: the main grid's sentence alone
     assert study.threat_headline(base, matched, attacks=attacks, other_base=ob, other_matched=om[:-1]) == \
         study.threat_headline(base, matched, attacks=attacks)
