@@ -7,6 +7,7 @@ list of :class:`~dpaat_lib.config.RunConfig` of the grid.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 from .attacks import paper_attacks, training_attack
@@ -81,7 +82,8 @@ class Profile:
         data = "SYNTHETIC stand-in data (not HAM10000)" if self.synthetic else "real HAM10000"
         return (f"profile '{self.name}': {data}, {len(self.classes)} classes, {self.image_size} px, models "
                 f"{', '.join(self.models)}, {self.split_text()}, up to {self.epochs} epochs (patience "
-                f"{self.patience}), seeds {list(self.seeds)}")
+                f"{self.patience}), seeds {list(self.seeds)}, training PGD-L2 eps0 {self.eps0:g} in {self.train_steps} "
+                f"steps of {self.train_step_size:g}")
 
     def split_text(self) -> str:
         """The split in words: counts per class, or fractions of every image (the 7-class task)."""
@@ -161,16 +163,32 @@ PAPER_SPLIT = {"n_train": 800, "n_val": 80, "n_test": 299}
 def profile_for(name: str, data_root=None, **overrides) -> Profile:
     """The profile ``name`` with its overrides (None values ignored, as papermill parameters are).
 
-    A synthetic profile given a ``data_root`` runs on that HAM10000 copy with
+    An ``eps0`` given without a ``train_step_size`` brings the step with it (:func:`radius_overrides`), so
+    that ``-p eps0 1.0`` trains and evaluates with the profile's step-to-radius ratio, as the paper's 0.15
+    for 0.5. A synthetic profile given a ``data_root`` runs on that HAM10000 copy with
     the paper's split sizes (800/299 per class) unless they are overridden:
     ``dpaat quick --data DIR`` is the quick run on real data.
     """
+    base = get_profile(name)  # an unknown name is refused here, with the known ones
     over = {k: v for k, v in overrides.items() if v is not None}
-    if data_root is not None and PROFILES[name].synthetic and "source" not in over:
+    if "eps0" in over and "train_step_size" not in over:
+        over.update(radius_overrides(base, over["eps0"]))
+    if data_root is not None and base.synthetic and "source" not in over:
         over["source"] = "ham10000"
         for k, v in PAPER_SPLIT.items():
             over.setdefault(k, v)
     return get_profile(name, **over)
+
+
+def radius_overrides(p: Profile, eps0, name: str = "eps0") -> dict:
+    """Another L2 radius for ``p``'s runs: ``eps0`` and the step of the training PGD (and of the 20/50-step PGD
+    evaluation, which uses the same step) scaled with it, so the attack reaches the radius in the same number of
+    steps (the paper: 7 steps of 0.15 for 0.5, 0.3 eps0 each). Every radius a method derives from eps0 follows
+    it (DPAAT's eta = eps0 per nat and its bound 2 eps0, AMAT's start and step eps0 / 10); FGSM and I-FGSM keep
+    their Linf 2/255. ``name``: how the caller's parameter is called, for the error."""
+    if isinstance(eps0, bool) or not isinstance(eps0, (int, float)) or not math.isfinite(eps0) or eps0 <= 0:
+        raise ValueError(f"{name} must be a positive L2 radius such as 0.5 (the paper's) or 1.0, got {eps0!r}")
+    return {"eps0": float(eps0), "train_step_size": p.train_step_size * float(eps0) / p.eps0}
 
 
 def data_config(p: Profile, digest: str = "") -> DataConfig:

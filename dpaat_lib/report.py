@@ -41,7 +41,7 @@ with warnings.catch_warnings():
 
 from . import data as D
 from . import experiment, grid, profiles, store
-from .attacks import AttackSpec
+from .attacks import L2_EPS, AttackSpec
 from .config import DataConfig, RunConfig, TrainConfig
 from .evaluation import CLEAN, curve_accuracy, robust_accuracy_curve
 from .methods import LABELS, MethodConfig
@@ -54,6 +54,7 @@ TABLE1_COLUMNS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD", "GAcc")
 TABLE2_COLUMNS = ("mAP", "mARP", "precision", "recall", "f1")
 PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
 PAPER_IMAGE_SIZE = 224  # method.md section 2: the paper's CNNs take 224 px inputs (InceptionV3 299)
+PAPER_EPS0 = L2_EPS  # method.md section 4: our reading of the paper's L2 radius (training and 20/50-step PGD)
 METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))
 ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = DPAAT"}
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
@@ -308,7 +309,11 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
              f"training attack PGD-L2 eps0 = {prof.eps0}, {prof.train_steps} steps of {prof.train_step_size}"]
     if results:
         lines[-1] += f" | {len(results)} run(s) on this page"
-    if prof.image_size != PAPER_IMAGE_SIZE:
+    if prof.eps0 != PAPER_EPS0:
+        lines[-1] += (f" | eps0 {prof.eps0:g} is not the paper's {PAPER_EPS0:g}: the L2 threat (training and the PGD "
+                      f"columns) is {l2_strength(prof.eps0, prof.image_size):.2g} times the paper's per pixel "
+                      "(chapter 3)")
+    elif prof.image_size != PAPER_IMAGE_SIZE:
         lines[-1] += (f" | at {prof.image_size} px the L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times "
                       f"stronger per pixel than at the paper's {PAPER_IMAGE_SIZE} px (chapter 3)")
     return Markdown("\n".join(lines))
@@ -318,6 +323,12 @@ def l2_rms_per_value(eps: float, size: int) -> float:
     """Root-mean-square change per value, in 1/255, of an L2 perturbation of norm ``eps`` on a 3 x size x size
     image: the norm spread over all 3 size^2 values."""
     return 255 * eps / math.sqrt(3 * size * size)
+
+
+def l2_strength(eps: float, size: int) -> float:
+    """How many times the paper's L2 threat per pixel (:data:`PAPER_EPS0` at :data:`PAPER_IMAGE_SIZE` px) an L2
+    radius ``eps`` is at ``size`` px: the ratio of their root-mean-square changes per value."""
+    return l2_rms_per_value(eps, size) / l2_rms_per_value(PAPER_EPS0, PAPER_IMAGE_SIZE)
 
 
 def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str:
@@ -332,24 +343,34 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
     d, d_paper = 3 * s * s, 3 * paper_size * paper_size
     l2 = sorted({a.eps for a in (cfg.method.attack, *cfg.eval_attacks) if a.norm == "l2"})
     linf = sorted({a.eps for a in cfg.eval_attacks if a.norm == "linf"})
-    if s == paper_size:
+    other = [e for e in l2 if e != PAPER_EPS0]  # a radius given as a parameter (-p eps0)
+    if s == paper_size and not other:
         return (f"**The threat at {s} px**, the paper's resolution: each radius means here what it means in the "
                 "paper as we read it.")
-    parts = [f"**The threat at {s} px.** The paper's CNNs see {paper_size} px images; this profile's see {s} px."]
+    parts = [f"**The threat at {s} px.** The paper's CNNs see {paper_size} px images; this profile's see {s} px."
+             if s != paper_size else f"**The threat at {s} px**, the paper's resolution."]
     for e in l2:
-        rms, rms_paper = l2_rms_per_value(e, s), l2_rms_per_value(e, paper_size)
-        parts.append(f"An L2 radius of {e:g} is spread over all 3 x {s} x {s} = {d} values: a root-mean-square "
-                     f"change of {rms:.2f}/255 per value, against {rms_paper:.2f}/255 at {paper_size} px, "
-                     f"so the L2 threat (training and the PGD columns) is {rms / rms_paper:.1f} times stronger per "
-                     "pixel here.")
+        rms, rms_paper = l2_rms_per_value(e, s), l2_rms_per_value(PAPER_EPS0, paper_size)
+        if e == PAPER_EPS0:
+            parts.append(f"An L2 radius of {e:g} is spread over all 3 x {s} x {s} = {d} values: a root-mean-square "
+                         f"change of {rms:.2f}/255 per value, against {rms_paper:.2f}/255 at {paper_size} px, "
+                         f"so the L2 threat (training and the PGD columns) is {rms / rms_paper:.1f} times stronger "
+                         "per pixel here.")
+        else:
+            parts.append(f"The L2 radius here is {e:g}, not the paper's {PAPER_EPS0:g} as we read it; spread over all "
+                         f"3 x {s} x {s} = {d} values it is a root-mean-square change of {rms:.2f}/255 per value, "
+                         f"against the paper's {rms_paper:.2f}/255, so the L2 threat (training and the PGD columns) "
+                         f"is {rms / rms_paper:.2g} times the paper's per pixel.")
     for e in linf:
         parts.append(f"An Linf radius of {255 * e:g}/255 bounds each value alone, so it reaches an L2 distance of at "
                      f"most {e * math.sqrt(d):.2f} here against {e * math.sqrt(d_paper):.2f} at {paper_size} px: the "
                      "FGSM and I-FGSM columns are a weaker threat here than in the paper.")
-    parts.append("The two kinds of columns therefore weigh differently from the paper's: compare our levels with "
-                 "the paper's only in direction and ranking. The radii are parameters of the chapters "
-                 "(`papermill -p image_size 224` runs the paper's resolution); chapter 12 (e) trains the five "
-                 "methods again with the L2 radius scaled to the paper's change per pixel.")
+    parts.append(("The two kinds of columns therefore weigh differently from the paper's: compare our levels with "
+                  "the paper's only in direction and ranking. " if s != paper_size else
+                  "Compare the FGSM and I-FGSM columns with the paper's; the others only in direction and ranking. ")
+                 + "The L2 radius and the resolution are parameters of the chapters (`papermill -p eps0 1.0`; "
+                 "`-p image_size 224`, the paper's resolution); chapter 12 (e) trains the five methods again with "
+                 "the L2 radius scaled to the paper's change per pixel.")
     return " ".join(parts)
 
 
@@ -1876,7 +1897,10 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         + (f" At {prof.image_size} px the same L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times stronger "
            "per pixel than at 224 px, and the Linf one weaker in L2 terms: levels compare with the paper's only in "
            "direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
-           "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else ""),
+           "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else "")
+        + (f" This page's eps0 = {prof.eps0:g} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 threat is "
+           f"{l2_strength(prof.eps0, prof.image_size):.2g} times the paper's per pixel, and its robust columns are "
+           "not the paper's." if prof.eps0 != PAPER_EPS0 else ""),
         "- **Initialisation**: " + ("two-phase fine-tuning from local ImageNet weights, as the paper."
                                     if pretrained else "training from scratch; the paper fine-tunes ImageNet "
                                     "weights, which cannot be downloaded on the machines that built this book."),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -501,9 +501,10 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
     models = list(dict.fromkeys(tested["model"]))
     against = ", ".join(dict.fromkeys(c.split(" - ")[1] for c in tested["comparison"]))
 
+    where = _model_prefix(models)
+
     def name(r):  # a flagged difference, with its CNN where the table holds several
-        where = f"{r['model']}, " if len(models) > 1 else ""
-        return f"{where}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
+        return f"{where(r['model'])}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
 
     parts = [f"**{len(tested)} comparisons** ({a} against {against}, "
              f"under {', '.join(dict.fromkeys(tested['attack']))}"
@@ -583,7 +584,7 @@ def load_sweep_study(profile: str, models: Sequence[str], *, seeds: Sequence[int
     ``at_runs`` and ``default_runs`` are AT and the default DPAAT of every model on ``seeds``. The sweep
     values run on ``sweep_seeds``, or where None on each model's :func:`sweep_seeds_for`. ``kw`` goes
     to :func:`load_sweeps` and :func:`dpaat_lib.report.load_grid` (data_root, results_root, device ...)."""
-    eps0 = profiles.get_profile(profile).eps0
+    eps0 = kw.get("eps0") or profiles.get_profile(profile).eps0  # where eta = None sorts among the etas
     merged: dict[str, dict] = {}
     at_runs, default_runs = [], []
     for model in models:
@@ -1167,10 +1168,10 @@ def _change_sentences(change: pd.DataFrame, title: str, alpha: float) -> list[st
     """The reading of :func:`variant_change` (Markdown sentences): how many accuracies moved beyond seed
     noise after Holm, and the largest changes with their per-seed values; with one seed, the signs."""
     n_seeds = int(change["seeds"].max()) if len(change) else 0
-    where = _model_prefix(change)
+    where = _model_prefix(change.get("model", ()))
 
     def name(r):
-        return f"{where(r)}{r['comparison'].split(':')[0]} {r['attack']}"
+        return f"{where(r['model'])}{r['comparison'].split(':')[0]} {r['attack']}"
 
     if len(change) and n_seeds >= 2:
         moved = change[change["p_holm"] < alpha]
@@ -1188,10 +1189,10 @@ def _change_sentences(change: pd.DataFrame, title: str, alpha: float) -> list[st
     return []
 
 
-def _model_prefix(table: pd.DataFrame) -> Callable:
-    """How a sentence names a row's CNN: ``"mobilenet_v2, "`` where ``table`` holds several, else nothing."""
-    several = len(table) and table["model"].nunique() > 1
-    return lambda r: f"{r['model']}, " if several else ""
+def _model_prefix(models: Iterable[str], sep: str = ", ") -> Callable[[str], str]:
+    """How a sentence names a CNN: ``"mobilenet_v2" + sep`` where ``models`` holds several, else nothing."""
+    several = len(set(models)) > 1
+    return lambda model: f"{model}{sep}" if several else ""
 
 
 def _verdict_sentence(verdicts: pd.DataFrame, sig_variant: pd.DataFrame, names: tuple[str, str],
@@ -1199,8 +1200,8 @@ def _verdict_sentence(verdicts: pd.DataFrame, sig_variant: pd.DataFrame, names: 
     """The reading of :func:`verdict_changes` (Markdown): how many comparisons of ``a`` keep their verdict,
     and each one under 20-PGD and clean in both grids (``words``: how the text names the base grid and
     the variant, after each mean)."""
-    where = _model_prefix(verdicts)
-    lines = [f"{where(r)}{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) {words[0]}, "
+    where = _model_prefix(verdicts.get("model", ()))
+    lines = [f"{where(r['model'])}{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) {words[0]}, "
              f"{r['mean ' + names[1]]:+.1f} ({r[names[1]]}) {words[1]}" for _, r in verdicts.iterrows()
              if r["attack"] in ("20-PGD", "clean")]
     return (f"**Does the comparison of {a} with the others change?** {int(verdicts['kept'].sum())} of "
@@ -1287,9 +1288,9 @@ def _pair_sentence(verdicts: pd.DataFrame, names: tuple[str, str], words: tuple[
     (``words``: how the text names each grid, after its mean; each CNN named where there are several), and
     how many comparisons of ``a`` with ``against`` keep their verdict."""
     pair = verdicts[verdicts["comparison"] == f"{a} - {b}"]
-    where = _model_prefix(pair)
+    where = _model_prefix(pair.get("model", ()))
     return (f"{a} - {b}: " + "; ".join(
-                f"{where(r)}{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, {r['mean ' + names[1]]:+.1f} "
+                f"{where(r['model'])}{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, {r['mean ' + names[1]]:+.1f} "
                 f"{words[1]} ({r[names[1]]})" for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
             + f". {int(verdicts['kept'].sum())} of {len(verdicts)} comparisons of {a} with "
             + report.and_list(list(against)) + " keep their verdict.")
@@ -1318,9 +1319,7 @@ def threat_overrides(prof: profiles.Profile, eps0: float | None = None) -> dict:
             return {}
         return {"eps0": prof.eps0 * prof.image_size / report.PAPER_IMAGE_SIZE,
                 "train_step_size": prof.train_step_size * prof.image_size / report.PAPER_IMAGE_SIZE}
-    if isinstance(eps0, bool) or not isinstance(eps0, (int, float)) or not math.isfinite(eps0) or eps0 <= 0:
-        raise ValueError(f"threat_eps0 must be a positive L2 radius (or None: the paper's per pixel), got {eps0!r}")
-    return {"eps0": float(eps0), "train_step_size": prof.train_step_size * float(eps0) / prof.eps0}
+    return profiles.radius_overrides(prof, eps0, name="threat_eps0")
 
 
 THREAT_MODELS = {"cpu-real": ("mobilenet_v2", "resnet34")}
@@ -1405,9 +1404,9 @@ def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[expe
                     for key, runs in _group(rs).items()}
 
         mb, mm = means(base), means(matched)
-        several = len({m for m, _ in mm}) > 1
+        where = _model_prefix((m for m, _ in mm), sep=" ")
         parts.append(f"**20-step PGD at each grid's own radius** (seed means, %; {names[0]} -> {names[1]}): "
-                     + ", ".join(f"{f'{m} ' if several else ''}{lab} {mb[(m, lab)]:.1f} -> {mm[(m, lab)]:.1f}"
+                     + ", ".join(f"{where(m)}{lab} {mb[(m, lab)]:.1f} -> {mm[(m, lab)]:.1f}"
                                  for m, lab in mm if (m, lab) in mb)
                      + ". The smaller radius is a weaker attack as well as a weaker training adversary, so these "
                        "levels are not a change of one model's robustness.")

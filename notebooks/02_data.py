@@ -29,6 +29,7 @@ methods = None  # None: this chapter's methods (STD only: all runs share one spl
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+eps0 = None  # unused here: the split does not depend on the radius
 device = "cpu"
 
 # %%

@@ -27,6 +27,7 @@ methods = None  # None: this chapter's methods (AT, D-A, D-B, DPAAT)
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
 device = "cpu"
 
 # %%
@@ -34,10 +35,11 @@ from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of t
 from dpaat_lib import profiles
 
 # %%
-prof = report.make_profile(profile, data_root=data_root, image_size=image_size, epochs=epochs, seeds=seeds)
+prof = report.make_profile(profile, data_root=data_root, image_size=image_size, epochs=epochs, eps0=eps0,
+                           seeds=seeds)
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root,
                                  models=models or prof.ablation_models, methods=methods or profiles.ABLATION_METHODS,
-                                 seeds=seeds, device=device, image_size=image_size, epochs=epochs)
+                                 seeds=seeds, device=device, image_size=image_size, epochs=epochs, eps0=eps0)
 report.profile_banner(prof, results)
 
 # %% [markdown]

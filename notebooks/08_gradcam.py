@@ -30,6 +30,7 @@ methods = None  # None: this chapter's methods (STD, AT, DPAAT)
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
 device = "cpu"
 n_show = 2  # images per class in the figure
 n_score = 10  # images per class for the scores
@@ -41,7 +42,7 @@ from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of t
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or ("std", "at", "dpaat"), seeds=seeds, device=device,
-                                 image_size=image_size, epochs=epochs)
+                                 image_size=image_size, epochs=epochs, eps0=eps0)
 out = report.results_dir(prof, results_root)
 shown = report.figure_models(prof)  # the paper: ResNet34 and MobileNetV2
 classes = results[0].config.data.classes

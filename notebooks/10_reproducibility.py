@@ -27,6 +27,7 @@ methods = None  # None: this chapter's methods (every method of the book)
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
 device = "cpu"
 
 # %%
@@ -36,10 +37,10 @@ from dpaat_lib import precompute, profiles
 # %%
 prof, main = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                               methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device,
-                              image_size=image_size, epochs=epochs)
+                              image_size=image_size, epochs=epochs, eps0=eps0)
 _, ablation = report.load_grid(profile, data_root=data_root, results_root=results_root,
                                models=models or prof.ablation_models, methods=("d-a", "d-b"), seeds=seeds,
-                               device=device, image_size=image_size, epochs=epochs)
+                               device=device, image_size=image_size, epochs=epochs, eps0=eps0)
 results = main + ablation
 report.profile_banner(prof, results)
 

@@ -2,12 +2,14 @@
 """Execute the book's notebooks for one profile and build the HTML.
 
     python scripts/build_book.py --profile quick --out _build/quick [--data DIR] [--device cpu]
-                                 [--skip-execute] [--chapters 04 05]
+                                 [--skip-execute] [--chapters 04 05] [-p NAME VALUE ...]
+    python scripts/build_book.py --profile quick --out _build/eps1 -p eps0 1.0 -p seeds "[0, 1, 2]"
     python scripts/build_book.py --profile quick --out .      # the published book/ and _build/html
 
 Steps: convert ``notebooks/NN_*.py`` (jupytext percent format) to notebooks
 with the ``python3`` kernel; execute each with papermill (parameters
-``profile``, ``device`` and ``data_root``; the kernel's working directory is
+``profile``, ``device`` and ``data_root``, and every ``-p NAME VALUE``, the value read as YAML, for the
+chapters that declare NAME; the kernel's working directory is
 ``<out>/book``) into ``<out>/book/NN_*.ipynb``; copy ``_config.yml``,
 ``_toc.yml`` and ``book/intro.md`` to ``<out>``; run
 ``jupyter-book build <out> -W -n --keep-going``; then ``scripts/check_book.py``.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +69,36 @@ def clean_metadata(path: Path) -> None:
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
+OWN_OPTIONS = {"profile": "--profile", "device": "--device", "data_root": "--data"}
+
+
+def chapter_parameters(src: Path) -> set[str]:
+    """The names a chapter's ``parameters`` cell assigns (jupytext percent source)."""
+    cell = src.read_text().split('# %% tags=["parameters"]\n', 1)[-1].split("\n# %%", 1)[0]
+    return set(re.findall(r"^([A-Za-z_]\w*) = ", cell, flags=re.M))
+
+
+def parse_params(pairs: list[list[str]], sources: list[Path]) -> dict[str, dict]:
+    """``-p NAME VALUE`` pairs -> {chapter stem: {name: value}}, each VALUE read as YAML (1.0 a float,
+    "[0, 1, 2]" a list, null None) and given to the chapters whose parameters cell has NAME. A name no
+    chapter declares, or one with its own option, exits with the names the chapters take."""
+    import yaml
+
+    declared = {src.stem: chapter_parameters(src) for src in sources}
+    known = set().union(*declared.values()) - set(OWN_OPTIONS)
+    values = {}
+    for name, text in pairs:
+        if name in OWN_OPTIONS:
+            sys.exit(f"build_book: give {name} with {OWN_OPTIONS[name]}, not -p")
+        if name not in known:
+            sys.exit(f"build_book: no chapter takes a parameter {name!r}; they take {', '.join(sorted(known))}")
+        try:
+            values[name] = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            sys.exit(f"build_book: -p {name} {text!r} is not a YAML value ({e})")
+    return {stem: {k: v for k, v in values.items() if k in names} for stem, names in declared.items()}
+
+
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], **kw)
 
@@ -80,6 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip-execute", action="store_true", help="use the executed notebooks already in <out>/book")
     p.add_argument("--chapters", nargs="+", help="execute only these chapters (e.g. 04 08); others are kept")
     p.add_argument("--no-html", action="store_true", help="execute only; no jupyter-book build or check")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a papermill parameter for every chapter that declares it, VALUE read as YAML "
+                        "(e.g. -p eps0 1.0 -p seeds '[0, 1, 2, 3]' -p models '[resnet34]'); repeatable")
     args = p.parse_args(argv)
 
     out = Path(args.out or f"_build/{args.profile}").resolve()
@@ -88,6 +124,7 @@ def main(argv=None) -> int:
     sources = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
     if args.chapters:
         sources = [s for s in sources if any(s.name.startswith(c) for c in args.chapters)]
+    params = parse_params(args.param, sources)
     env = kernel_env()
     print(f"build_book: profile {args.profile}, output {out}, kernel python {sys.executable}", flush=True)
 
@@ -108,6 +145,8 @@ def main(argv=None) -> int:
                     # Relative to the checkout (report resolves it so), so the executed notebooks
                     # stay valid in another clone with the data at the same place beside it.
                     cmd += ["-p", "data_root", os.path.relpath(Path(args.data).resolve(), REPO)]
+                if params[src.stem]:
+                    cmd += ["-y", json.dumps(params[src.stem])]  # JSON is YAML: papermill keeps the types
                 print(f"  {src.stem:22s} executing ...", end="", flush=True)
                 t0 = time.perf_counter()
                 res = run(cmd, env=env, capture_output=True, text=True, cwd=book)

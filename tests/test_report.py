@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpaat_lib import experiment, profiles, report, store
+from dpaat_lib import experiment, methods, profiles, report, store
 from dpaat_lib.models import GROUPS
 from fakes import fake_result
 
@@ -183,8 +183,10 @@ def test_notebooks_define_no_functions_and_have_parameters_and_a_title():
         first_md = text.split("# %% [markdown]\n", 1)[1]
         assert first_md.startswith("# # "), f"{p.name}: the first markdown cell must start with a # Title"
         for name in ("profile", "data_root", "results_root", "models", "methods", "image_size", "epochs",
-                     "seeds", "device"):
+                     "seeds", "eps0", "device"):
             assert f"\n{name} = " in text, f"{p.name}: parameter {name} missing"
+        if p.stem != "02_data":  # the split does not depend on the radius; every other page's runs do
+            assert "eps0=eps0" in code, f"{p.name}: the eps0 parameter reaches no run"
 
 
 def test_toc_lists_every_chapter():
@@ -387,6 +389,56 @@ def test_paper_consistency_flags_all_six_values_that_are_not_the_groups_mean():
     assert set(zip(t2["method"], t2["column"])) == {("AT", "mARP"), ("DPAAT", "mARP")}
 
 
+@pytest.mark.parametrize("profile", ["quick", "cpu-real", "paper"])
+def test_another_eps0_brings_its_step_and_reaches_every_l2_attack(profile):
+    """-p eps0 changes the training radius, DPAAT's and AMAT's derived radii and the 20/50-step PGD, with the
+    step at the profile's ratio to the radius; the Linf attacks keep 2/255; an explicit step wins; the default
+    radius given explicitly names the same runs."""
+    base = report.make_profile(profile)
+    p = report.make_profile(profile, eps0=1.0)
+    assert p.eps0 == 1.0 and p.train_step_size == pytest.approx(2 * base.train_step_size)
+    cfg = profiles.run_config(p, p.models[0], "dpaat", 0, profiles.data_config(p, digest="0" * 16))
+    assert (cfg.method.attack.eps, cfg.method.attack.step_size) == (1.0, pytest.approx(0.3))
+    dpaat = methods.build_method(cfg.method, 4)
+    assert (dpaat.eps_max, dpaat.eta, float(dpaat.radii()[0])) == (pytest.approx(2.0), 1.0, 1.0)
+    by_name = {a.name: a for a in cfg.eval_attacks}
+    assert (by_name["20-PGD"].eps, by_name["50-PGD"].step_size) == (1.0, pytest.approx(0.3))
+    assert by_name["FGSM"].eps == pytest.approx(2 / 255)
+    assert report.make_profile(profile, eps0=1.0, train_step_size=0.1).train_step_size == 0.1
+    d = profiles.data_config(base, digest="0" * 16)
+    same = report.make_profile(profile, eps0=base.eps0)
+    assert [c.run_id for c in profiles.configs(same, d)] == [c.run_id for c in profiles.configs(base, d)]
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf"), "1.0", True])
+def test_a_bad_eps0_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=r"eps0 must be a positive L2 radius.*got"):
+        report.make_profile("quick", eps0=bad)
+
+
+def test_an_unknown_profile_with_data_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown profile 'papr'; choose one of"):
+        report.make_profile("papr", data_root="/some/where")
+
+
+def test_pages_say_when_eps0_is_not_the_papers():
+    """The banner, the threat note and the deviations name a radius given as a parameter and its strength
+    against the paper's (0.5 at 224 px); with the default radius they say what they said before."""
+    small = report.make_profile("quick", eps0=1.0)
+    assert "eps0 1 is not the paper's 0.5" in report.profile_banner(small).data
+    assert "14 times the paper's per pixel" in report.profile_banner(small).data
+    assert "7.0 times stronger per pixel" in report.profile_banner(report.make_profile("quick")).data
+    assert "not the paper's" not in report.profile_banner(report.make_profile("quick")).data
+    full = report.make_profile("quick", image_size=224, eps0=0.25)
+    cfg = profiles.run_config(full, "smallcnn", "at", 0, profiles.data_config(full, digest="0" * 16))
+    note = report.threat_scale_note(cfg)
+    assert "means here what it means" not in note and "0.5 times the paper's per pixel" in note
+    assert "0.5 times the paper's per pixel" in report.deviations(full)
+    assert "is a parameter" not in report.deviations(report.make_profile("quick"))
+    assert report.l2_strength(0.5, 224) == pytest.approx(1.0)
+    assert report.l2_strength(0.5 * 32 / 224, 32) == pytest.approx(1.0)  # chapter 12 (e)'s matched radius
+
+
 def test_paper_table1_findings_counts_from_the_table():
     text = report.paper_table1_findings("all_six")
     assert "identical for 3 of its 5 methods (AT, SAT, DPAAT)" in text and "for AMAT 50 steps" in text
@@ -514,3 +566,39 @@ def test_unmoved_radii_note_flags_a_median_still_at_eps0():
                                                 "best_epoch": 1})
     note = report.unmoved_radii_note([moved, still])
     assert "In 1 of the 2 DPAAT runs" in note and "quartiles 0.450-0.520" in note
+
+
+def _build_book_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_book", REPO / "scripts" / "build_book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_book_params_reach_the_chapters_that_declare_them_typed():
+    bb = _build_book_module()
+    sources = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+    params = bb.parse_params([["eps0", "1.0"], ["seeds", "[0, 1, 2, 3]"], ["n_show", "3"], ["models", "null"]],
+                             sources)
+    assert params["04_robustness"] == {"eps0": 1.0, "seeds": [0, 1, 2, 3], "models": None}
+    assert params["08_gradcam"]["n_show"] == 3 and "n_show" not in params["04_robustness"]
+    with pytest.raises(SystemExit, match="no chapter takes a parameter 'epsilon'.*eps0"):
+        bb.parse_params([["epsilon", "1.0"]], sources)
+    with pytest.raises(SystemExit, match="give data_root with --data"):
+        bb.parse_params([["data_root", "/x"]], sources)
+
+
+def test_build_book_runs_a_chapter_with_another_eps0(tmp_path):
+    """papermill end to end: the parameter reaches the page's runs (chapter 3 trains nothing; about 10 s)."""
+    res = subprocess.run([sys.executable, REPO / "scripts" / "build_book.py", "--profile", "quick", "--out", tmp_path,
+                          "--chapters", "03", "--no-html", "-p", "eps0", "1.0", "-p", "seeds", "[0, 1]"],
+                         capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    nb = json.loads((tmp_path / "book" / "03_methods.ipynb").read_text())
+    assert nb["metadata"]["papermill"]["parameters"]["eps0"] == 1.0
+    shown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
+                    for o in c.get("outputs", []))
+    assert "training attack PGD-L2 eps0 = 1.0, 7 steps of 0.3 " in shown and "seeds: 0, 1 |" in shown
+    assert "14 times the paper's per pixel" in shown
