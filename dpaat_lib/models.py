@@ -1,10 +1,12 @@
-"""The CNNs of the paper (method.md section 2), built by name.
+"""The CNNs of the paper (method.md section 2), built by name, and others to run the book on.
 
 Every model takes images in [0, 1] and normalises them itself
 (:class:`Normalized`), so attacks live in pixel space. torchvision's
 definitions are used with a ``num_classes``-way head; ``weights`` is a local
 state-dict file (ImageNet weights cannot be downloaded everywhere), from which
-all but the head is loaded.
+all but the head is loaded. Beyond the paper's six and the book's ``smallcnn``,
+:data:`OTHER_MODELS` are common torchvision CNNs for re-running a page on another
+architecture (``-p models '[resnet50]'``), and :func:`register_model` adds any other.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WIDELY_USED = ("resnet34", "inception_v3", "densenet121")
 LIGHTWEIGHT = ("mobilenet_v2", "shufflenet_v2", "squeezenet1_1")
 PAPER_MODELS = WIDELY_USED + LIGHTWEIGHT
+OTHER_MODELS = ("resnet18", "resnet50", "efficientnet_b0")  # not in the paper: for another CNN than its six
 GROUPS = {"widely_used": WIDELY_USED, "lightweight": LIGHTWEIGHT, "all_six": PAPER_MODELS}
 
 
@@ -71,12 +74,40 @@ _REGISTRY: dict[str, tuple[Callable[[int], nn.Module], str, str, int]] = {
     "shufflenet_v2": (lambda n: torchvision.models.shufflenet_v2_x1_0(num_classes=n), "fc", "conv5", 32),
     "squeezenet1_1": (lambda n: torchvision.models.squeezenet1_1(num_classes=n), "classifier.1", "features.-1", 32),
     "smallcnn": (lambda n: SmallCNN(n), "classifier.2", "features.-2", 16),  # before the last pool: a finer CAM
+    "resnet18": (lambda n: torchvision.models.resnet18(num_classes=n), "fc", "layer4.-1", 32),
+    "resnet50": (lambda n: torchvision.models.resnet50(num_classes=n), "fc", "layer4.-1", 32),
+    "efficientnet_b0": (lambda n: torchvision.models.efficientnet_b0(num_classes=n), "classifier.1", "features.-1", 32),
 }
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`build_model`: the paper's six CNNs, then ``smallcnn``."""
+    """Names accepted by :func:`build_model`: the paper's six CNNs, ``smallcnn``, :data:`OTHER_MODELS`, then
+    those added by :func:`register_model`."""
     return list(_REGISTRY)
+
+
+def register_model(name: str, make: Callable[[int], nn.Module], head: str, gradcam_layer: str,
+                   min_size: int = 32) -> None:
+    """Add a CNN under ``name`` for this process: ``make(num_classes)`` returns the network (on images
+    normalised with ImageNet's statistics, as :class:`Normalized` feeds it), ``head`` and ``gradcam_layer`` are
+    attribute paths inside it (``"fc"``, ``"layer4.-1"``: the ``num_classes``-way output layer, which a weights
+    file does not load, and the last convolutional block, where Grad-CAM reads), ``min_size`` its smallest image
+    side. Both paths are checked on a 3-class instance, so a wrong one fails here rather than mid-run. A run's
+    identity is its name, so a name is registered once (a registered or built-in name is refused)."""
+    if not isinstance(name, str) or not name or name in _REGISTRY:
+        raise ValueError(f"cannot register model {name!r}: give a new name (taken: {list_models()})")
+    net = make(3)
+    try:
+        out, cam = _get(net, head), _get(net, gradcam_layer)
+    except (AttributeError, IndexError, TypeError) as e:
+        raise ValueError(f"model {name!r}: {e}; head and gradcam_layer are attribute paths inside the network "
+                         "make(num_classes) returns, such as 'fc' and 'layer4.-1'") from None
+    if getattr(getattr(out, "weight", None), "shape", (None,))[0] != 3:
+        raise ValueError(f"model {name!r}: head {head!r} is {type(out).__name__}, not the layer with num_classes "
+                         "outputs (built with num_classes=3)")
+    if cam is net:
+        raise ValueError(f"model {name!r}: gradcam_layer must be a block inside the network, not the network")
+    _REGISTRY[name] = (make, head, gradcam_layer, int(min_size))
 
 
 def _check_name(name: str) -> None:

@@ -283,7 +283,8 @@ def model_table(model_names: Sequence[str], image_size: int, num_classes: int = 
                 model(torch.zeros(1, 3, image_size, image_size))
             hook.remove()
             cam = f"{shape[0][0]} x {shape[0][1]}"
-        rows.append({"model": name, "in the paper": "yes" if name in MD.PAPER_MODELS else "no (this book's)",
+        rows.append({"model": name, "in the paper": "yes" if name in MD.PAPER_MODELS else
+                     "no (this book's)" if name == "smallcnn" else "no",
                      "parameters": f"{params / 1e6:.2f} M", "Grad-CAM layer": MD.gradcam_layer_path(name),
                      f"Grad-CAM map at {image_size} px": cam})
     return pd.DataFrame(rows).set_index("model")

@@ -25,7 +25,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name,size", [("smallcnn", 32), ("mobilenet_v2", 64)])
+@pytest.mark.parametrize("name,size", [("smallcnn", 32), ("mobilenet_v2", 64), ("efficientnet_b0", 64)])
 def test_cams_shape_range_hooks_and_mode(name, size):
     torch.manual_seed(0)
     model = build_model(name, 3).train()

@@ -23,9 +23,9 @@ def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
     return next((k, m) for k, m in net.named_modules() if isinstance(m, nn.Conv2d))
 
 
-def test_registry_holds_the_six_paper_models_then_smallcnn():
+def test_registry_holds_the_six_paper_models_then_smallcnn_then_the_others():
     assert ALL[:6] == list(PAPER_MODELS)
-    assert ALL[-1] == "smallcnn"
+    assert ALL[6:] == ["smallcnn", *models.OTHER_MODELS]
     assert set(models.GROUPS["all_six"]) == set(models.GROUPS["widely_used"]) | set(models.GROUPS["lightweight"])
     assert min_input_size("inception_v3") == 75
 
@@ -161,3 +161,31 @@ def test_missing_weights_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(path))) as err:
         build_model("mobilenet_v2", weights=path)
     assert "mobilenet_v2" in str(err.value) and "{name}" not in str(err.value)
+
+
+def _tiny_cnn(n: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n))
+
+
+def test_a_registered_cnn_is_built_trained_and_read_by_grad_cam_like_the_others(monkeypatch):
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # this test's registration only
+    models.register_model("tiny", _tiny_cnn, head="5", gradcam_layer="2", min_size=8)
+    assert "tiny" in list_models() and min_input_size("tiny") == 8
+    model = build_model("tiny", num_classes=7)
+    assert model(torch.rand(2, 3, 8, 8)).shape == (2, 7) and head(model, "tiny").out_features == 7
+    assert gradcam_target_layer(model, "tiny") is model.net[2]
+    with pytest.raises(ValueError, match="needs >= 8 px"):
+        models.check_input_size("tiny", 4)
+
+
+@pytest.mark.parametrize("name, head_path, cam, match", [
+    ("tiny", "9", "2", "attribute paths"),        # no such layer
+    ("tiny", "0", "2", "not the layer with num_classes outputs"),
+    ("resnet34", "fc", "layer4", "give a new name"),  # a built-in name: run ids would mean two networks
+    ("", "5", "2", "give a new name"),
+])
+def test_register_model_refuses_what_would_fail_later(monkeypatch, name, head_path, cam, match):
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    with pytest.raises(ValueError, match=match):
+        models.register_model(name, _tiny_cnn, head=head_path, gradcam_layer=cam)
