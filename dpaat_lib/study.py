@@ -504,7 +504,8 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
     where = _model_prefix(models)
 
     def name(r):  # a flagged difference, with its CNN where the table holds several
-        return f"{where(r['model'])}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, p = {r['p_ttest']:.3f})"
+        return (f"{where(r['model'])}{r['comparison'].split(' - ')[1]} {r['attack']} ({r['mean']:+.1f}, "
+                f"p = {r['p_ttest']:.3f})")
 
     parts = [f"**{len(tested)} comparisons** ({a} against {against}, "
              f"under {', '.join(dict.fromkeys(tested['attack']))}"
@@ -1201,8 +1202,8 @@ def _verdict_sentence(verdicts: pd.DataFrame, sig_variant: pd.DataFrame, names: 
     and each one under 20-PGD and clean in both grids (``words``: how the text names the base grid and
     the variant, after each mean)."""
     where = _model_prefix(verdicts.get("model", ()))
-    lines = [f"{where(r['model'])}{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) {words[0]}, "
-             f"{r['mean ' + names[1]]:+.1f} ({r[names[1]]}) {words[1]}" for _, r in verdicts.iterrows()
+    lines = [f"{where(r['model'])}{r['comparison']} {r['attack']}: {r['mean ' + names[0]]:+.1f} ({r[names[0]]}) "
+             f"{words[0]}, {r['mean ' + names[1]]:+.1f} ({r[names[1]]}) {words[1]}" for _, r in verdicts.iterrows()
              if r["attack"] in ("20-PGD", "clean")]
     return (f"**Does the comparison of {a} with the others change?** {int(verdicts['kept'].sum())} of "
             f"{len(verdicts)} comparisons keep their verdict (higher or lower beyond seed noise after Holm, "
@@ -1290,8 +1291,9 @@ def _pair_sentence(verdicts: pd.DataFrame, names: tuple[str, str], words: tuple[
     pair = verdicts[verdicts["comparison"] == f"{a} - {b}"]
     where = _model_prefix(pair.get("model", ()))
     return (f"{a} - {b}: " + "; ".join(
-                f"{where(r['model'])}{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, {r['mean ' + names[1]]:+.1f} "
-                f"{words[1]} ({r[names[1]]})" for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
+                f"{where(r['model'])}{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, "
+                f"{r['mean ' + names[1]]:+.1f} {words[1]} ({r[names[1]]})"
+                for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
             + f". {int(verdicts['kept'].sum())} of {len(verdicts)} comparisons of {a} with "
             + report.and_list(list(against)) + " keep their verdict.")
 
