@@ -73,9 +73,9 @@ OWN_OPTIONS = {"profile": "--profile", "device": "--device", "data_root": "--dat
 
 
 def chapter_parameters(src: Path) -> set[str]:
-    """The names a chapter's ``parameters`` cell assigns (jupytext percent source)."""
-    cell = src.read_text().split('# %% tags=["parameters"]\n', 1)[-1].split("\n# %%", 1)[0]
-    return set(re.findall(r"^([A-Za-z_]\w*) = ", cell, flags=re.M))
+    """The names a chapter's ``parameters`` cell assigns (jupytext percent source); none without that cell."""
+    _, found, rest = src.read_text().partition('# %% tags=["parameters"]\n')
+    return set(re.findall(r"^([A-Za-z_]\w*) = ", rest.split("\n# %%", 1)[0], flags=re.M)) if found else set()
 
 
 def parse_params(pairs: list[list[str]], sources: list[Path]) -> dict[str, dict]:

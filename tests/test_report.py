@@ -577,8 +577,11 @@ def _build_book_module():
     return module
 
 
-def test_build_book_params_reach_the_chapters_that_declare_them_typed():
+def test_build_book_params_reach_the_chapters_that_declare_them_typed(tmp_path):
     bb = _build_book_module()
+    plain = tmp_path / "99_plain.py"
+    plain.write_text("# %%\nx = 1\n")  # no parameters cell: it declares nothing
+    assert bb.chapter_parameters(plain) == set()
     sources = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
     params = bb.parse_params([["eps0", "1.0"], ["seeds", "[0, 1, 2, 3]"], ["n_show", "3"], ["models", "null"]],
                              sources)
