@@ -232,6 +232,11 @@ def _slim_copy(args) -> int:
 
 
 def main(argv=None) -> int:
+    try:
+        list_models()  # imports the modules of $DPAAT_MODELS: their CNNs become choices below
+    except (ImportError, ValueError) as err:
+        print(f"dpaat: error: {err}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="dpaat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,7 +265,7 @@ def main(argv=None) -> int:
     s.add_argument("--n-per-class", type=int, default=150, help="images per class")
     s.add_argument("--size", type=int, default=96, help="image side in px")
     s.add_argument("--seed", type=int, default=0, help="random seed")
-    add("models", help="list model names")
+    add("models", help="list model names (with those of the modules named in $DPAAT_MODELS)")
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         import torch

@@ -6,10 +6,15 @@ definitions are used with a ``num_classes``-way head; ``weights`` is a local
 state-dict file (ImageNet weights cannot be downloaded everywhere), from which
 all but the head is loaded. Beyond the paper's six and the book's ``smallcnn``,
 :data:`OTHER_MODELS` are common torchvision CNNs for re-running a page on another
-architecture (``-p models '[resnet50]'``), and :func:`register_model` adds any other.
+architecture (``-p models '[resnet50]'``), and :func:`register_model` adds any other. A registration lives in
+its process; to reach the pages (each runs in its own kernel) and the ``dpaat`` command, put the calls in a module
+and name it in the environment variable ``DPAAT_MODELS`` (:func:`load_model_modules`).
 """
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -80,10 +85,45 @@ _REGISTRY: dict[str, tuple[Callable[[int], nn.Module], str, str, int]] = {
 }
 
 
+MODULES_ENV = "DPAAT_MODELS"  # comma-separated modules whose import registers CNNs (register_model)
+_REGISTERED_BY: dict[str, str] = {}  # model name -> the DPAAT_MODELS module that registered it
+_LOADED_MODULES: set[str] = set()
+
+
+def load_model_modules() -> dict[str, str]:
+    """Import each module named in ``$DPAAT_MODELS`` (comma-separated, importable from ``sys.path``), once per
+    process; each calls :func:`register_model` for its CNNs. Called by :func:`list_models` and on an unknown name,
+    so a papermill page, ``scripts/build_book.py`` and the ``dpaat`` command (whose processes inherit the
+    variable) know the same CNNs as the library. Returns ``{model name: module}`` of what such modules added."""
+    for module in filter(None, (m.strip() for m in os.environ.get(MODULES_ENV, "").split(","))):
+        if module in _LOADED_MODULES:
+            continue
+        before, imported_already = set(_REGISTRY), module in sys.modules  # e.g. by a notebook cell: no new names
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(f"{MODULES_ENV} names module {module!r}, which cannot be imported ({e}); put its "
+                              "folder on PYTHONPATH, or correct the variable") from e
+        _LOADED_MODULES.add(module)
+        added = [name for name in _REGISTRY if name not in before]
+        if not added and not imported_already:
+            raise ValueError(f"{MODULES_ENV} names module {module!r}, whose import registered no model; it should "
+                             "call dpaat_lib.models.register_model(name, make, head, gradcam_layer)")
+        _REGISTERED_BY.update(dict.fromkeys(added, module))
+    return dict(_REGISTERED_BY)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`build_model`: the paper's six CNNs, ``smallcnn``, :data:`OTHER_MODELS`, then
-    those added by :func:`register_model`."""
+    those added by :func:`register_model` (including the modules of ``$DPAAT_MODELS``)."""
+    load_model_modules()
     return list(_REGISTRY)
+
+
+def registered_by(name: str) -> str | None:
+    """The ``$DPAAT_MODELS`` module that registered ``name`` (None: built in, or registered in this process)."""
+    load_model_modules()
+    return _REGISTERED_BY.get(name)
 
 
 def register_model(name: str, make: Callable[[int], nn.Module], head: str, gradcam_layer: str,
@@ -102,7 +142,8 @@ def register_model(name: str, make: Callable[[int], nn.Module], head: str, gradc
     except (AttributeError, IndexError, TypeError) as e:
         raise ValueError(f"model {name!r}: {e}; head and gradcam_layer are attribute paths inside the network "
                          "make(num_classes) returns, such as 'fc' and 'layer4.-1'") from None
-    if getattr(getattr(out, "weight", None), "shape", (None,))[0] != 3:
+    weight = getattr(out, "weight", None)  # a Linear or a 1x1 Conv2d head has one row per class
+    if not isinstance(weight, torch.Tensor) or weight.shape[0] != 3:
         raise ValueError(f"model {name!r}: head {head!r} is {type(out).__name__}, not the layer with num_classes "
                          "outputs (built with num_classes=3)")
     if cam is net:
@@ -111,9 +152,10 @@ def register_model(name: str, make: Callable[[int], nn.Module], head: str, gradc
 
 
 def _check_name(name: str) -> None:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose one of {list_models()} "
-                         "(dpaat_lib.models.list_models())")
+    if name not in _REGISTRY and name not in list_models():
+        raise ValueError(f"unknown model {name!r}; choose one of {list_models()}, or register it: "
+                         f"dpaat_lib.models.register_model in this process, or in a module named in ${MODULES_ENV} "
+                         "for the pages and the dpaat command")
 
 
 def min_input_size(name: str) -> int:

@@ -82,8 +82,8 @@ class Profile:
         data = "SYNTHETIC stand-in data (not HAM10000)" if self.synthetic else "real HAM10000"
         return (f"profile '{self.name}': {data}, {len(self.classes)} classes, {self.image_size} px, models "
                 f"{', '.join(self.models)}, {self.split_text()}, up to {self.epochs} epochs (patience "
-                f"{self.patience}), seeds {list(self.seeds)}, training PGD-L2 eps0 {self.eps0:g} in {self.train_steps} "
-                f"steps of {self.train_step_size:g}")
+                f"{self.patience}), seeds {list(self.seeds)}, training PGD-L2 eps0 {round(self.eps0, 4)} in "
+                f"{self.train_steps} steps of {round(self.train_step_size, 4)}")
 
     def split_text(self) -> str:
         """The split in words: counts per class, or fractions of every image (the 7-class task)."""

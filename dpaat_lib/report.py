@@ -46,7 +46,7 @@ from .config import DataConfig, RunConfig, TrainConfig
 from .evaluation import CLEAN, curve_accuracy, robust_accuracy_curve
 from .methods import LABELS, MethodConfig
 from .metrics import MARP_ATTACK, group_average
-from .models import GROUPS
+from .models import GROUPS, list_models
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,18 @@ def results_dir(prof: profiles.Profile, results_root=None) -> Path:
     return resolve_path(results_root, "results") / prof.name
 
 
-def make_profile(profile: str = "quick", *, data_root=None, **overrides) -> profiles.Profile:
-    """The profile with its overrides; see :func:`dpaat_lib.profiles.profile_for`."""
+def make_profile(profile: str = "quick", *, data_root=None, models=None, **overrides) -> profiles.Profile:
+    """The profile with its overrides; see :func:`dpaat_lib.profiles.profile_for`. ``models``, a page's CNNs
+    (``-p models '[resnet50]'``; one name or a list; empty or None: the profile's), become the profile's models
+    and ablation models, so that the banner, the deviations and the figures' choice of CNN name the CNNs the
+    page ran."""
+    if models:
+        models = (models,) if isinstance(models, str) else tuple(models)
+        unknown = [m for m in models if m not in list_models()]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown} in models={list(models)}; choose from {list_models()}, "
+                             "or register another (dpaat_lib.models.register_model, $DPAAT_MODELS)")
+        overrides.update(models=models, ablation_models=models)
     return profiles.profile_for(profile, data_root, **overrides)
 
 
@@ -115,12 +125,12 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     profile's ``cpu_threads`` (:func:`dpaat_lib.profiles.pin_cpu_threads`), so that
     a run trained here reproduces the committed one.
     """
-    prof = make_profile(profile, data_root=data_root, seeds=seeds, **overrides)
+    prof = make_profile(profile, data_root=data_root, seeds=seeds, models=models, **overrides)
     profiles.pin_cpu_threads(prof, device)
     root = resolve_path(data_root)
     out = results_dir(prof, results_root)
     data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
-    cfgs = profiles.configs(prof, data, models=models, methods=tuple(methods or profiles.MAIN_METHODS))
+    cfgs = profiles.configs(prof, data, methods=tuple(methods or profiles.MAIN_METHODS))  # prof.models: the page's
     if stored_only:
         return prof, [r for r in (experiment.load_result(c, out) for c in cfgs) if r is not None]
     if prof.gpu and str(device) == "cpu":
@@ -283,8 +293,9 @@ def model_table(model_names: Sequence[str], image_size: int, num_classes: int = 
                 model(torch.zeros(1, 3, image_size, image_size))
             hook.remove()
             cam = f"{shape[0][0]} x {shape[0][1]}"
+        origin = MD.registered_by(name)
         rows.append({"model": name, "in the paper": "yes" if name in MD.PAPER_MODELS else
-                     "no (this book's)" if name == "smallcnn" else "no",
+                     "no (this book's)" if name == "smallcnn" else f"no (from {origin})" if origin else "no",
                      "parameters": f"{params / 1e6:.2f} M", "Grad-CAM layer": MD.gradcam_layer_path(name),
                      f"Grad-CAM map at {image_size} px": cam})
     return pd.DataFrame(rows).set_index("model")
@@ -307,13 +318,13 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
              f"(patience {prof.patience}) | seeds: {', '.join(map(str, prof.seeds))} | "
              f"{prof.split_text()} | "
              f"{'lesion-aware' if prof.lesion_aware else 'image-level'} split | "
-             f"training attack PGD-L2 eps0 = {prof.eps0}, {prof.train_steps} steps of {prof.train_step_size}"]
+             f"training attack PGD-L2 eps0 = {radius_text(prof.eps0)}, {prof.train_steps} steps of "
+             f"{radius_text(prof.train_step_size)}"]
     if results:
         lines[-1] += f" | {len(results)} run(s) on this page"
     if prof.eps0 != PAPER_EPS0:
-        lines[-1] += (f" | eps0 {prof.eps0:g} is not the paper's {PAPER_EPS0:g}: the L2 threat (training and the PGD "
-                      f"columns) is {l2_strength(prof.eps0, prof.image_size):.2g} times the paper's per pixel "
-                      "(chapter 3)")
+        lines[-1] += (f" | eps0 = {radius_text(prof.eps0)} is not the paper's {PAPER_EPS0}: the L2 threat (training "
+                      f"and the PGD columns) is {l2_strength_text(prof.eps0, prof.image_size)} (chapter 3)")
     elif prof.image_size != PAPER_IMAGE_SIZE:
         lines[-1] += (f" | at {prof.image_size} px the L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times "
                       f"stronger per pixel than at the paper's {PAPER_IMAGE_SIZE} px (chapter 3)")
@@ -330,6 +341,19 @@ def l2_strength(eps: float, size: int) -> float:
     """How many times the paper's L2 threat per pixel (:data:`PAPER_EPS0` at :data:`PAPER_IMAGE_SIZE` px) an L2
     radius ``eps`` is at ``size`` px: the ratio of their root-mean-square changes per value."""
     return l2_rms_per_value(eps, size) / l2_rms_per_value(PAPER_EPS0, PAPER_IMAGE_SIZE)
+
+
+def l2_strength_text(eps: float, size: int) -> str:
+    """:func:`l2_strength` in words: "14 times the paper's per pixel", or "the paper's per pixel" for a radius
+    scaled to the resolution (within 5%)."""
+    strength = l2_strength(eps, size)
+    return ("the paper's per pixel (the radius scaled to this resolution)" if abs(strength - 1) < 0.05 else
+            f"{strength:.2g} times the paper's per pixel")
+
+
+def radius_text(eps: float) -> str:
+    """An L2 radius or step as the pages print it: at most 4 decimals (0.0714 for 0.5 x 32 / 224), 1.0 as 1.0."""
+    return str(round(float(eps), 4))
 
 
 def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str:
@@ -358,10 +382,10 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
                          f"so the L2 threat (training and the PGD columns) is {rms / rms_paper:.1f} times stronger "
                          "per pixel here.")
         else:
-            parts.append(f"The L2 radius here is {e:g}, not the paper's {PAPER_EPS0:g} as we read it; spread over all "
-                         f"3 x {s} x {s} = {d} values it is a root-mean-square change of {rms:.2f}/255 per value, "
-                         f"against the paper's {rms_paper:.2f}/255, so the L2 threat (training and the PGD columns) "
-                         f"is {rms / rms_paper:.2g} times the paper's per pixel.")
+            parts.append(f"The L2 radius here is {radius_text(e)}, not the paper's {PAPER_EPS0:g} as we read it; "
+                         f"spread over all 3 x {s} x {s} = {d} values it is a root-mean-square change of "
+                         f"{rms:.2f}/255 per value, against the paper's {rms_paper:.2f}/255, so the L2 threat "
+                         f"(training and the PGD columns) is {l2_strength_text(e, s)}.")
     for e in linf:
         parts.append(f"An Linf radius of {255 * e:g}/255 bounds each value alone, so it reaches an L2 distance of at "
                      f"most {e * math.sqrt(d):.2f} here against {e * math.sqrt(d_paper):.2f} at {paper_size} px: the "
@@ -1085,8 +1109,8 @@ def gradcam_selection(results: Sequence[experiment.RunResult], model: str, n_per
             warnings.simplefilter("ignore")
             ids = gradcam.select_correct(runs[methods[-1]].predictions, n_per_class, classes, seed=seed,
                                          pool=pool) if methods[-1] in runs else ids
-        note = (f"too few of the {pool} candidates per class are correct under all of {', '.join(methods)}; "
-                f"these are correct under {methods[-1]} only")
+        note = (f"images correctly classified (clean) by {methods[-1]}, because too few of the {pool} candidates "
+                f"per class are correct under all of {', '.join(methods)}")
     return ids, note
 
 
@@ -1236,7 +1260,7 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
         kept = [_kept_epoch(r)["radius_mean"] for r in amat]
         short = [k for k in kept if k < AMAT_SHORT_RADIUS * eps0]
         text = ("AMAT's radii start at eps0/10 and grow by at most eps0/10 per epoch (at least 9 epochs to reach "
-                f"eps0 = {eps0:g}): at the kept epoch their mean was " + ", ".join(f"{k:.3f}" for k in kept)
+                f"eps0 = {radius_text(eps0)}): at the kept epoch their mean was " + ", ".join(f"{k:.3f}" for k in kept)
                 + f" ({', '.join(f'{k / eps0:.0%}' for k in kept)} of eps0).")
         if len(short) == len(kept):
             text += (" Its models were trained against a weaker adversary than AT's, yet are evaluated at eps0, "
@@ -1892,16 +1916,16 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
     lines = [
         "- **Threat model**: the paper gives 0.5 for a symbol and a norm lost in extraction, 7 steps of 0.15, and "
         "no evaluation radii. We read 0.5 as the radius and the norm from the step size and its identical 20/50-step "
-        f"PGD numbers: training adversary PGD-L2 with eps0 = {prof.eps0}, "
-        f"{prof.train_steps} steps of {prof.train_step_size}; FGSM and I-FGSM evaluated in Linf at eps = 2/255, "
-        "20/50-step PGD in L2 at eps0 (chapter 3)."
+        f"PGD numbers: training adversary PGD-L2 with eps0 = {radius_text(prof.eps0)}, "
+        f"{prof.train_steps} steps of {radius_text(prof.train_step_size)}; FGSM and I-FGSM evaluated in Linf at "
+        "eps = 2/255, 20/50-step PGD in L2 at eps0 (chapter 3)."
         + (f" At {prof.image_size} px the same L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times stronger "
            "per pixel than at 224 px, and the Linf one weaker in L2 terms: levels compare with the paper's only in "
            "direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
            "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else "")
-        + (f" This page's eps0 = {prof.eps0:g} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 threat is "
-           f"{l2_strength(prof.eps0, prof.image_size):.2g} times the paper's per pixel, and its robust columns are "
-           "not the paper's." if prof.eps0 != PAPER_EPS0 else ""),
+        + (f" This page's eps0 = {radius_text(prof.eps0)} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 "
+           f"threat is {l2_strength_text(prof.eps0, prof.image_size)}, and its robust columns are not the paper's."
+           if prof.eps0 != PAPER_EPS0 else ""),
         "- **Initialisation**: " + ("two-phase fine-tuning from local ImageNet weights, as the paper."
                                     if pretrained else "training from scratch; the paper fine-tunes ImageNet "
                                     "weights, which cannot be downloaded on the machines that built this book."),

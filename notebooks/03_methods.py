@@ -40,8 +40,8 @@ from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of t
 from dpaat_lib import attacks, methods as M, profiles
 
 # %%
-prof = report.make_profile(profile, data_root=data_root, image_size=image_size, epochs=epochs, eps0=eps0,
-                           seeds=seeds)
+prof = report.make_profile(profile, data_root=data_root, models=models, image_size=image_size, epochs=epochs,
+                           eps0=eps0, seeds=seeds)
 dpaat_cfg = profiles.run_config(prof, prof.models[0], "dpaat", prof.seeds[0], profiles.data_config(prof))
 report.profile_banner(prof)
 

@@ -24,3 +24,25 @@ def fake_result(model: str, method: str, seed: int = 0, acc: float = 0.5, tmp: P
     if preds is None:
         preds = pd.DataFrame({"image_id": ["a"], "label": [0], "pred_clean": [0]})
     return RunResult(cfg, (tmp or Path("/nonexistent")) / cfg.run_id, history, metrics, preds)
+
+
+MODEL_MODULE = '''"""A user's CNN for the book's pages: named in DPAAT_MODELS, imported by each process needing it."""
+import torch.nn as nn
+
+from dpaat_lib.models import register_model
+
+
+def make(n):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3, padding=1)),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, n))
+
+
+register_model("plugcnn", make, head="5", gradcam_layer="2", min_size=8)
+'''
+
+
+def write_model_module(folder: Path, module: str = "my_cnns") -> dict[str, str]:
+    """Write a module that registers the CNN ``plugcnn`` into ``folder``; returns the environment variables that
+    make a new process import it (PYTHONPATH and DPAAT_MODELS)."""
+    (folder / f"{module}.py").write_text(MODEL_MODULE)
+    return {"PYTHONPATH": str(folder), "DPAAT_MODELS": module}

@@ -1,7 +1,11 @@
 """Tests for dpaat_lib.models (method.md section 2): every registered CNN on tiny inputs."""
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from torch import nn
 from dpaat_lib import models
 from dpaat_lib.models import (PAPER_MODELS, Normalized, build_model, gradcam_target_layer, head, list_models,
                               min_input_size)
+from fakes import write_model_module
 
 ALL = list_models()
 
@@ -189,3 +194,50 @@ def test_register_model_refuses_what_would_fail_later(monkeypatch, name, head_pa
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
     with pytest.raises(ValueError, match=match):
         models.register_model(name, _tiny_cnn, head=head_path, gradcam_layer=cam)
+
+
+@pytest.fixture
+def own_registry(monkeypatch, tmp_path):
+    """models' registry and module bookkeeping, and sys.modules, restored after the test."""
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models, "_REGISTERED_BY", {})
+    monkeypatch.setattr(models, "_LOADED_MODULES", set())
+    monkeypatch.setattr(sys, "modules", dict(sys.modules))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_module_named_in_dpaat_models_registers_its_cnns_on_first_use(own_registry, monkeypatch):
+    env = write_model_module(own_registry)
+    assert "plugcnn" not in models._REGISTRY  # nothing is imported before a name is needed
+    monkeypatch.setenv("DPAAT_MODELS", f" {env['DPAAT_MODELS']} ,")  # spaces and a trailing comma are fine
+    assert build_model("plugcnn", num_classes=5)(torch.rand(2, 3, 8, 8)).shape == (2, 5)
+    assert list_models()[-1] == "plugcnn" and models.registered_by("plugcnn") == "my_cnns"
+    assert models.registered_by("resnet34") is None
+    assert list_models().count("plugcnn") == 1  # imported once per process
+
+
+def test_dpaat_models_naming_a_missing_or_empty_module_says_which_and_how_to_fix(own_registry, monkeypatch):
+    monkeypatch.setenv("DPAAT_MODELS", "no_such_cnns")
+    with pytest.raises(ImportError, match="DPAAT_MODELS names module 'no_such_cnns'.*PYTHONPATH"):
+        list_models()
+    (own_registry / "empty_cnns.py").write_text("x = 1\n")
+    importlib.invalidate_caches()  # the folder was listed before the file existed
+    monkeypatch.setenv("DPAAT_MODELS", "empty_cnns")
+    with pytest.raises(ValueError, match="'empty_cnns', whose import registered no model.*register_model"):
+        build_model("vgg11_bn")  # a built-in name imports nothing; an unknown one loads the modules first
+
+
+def test_an_unknown_name_tells_how_to_register_it(own_registry):
+    with pytest.raises(ValueError, match=r"unknown model 'vgg11_bn'.*register_model.*\$DPAAT_MODELS"):
+        build_model("vgg11_bn")
+
+
+def test_the_dpaat_command_knows_the_cnns_of_dpaat_models_and_reports_a_bad_module(tmp_path):
+    env = {**os.environ, **write_model_module(tmp_path)}
+    listed = subprocess.run([sys.executable, "-m", "dpaat_lib", "models"], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0 and listed.stdout.split()[-1] == "plugcnn", listed.stderr
+    bad = subprocess.run([sys.executable, "-m", "dpaat_lib", "models"], capture_output=True, text=True,
+                         env={**env, "DPAAT_MODELS": "no_such_cnns"})
+    assert bad.returncode == 2 and "dpaat: error: DPAAT_MODELS names module 'no_such_cnns'" in bad.stderr
+    assert "Traceback" not in bad.stderr

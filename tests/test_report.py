@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from dpaat_lib import experiment, methods, profiles, report, store
 from dpaat_lib.models import GROUPS
-from fakes import fake_result
+from fakes import fake_result, write_model_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,6 +120,25 @@ def test_make_profile_with_data_switches_quick_to_real_data():
     assert report.make_profile("quick", epochs=2).epochs == 2
 
 
+@pytest.mark.parametrize("given, expected", [("resnet18", ("resnet18",)), (["resnet18", "smallcnn"],
+                                                                            ("resnet18", "smallcnn"))])
+def test_a_pages_models_become_the_profiles_so_its_banner_and_figures_name_them(given, expected):
+    p = report.make_profile("paper", models=given)
+    assert p.models == expected and p.ablation_models == expected
+    assert report.figure_models(p) == list(expected)[:2]  # chapter 8 draws the CNNs the page ran
+    shown = report.profile_banner(p).data
+    assert f"models: {', '.join(expected)} | ablation models: {', '.join(expected)} |" in shown
+    assert f"- **Models**: {', '.join(expected)} (paper: " in report.deviations(p)
+    for none in (None, [], ()):  # papermill's default and an empty list: the profile's own
+        assert report.make_profile("paper", models=none).models == profiles.get_profile("paper").models
+
+
+def test_a_pages_unknown_model_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['resnet19'\] in models=\['resnet18', 'resnet19'\]"
+                                         r".*DPAAT_MODELS"):
+        report.make_profile("quick", models=["resnet18", "resnet19"])
+
+
 def test_paths_resolve_against_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert report.repo_root() == REPO
@@ -187,6 +208,7 @@ def test_notebooks_define_no_functions_and_have_parameters_and_a_title():
             assert f"\n{name} = " in text, f"{p.name}: parameter {name} missing"
         if p.stem != "02_data":  # the split does not depend on the radius; every other page's runs do
             assert "eps0=eps0" in code, f"{p.name}: the eps0 parameter reaches no run"
+        assert "models=models" in code, f"{p.name}: the models parameter reaches neither the runs nor the profile"
 
 
 def test_toc_lists_every_chapter():
@@ -361,6 +383,8 @@ def test_load_grid_stored_only_trains_nothing_and_returns_what_is_stored(synthet
     monkeypatch.setattr(experiment, "load_result",
                         lambda c, out: dataclasses.replace(stored, config=c) if c.run_id == cfgs[0].run_id else None)
     assert [r.run_id for r in report.load_grid("quick", **kw)[1]] == [cfgs[0].run_id]
+    page, nothing = report.load_grid("quick", **kw, models=["resnet18"])  # another CNN: the page's profile names it
+    assert page.models == ("resnet18",) and nothing == []
 
 
 def test_lesion_energy_sentence_ranks_the_methods_against_a_uniform_map():
@@ -425,7 +449,7 @@ def test_pages_say_when_eps0_is_not_the_papers():
     """The banner, the threat note and the deviations name a radius given as a parameter and its strength
     against the paper's (0.5 at 224 px); with the default radius they say what they said before."""
     small = report.make_profile("quick", eps0=1.0)
-    assert "eps0 1 is not the paper's 0.5" in report.profile_banner(small).data
+    assert "eps0 = 1.0 is not the paper's 0.5" in report.profile_banner(small).data
     assert "14 times the paper's per pixel" in report.profile_banner(small).data
     assert "7.0 times stronger per pixel" in report.profile_banner(report.make_profile("quick")).data
     assert "not the paper's" not in report.profile_banner(report.make_profile("quick")).data
@@ -593,15 +617,36 @@ def test_build_book_params_reach_the_chapters_that_declare_them_typed(tmp_path):
         bb.parse_params([["data_root", "/x"]], sources)
 
 
-def test_build_book_runs_a_chapter_with_another_eps0(tmp_path):
-    """papermill end to end: the parameter reaches the page's runs (chapter 3 trains nothing; about 10 s)."""
+def test_build_book_runs_a_chapter_with_another_eps0_and_a_users_cnn(tmp_path):
+    """papermill end to end: the parameters reach the page's runs, and a CNN registered by a module named in
+    DPAAT_MODELS reaches the page's kernel (chapter 3 trains nothing; about 10 s)."""
+    env = {**os.environ, **write_model_module(tmp_path)}
     res = subprocess.run([sys.executable, REPO / "scripts" / "build_book.py", "--profile", "quick", "--out", tmp_path,
-                          "--chapters", "03", "--no-html", "-p", "eps0", "1.0", "-p", "seeds", "[0, 1]"],
-                         capture_output=True, text=True, cwd=REPO)
+                          "--chapters", "03", "--no-html", "-p", "eps0", "1.0", "-p", "seeds", "[0, 1]",
+                          "-p", "models", "[plugcnn]"], capture_output=True, text=True, cwd=REPO, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     nb = json.loads((tmp_path / "book" / "03_methods.ipynb").read_text())
     assert nb["metadata"]["papermill"]["parameters"]["eps0"] == 1.0
     shown = "".join("".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
                     for o in c.get("outputs", []))
     assert "training attack PGD-L2 eps0 = 1.0, 7 steps of 0.3 " in shown and "seeds: 0, 1 |" in shown
-    assert "14 times the paper's per pixel" in shown
+    assert "14 times the paper's per pixel" in shown and "models: plugcnn |" in shown
+    tables = "".join("".join(o.get("data", {}).get("text/plain", "")) for c in nb["cells"]
+                     for o in c.get("outputs", []))
+    assert re.search(r"plugcnn\s+no \(from my_cnns\)", tables), tables[:3000]
+
+
+def test_gradcam_selection_says_which_runs_its_images_are_correct_under():
+    ids = [f"img{k}" for k in range(6)]
+    labels = [0, 0, 1, 1, 2, 2]
+
+    def preds(right: bool) -> pd.DataFrame:
+        return pd.DataFrame({"image_id": ids, "label": labels, "pred_clean": labels if right else [1, 1, 2, 2, 0, 0]})
+
+    both = [fake_result("smallcnn", m, preds=preds(True)) for m in ("std", "at", "dpaat")]
+    chosen, note = report.gradcam_selection(both, "smallcnn", n_per_class=1, pool=2)
+    assert len(chosen) == 3 and note.startswith("images correctly classified (clean) by all of STD, AT, DPAAT")
+    weak_std = [fake_result("smallcnn", "std", preds=preds(False)), *both[1:]]
+    chosen, note = report.gradcam_selection(weak_std, "smallcnn", n_per_class=1, pool=2)
+    assert len(chosen) == 3 and note == ("images correctly classified (clean) by DPAAT, because too few of the 2 "
+                                         "candidates per class are correct under all of STD, AT, DPAAT")
