@@ -5,6 +5,7 @@ The library behind the dpaat book. The folder tree is the architecture:
 - ``data``       HAM10000 reader, lesion-aware split, decoded-image cache
 - ``synthetic``  a synthetic stand-in in the same layout (tests, quick profile)
 - ``models``     the six torchvision CNNs (plus a tiny CNN and others), normalisation inside
+- ``pretrained`` starting weights: from scratch, torchvision's ImageNet weights or local files
 - ``attacks``    FGSM, I-FGSM and PGD (Linf, L2) from one loop, per-sample eps
 - ``methods``    STD, AT, SAT, AMAT, DPAAT and its ablations as strategy objects
 - ``training``   one training loop: seeded, resumable, early stopping

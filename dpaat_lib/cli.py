@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 
-from . import data, experiment, grid, precompute, profiles, report, store
+from . import data, experiment, grid, precompute, pretrained, profiles, report, store
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
@@ -51,7 +51,8 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--image-size", type=int, help="image side in px (default: the profile's)")
     p.add_argument("--epochs", type=int, help="epoch limit (default: the profile's)")
     p.add_argument("--time-budget", type=float, help="seconds; stop cleanly after it, resumable")
-    p.add_argument("--weights", help="local state-dict file (e.g. ImageNet weights of the model): two-phase "
+    p.add_argument("--weights", help="'imagenet' (torchvision's ImageNet weights of each CNN, downloaded once), a "
+                                     "folder of <model>.pth state-dict files, or one such file: two-phase "
                                      "fine-tuning as in the paper instead of training from scratch")
     p.add_argument("--compile", dest="compile_mode", choices=COMPILE_MODES,
                    help="train through torch.compile in this mode (reduce-overhead: CUDA graphs); a speed option "
@@ -160,9 +161,7 @@ def _grid(args, models, methods) -> int:
         cfgs = [c for c in profiles.book_configs(prof, data) if models is None or c.model in models]
     else:
         cfgs = profiles.configs(prof, data, models=models, methods=methods)
-    if args.weights:
-        digest = experiment.weights_digest(args.weights)
-        cfgs = [replace(c, train=replace(c.train, weights=digest)) for c in cfgs]
+    cfgs, weight_files = pretrained.configure(cfgs, args.weights)  # unchanged without --weights
     print(f"results: {results}", flush=True)
     if args.plan:
         print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing).drop(columns="seconds")
@@ -177,7 +176,7 @@ def _grid(args, models, methods) -> int:
         print(best)
         return 0
     kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
-              time_budget_s=args.time_budget, weights_path=args.weights, compile_mode=args.compile_mode)
+              time_budget_s=args.time_budget, weights_path=weight_files or None, compile_mode=args.compile_mode)
     if args.claim:
         after = None
         if args.extras:

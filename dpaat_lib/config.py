@@ -20,7 +20,7 @@ SAMPLERS = ("shuffle", "balanced")
 # each of them out while it holds its default, so every configuration that existed before them keeps
 # its run_id and its stored results are still found. Section -> {field: default}.
 IDENTITY_OPTIONAL: dict[str, dict[str, object]] = {
-    "data": {"test_fraction": None, "val_fraction": None},
+    "data": {"test_fraction": None, "val_fraction": None, "source_size": None},
     "train": {"sampler": "shuffle", "epoch_draws": None},
     "method": {},
 }
@@ -58,6 +58,10 @@ class DataConfig:
     # validation, all others to training; n_train/n_val/n_test are then unused (0 by convention).
     test_fraction: float | None = None
     val_fraction: float | None = None
+    # The images' own size ("600x450", the official release) where it is not that of the copy this book's
+    # results come from (None: dpaat_lib.data.BOOK_COPY_SIZE, 200x150): the same metadata at another
+    # resolution decodes to other pixels, so its runs are other runs. Filled in by resolve_data.
+    source_size: str | None = None
 
     def __post_init__(self):
         if (self.test_fraction is None) != (self.val_fraction is None):

@@ -508,6 +508,26 @@ def _centre_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+BOOK_COPY_SIZE = "200x150"  # the images of the HAM10000 copy this book's results were computed from
+
+
+def source_size(meta: pd.DataFrame) -> str:
+    """``"WxH"`` of a copy's images (the official release: 600x450; this book's copy: :data:`BOOK_COPY_SIZE`),
+    read from the header of its first non-empty image in image_id order. Decoding a copy at another resolution
+    gives other pixels at any ``image_size``, so the size is part of the data's identity
+    (:attr:`dpaat_lib.config.DataConfig.source_size`) and of the decoded-image cache's key."""
+    for path in meta.sort_values("image_id")["path"]:
+        if os.path.getsize(path) == 0:  # a slim copy's placeholder (slim_copy)
+            continue
+        try:
+            with Image.open(path) as img:
+                return f"{img.size[0]}x{img.size[1]}"
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DataError(f"Cannot read image {path}: {err}. The file is missing or corrupt; re-download it, or "
+                            "remove it and its row from the metadata CSV.") from err
+    raise DataError("every image file of the metadata's rows is empty: give the folder of a complete copy")
+
+
 def _decode(path: str, size: int) -> np.ndarray:
     """One image -> uint8 array (size, size, 3): RGB, centre crop, bilinear
     resize (Pillow's resize is antialiased when it shrinks)."""
@@ -663,13 +683,14 @@ def load_split(
     """Read the metadata and decode every side of ``split`` (as from
     ``make_split``) at ``size`` pixels.
 
-    The cache key of a side is the dataset digest plus a hash of its id list
-    and classes, so it is independent of where the data lies and changes
-    whenever the content does. Returns ``{side: SplitTensors}`` in the split's
+    The cache key of a side is the dataset digest, the images' own size
+    (:func:`source_size`) and a hash of its id list and classes, so it is
+    independent of where the data lies and changes whenever the content does. Returns ``{side: SplitTensors}`` in the split's
     own order of ids.
     """
     meta = read_metadata(root, classes).set_index("image_id")
     digest = dataset_digest(meta.reset_index())
+    pixels = source_size(meta.reset_index())  # same metadata at another resolution: other pixels
     result: dict[str, SplitTensors] = {}
     for side, ids in split.items():
         ids = list(ids)
@@ -688,7 +709,7 @@ def load_split(
             list(meta.loc[ids, "path"]),
             size,
             cache_dir=cache_dir,
-            key=f"ham_{digest}_{id_hash}",
+            key=f"ham_{digest}_{pixels}_{id_hash}",
         )
         y = torch.tensor(meta.loc[ids, "label"].tolist(), dtype=torch.long)
         result[side] = SplitTensors(x=x, y=y, image_ids=ids)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import data as D
-from . import store
+from . import pretrained, store
 from .config import DataConfig, RunConfig
 from .evaluation import evaluate
 from .metrics import compute_metrics
@@ -51,23 +51,27 @@ def data_root_for(source: str, data_root: str | Path | None, cache_dir: Path | N
 
 def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | Path | None = None,
                  cache_dir: Path | None = None) -> DataConfig:
-    """Fill in ``data.digest`` from the data's content.
+    """Fill in ``data.digest`` from the data's content, and for HAM10000 ``data.source_size`` from its images
+    (None for the 200x150 copy this book's results come from).
 
-    Without the data folder, the digest is taken from stored results of the
+    Without the data folder, both are taken from stored results of the
     same source (so a published book re-executes without the dataset); with
     neither, a :class:`dpaat_lib.data.DataError` says what to pass.
     """
     root = data_root_for(data.source, data_root, cache_dir)
     if root is not None and (root / D.METADATA_FILE).exists():
-        return replace(data, digest=D.dataset_digest(D.read_metadata(root, data.classes)))
+        meta = D.read_metadata(root, data.classes)
+        size = D.source_size(meta) if data.source == "ham10000" else None  # the stand-in: drawn by our code
+        return replace(data, digest=D.dataset_digest(meta), source_size=None if size == D.BOOK_COPY_SIZE else size)
     digests = set()
     if results is not None and Path(results).exists():
         for cfg in Path(results).glob("*/config.json"):
             d = store.read_json(cfg)["data"]
             if d["source"] == data.source and tuple(d["classes"]) == tuple(data.classes):
-                digests.add(d["digest"])
+                digests.add((d["digest"], d.get("source_size")))
     if len(digests) == 1:
-        return replace(data, digest=digests.pop())
+        digest, size = digests.pop()
+        return replace(data, digest=digest, source_size=size)
     raise D.DataError(f"no HAM10000 metadata at {root} and no unique stored results to identify the data "
                       f"({len(digests)} digests in {results}). Pass the folder of your HAM10000 copy "
                       "(official layout: HAM10000_metadata.csv plus HAM10000_images_part_1/_part_2 or "
@@ -135,16 +139,6 @@ def amat_threshold(config: RunConfig, results, **kw) -> float:
     return best["val_loss"] + config.method.amat_z * best["val_ce_std"]
 
 
-def weights_digest(path) -> str:
-    """Content digest of a local weights file: what a configuration records instead of its path."""
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
-
-
 def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: Path | None = None,
         progress: bool = True, time_budget_s: float | None = None, tensors=None,
         weights_path=None, compile_mode: str | None = None) -> RunResult | None:
@@ -153,22 +147,19 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
 
     ``tensors``: ``{"train", "val", "test"}`` :class:`dpaat_lib.data.SplitTensors` (uint8 images) to
     train and evaluate on instead of the data folder (also for the STD run AMAT needs).
-    ``weights_path``: the local state-dict file whose :func:`weights_digest` is
-    ``config.train.weights`` (two-phase fine-tuning, method.md section 6). ``compile_mode``: train
-    through ``torch.compile`` (:func:`dpaat_lib.training.train_run`); not part of the run's identity.
+    ``weights_path``: the local state-dict file whose :func:`~dpaat_lib.pretrained.weights_digest` is
+    ``config.train.weights``, or ``{model: file}`` for a grid (:func:`dpaat_lib.pretrained.configure`);
+    torchvision's weights need none (two-phase fine-tuning, method.md section 6). Only a run to train needs
+    its file. ``compile_mode``: train through ``torch.compile`` (:func:`dpaat_lib.training.train_run`); not
+    part of the run's identity.
     """
-    if config.train.weights and (weights_path is None or weights_digest(weights_path) != config.train.weights):
-        raise ValueError(f"run {config.run_id} fine-tunes from weights {config.train.weights}: pass "
-                         "weights_path=<that state-dict file> (its digest must match)")
-    if not config.train.weights and weights_path is not None:
-        raise ValueError("weights_path given but config.train.weights is None: set "
-                         "train.weights=weights_digest(path) so the run's identity records the weights")
     if not config.data.digest:
         raise ValueError("config.data.digest is empty: build configurations with resolve_data() "
                          "(or the profiles in dpaat_lib.profiles), which identify the data by content")
     done = load_result(config, results)
     if done is not None:
         return done
+    weights_path = pretrained.weights_file(config, weights_path)  # the file to fine-tune from, or None
     if tensors is not None:
         D.check_split_tensors(tensors)
     check_input_size(config.model, config.data.image_size)

@@ -3,7 +3,7 @@
 Every model takes images in [0, 1] and normalises them itself
 (:class:`Normalized`), so attacks live in pixel space. torchvision's
 definitions are used with a ``num_classes``-way head; ``weights`` is a local
-state-dict file (ImageNet weights cannot be downloaded everywhere), from which
+state-dict file (:mod:`dpaat_lib.pretrained` says where it comes from), from which
 all but the head is loaded. Beyond the paper's six and the book's ``smallcnn``,
 :data:`OTHER_MODELS` are common torchvision CNNs for re-running a page on another
 architecture (``-p models '[resnet50]'``), and :func:`register_model` adds any other. A registration lives in
@@ -30,6 +30,10 @@ LIGHTWEIGHT = ("mobilenet_v2", "shufflenet_v2", "squeezenet1_1")
 PAPER_MODELS = WIDELY_USED + LIGHTWEIGHT
 OTHER_MODELS = ("resnet18", "resnet50", "efficientnet_b0")  # not in the paper: for another CNN than its six
 GROUPS = {"widely_used": WIDELY_USED, "lightweight": LIGHTWEIGHT, "all_six": PAPER_MODELS}
+# The input statistics a CNN's ImageNet weights were trained with, where not ImageNet's: torchvision's InceptionV3
+# weights (Google's port) expect images scaled to [-1, 1], which torchvision reaches with transform_input and
+# Normalized reaches here. Its mean and std are buffers, saved with every checkpoint, so the kept model reloads so.
+PRETRAINED_INPUT = {"inception_v3": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 class Normalized(nn.Module):
@@ -210,8 +214,10 @@ def build_model(name: str, num_classes: int = 3, weights: str | Path | None = No
 
     ``weights``: a local state-dict file of the same architecture (any head
     size, e.g. ImageNet's 1000 classes); everything but the head is loaded, the
-    head is freshly initialised. ``None`` trains from scratch (the default,
-    since ImageNet weights cannot be downloaded on every machine).
+    head is freshly initialised, and the inputs are normalised as torchvision's
+    ImageNet weights expect (:data:`PRETRAINED_INPUT`). ``None`` trains from scratch
+    (the default, since ImageNet weights cannot be downloaded on every machine;
+    :mod:`dpaat_lib.pretrained` finds or downloads torchvision's).
     """
     _check_name(name)
     make, head_path, _, _ = _REGISTRY[name]
@@ -237,4 +243,5 @@ def build_model(name: str, num_classes: int = 3, weights: str | Path | None = No
             raise ValueError(f"weights file {path} does not match {name}: missing {bad[:5]}, "
                              f"unexpected {list(unexpected)[:5]}")
         _get(net, head_path).load_state_dict(fresh_head)
+        return Normalized(net, *PRETRAINED_INPUT.get(name, (IMAGENET_MEAN, IMAGENET_STD)))
     return Normalized(net)

@@ -40,7 +40,7 @@ with warnings.catch_warnings():
     import tqdm.auto  # noqa: F401
 
 from . import data as D
-from . import experiment, grid, profiles, store
+from . import experiment, grid, pretrained, profiles, store
 from .attacks import L2_EPS, AttackSpec
 from .config import DataConfig, RunConfig, TrainConfig
 from .evaluation import CLEAN, curve_accuracy, robust_accuracy_curve
@@ -112,7 +112,7 @@ def make_profile(profile: str = "quick", *, data_root=None, models=None, **overr
 
 def load_grid(profile: str = "quick", *, data_root=None, results_root=None, models=None,
               methods: Sequence[str] | None = profiles.MAIN_METHODS, seeds=None, device: str = "cpu",
-              cache_dir=None, stored_only: bool = False,
+              cache_dir=None, stored_only: bool = False, weights=None,
               **overrides) -> tuple[profiles.Profile, list[experiment.RunResult]]:
     """Load (or train and evaluate) a profile's grid; returns (profile, results in config order).
 
@@ -123,7 +123,9 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     or loaded. ``stored_only``: train nothing; return the finished runs the
     results folder holds (possibly none). On a CPU the process computes with the
     profile's ``cpu_threads`` (:func:`dpaat_lib.profiles.pin_cpu_threads`), so that
-    a run trained here reproduces the committed one.
+    a run trained here reproduces the committed one. ``weights``: None (from scratch), ``"imagenet"`` or a folder
+    of ``<model>.pth`` files, the starting weights of two-phase fine-tuning (:func:`dpaat_lib.pretrained.configure`;
+    part of each run's identity).
     """
     prof = make_profile(profile, data_root=data_root, seeds=seeds, models=models, **overrides)
     profiles.pin_cpu_threads(prof, device)
@@ -131,6 +133,7 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     out = results_dir(prof, results_root)
     data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
     cfgs = profiles.configs(prof, data, methods=tuple(methods or profiles.MAIN_METHODS))  # prof.models: the page's
+    cfgs, weight_files = pretrained.configure(cfgs, weights)
     if stored_only:
         return prof, [r for r in (experiment.load_result(c, out) for c in cfgs) if r is not None]
     if prof.gpu and str(device) == "cpu":
@@ -143,7 +146,7 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
                 "or, if you mean days of CPU time, with `dpaat grid --profile "
                 f"{prof.name} --device cpu`.")
     done = grid.run_grid(cfgs, results=out, data_root=root, device=device, cache_dir=cache_dir, progress=False,
-                         log=log.info)
+                         log=log.info, weights_path=weight_files or None)
     missing = [c.run_id for c in cfgs if c.run_id not in done]
     if missing:
         raise RuntimeError(f"{len(missing)} run(s) of profile {prof.name!r} did not finish: {missing[:3]}")
@@ -322,6 +325,10 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
              f"{radius_text(prof.train_step_size)}"]
     if results:
         lines[-1] += f" | {len(results)} run(s) on this page"
+        starts = {r.config.train.weights for r in results}
+        if starts != {None}:  # the default, from scratch, is said by the deviations list
+            lines[-1] += " | " + "; ".join(pretrained.describe(w, results[0].config.train.head_epochs)
+                                           for w in sorted(starts, key=str))
     if prof.eps0 != PAPER_EPS0:
         lines[-1] += (f" | eps0 = {radius_text(prof.eps0)} is not the paper's {PAPER_EPS0}: the L2 threat (training "
                       f"and the PGD columns) is {l2_strength_text(prof.eps0, prof.image_size)} (chapter 3)")
@@ -1912,7 +1919,8 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
     from .models import PAPER_MODELS
 
     c = results[0].config if results else None
-    pretrained = c is not None and c.train.weights is not None
+    starts = sorted({r.config.train.weights for r in results} - {None})
+    head_epochs = results[0].config.train.head_epochs if results else 0
     lines = [
         "- **Threat model**: the paper gives 0.5 for a symbol and a norm lost in extraction, 7 steps of 0.15, and "
         "no evaluation radii. We read 0.5 as the radius and the norm from the step size and its identical 20/50-step "
@@ -1926,9 +1934,11 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         + (f" This page's eps0 = {radius_text(prof.eps0)} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 "
            f"threat is {l2_strength_text(prof.eps0, prof.image_size)}, and its robust columns are not the paper's."
            if prof.eps0 != PAPER_EPS0 else ""),
-        "- **Initialisation**: " + ("two-phase fine-tuning from local ImageNet weights, as the paper."
-                                    if pretrained else "training from scratch; the paper fine-tunes ImageNet "
-                                    "weights, which cannot be downloaded on the machines that built this book."),
+        "- **Initialisation**: " + ("two-phase, as the paper: " + "; ".join(pretrained.describe(w, head_epochs)
+                                                                             for w in starts) + "."
+                                    if starts else "training from scratch; the paper fine-tunes ImageNet "
+                                    "weights, which cannot be downloaded on the machines that built this book "
+                                    "(`-p weights imagenet` fine-tunes them where they can)."),
         "- **Unstated hyper-parameters**: DPAAT's step length eta "
         f"({'eps0 per nat' if prof.eta is None else prof.eta}), radius bounds [0, 2 eps0], "
         f"lambda = {prof.lam}, mu = the {prof.mu} mean; AMAT's threshold from a trained STD model; "
@@ -1938,7 +1948,9 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
            else "lowest clean validation cross-entropy") + " (the paper names no metric).",
         f"- **Split**: {'lesion-aware' if prof.lesion_aware else 'image-level'} (no lesion on two sides); "
         "the paper's split is not described and HAM10000 has several images of one lesion (chapter 2).",
-        f"- **Data**: {'the SYNTHETIC stand-in, not HAM10000' if prof.synthetic else 'HAM10000 as published at 200x150 px (the original is 600x450)'}; "
+        "- **Data**: " + ("the SYNTHETIC stand-in, not HAM10000" if prof.synthetic else
+                          f"HAM10000 at {c.data.source_size} px" if c is not None and c.data.source_size else
+                          "HAM10000 as published at 200x150 px (the original is 600x450)") + "; "
         f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299).",
         f"- **Resolution**: {prof.image_size} px (paper: 224 px, InceptionV3 299 px).",
         f"- **Models**: {', '.join(prof.models)}"

@@ -29,6 +29,7 @@ methods = None  # None: this chapter's methods (STD only: all runs share one spl
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # unused here: the split does not depend on the radius
 device = "cpu"
 
@@ -46,7 +47,7 @@ from dpaat_lib import experiment
 
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
-                                 methods=methods or ("std",), seeds=seeds, device=device,
+                                 methods=methods or ("std",), seeds=seeds, device=device, weights=weights,
                                  image_size=image_size, epochs=epochs)
 data = results[0].config.data
 summary = report.split_summary(data, data_root, results_root, prof.name)

@@ -27,6 +27,7 @@ methods = None  # None: this chapter's methods (AT, D-A, D-B, DPAAT)
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
 device = "cpu"
 
@@ -39,7 +40,8 @@ prof = report.make_profile(profile, data_root=data_root, image_size=image_size, 
                            seeds=seeds)
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root,
                                  models=models or prof.ablation_models, methods=methods or profiles.ABLATION_METHODS,
-                                 seeds=seeds, device=device, image_size=image_size, epochs=epochs, eps0=eps0)
+                                 seeds=seeds, device=device, weights=weights, image_size=image_size, epochs=epochs,
+                                 eps0=eps0)
 report.profile_banner(prof, results)
 
 # %% [markdown]

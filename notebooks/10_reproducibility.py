@@ -27,6 +27,7 @@ methods = None  # None: this chapter's methods (every method of the book)
 image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
+weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
 device = "cpu"
 
@@ -36,11 +37,11 @@ from dpaat_lib import precompute, profiles
 
 # %%
 prof, main = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
-                              methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device,
+                              methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
                               image_size=image_size, epochs=epochs, eps0=eps0)
 _, ablation = report.load_grid(profile, data_root=data_root, results_root=results_root,
                                models=models or prof.ablation_models, methods=("d-a", "d-b"), seeds=seeds,
-                               device=device, image_size=image_size, epochs=epochs, eps0=eps0)
+                               device=device, weights=weights, image_size=image_size, epochs=epochs, eps0=eps0)
 results = main + ablation
 report.profile_banner(prof, results)
 
@@ -64,7 +65,7 @@ report.runs_frame(results)
 # %% [markdown]
 # The full configuration of the DPAAT run, as stored in its folder (`null` for `eta` and
 # `eps_max` means eps0 per nat and 2 eps0, chapter 3; `head_epochs` applies only when `weights`
-# names ImageNet weights to fine-tune):
+# names weights to fine-tune, `torchvision:<name>` or the digest of a local file):
 
 # %%
 report.md(report.config_json(next(r for r in results if r.config.method.name == "dpaat")))

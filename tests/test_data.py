@@ -356,6 +356,8 @@ def test_real_metadata(ham10000_root: pathlib.Path) -> None:
     assert meta.groupby("dx")["lesion_id"].nunique().to_dict() == {"nv": 5403, "mel": 614, "bkl": 727}
     assert dataset_digest(meta) == HAM10000_DIGEST
     assert len(read_metadata(ham10000_root, classes=ALL_CLASSES)) == 10015
+    from dpaat_lib.data import BOOK_COPY_SIZE, source_size
+    assert source_size(meta) == BOOK_COPY_SIZE  # so the committed runs keep their identities
 
 
 def test_real_split(ham10000_root: pathlib.Path) -> None:
@@ -494,3 +496,61 @@ def test_slim_copy_refuses_a_missing_image_and_its_own_folder(tmp_path, syntheti
     shutil.copytree(synthetic_root, copy)
     with pytest.raises(ValueError, match="another folder"):
         D.slim_copy(copy, [], copy)
+
+
+def _resized_copy(src: pathlib.Path, dst: pathlib.Path, size: tuple[int, int]) -> pathlib.Path:
+    """``src`` with every image resized to ``size`` (W, H): the same metadata at another resolution."""
+    from PIL import Image
+
+    shutil.copytree(src, dst)
+    for f in (dst / "images").glob("*.jpg"):
+        with Image.open(f) as img:
+            img.convert("RGB").resize(size).save(f, quality=95)
+    return dst
+
+
+def test_a_copy_at_another_resolution_is_other_data_with_its_own_cache(synthetic_root, tmp_path):
+    """The official release (600x450) and this book's copy (200x150) share their metadata, so its digest alone
+    would give their runs one identity and one decoded-image cache: the images' size tells them apart."""
+    from dpaat_lib import experiment, profiles
+    from dpaat_lib.data import BOOK_COPY_SIZE, source_size
+
+    book_copy = _resized_copy(synthetic_root, tmp_path / "book", (200, 150))
+    larger = _resized_copy(synthetic_root, tmp_path / "larger", (240, 180))
+    assert (source_size(read_metadata(book_copy)), source_size(read_metadata(larger))) == (BOOK_COPY_SIZE, "240x180")
+    prof = profiles.get_profile("quick", source="ham10000", **SMALL)
+    data = [experiment.resolve_data(profiles.data_config(prof), root) for root in (book_copy, larger)]
+    assert data[0].digest == data[1].digest and (data[0].source_size, data[1].source_size) == (None, "240x180")
+    ids = [profiles.run_config(prof, "smallcnn", "std", 0, d).run_id for d in data]
+    assert ids[0] != ids[1]
+    assert "source_size" not in data[0].identity()  # the book's copy keeps the run ids it always had
+    split = make_split(read_metadata(book_copy), seed=0, **SMALL)
+    cache = tmp_path / "cache"
+    first, second = (load_split(root, split, 32, cache_dir=cache)["test"].x for root in (book_copy, larger))
+    assert len(list(cache.glob("*.pt"))) == 6 and not torch.equal(first, second)
+
+
+def test_the_image_size_is_read_past_a_slim_copys_empty_files_and_an_all_empty_copy_is_refused(synthetic_root,
+                                                                                            tmp_path):
+    from dpaat_lib.data import source_size
+
+    root = _copy(synthetic_root, tmp_path / "d")
+    meta = read_metadata(root).sort_values("image_id")
+    pathlib.Path(meta["path"].iloc[0]).write_bytes(b"")
+    assert source_size(meta) == "128x96"  # the stand-in is drawn at 4:3, as HAM10000
+    for p in meta["path"]:
+        pathlib.Path(p).write_bytes(b"")
+    with pytest.raises(DataError, match="every image file of the metadata's rows is empty"):
+        source_size(meta)
+
+
+def test_without_the_data_the_stored_runs_give_the_digest_and_the_image_size(synthetic_root, tmp_path):
+    from dpaat_lib import experiment, profiles, store
+
+    larger = _resized_copy(synthetic_root, tmp_path / "larger", (240, 180))
+    prof = profiles.get_profile("quick", source="ham10000", **SMALL)
+    data = experiment.resolve_data(profiles.data_config(prof), larger)
+    cfg = profiles.run_config(prof, "smallcnn", "std", 0, data)
+    store.write_json(tmp_path / "results" / cfg.run_id / "config.json", cfg.to_dict())
+    again = experiment.resolve_data(profiles.data_config(prof), None, tmp_path / "results")
+    assert again == data and profiles.run_config(prof, "smallcnn", "std", 0, again).run_id == cfg.run_id

@@ -61,11 +61,12 @@ def test_new_fields_enter_the_identity_only_when_not_default():
     assert "sampler" in base.to_dict()["train"]  # config.json still records every field
     balanced = replace(base, train=replace(base.train, sampler="balanced"))
     by_fraction = replace(base, data=replace(base.data, test_fraction=0.2, val_fraction=0.1))
-    assert len({base.run_id, balanced.run_id, by_fraction.run_id}) == 3
-    for c in (balanced, by_fraction):
+    full_size = replace(base, data=replace(base.data, source_size="600x450"))  # the official release's images
+    assert len({base.run_id, balanced.run_id, by_fraction.run_id, full_size.run_id}) == 4
+    for c in (balanced, by_fraction, full_size):
         assert RunConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     assert base.data.identity() == {k: v for k, v in base.to_dict()["data"].items()
-                                    if k not in ("test_fraction", "val_fraction")}
+                                    if k not in ("test_fraction", "val_fraction", "source_size")}
 
 
 def test_config_validation():
