@@ -230,6 +230,16 @@ def test_the_module_lists_name_every_module_of_the_library():
     assert not [m for m in modules if f"``{m}``" not in dpaat_lib.__doc__], "dpaat_lib/__init__.py misses these"
 
 
+def test_the_readmes_library_example_runs_as_written():
+    """What a user of dpaat_lib copies first: if it breaks, the README lies (about 15 s on 2 CPU cores)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The library"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("\n```\n")]
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.rstrip().endswith("(8, 64, 64)") and "'dL_mean'" in res.stdout and "'50-PGD'" in res.stdout
+
+
 # --------------------------------------------------------------------------
 # Speed and cost
 # --------------------------------------------------------------------------
