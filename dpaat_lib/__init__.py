@@ -21,7 +21,8 @@ The library behind the dpaat book. The folder tree is the architecture:
 - ``precompute`` what a GPU call derives from checkpoints before they are lost
 - ``cli``        the ``dpaat`` command
 
-The book's side (the notebooks are thin over these): ``report`` (chapters 1-10, speed and cost),
+The book's side (the notebooks are thin over these): ``report`` (a package, one module per concern of chapters
+1-10: the grid and banner, the paper's tables, ours, comparisons, curves, Grad-CAM, dynamics, figures, speed),
 ``strong_report`` (chapter 11, stronger attacks) and ``study`` (chapter 12, seeds, sweeps, seven classes).
 """
 

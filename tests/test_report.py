@@ -223,11 +223,16 @@ def test_the_module_lists_name_every_module_of_the_library():
     added without a line in both fails here."""
     import dpaat_lib
 
-    modules = sorted(p.stem for p in (REPO / "dpaat_lib").glob("*.py") if not p.stem.startswith("__"))
+    lib = REPO / "dpaat_lib"
+    modules = sorted([p.stem for p in lib.glob("*.py") if not p.stem.startswith("__")]
+                     + [p.parent.name for p in lib.glob("*/__init__.py")])
+    assert "report" in modules
     readme = (REPO / "README.md").read_text()
     table = readme[readme.index("## The library"):]
     assert not [m for m in modules if f"`{m}`" not in table], "README.md's module table misses these"
     assert not [m for m in modules if f"``{m}``" not in dpaat_lib.__doc__], "dpaat_lib/__init__.py misses these"
+    parts = sorted(p.stem for p in (lib / "report").glob("*.py") if not p.stem.startswith("__"))
+    assert not [m for m in parts if f"``{m}``" not in report.__doc__], "dpaat_lib/report/__init__.py misses these"
 
 
 def test_the_readmes_library_example_runs_as_written():
@@ -660,3 +665,13 @@ def test_gradcam_selection_says_which_runs_its_images_are_correct_under():
     chosen, note = report.gradcam_selection(weak_std, "smallcnn", n_per_class=1, pool=2)
     assert len(chosen) == 3 and note == ("images correctly classified (clean) by DPAAT, because too few of the 2 "
                                          "candidates per class are correct under all of STD, AT, DPAAT")
+
+
+def test_the_stored_configuration_is_shown_as_its_file_holds_it(tmp_path):
+    result = fake_result("smallcnn", "dpaat", tmp=tmp_path)
+    assert '"source_size": null' in report.config_json(result)  # no folder: the configuration itself
+    stored = result.config.to_dict()
+    del stored["data"]["source_size"]  # written before the field existed
+    store.write_json(result.path / "config.json", stored)
+    shown = report.config_json(result)
+    assert "source_size" not in shown and json.loads(shown.strip("`").removeprefix("json\n")) == json.loads(json.dumps(stored))
