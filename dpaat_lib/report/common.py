@@ -27,34 +27,15 @@ from ..methods import LABELS
 
 log = logging.getLogger(__package__)  # dpaat_lib.report: where a page's long runs log progress
 
-
 TABLE1_COLUMNS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD", "GAcc")
-
-
 TABLE2_COLUMNS = ("mAP", "mARP", "precision", "recall", "f1")
-
-
 PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
-
-
 PAPER_IMAGE_SIZE = 224  # method.md section 2: the paper's CNNs take 224 px inputs (InceptionV3 299)
-
-
 PAPER_EPS0 = L2_EPS  # method.md section 4: our reading of the paper's L2 radius (training and 20/50-step PGD)
-
-
 METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))
-
-
 ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = DPAAT"}
-
-
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}
-
-
 CURVE_ATTACK = {"linf": "20-IFGSM", "l2": "20-PGD"}
-
-
 CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precision", "06_confusion",
             "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks", "12_study")
 
