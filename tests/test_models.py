@@ -198,13 +198,14 @@ def test_register_model_refuses_what_would_fail_later(monkeypatch, name, head_pa
 
 @pytest.fixture
 def own_registry(monkeypatch, tmp_path):
-    """models' registry and module bookkeeping, and sys.modules, restored after the test."""
+    """models' registry and module bookkeeping restored after the test, and the modules it imported forgotten."""
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
     monkeypatch.setattr(models, "_REGISTERED_BY", {})
     monkeypatch.setattr(models, "_LOADED_MODULES", set())
-    monkeypatch.setattr(sys, "modules", dict(sys.modules))
     monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+    yield tmp_path
+    for name in ("my_cnns", "empty_cnns"):  # written into this tmp_path: another test's module of that name differs
+        sys.modules.pop(name, None)
 
 
 def test_a_module_named_in_dpaat_models_registers_its_cnns_on_first_use(own_registry, monkeypatch):
