@@ -685,8 +685,8 @@ def load_split(
 
     The cache key of a side is the dataset digest, the images' own size
     (:func:`source_size`) and a hash of its id list and classes, so it is
-    independent of where the data lies and changes whenever the content does. Returns ``{side: SplitTensors}`` in the split's
-    own order of ids.
+    independent of where the data lies and changes whenever the content does.
+    Returns ``{side: SplitTensors}`` in the split's own order of ids.
     """
     meta = read_metadata(root, classes).set_index("image_id")
     digest = dataset_digest(meta.reset_index())

@@ -20,6 +20,12 @@ MAIN_METHODS = ("std", "at", "sat", "amat", "dpaat")
 ABLATION_METHODS = ("at", "d-a", "d-b", "dpaat")
 
 
+def radius_text(eps: float) -> str:
+    """An L2 radius or step as the pages and the command print it: at most 4 decimals (0.0714 for 0.5 x 32 / 224),
+    1.0 as 1.0."""
+    return str(round(float(eps), 4))
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -82,8 +88,8 @@ class Profile:
         data = "SYNTHETIC stand-in data (not HAM10000)" if self.synthetic else "real HAM10000"
         return (f"profile '{self.name}': {data}, {len(self.classes)} classes, {self.image_size} px, models "
                 f"{', '.join(self.models)}, {self.split_text()}, up to {self.epochs} epochs (patience "
-                f"{self.patience}), seeds {list(self.seeds)}, training PGD-L2 eps0 {round(self.eps0, 4)} in "
-                f"{self.train_steps} steps of {round(self.train_step_size, 4)}")
+                f"{self.patience}), seeds {list(self.seeds)}, training PGD-L2 eps0 {radius_text(self.eps0)} in "
+                f"{self.train_steps} steps of {radius_text(self.train_step_size)}")
 
     def split_text(self) -> str:
         """The split in words: counts per class, or fractions of every image (the 7-class task)."""

@@ -63,11 +63,6 @@ def resolve_path(path: str | os.PathLike | None, default: str | None = None) -> 
     return p if p.is_absolute() else (repo_root() / p).resolve()
 
 
-def radius_text(eps: float) -> str:
-    """An L2 radius or step as the pages print it: at most 4 decimals (0.0714 for 0.5 x 32 / 224), 1.0 as 1.0."""
-    return str(round(float(eps), 4))
-
-
 def md(text: str):
     """``IPython.display.Markdown`` (imported late so the module works without IPython)."""
     from IPython.display import Markdown

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 
 from .. import experiment, profiles
+from ..profiles import radius_text
 from ..config import TrainConfig
-from .common import method_key, radius_text
+from .common import method_key
 
 
 def radius_stats(results: Sequence[experiment.RunResult]) -> pd.DataFrame:

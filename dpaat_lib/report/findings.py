@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from .. import experiment, pretrained, profiles
-from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, fmt, radius_text, results_frame, summary
+from ..profiles import radius_text
+from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, fmt, results_frame, summary
 from .pages import l2_strength_text
 from .split import stored_split_matches
 from .dynamics import _cut_by_cap, _full_schedule_pointer

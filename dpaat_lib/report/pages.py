@@ -10,10 +10,11 @@ from typing import Sequence
 import pandas as pd
 
 from .. import experiment, grid, pretrained, profiles
+from ..profiles import radius_text
 from ..config import RunConfig
 from ..methods import LABELS
 from ..models import list_models
-from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, and_list, log, method_key, radius_text, resolve_path
+from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, and_list, log, method_key, resolve_path
 
 
 def results_dir(prof: profiles.Profile, results_root=None) -> Path:
