@@ -62,7 +62,9 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
                                                "torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable), e.g. --set eta=0.25 --set mu=epoch; --set eps0=1.0 "
-                        "scales the PGD step with the radius unless train_step_size is set too")
+                        "scales the PGD step with the radius unless train_step_size is set too; --set linf_eps=8/255 evaluates "
+                        "FGSM and I-FGSM at another Linf radius (the model of a stored run with its checkpoint is "
+                        "evaluated, not trained again)")
     p.add_argument("--book", action="store_true",
                    help="every run the book loads: the main grid plus the ablation (D-A, D-B) on the ablation models")
     p.add_argument("--claim", metavar="DIR",
@@ -113,8 +115,9 @@ def _overrides(pairs) -> dict:
                 out[key] = value.lower() in _TRUE
             elif t.startswith("int"):
                 out[key] = int(value)
-            elif t.startswith("float"):
-                out[key] = float(value)
+            elif t.startswith("float"):  # a fraction too: --set linf_eps=8/255
+                top, slash, bottom = value.partition("/")
+                out[key] = float(top) / float(bottom) if slash and float(bottom) else float(value)
             else:
                 out[key] = value
         except ValueError:

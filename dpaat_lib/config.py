@@ -148,6 +148,12 @@ class RunConfig:
         text = json.dumps(self.identity_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
+    def training_identity(self) -> dict:
+        """:meth:`identity_dict` without the evaluation attacks: what the trained model depends on. Two runs
+        that differ only in how they are evaluated (``-p linf_eps 8/255``) train the same model, so the second
+        evaluates the first's (:func:`dpaat_lib.experiment.trained_twin`)."""
+        return {k: v for k, v in self.identity_dict().items() if k != "eval_attacks"}
+
     @property
     def run_id(self) -> str:
         """Folder name: readable prefix plus the configuration hash."""

@@ -139,6 +139,40 @@ def amat_threshold(config: RunConfig, results, **kw) -> float:
     return best["val_loss"] + config.method.amat_z * best["val_ce_std"]
 
 
+def trained_twin(config: RunConfig, results) -> store.RunDir | None:
+    """A finished training of ``config`` stored under other evaluation attacks: a run folder of ``results`` whose
+    configuration differs from ``config`` only in ``eval_attacks`` (:meth:`RunConfig.training_identity`), trained
+    to the end, with its kept checkpoint: the model :func:`run` evaluates instead of training one. None where there
+    is none, or where ``config``'s own training has begun (it continues). Training reads no evaluation attack (its
+    generators are seeded by the training seed alone), so that model is the one ``config`` would train."""
+    root = Path(results)
+    if (root / config.run_id / "history.json").exists():
+        return None
+    want = config.training_identity()
+    for path in sorted(root.glob(f"{config.model}-{config.method.name}-s{config.train.seed}-*")):
+        twin = store.RunDir(root, path.name)
+        if path.name == config.run_id or not (twin.ckpt / "best.pt").exists() or not twin.trained:
+            continue
+        try:
+            other = RunConfig.from_dict(store.read_json(twin / "config.json"))
+        except (OSError, KeyError, TypeError, ValueError):  # a folder of an older layout, or not a run
+            continue
+        if other.training_identity() == want:
+            return twin
+    return None
+
+
+def adopt_training(run_dir: store.RunDir, twin: store.RunDir) -> dict:
+    """Make ``twin``'s training ``run_dir``'s: its kept checkpoint (hard-linked where possible) and its history,
+    marked ``trained_in`` the twin's run id. Returns the history."""
+    store.link_or_copy(twin.ckpt / "best.pt", run_dir.ckpt / "best.pt")
+    history = {**store.read_json(twin / "history.json"), "trained_in": twin.path.name}
+    for key in ("eval_seconds", "evaluated_on"):  # the twin's evaluation; this run's writes its own
+        history.pop(key, None)
+    store.write_json(run_dir / "history.json", history)
+    return history
+
+
 def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: Path | None = None,
         progress: bool = True, time_budget_s: float | None = None, tensors=None,
         weights_path=None, compile_mode: str | None = None) -> RunResult | None:
@@ -159,22 +193,28 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     done = load_result(config, results)
     if done is not None:
         return done
-    weights_path = pretrained.weights_file(config, weights_path)  # the file to fine-tune from, or None
+    run_dir = store.RunDir(results, config.run_id)
+    # The model of a run that differs only in its evaluation attacks (-p linf_eps) is this run's: evaluate it,
+    # train nothing.
+    twin = trained_twin(config, results)
+    start_file = None if twin else pretrained.weights_file(config, weights_path)  # the file to fine-tune from
     if tensors is not None:
         D.check_split_tensors(tensors)
     check_input_size(config.model, config.data.image_size)
     kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path,
               compile_mode=compile_mode, tensors=tensors)
     threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
-    run_dir = store.RunDir(results, config.run_id)
     if tensors is None:
         split, tensors = load_data(config.data, data_root, cache_dir)
     else:
         split = {k: v.image_ids for k, v in tensors.items()}
     store.write_json(run_dir / "config.json", config.to_dict())
     store.write_json(run_dir / store.SPLIT, split)
-    history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
-                        time_budget_s=time_budget_s, weights_path=weights_path, compile_mode=compile_mode)
+    if twin is not None:
+        history = adopt_training(run_dir, twin)
+    else:
+        history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
+                            time_budget_s=time_budget_s, weights_path=start_file, compile_mode=compile_mode)
     if not history["finished"]:
         return None
     model = load_trained(config, run_dir, device)

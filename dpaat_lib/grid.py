@@ -67,6 +67,8 @@ def _stored_runs(results) -> list[dict]:
         hist = store.read_json(hist_path)
         if not hist.get("finished") or not hist.get("epochs") or not (run / "config.json").exists():
             continue
+        if hist.get("trained_in"):  # another evaluation of a stored run's model: its training is counted there
+            continue
         cfg = store.read_json(run / "config.json")
         strong = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
         curves = [store.read_json(p).get("seconds") or 0.0 for p in run.glob("eps_curve-*.json")]
@@ -114,7 +116,8 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     Epochs: the median over the model's stored runs. Evaluation: the slowest stored evaluation of the
     model (runs stored before it was timed count 0). Extras: the slowest stored stronger evaluation of
     the model (else of any model) with its run's eps curves where they were timed, plus a fifth (for
-    Grad-CAM, and the curves where they were not).
+    Grad-CAM, and the curves where they were not). A run whose model is stored under other evaluation attacks
+    (:func:`dpaat_lib.experiment.trained_twin`) trains nothing: evaluation and extras only.
     """
     rows = _stored_runs(results)
     for r in rows:
@@ -123,6 +126,11 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
         for key in ("extras_s", "eval_s"):
             r[key] = r[key] * f if r[key] else r[key]
     mine = [r for r in rows if r["model"] == config.model]
+    evals = [r["eval_s"] for r in mine if r["eval_s"]]
+    extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
+    evaluation = (max(evals) if evals else 0.0) + 1.2 * (max(extras) if extras else 0.0)
+    if experiment.trained_twin(config, results) is not None:
+        return evaluation
     if not mine:
         return _from_other_models(config, results, sharing, {r["model"] for r in rows})
     same = [r["s_per_epoch"] for r in mine if r["method"] == config.method.name]
@@ -136,9 +144,7 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     else:
         return None
     epochs = statistics.median(r["epochs"] for r in mine)
-    evals = [r["eval_s"] for r in mine if r["eval_s"]]
-    extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
-    return spe * epochs + (max(evals) if evals else 0.0) + 1.2 * (max(extras) if extras else 0.0)
+    return spe * epochs + evaluation
 
 
 def _from_other_models(config: RunConfig, results, sharing: int | None, stored: set[str]) -> float | None:

@@ -73,7 +73,7 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
     missing = []
     if c.train.seed == min(prof.seeds):
         missing += [f"eps curve {norm}" for norm in ("l2", "linf")
-                    if not report.eps_curve_path(c, results_dir, norm, report.DEFAULT_EPS[norm]).exists()]
+                    if not report.eps_curve_path(c, results_dir, norm).exists()]
         path = robustness.robust_eval_path(c, results_dir, suite, prof.strong_images,
                                            masking=strong_report.strong_masking_options(prof),
                                            batch_size=prof.strong_batch)
@@ -107,8 +107,8 @@ def precompute_all(prof: profiles.Profile, configs: Sequence[RunConfig], results
 
 def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
     """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
-    checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k"
-    or "to train", with :func:`grid.estimate_seconds` at ``sharing`` for the runs to train: "expected s" as
+    checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k",
+    "to evaluate" (its model is stored under other evaluation attacks) or "to train", with :func:`grid.estimate_seconds` at ``sharing`` for the runs to train: "expected s" as
     printed ("?" where none), "seconds" as a number (None where none or done) for what reads the plan."""
     rows = []
     for c in grid.ordered(configs):
@@ -124,7 +124,9 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
                 est = grid.estimate_seconds(c, results, sharing)
         else:
             epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
-            state = f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else "to train"
+            twin = experiment.trained_twin(c, results)
+            state = (f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else
+                     f"to evaluate (the model of {twin.path.name})" if twin else "to train")
             est = grid.estimate_seconds(c, results, sharing)
         rows.append({"run": c.run_id, "state": state, "seconds": est,
                      "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})

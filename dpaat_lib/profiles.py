@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 
-from .attacks import paper_attacks, training_attack
+from .attacks import LINF_EPS, paper_attacks, training_attack
 from .config import DataConfig, RunConfig, TrainConfig
 from .data import ALL_CLASSES, CLASSES
 from .methods import MethodConfig
@@ -24,6 +24,28 @@ def radius_text(eps: float) -> str:
     """An L2 radius or step as the pages and the command print it: at most 4 decimals (0.0714 for 0.5 x 32 / 224),
     1.0 as 1.0."""
     return str(round(float(eps), 4))
+
+
+def linf_text(eps: float) -> str:
+    """An Linf radius in 255ths, as the literature gives them: 2/255, 8/255, 7.65/255 for 0.03."""
+    return f"{round(255 * float(eps), 2):g}/255"
+
+
+def linf_radius(value, name: str = "linf_eps") -> float:
+    """An Linf radius from a number (0.0314) or a fraction such as "8/255" (how a command line or papermill
+    passes it); in (0, 1], since an image's values lie in [0, 1]. ``name``: the caller's parameter, for the
+    error."""
+    eps = value
+    if isinstance(value, str):
+        top, slash, bottom = value.partition("/")
+        try:
+            eps = float(top) / float(bottom) if slash else float(value)
+        except (ValueError, ZeroDivisionError):
+            eps = None
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= 1:
+        raise ValueError(f"{name} must be an Linf radius in (0, 1] such as 8/255 or 0.0314 (the paper's: 2/255), "
+                         f"got {value!r}")
+    return float(eps)
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,10 @@ class Profile:
     eps0: float = 0.5
     train_steps: int = 7
     train_step_size: float = 0.15
+    # FGSM's and I-FGSM's Linf radius (evaluation only; I-FGSM steps a quarter of it). The paper's, as we
+    # read it, is 2/255; another trains nothing where the models are stored with their checkpoints
+    # (dpaat_lib.experiment.trained_twin).
+    linf_eps: float = LINF_EPS
     lam: float = 1.0
     eta: float | None = None
     mu: str = "batch"
@@ -89,7 +115,8 @@ class Profile:
         return (f"profile '{self.name}': {data}, {len(self.classes)} classes, {self.image_size} px, models "
                 f"{', '.join(self.models)}, {self.split_text()}, up to {self.epochs} epochs (patience "
                 f"{self.patience}), seeds {list(self.seeds)}, training PGD-L2 eps0 {radius_text(self.eps0)} in "
-                f"{self.train_steps} steps of {radius_text(self.train_step_size)}")
+                f"{self.train_steps} steps of {radius_text(self.train_step_size)}"
+                + (f", FGSM and I-FGSM at Linf {linf_text(self.linf_eps)}" if self.linf_eps != LINF_EPS else ""))
 
     def split_text(self) -> str:
         """The split in words: counts per class, or fractions of every image (the 7-class task)."""
@@ -173,12 +200,15 @@ def profile_for(name: str, data_root=None, **overrides) -> Profile:
     that ``-p eps0 1.0`` trains and evaluates with the profile's step-to-radius ratio, as the paper's 0.15
     for 0.5. A synthetic profile given a ``data_root`` runs on that HAM10000 copy with
     the paper's split sizes (800/299 per class) unless they are overridden:
-    ``dpaat quick --data DIR`` is the quick run on real data.
+    ``dpaat quick --data DIR`` is the quick run on real data. A ``linf_eps`` may be a fraction such as "8/255"
+    (:func:`linf_radius`).
     """
     base = get_profile(name)  # an unknown name is refused here, with the known ones
     over = {k: v for k, v in overrides.items() if v is not None}
     if "eps0" in over and "train_step_size" not in over:
         over.update(radius_overrides(base, over["eps0"]))
+    if "linf_eps" in over:
+        over["linf_eps"] = linf_radius(over["linf_eps"])
     if data_root is not None and base.synthetic and "source" not in over:
         over["source"] = "ham10000"
         for k, v in PAPER_SPLIT.items():
@@ -217,7 +247,7 @@ def run_config(p: Profile, model: str, method: str, seed: int, data: DataConfig)
                      train=TrainConfig(epochs=p.epochs, patience=p.patience, seed=seed, batch_size=p.batch_size,
                                        bf16=p.bf16, channels_last=p.channels_last, sampler=p.sampler,
                                        epoch_draws=p.epoch_draws),
-                     eval_attacks=paper_attacks(l2_eps=p.eps0, l2_step=p.train_step_size))
+                     eval_attacks=paper_attacks(linf_eps=p.linf_eps, l2_eps=p.eps0, l2_step=p.train_step_size))
 
 
 def configs(p: Profile, data: DataConfig, *, models=None, methods=MAIN_METHODS, seeds=None) -> list[RunConfig]:

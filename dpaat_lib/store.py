@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -118,6 +119,19 @@ def compact_store(root) -> dict:
     folders = sorted({p.parent for name in LEGACY_NAMES.values() for p in root.rglob(name)})
     sizes = [compact_run(folder) for folder in folders]
     return {"folders": len(folders), "bytes_before": sum(b for b, _ in sizes), "bytes_after": sum(a for _, a in sizes)}
+
+
+def link_or_copy(source, target) -> None:
+    """``target`` with ``source``'s bytes: a hard link where the file system allows one (no second copy of a
+    checkpoint), else an atomic copy. An existing ``target`` is left as it is."""
+    source, target = Path(source), Path(target)
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: copy
+        _atomic(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def save_torch(path, obj) -> None:

@@ -88,6 +88,16 @@ def study_overrides(profile: str, **given) -> dict:
     return out
 
 
+def _field_text(field: str, value) -> str:
+    """A profile field's value as the note prints it: a radius rounded (:func:`dpaat_lib.profiles.radius_text`),
+    an Linf radius in 255ths."""
+    if field == "linf_eps":
+        return profiles.linf_text(profiles.linf_radius(value))
+    if field in ("eps0", "train_step_size"):
+        return profiles.radius_text(value)
+    return str(value)
+
+
 def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile: profiles.Profile,
                overrides: dict, sweep_seeds: Sequence[int] | None, sweep_cnns: Sequence[str] = ()) -> str:
     """Markdown: which profiles this chapter's runs use and why, and how they differ from the book's."""
@@ -97,7 +107,8 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
                      f"are affordable only on profile `{study_profile.name}` ({study_profile.image_size} px, "
                      f"{', '.join(study_profile.models)}), so this chapter uses it.")
     base = profiles.get_profile(study_profile.name)
-    changed = [f"{k} {getattr(base, k)} -> {v}" for k, v in overrides.items() if getattr(base, k, None) != v]
+    changed = [f"{k} {_field_text(k, getattr(base, k))} -> {_field_text(k, v)}" for k, v in overrides.items()
+               if getattr(base, k, None) != (profiles.linf_radius(v) if k == "linf_eps" else v)]
     if changed:
         parts.append(f"This chapter's runs change the profile's {', '.join(changed)} (for `{study_profile.name}` "
                      f"and `{seven_profile.name}`), so they are not the runs of the other chapters: "

@@ -30,6 +30,8 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 device = "cpu"
 
 # %%
@@ -45,7 +47,7 @@ from dpaat_lib import profiles, strong_report, study
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                                 image_size=image_size, epochs=epochs, eps0=eps0)
+                                 image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
 report.profile_banner(prof, results)
 
 # %% [markdown]
@@ -87,19 +89,22 @@ worst_case = strong_report.worst_case_headline(worst, strong_report.seed_worst_c
 # chapter 12 (d)'s runs of this grid on method.md's schedule, where they are stored (never trained here)
 full = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                         methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                        image_size=image_size, eps0=eps0, stored_only=True, **study.schedule_overrides(profile))[1]
+                        image_size=image_size, eps0=eps0, linf_eps=linf_eps, stored_only=True,
+                        **study.schedule_overrides(profile))[1]
 schedule = study.schedule_headline(results, full)
 # chapter 12 (e)'s runs of this grid at the paper's radius per pixel, where they are stored (never trained here)
 over_threat = study.threat_overrides(prof)
 matched = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                            methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                           image_size=image_size, stored_only=True, **over_threat)[1] if over_threat else []
+                           image_size=image_size, linf_eps=linf_eps, stored_only=True,
+                           **over_threat)[1] if over_threat else []
 # and AT and DPAAT on its CNNs outside the main grid at both radii (study.THREAT_MODELS)
 outside = study.threat_models(profile, prof.models) if over_threat else ()
 other_base, other_matched = [
     report.load_grid(profile, data_root=data_root, results_root=results_root, models=outside,
                      methods=("at", "dpaat"), seeds=seeds, device=device, weights=weights, image_size=image_size,
-                     stored_only=True, **o)[1] if outside else [] for o in ({"eps0": eps0}, over_threat)]
+                     linf_eps=linf_eps, stored_only=True, **o)[1] if outside else []
+    for o in ({"eps0": eps0}, over_threat)]
 threat = study.threat_headline(results, matched, other_base=other_base, other_matched=other_matched)
 report.md(
     report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"

@@ -31,6 +31,7 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # unused here: the split does not depend on the radius
+linf_eps = None  # unused here: the split does not depend on the radius
 device = "cpu"
 
 # %%

@@ -30,6 +30,8 @@ image_size = None  # None: the profile's
 epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 device = "cpu"
 
 # %%
@@ -41,7 +43,7 @@ from dpaat_lib import attacks, methods as M, profiles
 
 # %%
 prof = report.make_profile(profile, data_root=data_root, models=models, image_size=image_size, epochs=epochs,
-                           eps0=eps0, seeds=seeds)
+                           eps0=eps0, linf_eps=linf_eps, seeds=seeds)
 dpaat_cfg = profiles.run_config(prof, prof.models[0], "dpaat", prof.seeds[0], profiles.data_config(prof))
 report.profile_banner(prof)
 

@@ -29,6 +29,8 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 device = "cpu"
 
 # %%
@@ -38,7 +40,7 @@ from dpaat_lib import profiles
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                                 image_size=image_size, epochs=epochs, eps0=eps0)
+                                 image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
 out = report.results_dir(prof, results_root)
 report.profile_banner(prof, results)
 
@@ -106,7 +108,7 @@ report.md(
     + report.paper_table1_findings("all_six") + " Ours, 20- against 50-step PGD (seed means): "
     + report.pgd_steps_sentence(results) + ".\n\n"
     + (f"**Against eps (first seed):** {report.eps_curve_findings(curves_l2, prof.eps0)} "
-       f"{report.eps_curve_findings(curves_linf, 2 / 255)}\n\n" if curves_l2 and curves_linf else "")
+       f"{report.eps_curve_findings(curves_linf, prof.linf_eps)}\n\n" if curves_l2 and curves_linf else "")
     + "**DPAAT minus AT, same test images:**\n\n"
     + report.comparison_sentence(results, "DPAAT", "AT", attacks=("clean", "20-IFGSM", "20-PGD"))
     + ("\n\nThese are SYNTHETIC data: the table tests the pipeline, not the paper." if prof.synthetic else "")

@@ -29,6 +29,8 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 device = "cpu"
 
 # %%
@@ -38,7 +40,7 @@ from dpaat_lib import profiles
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                                 image_size=image_size, epochs=epochs, eps0=eps0)
+                                 image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
 report.profile_banner(prof, results)
 
 # %% [markdown]

@@ -32,6 +32,8 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 device = "cpu"
 n_show = 2  # images per class in the figure
 n_score = 10  # images per class for the scores
@@ -43,7 +45,7 @@ from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of t
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or ("std", "at", "dpaat"), seeds=seeds, device=device, weights=weights,
-                                 image_size=image_size, epochs=epochs, eps0=eps0)
+                                 image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
 out = report.results_dir(prof, results_root)
 shown = report.figure_models(prof)  # the paper: ResNet34 and MobileNetV2
 classes = results[0].config.data.classes

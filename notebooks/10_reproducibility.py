@@ -29,6 +29,8 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 device = "cpu"
 
 # %%
@@ -38,10 +40,11 @@ from dpaat_lib import precompute, profiles
 # %%
 prof, main = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                               methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                              image_size=image_size, epochs=epochs, eps0=eps0)
+                              image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
 _, ablation = report.load_grid(profile, data_root=data_root, results_root=results_root,
                                models=models or prof.ablation_models, methods=("d-a", "d-b"), seeds=seeds,
-                               device=device, weights=weights, image_size=image_size, epochs=epochs, eps0=eps0)
+                               device=device, weights=weights, image_size=image_size, epochs=epochs, eps0=eps0,
+                               linf_eps=linf_eps)
 results = main + ablation
 report.profile_banner(prof, results)
 

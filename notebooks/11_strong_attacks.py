@@ -35,6 +35,8 @@ epochs = None  # None: the profile's
 seeds = None  # None: the profile's
 weights = None  # None: from scratch; "imagenet" (torchvision's, downloaded once) or a folder of <model>.pth: fine-tune
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD); the PGD step keeps its ratio to it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255": another (a stored model
+#                 with its checkpoint is evaluated again, not trained again)
 strong_all_seeds = None  # None: the profile's (quick, cpu-real: the suite on every seed and test image too; paper: off)
 device = "cpu"
 
@@ -45,7 +47,8 @@ from dpaat_lib import profiles, strong_report, study
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
-                                 image_size=image_size, epochs=epochs, eps0=eps0, strong_all_seeds=strong_all_seeds)
+                                 image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps,
+                                 strong_all_seeds=strong_all_seeds)
 out = report.results_dir(prof, results_root)
 report.profile_banner(prof, results)
 

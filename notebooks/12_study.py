@@ -36,6 +36,7 @@ image_size = None  # None: the study's (quick: 16 px, study.STUDY_OVERRIDES; oth
 epochs = None  # None: the profile's
 seeds = None  # the method comparison's seeds; None: 0, 1, 2 (study.STUDY_SEEDS)
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD), the step keeping its ratio; (e) scales it
+linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255" evaluates at another
 device = "cpu"
 sweep_models = None  # None: the study's (study.SWEEP_MODELS; cpu-real: smallcnn, mobilenet_v2, resnet34)
 sweep_seeds = None  # None: the study's per CNN (study.SWEEP_SEEDS; cpu-real: 0, 1, 2 on smallcnn, 0 on the others)
@@ -64,7 +65,7 @@ from dpaat_lib import profiles, study
 
 # %%
 name3, name7 = study.study_profiles(profile)
-over = study.study_overrides(profile, image_size=image_size, epochs=epochs, eps0=eps0)
+over = study.study_overrides(profile, image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
 sweep_seeds = tuple(sweep_seeds) if sweep_seeds else None
 sweep_models = tuple(sweep_models or study.sweep_models(name3))
 prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,

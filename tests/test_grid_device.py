@@ -287,6 +287,10 @@ def test_set_overrides_are_typed_as_the_profile_fields():
     for bad in ("etta=1", "eta"):
         with pytest.raises(ValueError, match="FIELD=VALUE"):
             cli._overrides([bad])
+    # A radius may be written as a fraction (--set linf_eps=8/255); a division by zero is refused by field.
+    assert cli._overrides(["linf_eps=8/255", "eps0=1/2"]) == {"linf_eps": pytest.approx(8 / 255), "eps0": 0.5}
+    with pytest.raises(ValueError, match="field 'linf_eps' takes float; '8/0' is not one"):
+        cli._overrides(["linf_eps=8/0"])
 
 
 def test_book_configs_hold_the_main_grid_and_the_ablation(data):

@@ -204,10 +204,11 @@ def test_notebooks_define_no_functions_and_have_parameters_and_a_title():
         first_md = text.split("# %% [markdown]\n", 1)[1]
         assert first_md.startswith("# # "), f"{p.name}: the first markdown cell must start with a # Title"
         for name in ("profile", "data_root", "results_root", "models", "methods", "image_size", "epochs",
-                     "seeds", "eps0", "device"):
+                     "seeds", "eps0", "linf_eps", "device"):
             assert f"\n{name} = " in text, f"{p.name}: parameter {name} missing"
         if p.stem != "02_data":  # the split does not depend on the radius; every other page's runs do
             assert "eps0=eps0" in code, f"{p.name}: the eps0 parameter reaches no run"
+            assert "linf_eps=linf_eps" in code, f"{p.name}: the linf_eps parameter reaches no run"
         assert "models=models" in code, f"{p.name}: the models parameter reaches neither the runs nor the profile"
 
 
@@ -453,6 +454,68 @@ def test_another_eps0_brings_its_step_and_reaches_every_l2_attack(profile):
 def test_a_bad_eps0_is_refused_by_name(bad):
     with pytest.raises(ValueError, match=r"eps0 must be a positive L2 radius.*got"):
         report.make_profile("quick", eps0=bad)
+
+
+@pytest.mark.parametrize("given", ["8/255", 8 / 255, "0.0313725490196"])
+def test_another_linf_radius_reaches_fgsm_and_ifgsm_only(given):
+    """-p linf_eps: FGSM's radius and step, I-FGSM's radius and its quarter step; training and the PGD columns
+    keep theirs, so the training identity is the default's (the stored model is evaluated again); the default
+    radius given explicitly names the same runs."""
+    base = report.make_profile("cpu-real")
+    p = report.make_profile("cpu-real", linf_eps=given)
+    assert p.linf_eps == pytest.approx(8 / 255)
+    d = profiles.data_config(base, digest="0" * 16)
+    cfg, cfg0 = (profiles.run_config(q, "smallcnn", "dpaat", 0, d) for q in (p, base))
+    by_name = {a.name: a for a in cfg.eval_attacks}
+    assert (by_name["FGSM"].eps, by_name["FGSM"].step_size) == (pytest.approx(8 / 255), pytest.approx(8 / 255))
+    assert (by_name["20-IFGSM"].eps, by_name["20-IFGSM"].step_size) == (pytest.approx(8 / 255),
+                                                                         pytest.approx(2 / 255))
+    assert by_name["20-PGD"] == {a.name: a for a in cfg0.eval_attacks}["20-PGD"]
+    assert cfg.run_id != cfg0.run_id and cfg.training_identity() == cfg0.training_identity()
+    same = report.make_profile("cpu-real", linf_eps="2/255")
+    assert [c.run_id for c in profiles.configs(same, d)] == [c.run_id for c in profiles.configs(base, d)]
+    assert "FGSM and I-FGSM at Linf 8/255" in p.describe() and "Linf" not in base.describe()
+
+
+@pytest.mark.parametrize("bad", [0, -1 / 255, 2, float("nan"), "eight", "8/0", True, [8, 255]])
+def test_a_bad_linf_radius_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match=r"linf_eps must be an Linf radius in \(0, 1\] such as 8/255.*got"):
+        report.make_profile("quick", linf_eps=bad)
+
+
+def test_pages_say_when_the_linf_radius_is_not_the_papers():
+    """The banner, the threat note and the deviations name an Linf radius given as a parameter; at the paper's
+    resolution the note says which columns still compare with the paper's."""
+    p = report.make_profile("quick", linf_eps="8/255")
+    assert "FGSM and I-FGSM at Linf 8/255, not the paper's 2/255" in report.profile_banner(p).data
+    assert "Linf 8/255, not" not in report.profile_banner(report.make_profile("quick")).data
+    assert "eps = 8/255" in report.deviations(p) and "Linf radius 8/255 is a parameter" in report.deviations(p)
+    assert "eps = 2/255" in report.deviations(report.make_profile("quick"))
+    d = profiles.data_config(p, digest="0" * 16)
+    note = report.threat_scale_note(profiles.run_config(p, "smallcnn", "at", 0, d))
+    assert "The Linf radius here is 8/255" in note and "4 times as far" in note
+    full = report.make_profile("quick", image_size=224, linf_eps="8/255")
+    d = profiles.data_config(full, digest="0" * 16)
+    note = report.threat_scale_note(profiles.run_config(full, "smallcnn", "at", 0, d))
+    assert "Compare the PGD columns with the paper's; FGSM and I-FGSM only" in note
+    assert "an L2 distance" not in note  # at the paper's resolution the Linf ball is the paper's size in L2
+    both = report.make_profile("quick", image_size=224, linf_eps="8/255", eps0=1.0)
+    assert "Compare the robust columns with the paper's only in direction" in report.threat_scale_note(
+        profiles.run_config(both, "smallcnn", "at", 0, d))
+
+
+def test_a_curve_holds_the_runs_own_radius():
+    """Chapter 4's curves: the default radii, with a radius given as a parameter among them (so the table shows
+    the point the page's columns measured); the paper's radii add nothing (the stored curves keep their names)."""
+    d = profiles.data_config(report.make_profile("quick"), digest="0" * 16)
+    cfg = profiles.run_config(report.make_profile("quick"), "smallcnn", "at", 0, d)
+    assert report.curve_eps(cfg, "linf") == report.DEFAULT_EPS["linf"]
+    assert report.curve_eps(cfg, "l2") == report.DEFAULT_EPS["l2"]
+    other = profiles.run_config(report.make_profile("quick", linf_eps="16/255", eps0=0.7), "smallcnn", "at", 0, d)
+    assert report.curve_eps(other, "linf") == (*report.DEFAULT_EPS["linf"], 16 / 255)
+    assert 0.7 in report.curve_eps(other, "l2") and len(report.curve_eps(other, "l2")) == 6
+    assert report.curve_eps(other, "l2", (0.0, 2.0)) == (0.0, 2.0)
+    assert report.eps_curve_path(cfg, "r", "linf") == report.eps_curve_path(cfg, "r", "linf", report.DEFAULT_EPS["linf"])
 
 
 def test_an_unknown_profile_with_data_is_refused_with_the_known_ones():

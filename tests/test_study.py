@@ -504,6 +504,13 @@ def test_study_profiles():
     assert study.study_overrides("quick") == {"image_size": 16}
     assert study.study_overrides("quick", image_size=24, epochs=None) == {"image_size": 24}
     assert study.study_overrides("cpu-real", epochs=None) == {}
+    # Radii are printed as the pages print them: an Linf one in 255ths, given as a number or a fraction.
+    note = study.study_note("cpu-real", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"),
+                            study.study_overrides("cpu-real", linf_eps="8/255", eps0=0.5 * 32 / 224), None)
+    assert "linf_eps 2/255 -> 8/255, eps0 0.5 -> 0.0714" in note
+    same = study.study_note("cpu-real", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"),
+                            {"linf_eps": 2 / 255}, None)
+    assert "linf_eps" not in same
 
 
 # --------------------------------------------------------------------------

@@ -264,6 +264,94 @@ def test_train_run_on_a_trained_folder_returns_its_history(reference, data, synt
     assert (run_dir.ckpt / "best.pt").stat().st_mtime_ns == stamp
 
 
+def _at_another_linf_radius(cfg: RunConfig, eps: float = 8 / 255) -> RunConfig:
+    attacks = tuple(dataclasses.replace(a, eps=eps, step_size=eps) if a.norm == "linf" else a
+                    for a in cfg.eval_attacks)
+    return dataclasses.replace(cfg, eval_attacks=attacks)
+
+
+def test_another_evaluation_radius_evaluates_the_stored_model_and_trains_nothing(tmp_path, reference, run_kw,
+                                                                               monkeypatch):
+    """-p linf_eps 8/255 on a stored grid: a new run (its own id and folder) whose model is the stored run's,
+    evaluated at the new radius; no epoch is trained, and the clean column is the stored run's."""
+    cfg, reference_results, first = reference
+    results = tmp_path / "results"
+    shutil.copytree(reference_results / cfg.run_id, results / cfg.run_id)
+    other = _at_another_linf_radius(cfg)
+    assert other.run_id != cfg.run_id and other.training_identity() == cfg.training_identity()
+    assert experiment.trained_twin(other, results).path.name == cfg.run_id
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model is stored: nothing may be trained")
+
+    for target in (training, experiment):
+        monkeypatch.setattr(target, "train_run", forbidden)
+    res = experiment.run(other, results=results, **run_kw)
+    assert res.history["trained_in"] == cfg.run_id
+    assert res.history["epochs"] == first.history["epochs"] and res.history["best"] == first.history["best"]
+    assert res.history["evaluated_on"]["device"] == "cpu" and res.history["eval_seconds"] >= 0
+    own, twin = store.RunDir(results, other.run_id).ckpt / "best.pt", store.RunDir(results, cfg.run_id).ckpt / "best.pt"
+    assert own.read_bytes() == twin.read_bytes()
+    for column in ("pred_clean", "p_clean_mel", "pred_2-PGD", "p_2-PGD_nv"):
+        pd.testing.assert_series_equal(res.predictions[column], first.predictions[column])
+    assert json.loads((results / other.run_id / "config.json").read_text())["eval_attacks"][0]["eps"] == 8 / 255
+    # The Linf column was measured again, at 8/255: the same model's probabilities under it moved further.
+    moved = [(p.filter(like="p_FGSM_").to_numpy() - p.filter(like="p_clean_").to_numpy()) for p in (res.predictions,
+                                                                                                    first.predictions)]
+    assert abs(moved[0]).sum() > abs(moved[1]).sum()
+    assert experiment.run(other, results=results, **run_kw).history == res.history  # loaded, not redone
+
+
+def test_adopting_a_stored_model_equals_training_it_again(tmp_path, reference, run_kw):
+    """Training reads no evaluation attack, so the run trained anew under other evaluation attacks is the run
+    that adopted the stored model: same epochs, checkpoint and predictions."""
+    cfg, reference_results, first = reference
+    other = _at_another_linf_radius(cfg)
+    adopted = experiment.run(other, results=reference_results, **run_kw)
+    trained = experiment.run(other, results=tmp_path / "fresh", **run_kw)
+    assert "trained_in" in adopted.history and "trained_in" not in trained.history
+    assert_same_run(adopted, trained)
+    a = store.load_torch(store.RunDir(reference_results, other.run_id).ckpt / "best.pt")
+    b = store.load_torch(store.RunDir(tmp_path / "fresh", other.run_id).ckpt / "best.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change", ["eps0", "seed", "no checkpoint", "unfinished", "own training begun"])
+def test_a_stored_model_is_adopted_only_when_it_is_this_runs_training(tmp_path, reference, data, change):
+    """Another training radius or seed, a stored run without its checkpoint or its last epoch, or a run whose
+    own training began: no twin (the run trains, or resumes, its own model)."""
+    cfg, reference_results, _ = reference
+    results = tmp_path / "results"
+    shutil.copytree(reference_results / cfg.run_id, results / cfg.run_id)
+    other = _at_another_linf_radius(cfg)
+    twin = store.RunDir(results, cfg.run_id)
+    if change == "eps0":
+        other = _at_another_linf_radius(tiny_config(data, prof=tiny_profile(eps0=1.0)))
+    elif change == "seed":
+        other = _at_another_linf_radius(tiny_config(data, seed=1))
+    elif change == "no checkpoint":
+        shutil.rmtree(twin.ckpt)
+    elif change == "unfinished":
+        store.write_json(twin / "history.json", {**store.read_json(twin / "history.json"), "finished": False})
+    elif change == "own training begun":
+        store.write_json(store.RunDir(results, other.run_id) / "history.json", {"finished": False, "epochs": []})
+    assert experiment.trained_twin(other, results) is None
+
+
+def test_the_plan_says_a_stored_model_is_only_evaluated(tmp_path, reference):
+    from dpaat_lib import precompute
+
+    cfg, reference_results, first = reference
+    results = tmp_path / "results"
+    shutil.copytree(reference_results / cfg.run_id, results / cfg.run_id)
+    store.write_json(results / cfg.run_id / "history.json", {**first.history, "eval_seconds": 3.0})
+    other = _at_another_linf_radius(cfg)
+    plan = precompute.plan_table([other], results, tiny_profile())
+    assert plan["state"].tolist() == [f"to evaluate (the model of {cfg.run_id})"]
+    assert grid.estimate_seconds(other, results) == pytest.approx(3.0)  # its evaluation, no epoch
+    assert grid.estimate_seconds(cfg, tmp_path / "empty") is None
+
+
 def test_kept_model_is_the_best_epoch(reference, run_kw):
     cfg, results, res = reference
     run_dir = store.RunDir(results, cfg.run_id)

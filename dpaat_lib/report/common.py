@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     import tqdm.auto  # noqa: F401
 
 from .. import experiment, grid
-from ..attacks import L2_EPS
+from ..attacks import L2_EPS, LINF_EPS
 from ..methods import LABELS
 
 
@@ -32,6 +32,7 @@ TABLE2_COLUMNS = ("mAP", "mARP", "precision", "recall", "f1")
 PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
 PAPER_IMAGE_SIZE = 224  # method.md section 2: the paper's CNNs take 224 px inputs (InceptionV3 299)
 PAPER_EPS0 = L2_EPS  # method.md section 4: our reading of the paper's L2 radius (training and 20/50-step PGD)
+PAPER_LINF_EPS = LINF_EPS  # method.md section 4: our reading of the paper's FGSM and I-FGSM radius
 METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))
 ABLATION_LABELS = {"at": "AT", "d-a": "D-A", "d-b": "D-B", "dpaat": "D-(A+B) = DPAAT"}
 DEFAULT_EPS = {"linf": (0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255), "l2": (0.0, 0.25, 0.5, 1.0, 1.5)}

@@ -23,8 +23,19 @@ def curve_attack(config: RunConfig, norm: str) -> AttackSpec:
     raise ValueError(f"run {config.run_id} has no {name} evaluation attack to sweep")
 
 
-def eps_curve_path(config: RunConfig, results_dir, norm: str, eps_values) -> Path:
+def curve_eps(config: RunConfig, norm: str, eps_values=None) -> tuple[float, ...]:
+    """The radii of a run's curve: ``eps_values``, or by default :data:`DEFAULT_EPS` with the run's own radius
+    among them (a page's ``-p eps0 0.7`` or ``-p linf_eps 16/255``, whose point the curve then shows)."""
+    if eps_values is not None:
+        return tuple(float(e) for e in eps_values)
+    own = float(curve_attack(config, norm).eps)
+    return tuple(sorted({*map(float, DEFAULT_EPS[norm]), own}))
+
+
+def eps_curve_path(config: RunConfig, results_dir, norm: str, eps_values=None) -> Path:
+    """Where a run's curve over ``eps_values`` (None: :func:`curve_eps`'s) is stored."""
     attack = curve_attack(config, norm)
+    eps_values = curve_eps(config, norm, eps_values)
     key = _digest({"attack": attack.to_dict(), "eps": [float(e) for e in eps_values], "seed": config.train.seed})
     return Path(results_dir) / config.run_id / f"eps_curve-{norm}-{key}.json"
 
@@ -38,7 +49,7 @@ def eps_curve(config: RunConfig, results_dir, data_root=None, norm: str = "l2", 
     set, and writes the file atomically. Returns None when neither the file nor the checkpoint is
     there (checkpoints are not committed).
     """
-    eps_values = tuple(float(e) for e in (DEFAULT_EPS[norm] if eps_values is None else eps_values))
+    eps_values = curve_eps(config, norm, eps_values)
     path = eps_curve_path(config, results_dir, norm, eps_values)
     if path.exists():
         return store.read_json(path)
@@ -85,7 +96,7 @@ def eps_curves(results: Sequence[experiment.RunResult], results_dir, data_root=N
     out, tensors = {}, {}
     for r in results:
         c = r.config
-        path = eps_curve_path(c, results_dir, norm, DEFAULT_EPS[norm] if eps_values is None else eps_values)
+        path = eps_curve_path(c, results_dir, norm, eps_values)
         t = None
         if not path.exists() and (Path(r.path) / "ckpt" / "best.pt").exists():
             k = c.data

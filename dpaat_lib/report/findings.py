@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from .. import experiment, pretrained, profiles
-from ..profiles import radius_text
-from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, fmt, results_frame, summary
+from ..profiles import linf_text, radius_text
+from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, fmt, results_frame, summary
 from .pages import l2_strength_text
 from .split import stored_split_matches
 from .dynamics import _cut_by_cap, _full_schedule_pointer
@@ -96,14 +96,17 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         "no evaluation radii. We read 0.5 as the radius and the norm from the step size and its identical 20/50-step "
         f"PGD numbers: training adversary PGD-L2 with eps0 = {radius_text(prof.eps0)}, "
         f"{prof.train_steps} steps of {radius_text(prof.train_step_size)}; FGSM and I-FGSM evaluated in Linf at "
-        "eps = 2/255, 20/50-step PGD in L2 at eps0 (chapter 3)."
+        f"eps = {linf_text(prof.linf_eps)}, 20/50-step PGD in L2 at eps0 (chapter 3)."
         + (f" At {prof.image_size} px the same L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times stronger "
            "per pixel than at 224 px, and the Linf one weaker in L2 terms: levels compare with the paper's only in "
            "direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
            "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else "")
         + (f" This page's eps0 = {radius_text(prof.eps0)} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 "
            f"threat is {l2_strength_text(prof.eps0, prof.image_size)}, and its robust columns are not the paper's."
-           if prof.eps0 != PAPER_EPS0 else ""),
+           if prof.eps0 != PAPER_EPS0 else "")
+        + (f" This page's Linf radius {linf_text(prof.linf_eps)} is a parameter, not the paper's "
+           f"{linf_text(PAPER_LINF_EPS)}: its FGSM and I-FGSM columns are not the paper's."
+           if prof.linf_eps != PAPER_LINF_EPS else ""),
         "- **Initialisation**: " + ("two-phase, as the paper: " + "; ".join(pretrained.describe(w, head_epochs)
                                                                              for w in starts) + "."
                                     if starts else "training from scratch; the paper fine-tunes ImageNet "

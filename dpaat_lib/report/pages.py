@@ -10,11 +10,11 @@ from typing import Sequence
 import pandas as pd
 
 from .. import experiment, grid, pretrained, profiles
-from ..profiles import radius_text
+from ..profiles import linf_text, radius_text
 from ..config import RunConfig
 from ..methods import LABELS
 from ..models import list_models
-from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, and_list, log, method_key, resolve_path
+from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, and_list, log, method_key, resolve_path
 
 
 def results_dir(prof: profiles.Profile, results_root=None) -> Path:
@@ -262,6 +262,9 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
     elif prof.image_size != PAPER_IMAGE_SIZE:
         lines[-1] += (f" | at {prof.image_size} px the L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times "
                       f"stronger per pixel than at the paper's {PAPER_IMAGE_SIZE} px (chapter 3)")
+    if prof.linf_eps != PAPER_LINF_EPS:
+        lines[-1] += (f" | FGSM and I-FGSM at Linf {linf_text(prof.linf_eps)}, not the paper's "
+                      f"{linf_text(PAPER_LINF_EPS)}: their columns are not the paper's")
     return Markdown("\n".join(lines))
 
 
@@ -297,8 +300,9 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
     d, d_paper = 3 * s * s, 3 * paper_size * paper_size
     l2 = sorted({a.eps for a in (cfg.method.attack, *cfg.eval_attacks) if a.norm == "l2"})
     linf = sorted({a.eps for a in cfg.eval_attacks if a.norm == "linf"})
-    other = [e for e in l2 if e != PAPER_EPS0]  # a radius given as a parameter (-p eps0)
-    if s == paper_size and not other:
+    # A radius given as a parameter (-p eps0, -p linf_eps)
+    l2_other, linf_other = any(e != PAPER_EPS0 for e in l2), any(e != PAPER_LINF_EPS for e in linf)
+    if s == paper_size and not (l2_other or linf_other):
         return (f"**The threat at {s} px**, the paper's resolution: each radius means here what it means in the "
                 "paper as we read it.")
     parts = [f"**The threat at {s} px.** The paper's CNNs see {paper_size} px images; this profile's see {s} px."
@@ -316,13 +320,26 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
                          f"{rms:.2f}/255 per value, against the paper's {rms_paper:.2f}/255, so the L2 threat "
                          f"(training and the PGD columns) is {l2_strength_text(e, s)}.")
     for e in linf:
-        parts.append(f"An Linf radius of {255 * e:g}/255 bounds each value alone, so it reaches an L2 distance of at "
-                     f"most {e * math.sqrt(d):.2f} here against {e * math.sqrt(d_paper):.2f} at {paper_size} px: the "
-                     "FGSM and I-FGSM columns are a weaker threat here than in the paper.")
-    parts.append(("The two kinds of columns therefore weigh differently from the paper's: compare our levels with "
-                  "the paper's only in direction and ranking. " if s != paper_size else
-                  "Compare the FGSM and I-FGSM columns with the paper's; the others only in direction and ranking. ")
-                 + "The L2 radius and the resolution are parameters of the chapters (`papermill -p eps0 1.0`; "
-                 "`-p image_size 224`, the paper's resolution); chapter 12 (e) trains the five methods again with "
-                 "the L2 radius scaled to the paper's change per pixel.")
+        if e != PAPER_LINF_EPS:
+            parts.append(f"The Linf radius here is {linf_text(e)}, not the paper's {linf_text(PAPER_LINF_EPS)} as we "
+                         f"read it: each value may move {e / PAPER_LINF_EPS:.2g} times as far, so the FGSM and "
+                         "I-FGSM columns measure another threat than the paper's.")
+        if s != paper_size:
+            parts.append(f"An Linf radius of {linf_text(e)} bounds each value alone, so it reaches an L2 distance of "
+                         f"at most {e * math.sqrt(d):.2f} here against {e * math.sqrt(d_paper):.2f} at {paper_size} "
+                         "px: the FGSM and I-FGSM columns are a weaker threat here than "
+                         + ("in the paper." if e == PAPER_LINF_EPS else "at the paper's resolution."))
+    if s != paper_size:
+        compare = ("The two kinds of columns therefore weigh differently from the paper's: compare our levels with "
+                   "the paper's only in direction and ranking. ")
+    elif l2_other and linf_other:
+        compare = "Compare the robust columns with the paper's only in direction and ranking. "
+    elif l2_other:
+        compare = "Compare the FGSM and I-FGSM columns with the paper's; the others only in direction and ranking. "
+    else:
+        compare = "Compare the PGD columns with the paper's; FGSM and I-FGSM only in direction and ranking. "
+    parts.append(compare
+                 + "The radii and the resolution are parameters of the chapters (`papermill -p eps0 1.0`; "
+                 "`-p linf_eps 8/255`; `-p image_size 224`, the paper's resolution); chapter 12 (e) trains the five "
+                 "methods again with the L2 radius scaled to the paper's change per pixel.")
     return " ".join(parts)
