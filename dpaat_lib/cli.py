@@ -62,9 +62,9 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
                                                "torch's choice)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a profile field (repeatable), e.g. --set eta=0.25 --set mu=epoch; --set eps0=1.0 "
-                        "scales the PGD step with the radius unless train_step_size is set too; --set linf_eps=8/255 evaluates "
-                        "FGSM and I-FGSM at another Linf radius (the model of a stored run with its checkpoint is "
-                        "evaluated, not trained again)")
+                        "scales the PGD step with the radius unless train_step_size is set too; --set linf_eps=8/255 "
+                        "evaluates FGSM and I-FGSM at another Linf radius (the model of a stored run with its "
+                        "checkpoint is evaluated, not trained again)")
     p.add_argument("--book", action="store_true",
                    help="every run the book loads: the main grid plus the ablation (D-A, D-B) on the ablation models")
     p.add_argument("--claim", metavar="DIR",

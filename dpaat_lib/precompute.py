@@ -108,8 +108,9 @@ def precompute_all(prof: profiles.Profile, configs: Sequence[RunConfig], results
 def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
     """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
     checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k",
-    "to evaluate" (its model is stored under other evaluation attacks) or "to train", with :func:`grid.estimate_seconds` at ``sharing`` for the runs to train: "expected s" as
-    printed ("?" where none), "seconds" as a number (None where none or done) for what reads the plan."""
+    "to evaluate" (its model is stored under other evaluation attacks) or "to train", with
+    :func:`grid.estimate_seconds` at ``sharing`` for the runs to train: "expected s" as printed ("?" where
+    none), "seconds" as a number (None where none or done) for what reads the plan."""
     rows = []
     for c in grid.ordered(configs):
         run = store.RunDir(results, c.run_id)

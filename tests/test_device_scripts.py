@@ -233,7 +233,8 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     assert decision.read([stale, stored]) == "reduce-overhead"
     (tmp_path / "old.txt").write_text("reduce-overhead\n")  # the former plain-text format: ignored
     assert decision.read([tmp_path / "old.txt"]) is None
-    assert decision.main(["--read", str(stored), "--usable"]) == 0 and decision.main(["--read", str(stale), "--usable"]) == 1
+    assert decision.main(["--read", str(stored), "--usable"]) == 0
+    assert decision.main(["--read", str(stale), "--usable"]) == 1
     res = subprocess.run([sys.executable, ROOT / "scripts" / "compile_decision.py", "--read", stale, stored],
                          capture_output=True, text=True)
     assert res.stdout.strip() == "reduce-overhead" and "ignored" in res.stderr

@@ -61,7 +61,8 @@ def cpu_threads_note(prof: profiles.Profile, results: Sequence[experiment.RunRes
     if recorded:
         threads = sorted({str(e.get("torch_threads")) for e in recorded if str(e.get("device", "")).startswith("cpu")})
         every = len(recorded) == len(results)
-        text += ((f" All {len(results)} runs record" if every else f" {len(recorded)} of the {len(results)} runs record")
+        text += ((f" All {len(results)} runs record" if every else
+                  f" {len(recorded)} of the {len(results)} runs record")
                  + " the device they were evaluated on"
                  + (f" (on a CPU, torch threads: {' or '.join(threads)})" if threads else "")
                  + ("." if every else f"; {len(results) - len(recorded)} predate that record."))

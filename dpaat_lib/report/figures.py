@@ -348,7 +348,8 @@ def plot_training_curves(results: Sequence[experiment.RunResult]):
           if chosen == {"val_acc"} else "each run's select_on")
     for i, model in enumerate(models):
         labelled = set()  # one legend entry per method; its seeds share the colour
-        for r in sorted((r for r in results if r.config.model == model), key=lambda r: method_key(r.config.method.label)):
+        runs = [r for r in results if r.config.model == model]
+        for r in sorted(runs, key=lambda r: method_key(r.config.method.label)):
             ep = r.history["epochs"]
             e = [x["epoch"] for x in ep]
             method = r.config.method.label

@@ -16,7 +16,8 @@ from .dynamics import _cut_by_cap, _full_schedule_pointer
 
 
 def method_difference(results: Sequence[experiment.RunResult], a: str = "DPAAT", b: str = "AT",
-                      metrics: Sequence[str] = ("GAcc", "20-PGD"), scale: float = 100.0, digits: int = 1) -> pd.DataFrame:
+                      metrics: Sequence[str] = ("GAcc", "20-PGD"), scale: float = 100.0,
+                      digits: int = 1) -> pd.DataFrame:
     """Seed means of methods ``a`` and ``b`` and their difference, per model and metric (formatted); with
     two or more common seeds also the paired t-test across seeds of the per-seed differences and its
     Holm adjustment over the table's rows (columns ``t-test p``, ``Holm p``)."""
