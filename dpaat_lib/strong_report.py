@@ -253,7 +253,8 @@ def strong_settings(prof: profiles.Profile, evals: dict) -> str:
               f"{len(prof.classes)} classes, in test order")
     return (f"**Attacks** (profile `{prof.name}`): APGD-CE and APGD-DLR with {prof.apgd_steps} steps and "
             f"Square with {prof.square_queries} queries (AutoAttack's defaults: 100 and 5000), each in Linf "
-            "(eps = 2/255) and L2 (eps = eps0), one restart, seeded with the run's seed, on "
+            f"(eps = {profiles.linf_text(prof.linf_eps)}) and L2 (eps = eps0), one restart, seeded with the run's "
+            "seed, on "
             f"{subset}, {_batches(n, prof.strong_batch)}; the paper's attacks are read from the same images' "
             "stored predictions. "
             f"**Masking checks**: APGD-CE with {'/'.join(map(str, m['steps']))} steps; "

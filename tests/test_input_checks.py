@@ -6,7 +6,6 @@ bit for bit, and every stored configuration still loads under its own run id).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import shutil

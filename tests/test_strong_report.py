@@ -89,6 +89,9 @@ def test_strong_evaluations_load_stored_results_and_list_runs_without_a_checkpoi
     assert "60 test images" in strong_report.strong_settings(prof, evals)
     assert "in one batch" in strong_report.strong_settings(prof, evals)  # 60 images, batches of 128
     assert "in batches of 50" in strong_report.strong_settings(dataclasses.replace(prof, strong_batch=50), evals)
+    assert "each in Linf (eps = 2/255)" in strong_report.strong_settings(prof, evals)
+    assert "each in Linf (eps = 8/255)" in strong_report.strong_settings(dataclasses.replace(prof, linf_eps=8 / 255),
+                                                                        evals)
 
 
 def fake_whole_test_eval(cfg, right: dict[str, np.ndarray]) -> dict:

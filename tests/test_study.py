@@ -729,6 +729,9 @@ def test_threat_note_states_both_radii_per_pixel():
     assert "(1.0 times the paper's" in text
     assert study.threat_note(cpu, cpu).startswith("**Radius.** Part (a) already")
     assert study.threat_names(cpu, matched) == ("eps0 0.5", "eps0 0.0714")
+    assert "FGSM and I-FGSM keep their Linf 2/255" in text
+    wider = [profiles.profile_for("cpu-real", linf_eps="8/255", **o) for o in ({}, study.threat_overrides(cpu))]
+    assert "FGSM and I-FGSM keep their Linf 8/255" in study.threat_note(*wider)  # -p linf_eps reaches (e) too
 
 
 def test_threat_findings_find_a_planted_gain_and_the_runs_trained_alike():

@@ -106,6 +106,6 @@ def lesion_energy_sentence(scores: pd.DataFrame) -> str:
                if above else "no method's maps concentrate on the lesion more than a uniform map")
             + ". One training run per method on stand-in data drawn for this book: it shows whether a method's "
               "maps find a lesion that is there to be found, not how they behave on dermoscopy."
-            + (f" The paper's Fig. 4 reads DPAAT's maps as the ones that focus on the lesion; by this share "
+            + (" The paper's Fig. 4 reads DPAAT's maps as the ones that focus on the lesion; by this share "
                + ("DPAAT's do most here." if energy.idxmax() == "DPAAT" else
                   f"{energy.idxmax()}'s do most here, not DPAAT's.") if "DPAAT" in energy.index else ""))

@@ -18,8 +18,8 @@ from .schedule import _by_key, _change_sentences, _group, _pair_sentence, _retra
 
 
 SHARED_ATTACKS = (CLEAN, "FGSM", "20-IFGSM")
-"""The columns section (e)'s two grids share: clean, and the Linf attacks, whose radius (2/255, a bound on
-each value) does not depend on eps0. The PGD columns attack each grid at its own eps0."""
+"""The columns section (e)'s two grids share: clean, and the Linf attacks, whose radius (linf_eps, 2/255 by
+default, a bound on each value) does not depend on eps0. The PGD columns attack each grid at its own eps0."""
 
 
 def threat_overrides(prof: profiles.Profile, eps0: float | None = None) -> dict:
@@ -29,7 +29,7 @@ def threat_overrides(prof: profiles.Profile, eps0: float | None = None) -> dict:
     224 px perturbation of norm eps0 keeps once the image is averaged down to s px. ``eps0`` (not None)
     sets the radius instead, the step keeping its ratio to it. Every radius a method derives from eps0
     follows it (DPAAT's eta = eps0 per nat and eps_max = 2 eps0, AMAT's start and step eps0 / 10), and so
-    do the 20/50-step PGD of the evaluation; FGSM and I-FGSM keep their Linf 2/255. Empty where the
+    do the 20/50-step PGD of the evaluation; FGSM and I-FGSM keep their Linf radius. Empty where the
     profile already runs at the paper's resolution and no ``eps0`` is given."""
     if eps0 is None:
         if prof.image_size == report.PAPER_IMAGE_SIZE:
@@ -61,7 +61,12 @@ def threat_models(study_profile: str, main_models: Sequence[str], given: Sequenc
 
 def threat_names(base: profiles.Profile, matched: profiles.Profile) -> tuple[str, str]:
     """How section (e)'s tables name the two grids: by their eps0."""
-    return f"eps0 {base.eps0:.3g}", f"eps0 {matched.eps0:.3g}"
+    return radius_name(base.eps0), radius_name(matched.eps0)
+
+
+def radius_name(eps0: float) -> str:
+    """How section (e)'s tables and sentences name a grid: by its eps0."""
+    return f"eps0 {eps0:.3g}"
 
 
 def threat_note(base: profiles.Profile, matched: profiles.Profile) -> str:
@@ -80,8 +85,8 @@ def threat_note(base: profiles.Profile, matched: profiles.Profile) -> str:
 
     return (f"**Radii.** Part (a): {radius(base)}. Here: {radius(matched)}. The training adversary, AMAT's and "
             "DPAAT's radii (which start from and scale with eps0) and the 20-step PGD column follow eps0; FGSM "
-            "and I-FGSM keep their Linf 2/255, so their columns, and the clean one, compare the two grids on the "
-            "same test, while each grid's PGD column attacks at its own radius.")
+            f"and I-FGSM keep their Linf {profiles.linf_text(base.linf_eps)}, so their columns, and the clean one, "
+            "compare the two grids on the same test, while each grid's PGD column attacks at its own radius.")
 
 
 def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[experiment.RunResult],
@@ -156,7 +161,7 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
     if not _retrained(base, matched):
         return ""
     e0, e1 = base[0].config.method.attack.eps, matched[0].config.method.attack.eps
-    names = (f"eps0 {e0:.3g}", f"eps0 {e1:.3g}")
+    names = (radius_name(e0), radius_name(e1))
     words = (f"at {e0:g}", f"at {e1:.3g}")
 
     def verdicts(rb, rm, against):
