@@ -162,11 +162,17 @@ def trained_twin(config: RunConfig, results) -> store.RunDir | None:
     return None
 
 
+def trained_in(run_dir: store.RunDir) -> str:
+    """The run id that trained ``run_dir``'s model: its own, or the one it took its model from."""
+    return store.read_json(run_dir / "history.json").get("trained_in", run_dir.path.name)
+
+
 def adopt_training(run_dir: store.RunDir, twin: store.RunDir) -> dict:
     """Make ``twin``'s training ``run_dir``'s: its kept checkpoint (hard-linked where possible) and its history,
-    marked ``trained_in`` the twin's run id. Returns the history."""
+    marked ``trained_in`` the run that trained it (the twin, or the run the twin took its model from). Returns
+    the history."""
     store.link_or_copy(twin.ckpt / "best.pt", run_dir.ckpt / "best.pt")
-    history = {**store.read_json(twin / "history.json"), "trained_in": twin.path.name}
+    history = {**store.read_json(twin / "history.json"), "trained_in": trained_in(twin)}
     for key in ("eval_seconds", "evaluated_on"):  # the twin's evaluation; this run's writes its own
         history.pop(key, None)
     store.write_json(run_dir / "history.json", history)

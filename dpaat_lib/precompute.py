@@ -127,7 +127,7 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
             epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
             twin = experiment.trained_twin(c, results)
             state = (f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else
-                     f"to evaluate (the model of {twin.path.name})" if twin else "to train")
+                     f"to evaluate (the model of {experiment.trained_in(twin)})" if twin else "to train")
             est = grid.estimate_seconds(c, results, sharing)
         rows.append({"run": c.run_id, "state": state, "seconds": est,
                      "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})

@@ -300,6 +300,9 @@ def test_another_evaluation_radius_evaluates_the_stored_model_and_trains_nothing
                                                                                                     first.predictions)]
     assert abs(moved[0]).sum() > abs(moved[1]).sum()
     assert experiment.run(other, results=results, **run_kw).history == res.history  # loaded, not redone
+    # A third radius may take the model from either: it names the run that trained it.
+    third = _at_another_linf_radius(cfg, 4 / 255)
+    assert experiment.run(third, results=results, **run_kw).history["trained_in"] == cfg.run_id
 
 
 def test_adopting_a_stored_model_equals_training_it_again(tmp_path, reference, run_kw):
