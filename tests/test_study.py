@@ -511,6 +511,12 @@ def test_study_profiles():
     same = study.study_note("cpu-real", profiles.get_profile("cpu-real"), profiles.get_profile("cpu-real-7"),
                             {"linf_eps": 2 / 255}, None)
     assert "linf_eps" not in same
+    # The quick build's own change and a parameter, each with its reason.
+    quick = study.study_note("quick", profiles.get_profile("quick"), profiles.get_profile("quick-7"),
+                             study.study_overrides("quick", linf_eps="8/255"), None)
+    assert ("change the profile's image_size 32 -> 16 (for `quick` and `quick-7`), so they are not the runs of the "
+            "other chapters: the quick build must stay within minutes") in quick
+    assert "The parameters given change linf_eps 2/255 -> 8/255 too." in quick
 
 
 # --------------------------------------------------------------------------

@@ -77,13 +77,18 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
                      f"are affordable only on profile `{study_profile.name}` ({study_profile.image_size} px, "
                      f"{', '.join(study_profile.models)}), so this chapter uses it.")
     base = profiles.get_profile(study_profile.name)
-    changed = [f"{k} {_field_text(k, getattr(base, k))} -> {_field_text(k, v)}" for k, v in overrides.items()
-               if getattr(base, k, None) != (profiles.linf_radius(v) if k == "linf_eps" else v)]
+    changed = {k: f"{k} {_field_text(k, getattr(base, k))} -> {_field_text(k, v)}" for k, v in overrides.items()
+               if getattr(base, k, None) != (profiles.linf_radius(v) if k == "linf_eps" else v)}
+    # The chapter's own changes (STUDY_OVERRIDES: the quick build's size) and those given as parameters
+    own = [text for k, text in changed.items() if STUDY_OVERRIDES.get(book_profile, {}).get(k) == overrides[k]]
+    given = [text for text in changed.values() if text not in own]
     if changed:
-        parts.append(f"This chapter's runs change the profile's {', '.join(changed)} (for `{study_profile.name}` "
-                     f"and `{seven_profile.name}`), so they are not the runs of the other chapters: "
-                     + ("the quick build must stay within minutes on one CPU core." if study_profile.synthetic
-                        else "given as parameters."))
+        parts.append(f"This chapter's runs change the profile's {', '.join(own or given)} (for "
+                     f"`{study_profile.name}` and `{seven_profile.name}`), so they are not the runs of the other "
+                     "chapters: " + ("the quick build must stay within minutes on one CPU core." if own else
+                                     "given as parameters."))
+    if own and given:
+        parts.append(f"The parameters given change {', '.join(given)} too.")
     seeds = lambda ss: f"{len(ss)} training seed(s) ({', '.join(map(str, ss))})"  # noqa: E731
     if sweep_seeds or not sweep_cnns:
         on = f" on {', '.join(sweep_cnns)}" if sweep_cnns else ""
