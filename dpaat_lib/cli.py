@@ -116,8 +116,7 @@ def _overrides(pairs) -> dict:
             elif t.startswith("int"):
                 out[key] = int(value)
             elif t.startswith("float"):  # a fraction too: --set linf_eps=8/255
-                top, slash, bottom = value.partition("/")
-                out[key] = float(top) / float(bottom) if slash and float(bottom) else float(value)
+                out[key] = profiles.number(value)
             else:
                 out[key] = value
         except ValueError:

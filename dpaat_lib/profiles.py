@@ -31,16 +31,26 @@ def linf_text(eps: float) -> str:
     return f"{round(255 * float(eps), 2):g}/255"
 
 
+def number(text: str) -> float:
+    """A number written as a decimal ("0.5") or a fraction ("8/255"), as a command line or papermill passes a
+    radius; a ValueError for anything else, a zero denominator included."""
+    top, slash, bottom = text.partition("/")
+    if not slash:
+        return float(text)
+    if float(bottom) == 0:
+        raise ValueError(f"{text!r} divides by zero")
+    return float(top) / float(bottom)
+
+
 def linf_radius(value, name: str = "linf_eps") -> float:
     """An Linf radius from a number (0.0314) or a fraction such as "8/255" (how a command line or papermill
     passes it); in (0, 1], since an image's values lie in [0, 1]. ``name``: the caller's parameter, for the
     error."""
     eps = value
     if isinstance(value, str):
-        top, slash, bottom = value.partition("/")
         try:
-            eps = float(top) / float(bottom) if slash else float(value)
-        except (ValueError, ZeroDivisionError):
+            eps = number(value)
+        except ValueError:
             eps = None
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= 1:
         raise ValueError(f"{name} must be an Linf radius in (0, 1] such as 8/255 or 0.0314 (the paper's: 2/255), "

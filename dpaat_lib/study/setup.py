@@ -62,7 +62,7 @@ def _field_text(field: str, value) -> str:
     """A profile field's value as the note prints it: a radius rounded (:func:`dpaat_lib.profiles.radius_text`),
     an Linf radius in 255ths."""
     if field == "linf_eps":
-        return profiles.linf_text(profiles.linf_radius(value))
+        return profiles.linf_text(value)
     if field in ("eps0", "train_step_size"):
         return profiles.radius_text(value)
     return str(value)
@@ -77,8 +77,9 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
                      f"are affordable only on profile `{study_profile.name}` ({study_profile.image_size} px, "
                      f"{', '.join(study_profile.models)}), so this chapter uses it.")
     base = profiles.get_profile(study_profile.name)
-    changed = {k: f"{k} {_field_text(k, getattr(base, k))} -> {_field_text(k, v)}" for k, v in overrides.items()
-               if getattr(base, k, None) != (profiles.linf_radius(v) if k == "linf_eps" else v)}
+    given_profile = profiles.profile_for(study_profile.name, **overrides)  # "8/255" read as profile_for reads it
+    changed = {k: f"{k} {_field_text(k, getattr(base, k))} -> {_field_text(k, getattr(given_profile, k))}"
+               for k in overrides if getattr(base, k) != getattr(given_profile, k)}
     # The chapter's own changes (STUDY_OVERRIDES: the quick build's size) and those given as parameters
     own = [text for k, text in changed.items() if STUDY_OVERRIDES.get(book_profile, {}).get(k) == overrides[k]]
     given = [text for text in changed.values() if text not in own]
