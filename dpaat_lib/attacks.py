@@ -159,7 +159,7 @@ def is_compiled(model: nn.Module) -> bool:
 
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_size, steps: int,
             norm: str = "linf", random_start: bool = False, generator: torch.Generator | None = None,
-            loss_fn=None, check_values: bool = True) -> torch.Tensor:
+            loss_fn=None, check_values: bool = True, each_step=None) -> torch.Tensor:
     """The one attack loop: ``steps`` steps of ``step_size`` inside the ``norm`` ball of ``eps``.
 
     ``loss_fn(logits, y)`` returns one loss per sample (default cross-entropy);
@@ -170,6 +170,12 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
     radius finite and >= 0, an Linf radius <= 1): each costs the device a host sync, and the
     training loop, which calls this for every batch, builds valid inputs by construction. Shapes,
     dtypes and names are always checked, and so is a float ``eps`` or ``step_size``.
+
+    ``each_step(k, x_k)``, where given, is called after step k (1 to ``steps``) with the iterate x_k, the
+    model in eval mode. x_k is exactly what the same call with ``steps=k`` returns (nothing after the loop
+    changes the iterate, and the random start is drawn first), so one run of a long attack also gives the
+    shorter ones of the same radius, step and start (:func:`dpaat_lib.evaluation.evaluate` reads 10-step
+    I-FGSM from 20-step, 20-step PGD from 50-step).
     """
     _check_inputs(x, y, norm, check_values=check_values)
     threat = _THREATS[norm]
@@ -193,7 +199,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
         x_adv = x.clone()
         if random_start:
             x_adv = (x + threat.random_init(x, radius, generator)).clamp(0, 1)
-        for _ in range(steps):
+        for k in range(steps):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 loss = loss_fn(model(x_adv), y).sum()
@@ -201,6 +207,8 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
             x_adv = x_adv.detach() + threat.step(grad, size)
             delta = threat.project(x_adv - x, radius)
             x_adv = (x + delta).clamp(0, 1).detach()
+            if each_step is not None:
+                each_step(k + 1, x_adv)
     finally:
         for p in weights:
             p.requires_grad_(True)
@@ -254,7 +262,8 @@ class AttackSpec:
         if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
             raise ValueError(f"attack {self.name!r}: steps must be an integer >= 0, got {self.steps!r}")
 
-    def __call__(self, model, x, y, *, eps=None, generator=None, check_values: bool = True) -> torch.Tensor:
+    def __call__(self, model, x, y, *, eps=None, generator=None, check_values: bool = True,
+                 each_step=None) -> torch.Tensor:
         """Run the attack on ``x`` (N, C, H, W) in [0, 1] with labels ``y`` (N,); returns x'.
 
         ``eps`` overrides the radius only (float or per-sample (N,) tensor): the step stays the
@@ -264,11 +273,17 @@ class AttackSpec:
         the spec's eps still steps by the spec's eps and is then clipped, one above it never
         reaches the new radius. For the same attack at another radius, with the step scaled in
         proportion, use :meth:`with_eps` (``spec.with_eps(r)(model, x, y)``).
-        ``generator`` seeds the random start; ``check_values`` as in :func:`perturb`.
+        ``generator`` seeds the random start; ``check_values`` and ``each_step`` as in :func:`perturb`.
         """
         return perturb(model, x, y, eps=self.eps if eps is None else eps, step_size=self.step_size,
                        steps=self.steps, norm=self.norm, random_start=self.random_start,
-                       generator=generator, check_values=check_values)
+                       generator=generator, check_values=check_values, each_step=each_step)
+
+    def is_prefix_of(self, other: "AttackSpec") -> bool:
+        """Whether this attack's output is ``other``'s iterate after ``self.steps`` steps (:func:`perturb`'s
+        ``each_step``): the same norm, radius, step and start, at least one step and no more than ``other``'s."""
+        return (0 < self.steps <= other.steps and (self.norm, self.eps, self.step_size, self.random_start)
+                == (other.norm, other.eps, other.step_size, other.random_start))
 
     def with_eps(self, eps: float) -> "AttackSpec":
         """The same attack at another radius; the step keeps its ratio to eps."""

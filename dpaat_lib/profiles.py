@@ -27,8 +27,9 @@ def radius_text(eps: float) -> str:
 
 
 def linf_text(eps: float) -> str:
-    """An Linf radius in 255ths, as the literature gives them: 2/255, 8/255, 7.65/255 for 0.03."""
-    return f"{round(255 * float(eps), 2):g}/255"
+    """An Linf radius in 255ths, as the literature gives them: 2/255, 8/255, 7.65/255 for 0.03, 1.9992/255 for
+    0.00784 (six significant digits, so a radius near the paper's never prints as the paper's)."""
+    return f"{round(255 * float(eps), 9):.6g}/255"
 
 
 def number(text: str) -> float:

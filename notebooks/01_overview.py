@@ -90,7 +90,7 @@ worst_case = strong_report.worst_case_headline(worst, strong_report.seed_worst_c
 full = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                         methods=methods or profiles.MAIN_METHODS, seeds=seeds, device=device, weights=weights,
                         image_size=image_size, eps0=eps0, linf_eps=linf_eps, stored_only=True,
-                        **study.schedule_overrides(profile))[1]
+                        **study.schedule_overrides(profile, weights=weights))[1]
 schedule = study.schedule_headline(results, full)
 # chapter 12 (e)'s runs of this grid at the paper's radius per pixel, where they are stored (never trained here)
 over_threat = study.threat_overrides(prof)

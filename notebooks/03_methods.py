@@ -56,7 +56,8 @@ report.profile_banner(prof)
 # 7 steps, the contrast it draws with I-FGSM's Linf distance and its
 # identical 20- and 50-step PGD numbers): the **training adversary** of AT, SAT, AMAT and DPAAT
 # is PGD in L2 with eps0 = 0.5, step 0.15, 7 steps, random start; the **evaluation** uses FGSM
-# and 10/20-step I-FGSM in Linf at eps = 2/255 (step eps/4) and 20/50-step PGD in L2 at eps0.
+# and 10/20-step I-FGSM in Linf at eps = 2/255 (step eps/4; the parameter `linf_eps`) and 20/50-step
+# PGD in L2 at eps0.
 # All attacks come from one loop, `dpaat_lib.attacks.perturb`; a radius may differ per sample.
 # Chapter 4 also sweeps eps (on the first seed), so a reader can see how the ranking moves
 # with the radius.

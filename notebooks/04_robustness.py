@@ -14,7 +14,8 @@
 # # 4. Robustness: the paper's Table I
 #
 # **Goal.** Reproduce Table I of the paper: robust accuracy (RAcc, %) under FGSM, 10- and
-# 20-step I-FGSM (Linf, eps = 2/255) and 20- and 50-step PGD (L2, eps0), and clean accuracy
+# 20-step I-FGSM (Linf, eps = 2/255 unless `-p linf_eps` gives another; the banner then says so)
+# and 20- and 50-step PGD (L2, eps0), and clean accuracy
 # (GAcc, %), for STD, AT, SAT, AMAT and DPAAT; the paper averages over its CNN groups. Then
 # look beyond one radius: robust accuracy against eps, for each norm.
 

@@ -37,6 +37,8 @@ epochs = None  # None: the profile's
 seeds = None  # the method comparison's seeds; None: 0, 1, 2 (study.STUDY_SEEDS)
 eps0 = None  # None: the profile's L2 radius (training, 20/50-step PGD), the step keeping its ratio; (e) scales it
 linf_eps = None  # None: the profile's FGSM and I-FGSM radius (Linf 2/255); "8/255" evaluates at another
+weights = None  # None: from scratch; "imagenet" or a folder of <model>.pth: fine-tune (every part's runs; (d) then
+#               follows method.md's fine-tuning schedule: 10 epochs of the head, then up to 50)
 device = "cpu"
 sweep_models = None  # None: the study's (study.SWEEP_MODELS; cpu-real: smallcnn, mobilenet_v2, resnet34)
 sweep_seeds = None  # None: the study's per CNN (study.SWEEP_SEEDS; cpu-real: 0, 1, 2 on smallcnn, 0 on the others)
@@ -44,7 +46,7 @@ eta_values = None  # None: the study's values (study.DEFAULT_SWEEPS); the defaul
 lam_values = None  # None: the study's values; the default 1.0 is always included
 mu_values = None  # None: batch and epoch
 seven_seeds = None  # None: the 7-class profile's (cpu-real-7: 0, 1, 2; quick-7: 0)
-full_epochs = None  # (d)'s epoch cap; None: study.FULL_SCHEDULE (cpu-real: method.md's 60; quick: 16)
+full_epochs = None  # (d)'s epoch cap; None: study.FULL_SCHEDULE (cpu-real: method.md's 60, 50 with weights; quick 16)
 full_patience = None  # (d)'s early-stopping patience; None: study.FULL_SCHEDULE (5, method.md's)
 threat_eps0 = None  # (e)'s L2 radius; None: eps0 x image_size / 224, the paper's change per pixel (study.threat_overrides)
 threat_models = None  # CNNs outside the main grid with AT and DPAAT at (e)'s radius; None: study.THREAT_MODELS
@@ -70,26 +72,29 @@ sweep_seeds = tuple(sweep_seeds) if sweep_seeds else None
 sweep_models = tuple(sweep_models or study.sweep_models(name3))
 prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds or study.STUDY_SEEDS,
-                                 device=device, **over)
+                                 device=device, weights=weights, **over)
 sweeps, sweep_at, sweep_default = study.load_sweep_study(
     name3, sweep_models, seeds=seeds or study.STUDY_SEEDS, sweep_seeds=sweep_seeds,
     given=dict(eta=eta_values, lam=lam_values, mu=mu_values), data_root=data_root, results_root=results_root,
-    device=device, **over)
+    device=device, weights=weights, **over)
 prof7, results7 = report.load_grid(name7, data_root=data_root, results_root=results_root, models=models,
                                    methods=methods or profiles.MAIN_METHODS, seeds=seven_seeds, device=device,
-                                   **over)
-over_full = {**over, **study.schedule_overrides(name3, epochs=full_epochs, patience=full_patience)}
+                                   weights=weights, **over)
+over_full = {**over, **study.schedule_overrides(name3, weights=weights, epochs=full_epochs, patience=full_patience)}
 prof_full, results_full = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                            methods=methods or profiles.MAIN_METHODS,
-                                           seeds=seeds or study.STUDY_SEEDS, device=device, **over_full)
+                                           seeds=seeds or study.STUDY_SEEDS, device=device, weights=weights,
+                                           **over_full)
 over_threat = {**over, **study.threat_overrides(prof, threat_eps0)}
 prof_threat, results_threat = report.load_grid(name3, data_root=data_root, results_root=results_root,
                                                models=models, methods=methods or profiles.MAIN_METHODS,
-                                               seeds=seeds or study.STUDY_SEEDS, device=device, **over_threat)
+                                               seeds=seeds or study.STUDY_SEEDS, device=device, weights=weights,
+                                               **over_threat)
 threat_models = study.threat_models(name3, prof.models, threat_models)
 other_base, other_threat = [
     report.load_grid(name3, data_root=data_root, results_root=results_root, models=threat_models,
-                     methods=("at", "dpaat"), seeds=seeds or study.STUDY_SEEDS, device=device, **o)[1]
+                     methods=("at", "dpaat"), seeds=seeds or study.STUDY_SEEDS, device=device, weights=weights,
+                     **o)[1]
     if threat_models else [] for o in (over, over_threat)]
 report.profile_banner(prof, results)
 
@@ -100,7 +105,8 @@ report.md(study.study_note(profile, prof, prof7, over, sweep_seeds, sweep_models
 # ## (a) Three seeds: mean and spread
 #
 # Percent, mean ± standard deviation over training seeds; every run of a seed is evaluated on the
-# same test images. GAcc is clean accuracy; FGSM and 20-step I-FGSM attack in Linf (eps = 2/255),
+# same test images. GAcc is clean accuracy; FGSM and 20-step I-FGSM attack in Linf (eps = 2/255
+# unless `-p linf_eps` gives another),
 # 20-step PGD in L2 (eps0); mAP is the mean average precision over the classes.
 
 # %%
@@ -133,9 +139,10 @@ study.significance_display(sig)
 # The sweeps of part (b) train AT and the default DPAAT on every seed of each sweep CNN as their
 # yardsticks; on a CNN outside the main grid they give the same test of DPAAT against AT (mean ±
 # std over seeds, then the paired comparison). Holm's adjustment is over this table's tests, all
-# its CNNs together. On this profile these CNNs are trained from scratch at the profile's
-# resolution, where torchvision's ImageNet architectures end in a 1x1 feature map: compare their
-# methods with each other, not their accuracies with the small CNN's or the paper's.
+# its CNNs together. Unless the page fine-tunes (`-p weights`; the banner says so), these CNNs are
+# trained from scratch at the profile's resolution, where torchvision's ImageNet architectures end
+# in a 1x1 feature map: compare their methods with each other, not their accuracies with the small
+# CNN's or the paper's.
 
 # %%
 other = [r for r in sweep_at + sweep_default if r.config.model not in {x.config.model for x in results}]
@@ -230,7 +237,7 @@ study.per_class_recall(results7)
 # else changes. How each run ended, and the epochs run / epoch kept per seed under both schedules:
 
 # %%
-report.md(study.schedule_note(prof, prof_full) + "\n\n" + report.stopping_findings(results_full))
+report.md(study.schedule_note(prof, prof_full, weights) + "\n\n" + report.stopping_findings(results_full))
 
 # %%
 study.schedule_table(results, results_full)

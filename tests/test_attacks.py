@@ -146,6 +146,37 @@ def test_pgd_random_start_is_seeded(smallcnn, image_batch):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("per_sample", [False, True], ids=["scalar", "per-sample"])
+@pytest.mark.parametrize("kind", ["ifgsm", "pgd"])
+@pytest.mark.parametrize("norm", NORMS)
+def test_each_step_sees_exactly_the_shorter_attacks_output(smallcnn, image_batch, norm, kind, per_sample):
+    """The iterate after k steps is the k-step attack's output, bit for bit (a random start drawn alike):
+    what lets the evaluation read 10-step I-FGSM from 20-step and 20-step PGD from 50-step."""
+    x, y = image_batch
+    eps = _eps(norm, per_sample)
+    seen = {}
+    full = perturb(smallcnn, x, y, eps=eps, step_size=SCALAR_EPS[norm] / 4, steps=5, norm=norm,
+                   random_start=kind == "pgd", generator=torch.Generator().manual_seed(3),
+                   each_step=lambda k, x_k: seen.setdefault(k, x_k.clone()))
+    assert sorted(seen) == [1, 2, 3, 4, 5] and torch.equal(seen[5], full)
+    for k in (1, 3):
+        short = perturb(smallcnn, x, y, eps=eps, step_size=SCALAR_EPS[norm] / 4, steps=k, norm=norm,
+                        random_start=kind == "pgd", generator=torch.Generator().manual_seed(3))
+        assert torch.equal(seen[k], short)
+    assert not torch.equal(seen[1], seen[5])
+
+
+def test_an_attack_is_a_prefix_only_of_a_longer_one_of_the_same_radius_step_and_start():
+    fgsm, ifgsm10, ifgsm20, pgd20, pgd50 = paper_attacks()
+    assert ifgsm10.is_prefix_of(ifgsm20) and pgd20.is_prefix_of(pgd50) and ifgsm20.is_prefix_of(ifgsm20)
+    assert not ifgsm20.is_prefix_of(ifgsm10) and not pgd50.is_prefix_of(pgd20)
+    assert not fgsm.is_prefix_of(ifgsm20)  # one step of eps, not of eps/4
+    assert not ifgsm10.is_prefix_of(pgd50)
+    assert not pgd20.is_prefix_of(AttackSpec("x", "l2", 0.5, 0.15, 50, False))  # no random start
+    assert not pgd20.is_prefix_of(pgd50.with_eps(1.0))
+    assert not AttackSpec("none", "l2", 0.5, 0.15, 0, True).is_prefix_of(pgd50)  # 0 steps: the random start
+
+
 @pytest.fixture(scope="module")
 def toy_task():
     """A smallcnn trained to 100% on 12 images whose class is their brightest channel."""

@@ -47,6 +47,16 @@ def test_channels_last_matches_plain_layout(method_name):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_evaluation_benchmark_runs_both_ways_and_finds_the_same_predictions(capsys):
+    spec = importlib.util.spec_from_file_location("evaluation_sharing",
+                                                  ROOT / "benchmarks" / "evaluation_sharing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--size", "16", "--images", "6", "--repeats", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1].split()
+    assert row[0] == "smallcnn" and float(row[1]) > 0 and float(row[2]) > 0 and row[-1] == "yes"
+
+
 def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "benchmarks" / "train_throughput.py")
     bench = importlib.util.module_from_spec(spec)

@@ -269,6 +269,30 @@ def test_attacked_probs_cuts_a_per_image_eps_into_its_batches(smallcnn):
         evaluation.attacked_probs(smallcnn, side.x, side.y, spec, eps=torch.zeros(9))
 
 
+def test_evaluate_reads_the_shorter_attacks_from_the_longer_ones_with_the_same_predictions(smallcnn):
+    """The paper's five attacks (two random starts, batches that do not divide the images): sharing the
+    runs of 10-step I-FGSM and 20-step PGD with their longer versions changes no byte of the predictions,
+    and the model computes 71 attack steps per image instead of 101 (plus one forward per prediction)."""
+    side = _side(10)
+    specs = attacks.paper_attacks(linf_eps=8 / 255)
+    assert {s.name: [r.name for r in read] for s, read in evaluation.shared_runs(specs).items()} == {
+        "FGSM": ["FGSM"], "20-IFGSM": ["10-IFGSM", "20-IFGSM"], "50-PGD": ["20-PGD", "50-PGD"]}
+    classes = ("a", "b", "c")
+    passes = []
+    hook = smallcnn.register_forward_pre_hook(lambda module, args: passes.append(args[0].shape[0]))
+    frames, per_image = {}, {}
+    for share in (False, True):
+        passes.clear()
+        frames[share] = evaluation.evaluate(smallcnn, side, specs, classes, batch_size=4, seed=7, share=share)
+        per_image[share] = sum(passes) / 10  # images through the model, per test image
+    hook.remove()
+    pd.testing.assert_frame_equal(frames[True], frames[False], check_exact=True)
+    assert (frames[True]["pred_50-PGD"] != frames[True]["pred_clean"]).any()  # the attacks do something
+    assert per_image == {False: 101 + 6, True: 71 + 6}  # the steps, and one forward per prediction
+    with pytest.raises(ValueError, match=r"steps \(30,\) must lie in 1..20"):
+        evaluation.probs_along(smallcnn, side.x, side.y, specs[2], (30,))
+
+
 def test_attacked_probs_restores_the_models_mode(smallcnn):
     side = _side(4)
     smallcnn.train()

@@ -157,3 +157,23 @@ def test_the_command_takes_imagenet_a_folder_or_a_file_and_refuses_what_cannot_w
                          str(tmp_path), "--plan", *extra]) == 0
         plans.append(next(w for w in capsys.readouterr().out.split() if w.startswith("resnet34-std-s0-")))
     assert plans[0] != plans[1]  # the weights are part of the run's identity
+
+
+def test_chapter_12s_sweeps_and_their_yardsticks_fine_tune_when_given_weights(tmp_path, weights_folder,
+                                                                            synthetic_root, cache_dir):
+    """Chapter 12 passes its weights parameter to the sweeps as to its other grids: every sweep point and
+    yardstick (AT, the default DPAAT) then starts from the weights, as runs of their own beside those from
+    scratch."""
+    from dpaat_lib import study
+
+    kw = dict(data_root=synthetic_root, results_root=tmp_path / "r", epochs=1, cache_dir=cache_dir, n_train=20,
+              n_val=4, n_test=8, image_size=16, train_steps=2, seeds=(0,), sweep_seeds=(0,),
+              given=dict(eta=[0.1], lam=[1.0], mu=["batch"]))
+    sweeps, at, default = study.load_sweep_study("quick", ("smallcnn",), weights=str(weights_folder), **kw)
+    swept = [r for by_value in sweeps.values() for runs in by_value.values() for r in runs]
+    assert len(swept) == 4 and len(at) == len(default) == 1
+    digest = pretrained.weights_digest(weights_folder / "smallcnn.pth")
+    assert {r.config.train.weights for r in swept + at + default} == {digest}
+    assert all(r.history["epochs"][0]["phase"] == "head" for r in swept + at + default)
+    scratch = study.load_sweep_study("quick", ("smallcnn",), **kw)[1]
+    assert scratch[0].config.train.weights is None and scratch[0].run_id != at[0].run_id

@@ -212,6 +212,26 @@ def test_notebooks_define_no_functions_and_have_parameters_and_a_title():
         assert "models=models" in code, f"{p.name}: the models parameter reaches neither the runs nor the profile"
 
 
+def test_every_chapter_that_loads_runs_takes_weights_and_passes_them_to_every_run_of_its_own():
+    """-p weights imagenet given to the whole book must fine-tune every page's runs: a chapter that loaded one
+    grid from scratch would mix its numbers in silently (build_book gives a parameter only to the chapters that
+    declare it). Chapter 8's mask check reads the stored synthetic runs of chapter 8's own quick profile."""
+    import ast
+
+    for p in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py")):
+        calls = [n for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and n.func.attr in ("load_grid", "load_sweep_study")]
+        if not calls:
+            assert p.stem == "03_methods", f"{p.name} loads no runs"
+            continue
+        assert "\nweights = " in p.read_text(), f"{p.name}: parameter weights missing"
+        stored_quick = [c for c in calls if c.args and isinstance(c.args[0], ast.Constant)
+                        and c.args[0].value == "quick"]
+        assert [p.stem for _ in stored_quick] in ([], ["08_gradcam"]), f"{p.name}: a grid of a fixed profile"
+        missing = [c.lineno for c in calls if c not in stored_quick and "weights" not in {k.arg for k in c.keywords}]
+        assert not missing, f"{p.name}: the runs loaded at lines {missing} ignore the weights parameter"
+
+
 def test_toc_lists_every_chapter():
     toc = (REPO / "_toc.yml").read_text()
     for ch in report.CHAPTERS:
@@ -480,6 +500,16 @@ def test_another_linf_radius_reaches_fgsm_and_ifgsm_only(given):
     same = report.make_profile("cpu-real", linf_eps="2/255")
     assert [c.run_id for c in profiles.configs(same, d)] == [c.run_id for c in profiles.configs(base, d)]
     assert "FGSM and I-FGSM at Linf 8/255" in p.describe() and "Linf" not in base.describe()
+
+
+@pytest.mark.parametrize("eps, text", [(2 / 255, "2/255"), (8 / 255, "8/255"), (0.03, "7.65/255"),
+                                       (0.5 / 255, "0.5/255"), (0.00784, "1.9992/255")])
+def test_an_linf_radius_prints_in_255ths_and_never_as_a_neighbour(eps, text):
+    """A radius near the paper's 2/255 but not it (0.00784) must not print as 2/255 on a page that says it is
+    not the paper's."""
+    assert profiles.linf_text(eps) == text
+    if text != "2/255":
+        assert "not the paper's 2/255" in report.profile_banner(report.make_profile("quick", linf_eps=eps)).data
 
 
 @pytest.mark.parametrize("bad", [0, -1 / 255, 2, float("nan"), "eight", "8/0", True, [8, 255]])

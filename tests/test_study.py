@@ -595,6 +595,10 @@ def test_schedule_overrides_are_method_md_s_schedule_unless_given():
     assert study.schedule_overrides("cpu-real") == {"epochs": 60, "patience": 5}
     assert study.schedule_overrides("cpu-real", epochs=40, patience=None) == {"epochs": 40, "patience": 5}
     assert study.schedule_overrides("quick")["epochs"] > profiles.get_profile("quick").epochs
+    # method.md section 6 when fine-tuning: 10 epochs of the head, then up to 50 of all layers
+    assert study.schedule_overrides("cpu-real", weights="imagenet") == {"epochs": 50, "patience": 5}
+    assert study.schedule_overrides("cpu-real", weights="w/", epochs=30) == {"epochs": 30, "patience": 5}
+    assert study.schedule_overrides("quick", weights="w/") == study.schedule_overrides("quick")
 
 
 def test_schedule_change_pairs_the_seeds_and_finds_a_planted_gain():
@@ -666,6 +670,13 @@ def test_schedule_note_says_whether_the_long_schedule_is_method_md_s():
     assert "Part (a): up to 12 epochs, patience 4. Here: up to 60 epochs, patience 5, method.md's schedule" in text
     quick = profiles.get_profile("quick", **study.schedule_overrides("quick"))
     assert "the quick build's stand-in" in study.schedule_note(profiles.get_profile("quick"), quick)
+    tuned = profiles.get_profile("cpu-real", **study.schedule_overrides("cpu-real", weights="imagenet"))
+    text = study.schedule_note(capped, tuned, "imagenet")
+    assert ("Here: up to 50 epochs, patience 5, method.md's schedule when fine-tuning (its section 6). Both count "
+            "the epochs of all layers, after 10 of the head alone.") in text
+    text = study.schedule_note(capped, profiles.get_profile("cpu-real", **study.schedule_overrides("cpu-real")),
+                               "imagenet")  # 60 epochs after the head: not method.md's when fine-tuning
+    assert "not method.md's schedule when fine-tuning (up to 50 epochs, patience 5)." in text
 
 
 def _dpaat_minus_at(results, attack="20-PGD") -> float:

@@ -18,28 +18,44 @@ from .significance import _model_prefix, _paired_row, holm, significance_table
 SPEC_SCHEDULE = {"epochs": TrainConfig.epochs, "patience": TrainConfig.patience}
 """method.md section 6's schedule from scratch, TrainConfig's defaults: up to 60 epochs, early stopping with
 patience 5."""
+SPEC_FINE_TUNED_EPOCHS = 50
+"""method.md section 6 with pretrained weights: the head alone for ``TrainConfig.head_epochs`` (10), then up to
+50 epochs of all layers (a run's ``epochs`` counts the latter), patience 5 as from scratch."""
 FULL_SCHEDULE: dict[str, dict] = {"cpu-real": SPEC_SCHEDULE, "quick": {"epochs": 16, "patience": 5}}
-"""Section (d)'s schedule per study profile: method.md section 6's from scratch (up to 60 epochs, early
-stopping with patience 5) on cpu-real, whose main grid stops at 12 epochs (patience 4) to fit two CPU
-cores; the quick build doubles its 8 epochs, which is enough to exercise the section."""
+"""Section (d)'s schedule per study profile: method.md section 6's (up to 60 epochs from scratch, 50 after the
+head epochs when fine-tuning; early stopping with patience 5) on cpu-real, whose main grid stops at 12 epochs
+(patience 4) to fit two CPU cores; the quick build doubles its 8 epochs, which is enough to exercise the
+section."""
 
 
-def schedule_overrides(study_profile: str, **given) -> dict:
-    """The epochs and patience of section (d)'s runs: :data:`FULL_SCHEDULE`, then every ``given`` value
-    that is not None (the notebook's parameters)."""
-    out = dict(FULL_SCHEDULE.get(study_profile, FULL_SCHEDULE["cpu-real"]))
+def spec_schedule(weights=None) -> dict:
+    """method.md section 6's epochs (of all layers) and patience, from scratch (``weights`` None) or fine-tuned."""
+    return {**SPEC_SCHEDULE, "epochs": SPEC_FINE_TUNED_EPOCHS} if weights is not None else dict(SPEC_SCHEDULE)
+
+
+def schedule_overrides(study_profile: str, *, weights=None, **given) -> dict:
+    """The epochs and patience of section (d)'s runs: :data:`FULL_SCHEDULE` (on cpu-real method.md's, which with
+    ``weights``, the page's parameter, is the fine-tuned one), then every ``given`` value that is not None (the
+    notebook's parameters)."""
+    own = FULL_SCHEDULE.get(study_profile)
+    out = dict(own) if own is not None and own is not SPEC_SCHEDULE else spec_schedule(weights)
     out.update({k: v for k, v in given.items() if v is not None})
     return out
 
 
-def schedule_note(capped: profiles.Profile, full: profiles.Profile) -> str:
-    """Markdown: the two schedules of section (d), and whether the longer one is method.md's."""
-    spec = (full.epochs, full.patience) == (SPEC_SCHEDULE["epochs"], SPEC_SCHEDULE["patience"])
-    which = ("method.md's schedule from scratch (its section 6)." if spec else
-             f"not method.md's schedule from scratch (up to {SPEC_SCHEDULE['epochs']} epochs, patience "
-             f"{SPEC_SCHEDULE['patience']})" + (": the quick build's stand-in for it." if full.synthetic else "."))
+def schedule_note(capped: profiles.Profile, full: profiles.Profile, weights=None) -> str:
+    """Markdown: the two schedules of section (d), and whether the longer one is method.md's (from scratch, or
+    fine-tuned from ``weights``)."""
+    spec = spec_schedule(weights)
+    start = "from scratch" if weights is None else "when fine-tuning"
+    matches = (full.epochs, full.patience) == (spec["epochs"], spec["patience"])
+    which = (f"method.md's schedule {start} (its section 6)." if matches else
+             f"not method.md's schedule {start} (up to {spec['epochs']} epochs, patience {spec['patience']})"
+             + (": the quick build's stand-in for it." if full.synthetic else "."))
     return (f"**Schedules.** Part (a): up to {capped.epochs} epochs, patience {capped.patience}. Here: up to "
-            f"{full.epochs} epochs, patience {full.patience}, {which}")
+            f"{full.epochs} epochs, patience {full.patience}, {which}"
+            + (f" Both count the epochs of all layers, after {TrainConfig.head_epochs} of the head alone."
+               if weights is not None else ""))
 
 
 def _schedule_name(results: Sequence[experiment.RunResult]) -> str:
