@@ -25,7 +25,7 @@ grid, AT and the default DPAAT are trained on :data:`STUDY_SEEDS` too, as the sw
 STUDY_OVERRIDES: dict[str, dict] = {"quick": {"image_size": 16}}
 """Profile overrides of the chapter's own runs per book profile. The quick build trains the study's 53
 runs (3 seeds x 5 methods for each of parts (a), (d) and (e), 3 sweep points, 5 on seven classes) at 16 px
-instead of 32, which keeps the chapter to about seven minutes (430 s in `make book` on a fresh clone, 2 CPU
+instead of 32, which keeps the chapter to about five minutes (311 s in `make book` on a fresh clone, 2 CPU
 cores); on cpu-real the runs are the main grid's, unchanged."""
 
 SWEEP_PARAMS = ("eta", "lam", "mu")
