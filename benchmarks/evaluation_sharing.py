@@ -9,7 +9,7 @@ they were on every repeat: on a GPU a non-deterministic kernel may make two runs
 Both ways alternate in the same process, on the same model and images; the ratio is of the medians.
 Example::
 
-    OMP_NUM_THREADS=1 python benchmarks/evaluation_sharing.py                          # CPU, ~1 min
+    OMP_NUM_THREADS=1 python benchmarks/evaluation_sharing.py                  # CPU, ~3 min a model
     python benchmarks/evaluation_sharing.py --device cuda --models resnet34 --size 224 --images 897
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
                           y=torch.randint(0, 3, (args.images,), generator=g),
                           image_ids=[f"i{k}" for k in range(args.images)])
     specs = paper_attacks()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{name}; {args.images} images at {args.size} px; the paper's five attacks; {args.repeats} repeats")
     print(f"{'model':>16} {'alone s':>9} {'shared s':>9} {'ratio':>6}  identical")
     for model_name in args.models:

@@ -37,8 +37,8 @@ def schedule_overrides(study_profile: str, *, weights=None, **given) -> dict:
     """The epochs and patience of section (d)'s runs: :data:`FULL_SCHEDULE` (on cpu-real method.md's, which with
     ``weights``, the page's parameter, is the fine-tuned one), then every ``given`` value that is not None (the
     notebook's parameters)."""
-    own = FULL_SCHEDULE.get(study_profile)
-    out = dict(own) if own is not None and own is not SPEC_SCHEDULE else spec_schedule(weights)
+    own = FULL_SCHEDULE.get(study_profile, SPEC_SCHEDULE)
+    out = spec_schedule(weights) if own is SPEC_SCHEDULE else dict(own)
     out.update({k: v for k, v in given.items() if v is not None})
     return out
 
