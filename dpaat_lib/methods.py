@@ -167,7 +167,7 @@ class Method:
         ``y``: class indices (N,), long. ``idx``: the batch's indices into the training set
         (a long tensor (N,), each < ``n_train``), so that a method can keep one radius per training
         image (AMAT, DPAAT); an index may repeat in a batch (the balanced sampler draws with
-        replacement). ``model`` should be in train mode, as the training loop leaves it; the
+        replacement): the image's tables then keep its last visit (:meth:`RadiusTable.last_visit`). ``model`` should be in train mode, as the training loop leaves it; the
         attacks switch it to eval mode for their own passes and back.
 
         ``loss`` is a 0-dim tensor to call ``backward()`` on; ``logs`` maps names to 0-dim tensors
@@ -242,6 +242,19 @@ class RadiusTable(Method):
     def radius_log(self) -> dict:
         return radius_summary(self.eps, self.eps_max)
 
+    def last_visit(self, i: torch.Tensor) -> torch.Tensor:
+        """For each position of the batch indices ``i`` (on this method's device), the position of the
+        last occurrence of its index in ``i``: ``arange(len(i))`` where no index repeats.
+
+        The balanced sampler draws with replacement, so an image can occur twice in a batch. A table
+        written as ``table[i] = values`` then gets one of the two values, and which one is undefined
+        (on a GPU it can change from run to run). Writing ``values[last_visit(i)]`` instead gives every
+        occurrence the last visit's value: the write is the same whatever the order, and the image
+        keeps what its last visit in the batch measured, as it would across batches."""
+        pos = torch.arange(i.numel(), device=self.device)
+        last = torch.full((self.n_train,), -1, dtype=torch.long, device=self.device)
+        return last.scatter_reduce(0, i, pos, "amax")[i]  # max of integers: the same in any order
+
     def _table(self, t: torch.Tensor) -> torch.Tensor:
         """A stored tensor as a table of this method: a copy on its device."""
         return t.detach().clone().to(self.device)
@@ -303,10 +316,11 @@ class AMAT(RadiusTable):
             # As in DPAAT: a non-finite loss or distance (a NaN image, an overflow) must not reach the radius,
             # which would stay NaN for the rest of the run; such a sample keeps its radius and is counted.
             finite = torch.isfinite(adv_loss) & torch.isfinite(adv_dist)
-            self.seen[cidx] = finite
-            self.nonfinite[cidx] = ~finite
-            self.adv_loss[cidx] = adv_loss
-            self.adv_dist[cidx] = adv_dist
+            last = self.last_visit(cidx)  # an image attacked twice in the batch: its last visit, in every table
+            self.seen[cidx] = finite[last]
+            self.nonfinite[cidx] = ~finite[last]
+            self.adv_loss[cidx] = adv_loss[last]
+            self.adv_dist[cidx] = adv_dist[last]
         loss = a * ce.mean() + (1 - a) * adv_term
         return loss, {"acc": correct.float().mean(), "attacked": correct.sum(), "loss": loss.detach()}
 
@@ -389,7 +403,8 @@ class DPAAT(RadiusTable):
             # A non-finite entry steps by 0 (dL := mu) and keeps its radius.
             step = self.step_length(torch.where(finite, dl, mu), mu)
             old = self.eps[i]
-            self.eps[i] = torch.where(finite, (old + step).clamp(c.eps_min, self.eps_max), old)
+            new = torch.where(finite, (old + step).clamp(c.eps_min, self.eps_max), old)
+            self.eps[i] = new[self.last_visit(i)]  # an image drawn twice in the batch: its last visit's radius
         return loss, {"loss": loss.detach(), "sync": l_sync.detach(), "dL_mean": dl.mean(),
                       "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y)}
 

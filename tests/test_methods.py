@@ -307,6 +307,60 @@ def test_d_a_adapts_radii(model, batch):
 
 
 # --------------------------------------------------------------------------
+# An image drawn twice in one batch (the balanced sampler draws with replacement)
+# --------------------------------------------------------------------------
+
+
+class WriteLog(torch.Tensor):
+    """A table that records every ``table[key] = value`` (key and value), then writes it."""
+
+    writes: list = []
+
+    def __setitem__(self, key, value):
+        WriteLog.writes.append((torch.as_tensor(key).clone(), torch.as_tensor(value).clone()))
+        super().__setitem__(key, value)
+
+
+def logged(t: torch.Tensor) -> torch.Tensor:
+    return t.clone().as_subclass(WriteLog)
+
+
+def test_last_visit():
+    method = make("dpaat")
+    i = torch.tensor([3, 1, 3, 0, 1, 3])
+    assert method.last_visit(i).tolist() == [5, 4, 5, 3, 4, 5]
+    assert method.last_visit(IDX).tolist() == [0, 1, 2, 3], "no repeat: every position is its own last visit"
+
+
+@pytest.mark.parametrize("name", ["dpaat", "amat"])
+def test_repeated_index_keeps_its_last_visit_in_any_write_order(model, batch, name):
+    """Every occurrence of a repeated index writes the same value (so the order of the writes, undefined
+    on a GPU, cannot matter), and that value is what the last visit measured."""
+    x, y = batch
+    idx = torch.tensor([5, 5, 3, 5]) if name == "dpaat" else torch.tensor([5, 5, 3, 6])  # AMAT: 0, 1 correct
+    method = make(name, eta=0.1, threshold=math.inf)
+    tables = ("eps",) if name == "dpaat" else ("seen", "nonfinite", "adv_loss", "adv_dist")
+    for t in tables:
+        setattr(method, t, logged(getattr(method, t)))
+    WriteLog.writes.clear()
+    if name == "dpaat":
+        dl = loss_change(model, x, y, method.eps[idx].clone().as_subclass(torch.Tensor), gen())
+        method.loss(model, x, y, idx)
+        assert method.eps[5].item() == pytest.approx(0.5 - 0.1 * (dl[3] - dl.mean()).item(), abs=1e-6)
+    else:
+        correct, l_adv, dist = _amat_hand(model, x, y, method.eps[idx].as_subclass(torch.Tensor))
+        method.loss(model, x, y, idx)
+        assert correct.tolist() == [True, True, False, False] and l_adv[0] != l_adv[1]
+        assert method.adv_loss[5].item() == pytest.approx(l_adv[1].item(), abs=1e-5)
+        assert method.adv_dist[5].item() == pytest.approx(dist[1].item(), abs=1e-5)
+    assert len(WriteLog.writes) == len(tables)
+    for key, value in WriteLog.writes:
+        assert key.unique().numel() < key.numel(), "the batch repeats an index"
+        for j in key.unique():
+            assert value[key == j].unique().numel() == 1, f"index {int(j)} is written with different values"
+
+
+# --------------------------------------------------------------------------
 # AMAT radii
 # --------------------------------------------------------------------------
 
