@@ -150,6 +150,20 @@ def _profile(args):
     return prof
 
 
+def _gpu_profile_note(prof, device, cfgs, results) -> str | None:
+    """A note when a GPU-sized profile (the paper's: six CNNs at 224 px) is about to train on the CPU, which
+    is where ``dpaat train`` and ``dpaat grid`` go without ``--device``: days of computing, not a mistake
+    the command may refuse (a book page does refuse), but one to say before the first epoch."""
+    if not prof.gpu or not str(device).startswith("cpu"):
+        return None
+    absent = sum(experiment.load_result(c, results) is None for c in cfgs)
+    if not absent:
+        return None
+    return (f"dpaat: note: profile {prof.name!r} is sized for a GPU ({prof.image_size} px, up to {prof.epochs} "
+            f"epochs) and {absent} run(s) will train on the CPU: hours to days each. Add --device cuda on a "
+            "GPU, or use --profile cpu-real on a CPU (a small CNN at 32 px: seconds to a minute and a half an epoch)")
+
+
 def _grid(args, models, methods) -> int:
     if (args.finish_by is not None or args.retrain_lost_extras) and not args.claim and not args.plan:
         raise ValueError("--finish-by and --retrain-lost-extras work in the cooperative mode: add --claim DIR")
@@ -177,6 +191,9 @@ def _grid(args, models, methods) -> int:
               f"alone on the device: " + ", ".join(f"{k} processes {w:.0f}" for k, w in work.items()))
         print(best)
         return 0
+    note = _gpu_profile_note(prof, args.device, cfgs, results)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     kw = dict(results=results, data_root=args.data, device=args.device, progress=not args.no_progress,
               time_budget_s=args.time_budget, weights_path=weight_files or None, compile_mode=args.compile_mode)
     if args.claim:

@@ -167,8 +167,9 @@ class Method:
         ``y``: class indices (N,), long. ``idx``: the batch's indices into the training set
         (a long tensor (N,), each < ``n_train``), so that a method can keep one radius per training
         image (AMAT, DPAAT); an index may repeat in a batch (the balanced sampler draws with
-        replacement): the image's tables then keep its last visit (:meth:`RadiusTable.last_visit`). ``model`` should be in train mode, as the training loop leaves it; the
-        attacks switch it to eval mode for their own passes and back.
+        replacement): the image's tables then keep its last visit (:meth:`RadiusTable.last_visit`).
+        ``model`` should be in train mode, as the training loop leaves it; the attacks switch it to
+        eval mode for their own passes and back.
 
         ``loss`` is a 0-dim tensor to call ``backward()`` on; ``logs`` maps names to 0-dim tensors
         (detached) or numbers, summed by the loop and read once per epoch.

@@ -625,3 +625,22 @@ def test_the_command_pins_the_profiles_threads_unless_told_and_then_warns(restor
     assert cli.main(plan + ["--threads", "2"]) == 0
     assert torch.get_num_threads() == 2
     assert "will not reproduce the store's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, device, noted", [("dpaat", "cpu", True), ("std", "cpu", False),
+                                                   ("dpaat", "cuda", False)])
+def test_the_command_notes_a_gpu_sized_run_about_to_train_on_the_cpu(capsys, tmp_path, method, device, noted):
+    """``dpaat train`` defaults to the paper profile and the CPU: a run it would train there (ResNet34 DPAAT,
+    not stored) gets a note naming the way out before anything starts; a stored run (ResNet34 STD, loaded)
+    or a GPU gets none. ``--time-budget 0`` stops before training."""
+    from dpaat_lib import cli
+
+    results = tmp_path / "paper"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "paper", results)
+    rc = cli.main(["train", "--model", "resnet34", "--method", method, "--results", str(results), "--device", device,
+                   "--time-budget", "0", "--no-progress"])
+    err = capsys.readouterr().err
+    assert ("is sized for a GPU (224 px" in err and "--device cuda" in err and "--profile cpu-real" in err) == noted
+    assert rc == (0 if method == "std" else 3)  # the stored run loads; the other is not trained (budget 0)
+    assert sorted(p.name for p in results.iterdir()) == sorted(
+        p.name for p in (Path(__file__).resolve().parents[1] / "results" / "paper").iterdir())
