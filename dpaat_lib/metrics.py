@@ -135,13 +135,16 @@ def metrics_row(metrics: dict, attacks: list[str] | None = None) -> dict:
 def group_average(table: pd.DataFrame, groups: dict[str, tuple[str, ...]], by: str = "method") -> pd.DataFrame:
     """Average a per-model table (columns: model, method, metrics...) over the paper's CNN groups.
 
-    Only groups whose every model is present are reported, so a partial grid
-    never shows an average that the paper's group does not mean.
+    Only the ``by`` values (methods) that every model of a group has are averaged for that group, so a
+    partial grid (a GPU grid filled over several calls) never shows an average that the paper's group
+    does not mean: a method with runs of two of a group's three CNNs gets no row for it.
     """
     rows = []
     for g, members in groups.items():
         sub = table[table["model"].isin(members)]
-        if sub.empty or set(members) - set(sub["model"]):
+        whole = sub.groupby(by, sort=False)["model"].agg(lambda m: set(members) <= set(m))
+        sub = sub[sub[by].map(whole)]
+        if sub.empty:
             continue
         mean = sub.drop(columns=["model"]).groupby(by, sort=False).mean(numeric_only=True).reset_index()
         mean.insert(0, "group", g)

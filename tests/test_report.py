@@ -102,6 +102,12 @@ def test_group_average_only_for_complete_groups():
     partial = [r for r in full if r.config.model != wide[-1]]
     t = report.side_by_side(partial, "I")
     assert not any(c.startswith("ours: widely") for c in t.columns)
+    # Every CNN of the group has AT, one lacks DPAAT (a GPU grid filled over several calls): AT is averaged,
+    # DPAAT is not (the mean of two CNNs is not the group's).
+    uneven = [r for r in full if not (r.config.model == wide[-1] and r.config.method.name == "dpaat")]
+    t = report.side_by_side(uneven, "I")
+    assert t.loc[("GAcc", "AT"), "ours: widely_used"] == "60.0"
+    assert t.loc[("GAcc", "DPAAT"), "ours: widely_used"] == "—"
     assert "complete none" in report.group_note(m for m in wide[:2])
     assert "widely_used" in report.group_note(wide)
 
