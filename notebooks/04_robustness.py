@@ -68,6 +68,18 @@ report.md(report.group_note(prof.models) + "\n\n" + report.threat_scale_note(res
           + report.paper_consistency_note("I"))
 
 # %% [markdown]
+# Where our runs hold every CNN of one of the paper's groups (the paper profile's grid), each gap to the
+# paper's average, against the noise that two independent test sets (and training seeds, where there are
+# several) put between two replications of the same experiment: `ours - paper = gap ± noise` in points.
+
+# %%
+gaps = report.paper_gaps(results)
+report.paper_gap_table(gaps) if len(gaps) else None
+
+# %%
+report.md(report.paper_gap_findings(gaps, prof.models))
+
+# %% [markdown]
 # Bars: our mean over seeds, with ± one standard deviation over seeds; black dashes: the paper's
 # all-six average as printed.
 

@@ -175,6 +175,17 @@ report.md(report.grid_window_findings(paper_plan, sharing=8))
 report.side_by_side(paper_runs, "I") if paper_runs else report.md("None yet.")
 
 # %% [markdown]
+# Where a group of the paper is complete for a method, the gaps to the paper's average against the noise of
+# two test sets (chapter 4, `report.paper_gaps`): `ours - paper = gap ± noise` in points, `*` beyond it.
+
+# %%
+paper_gaps = report.paper_gaps(paper_runs)
+report.paper_gap_table(paper_gaps) if len(paper_gaps) else None
+
+# %%
+report.md(report.paper_gap_findings(paper_gaps, paper_prof.models))
+
+# %% [markdown]
 # ## Deviations from the paper
 
 # %%

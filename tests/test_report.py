@@ -781,3 +781,87 @@ def test_the_stored_configuration_is_shown_as_its_file_holds_it(tmp_path):
     shown = report.config_json(result)
     assert "source_size" not in shown
     assert json.loads(shown.strip("`").removeprefix("json\n")) == json.loads(json.dumps(stored))
+
+
+# --------------------------------------------------------------------------
+# Our group averages against the paper's Table I (report.gaps)
+# --------------------------------------------------------------------------
+
+PER_CLASS = 299  # the paper protocol's test images per class
+
+
+def _test_predictions(acc: float, seed: int, shared: bool = True, ids=None) -> pd.DataFrame:
+    """897 test images (299 per class) of which a share ``acc`` is classified correctly, clean and under
+    20-PGD (acc / 2): the same images for every CNN (``shared``) or a draw of the CNN's own (``seed``)."""
+    n = 3 * PER_CLASS
+    rng = np.random.default_rng(0 if shared else seed)
+    label = np.repeat([0, 1, 2], PER_CLASS)
+    rank = rng.permutation(n)
+    pred_clean = np.where(rank < round(acc * n), label, (label + 1) % 3)
+    pred_pgd = np.where(rank < round(acc / 2 * n), label, (label + 1) % 3)
+    return pd.DataFrame({"image_id": ids if ids is not None else [f"ISIC_{i:07d}" for i in range(n)],
+                         "label": label, "pred_clean": pred_clean, "pred_20-PGD": pred_pgd})
+
+
+def _group_runs(acc, seeds=(0,), shared=True, group="lightweight", method="std"):
+    return [fake_result(m, method, seed=s, preds=_test_predictions(acc(k, s) if callable(acc) else acc,
+                                                                   seed=10 * k + s, shared=shared))
+            for k, m in enumerate(GROUPS[group]) for s in seeds]
+
+
+def test_paper_gaps_measure_the_gap_against_two_test_sets():
+    paper = report.paper_value("I", "lightweight", "STD", "GAcc")  # 70.77
+    near = report.paper_gaps(_group_runs(0.71))
+    assert list(near["column"]) == ["20-PGD", "GAcc"], "columns the predictions lack are left out"
+    row = near.set_index("column").loc["GAcc"]
+    assert row["ours"] == pytest.approx(100 * round(0.71 * 897) / 897)
+    assert row["paper"] == paper and row["gap"] == pytest.approx(row["ours"] - paper)
+    # The same images right for every CNN: the average is as noisy as one run, and the paper's test set adds
+    # as much again, so the gap's 95 % noise is about 1.96 sqrt(2 p (1 - p) / n) (a bit less: within classes).
+    binomial = 100 * 1.96 * np.sqrt(2 * 0.71 * 0.29 / 897)
+    assert 0.8 * binomial < row["noise"] < 1.05 * binomial
+    assert not row["beyond"] and row["seeds"] == 1 and not row["seed_noise"]
+    far = report.paper_gaps(_group_runs(0.85)).set_index("column").loc["GAcc"]
+    assert far["beyond"] and far["gap"] > far["noise"]
+    # Each CNN wrong on images of its own: their errors average out, so the group average is less noisy.
+    own = report.paper_gaps(_group_runs(0.71, shared=False)).set_index("column").loc["GAcc"]
+    assert own["noise"] < 0.75 * row["noise"]
+    assert report.paper_gaps(_group_runs(0.71)).equals(near), "the bootstrap is seeded"
+
+
+def test_paper_gaps_add_the_spread_of_training_seeds_where_there_are_several():
+    one = report.paper_gaps(_group_runs(0.71)).set_index("column").loc["GAcc"]
+    spread = report.paper_gaps(_group_runs(lambda k, s: 0.65 + 0.06 * s, seeds=(0, 1, 2)))
+    row = spread.set_index("column").loc["GAcc"]
+    assert row["seeds"] == 3 and row["seed_noise"]
+    assert row["ours"] == pytest.approx(100 * np.mean([round(a * 897) / 897 for a in (0.65, 0.71, 0.77)]))
+    assert row["noise"] > 2 * one["noise"], "a spread of 6 points between seeds widens the noise"
+    text = report.paper_gap_findings(spread)
+    assert "spread between our training seeds" in text and "cannot be measured" not in text
+    assert "cannot be measured" in report.paper_gap_findings(report.paper_gaps(_group_runs(0.71)))
+
+
+def test_paper_gaps_need_a_complete_group_and_one_test_set():
+    partial = [r for r in _group_runs(0.71) if r.config.model != GROUPS["lightweight"][-1]]
+    assert report.paper_gaps(partial).empty and report.paper_gap_table(report.paper_gaps(partial)).empty
+    assert "No group of the paper is complete" in report.paper_gap_findings(report.paper_gaps(partial),
+                                                                            ["mobilenet_v2", "shufflenet_v2"])
+    runs = _group_runs(0.71)
+    other = _test_predictions(0.71, 0, ids=[f"ISIC_{i:07d}" for i in range(1, 898)])
+    runs[-1] = fake_result(runs[-1].config.model, "std", preds=other)
+    with pytest.raises(ValueError, match="tested on other images"):
+        report.paper_gaps(runs)
+
+
+def test_paper_gap_table_and_findings_mark_the_gaps_beyond_noise():
+    gaps = report.paper_gaps(_group_runs(0.85) + _group_runs(0.71, method="at"))
+    table = report.paper_gap_table(gaps)
+    assert list(table.index) == [("lightweight", "STD"), ("lightweight", "AT")]
+    assert table.loc[("lightweight", "STD"), "GAcc"].endswith(" *")
+    std = gaps.set_index(["method", "column"]).loc[("STD", "GAcc")]
+    assert table.loc[("lightweight", "STD"), "GAcc"] == f"{std['ours']:.1f} - 70.77 = {std['gap']:+.1f} ± " \
+                                                        f"{std['noise']:.1f} *"
+    text = report.paper_gap_findings(gaps)
+    beyond = int(gaps["beyond"].sum())
+    assert "(4 cells of Table I" in text and f"{beyond} of them differ" in text
+    assert f"lightweight STD GAcc {std['gap']:+.1f}" in text

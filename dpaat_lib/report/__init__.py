@@ -6,6 +6,7 @@ small load-or-compute extras and the figures, one module per concern (``dpaat_li
 - ``pages``       a page's grid (load, or train what is missing), the banner, the threat at its resolution
 - ``paper``       the paper's Table I and II, and the checks of their own consistency
 - ``numbers``     our tables in the paper's layout, per model and per group
+- ``gaps``        our group averages against the paper's Table I, against the noise of two test sets
 - ``comparison``  two methods compared against seed-to-seed noise (paired tests, bootstrap, Holm)
 - ``split``       the split's counts, leakage and example images (chapter 2)
 - ``curves``      robust accuracy against eps (chapter 4)
@@ -33,6 +34,7 @@ from .common import *  # noqa: F401,F403
 from .pages import *  # noqa: F401,F403
 from .paper import *  # noqa: F401,F403
 from .numbers import *  # noqa: F401,F403
+from .gaps import *  # noqa: F401,F403
 from .comparison import *  # noqa: F401,F403
 from .split import *  # noqa: F401,F403
 from .curves import *  # noqa: F401,F403
