@@ -59,6 +59,18 @@ report.side_by_side(results, "II")
 report.md(report.group_note(prof.models))
 
 # %% [markdown]
+# Where our runs hold every CNN of one of the paper's groups (the paper profile's grid), each gap to the
+# paper's average against the noise of two test sets, as in chapter 4 (each score recomputed on every
+# bootstrap resample of the test images): `ours - paper = gap ± noise`, as fractions.
+
+# %%
+gaps = report.paper_gaps(results, "II")
+report.paper_gap_table(gaps) if len(gaps) else None
+
+# %%
+report.md(report.paper_gap_findings(gaps, prof.models))
+
+# %% [markdown]
 # Bars: our mean over seeds, with ± one standard deviation over seeds; black dashes: the paper's
 # all-six average as printed.
 

@@ -863,5 +863,53 @@ def test_paper_gap_table_and_findings_mark_the_gaps_beyond_noise():
                                                         f"{std['noise']:.1f} *"
     text = report.paper_gap_findings(gaps)
     beyond = int(gaps["beyond"].sum())
-    assert "(4 cells of Table I" in text and f"{beyond} of them differ" in text
+    assert "(4 cells of Table I: group x method x column; in points)" in text and f"{beyond} of them differ" in text
     assert f"lightweight STD GAcc {std['gap']:+.1f}" in text
+
+
+def test_weighted_metrics_are_scikit_learns_and_count_each_image_as_often_as_its_weight():
+    from sklearn.metrics import average_precision_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 3, 200)
+    score = np.round(rng.random(200), 1)  # many ties: scikit-learn's thresholds group them
+    pred = np.where(rng.random(200) < 0.6, label, rng.integers(0, 3, 200))
+    counts = rng.multinomial(200, np.full(200, 1 / 200), size=3)
+    for w in np.vstack([np.ones(200), counts]):
+        copies = np.repeat(np.arange(200), w.astype(int))  # the resample the weights stand for
+        ap = report.weighted_average_precision(label == 1, score, w[None])[0]
+        assert ap == pytest.approx(average_precision_score(label[copies] == 1, score[copies]), abs=1e-12)
+        got = report.weighted_macro_scores(label, pred, 3, w[None])
+        want = precision_recall_fscore_support(label[copies], pred[copies], labels=[0, 1, 2], average="macro",
+                                               zero_division=0)
+        for name, value in zip(("precision", "recall", "f1"), want[:3]):
+            assert got[name][0] == pytest.approx(value, abs=1e-12)
+
+
+def test_paper_gaps_of_table_ii_recompute_each_runs_metrics():
+    from dpaat_lib.metrics import compute_metrics
+
+    def preds(k, s):
+        p = _test_predictions(0.7, seed=10 * k + s, shared=False)
+        rng = np.random.default_rng(10 * k + s)
+        for attack in ("clean", "20-PGD"):
+            logits = rng.normal(size=(len(p), 3)) + 2.0 * np.eye(3)[p[f"pred_{attack}"]]
+            prob = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            for j, c in enumerate(("nv", "mel", "bkl")):
+                p[f"p_{attack}_{c}"] = prob[:, j]
+        return p
+
+    runs = [fake_result(m, "dpaat", seed=s, preds=preds(k, s)) for k, m in enumerate(GROUPS["lightweight"])
+            for s in (0, 1)]
+    gaps = report.paper_gaps(runs, "II")
+    assert list(gaps["column"]) == list(report.TABLE2_COLUMNS) and (gaps["table"] == "II").all()
+    want = {c: np.mean([compute_metrics(r.predictions, ("nv", "mel", "bkl"))[c] for r in runs])
+            for c in report.TABLE2_COLUMNS}
+    for row in gaps.itertuples():
+        assert row.ours == pytest.approx(want[row.column], abs=1e-9)  # fractions, the paper's scale
+        assert row.paper == report.paper_value("II", "lightweight", "DPAAT", row.column)
+        assert 0 < row.noise < 0.2 and row.seed_noise
+    table = report.paper_gap_table(gaps)
+    row = gaps.set_index("column").loc["mAP"]
+    assert table.loc[("lightweight", "DPAAT"), "mAP"].startswith(f"{row['ours']:.3f} - {row['paper']:.4f} = ")
+    assert "Table II" in report.paper_gap_findings(gaps) and "as fractions" in report.paper_gap_findings(gaps)
