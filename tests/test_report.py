@@ -913,3 +913,14 @@ def test_paper_gaps_of_table_ii_recompute_each_runs_metrics():
     row = gaps.set_index("column").loc["mAP"]
     assert table.loc[("lightweight", "DPAAT"), "mAP"].startswith(f"{row['ours']:.3f} - {row['paper']:.4f} = ")
     assert "Table II" in report.paper_gap_findings(gaps) and "as fractions" in report.paper_gap_findings(gaps)
+
+
+def test_paper_gap_headline_speaks_only_for_a_complete_group():
+    gaps = report.paper_gaps(_group_runs(0.85) + _group_runs(0.71, method="at"))
+    assert report.paper_gap_headline(gaps) == "", "the six CNNs are not all there: no all-six sentence"
+    assert report.paper_gap_headline(report.paper_gaps([])) == ""
+    line = report.paper_gap_headline(gaps, "lightweight")
+    std = gaps.set_index(["method", "column"]).loc[("STD", "GAcc")]
+    assert line.startswith("**Our lightweight average minus the paper's**")
+    assert f"STD GAcc {std['gap']:+.1f} ± {std['noise']:.1f} *, 20-PGD" in line  # the columns in the given order
+    assert f"{int(gaps[gaps['column'].isin(['GAcc', '20-PGD'])]['beyond'].sum())} of 4 differ beyond it" in line

@@ -224,3 +224,21 @@ def paper_gap_findings(gaps: pd.DataFrame, models: Iterable[str] = ()) -> str:
                  "measures that spread over three seeds).")
     return text + (" A gap beyond noise says that the numbers differ, not why: chapter 10 lists where our "
                    "protocol differs from the paper's.")
+
+
+def paper_gap_headline(gaps: pd.DataFrame, group: str = "all_six", columns: Sequence[str] = ("GAcc", "20-PGD")) -> str:
+    """One sentence for the overview (Markdown): for each method, our ``group`` average minus the paper's in
+    ``columns``, each marked beyond or within the noise of :func:`paper_gaps`; empty when the runs do not
+    complete ``group`` (the overview then says nothing)."""
+    sub = gaps[(gaps["group"] == group) & gaps["column"].isin(columns)] if len(gaps) else gaps
+    if sub.empty:
+        return ""
+    d = _digits(sub["table"].iloc[0])[0]
+    def cell(r) -> str:
+        return f"{r.column} {r.gap:+.{d}f} ± {r.noise:.{d}f}" + (" *" if r.beyond else "")
+
+    rank = {c: k for k, c in enumerate(columns)}
+    items = [f"{m} " + ", ".join(cell(r) for r in sorted(rs.itertuples(), key=lambda r: rank[r.column]))
+             for m, rs in sub.groupby("method", sort=False)]
+    return (f"**Our {group.replace('_', ' ')} average minus the paper's** (points; * beyond the noise of two test "
+            f"sets, chapter 4): {'; '.join(items)}. {int(sub['beyond'].sum())} of {len(sub)} differ beyond it.")
