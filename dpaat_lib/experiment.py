@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from . import data as D
-from . import pretrained, store
+from . import pretrained, profiles, store
 from .config import DataConfig, RunConfig
 from .evaluation import evaluate
 from .metrics import compute_metrics
@@ -228,10 +228,14 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     predictions = evaluate(model, tensors["test"], config.eval_attacks, config.data.classes, device=device,
                            seed=config.train.seed)
     # The evaluation's time beside the epochs' (the grid's estimates read both), and where the evaluation ran:
-    # on a CPU the thread count changes the numbers (dpaat_lib.profiles.pin_cpu_threads).
+    # on a CPU the thread count and the kind of CPU change the numbers (dpaat_lib.profiles.pin_cpu_threads,
+    # cpu_kind); on a GPU, the card.
+    where = {"device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+             "cpu": profiles.cpu_kind()}
+    if str(device).startswith("cuda"):
+        where["gpu"] = torch.cuda.get_device_name(torch.device(device))
     store.write_json(run_dir / "history.json", {**history, "eval_seconds": time.perf_counter() - t0,
-                                                "evaluated_on": {"device": str(device), "torch": torch.__version__,
-                                                                 "torch_threads": torch.get_num_threads()}})
+                                                "evaluated_on": where})
     metrics = compute_metrics(predictions, config.data.classes)
     if threshold is not None:
         metrics["amat_threshold"] = threshold

@@ -201,6 +201,28 @@ def pin_cpu_threads(p: Profile, device="cpu") -> int | None:
     return p.cpu_threads
 
 
+def cpu_kind() -> str:
+    """This machine's CPU as /proc/cpuinfo and torch name it, e.g. "Intel(R) Xeon(R) Processor (family 6,
+    model 207), torch CPU capability AVX512". Even on one thread two kinds of CPU can round a run's floats
+    differently (oneDNN, MKL and torch pick their kernels by instruction set and cache size), so each run
+    records the kind it was evaluated on (``history.json``, ``evaluated_on``)."""
+    import platform
+    from pathlib import Path
+
+    import torch
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux
+        pass
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    where = f" (family {info['cpu family']}, model {info['model']})" if "cpu family" in info and "model" in info else ""
+    return f"{name}{where}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
 PAPER_SPLIT = {"n_train": 800, "n_val": 80, "n_test": 299}
 
 

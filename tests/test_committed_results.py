@@ -50,19 +50,6 @@ OTHER_CPUS = {
 }
 
 
-def cpu_description() -> str:
-    """This CPU as /proc/cpuinfo and torch name it (for the messages)."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return (f"{info.get('model name', 'unknown CPU')}, family {info.get('cpu family', '?')} model "
-            f"{info.get('model', '?')}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
-
-
 def first_epoch(config: RunConfig, data_root, tmp_path: Path) -> dict:
     """The run's first epoch trained here (the same code path: the epoch limit only ends the loop)."""
     one = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=1))
@@ -86,7 +73,7 @@ def test_a_committed_cpu_run_is_reproduced_byte_for_byte(ham10000_root, tmp_path
         if here != {k: history["epochs"][0][k] for k in FIRST_EPOCH_KEYS}:
             known = [cpu for cpu, values in OTHER_CPUS.get(run_id, {}).items() if values == here]
             assert known, (
-                f"the first epoch of {profile}/{run_id}, trained again on this CPU ({cpu_description()}), is "
+                f"the first epoch of {profile}/{run_id}, trained again on this CPU ({profiles.cpu_kind()}), is "
                 f"neither the store's ({ {k: history['epochs'][0][k] for k in FIRST_EPOCH_KEYS} }) nor one "
                 f"recorded for another kind of CPU in OTHER_CPUS: {here}. Either training changed its numbers "
                 "(then re-run the store's runs and re-execute the book), or this is a kind of CPU not seen yet "

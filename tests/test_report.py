@@ -348,6 +348,12 @@ def test_the_threads_note_says_whether_runs_reproduce_and_counts_the_recorded_on
     assert report.cpu_threads_note(profiles.get_profile("quick"), []).endswith("differ from the one shown here.")
     assert report.cpu_threads_note(profiles.get_profile("quick"), [on_cpu]).endswith(
         "All 1 runs record the device they were evaluated on (on a CPU, torch threads: 1).")
+    assert "on the same kind of CPU gives the same predictions byte for byte" in pinned
+    kind = dataclasses.replace(on_cpu, history={**on_cpu.history, "evaluated_on": {
+        **on_cpu.history["evaluated_on"], "cpu": "Some CPU (family 6, model 1), torch CPU capability AVX2"}})
+    assert report.cpu_threads_note(profiles.get_profile("cpu-real"), [run, on_cpu, kind]).endswith(
+        "2 of the 3 runs record the device they were evaluated on (on a CPU, torch threads: 1; the kind of CPU, "
+        "recorded by 1 of them: Some CPU (family 6, model 1), torch CPU capability AVX2); 1 predate that record.")
 
 
 def test_grid_calls_and_the_time_goal(tmp_path):

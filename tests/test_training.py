@@ -465,6 +465,9 @@ def test_run_folder_is_complete_and_checkpoints_load_weights_only(reference):
     evaluated_on = store.read_json(run_dir / "history.json")["evaluated_on"]
     assert evaluated_on["device"] == "cpu" and evaluated_on["torch"] == torch.__version__
     assert isinstance(evaluated_on["torch_threads"], int) and evaluated_on["torch_threads"] >= 1
+    # the kind of CPU: two kinds can round the same run differently even on one thread
+    assert evaluated_on["cpu"] == profiles.cpu_kind() and torch.backends.cpu.get_cpu_capability() in evaluated_on["cpu"]
+    assert "gpu" not in evaluated_on
     best = torch.load(run_dir.ckpt / "best.pt", weights_only=True)
     build_model("smallcnn").load_state_dict(best)
     last = torch.load(run_dir.ckpt / "last.pt", weights_only=True)

@@ -52,19 +52,27 @@ def cpu_threads_note(prof: profiles.Profile, results: Sequence[experiment.RunRes
         text = (f"**Threads.** On a CPU, profile `{prof.name}` computes with {prof.cpu_threads} torch "
                 f"thread{'s' if prof.cpu_threads > 1 else ''} (`cpu_threads`), the count its committed runs were "
                 "trained with: the thread count sets the order of float sums, and another count gives other "
-                "numbers, as another seed would. With it, a run trained again gives the same predictions byte for "
-                "byte (tests/test_committed_results.py retrains one run of cpu-real and of cpu-real-7 from the real "
-                "data); `dpaat --threads N` trades that for speed, and "
+                "numbers, as another seed would. With it, a run trained again on the same kind of CPU gives the same "
+                "predictions byte for byte (tests/test_committed_results.py retrains one run of cpu-real and of "
+                "cpu-real-7 from the real data). Another kind of CPU can round differently even on one thread (its "
+                "kernels differ by instruction set and cache size), and a run trained there then differs as another "
+                "seed's would: measured on an Intel Xeon of family 6, model 207, where the test checks the first "
+                "epoch against the values recorded for that CPU instead. `dpaat --threads N` trades the "
+                "reproduction for speed, and "
                 "several one-thread processes (`dpaat grid --claim DIR`) use more cores without it.")
     if not results:
         return text
     if recorded:
-        threads = sorted({str(e.get("torch_threads")) for e in recorded if str(e.get("device", "")).startswith("cpu")})
+        on_cpu = [e for e in recorded if str(e.get("device", "")).startswith("cpu")]
+        threads = sorted({str(e.get("torch_threads")) for e in on_cpu})
+        kinds = sorted({e["cpu"] for e in on_cpu if "cpu" in e})
         every = len(recorded) == len(results)
         text += ((f" All {len(results)} runs record" if every else
                   f" {len(recorded)} of the {len(results)} runs record")
                  + " the device they were evaluated on"
-                 + (f" (on a CPU, torch threads: {' or '.join(threads)})" if threads else "")
+                 + (f" (on a CPU, torch threads: {' or '.join(threads)}" if threads else "")
+                 + (f"; the kind of CPU, recorded by {sum('cpu' in e for e in on_cpu)} of them: {'; '.join(kinds)}"
+                    if kinds else "") + (")" if threads else "")
                  + ("." if every else f"; {len(results) - len(recorded)} predate that record."))
     else:
         text += f" None of the {len(results)} runs records the device it was evaluated on (they predate that record)."
