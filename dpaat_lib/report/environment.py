@@ -26,7 +26,7 @@ def environment(device: str = "cpu") -> str:
     items = {"python": platform.python_version(), "torch": torch.__version__,
              "torchvision": torchvision.__version__, "numpy": np.__version__, "pandas": pd.__version__,
              "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__,
-             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+             "platform": platform.platform(), "processor": profiles.cpu_kind(),
              "cpu count": str(os.cpu_count()), "torch threads": str(torch.get_num_threads()),
              "cuda available": str(torch.cuda.is_available()), "device used": device}
     try:
