@@ -62,7 +62,8 @@ def child(args) -> dict:
     model = build_model(args.model).to(device)
     gen = torch.Generator(device=device).manual_seed(1)
     method = build_method(MethodConfig(name=args.child), args.images, generator=gen,
-                          threshold=1.0 if args.child == "amat" else None)  # any threshold: the same passes
+                          threshold=1.0 if args.child == "amat" else None,  # any threshold: the same passes
+                          check_values=False)  # as train_run
     net = (TorchShapes(model, args.compile) if args.way == "torch"  # library and warm alike: as train_run
            else compiled_for(model, args.compile, method, args.batch_size))
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)

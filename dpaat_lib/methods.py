@@ -5,10 +5,12 @@ Each method exposes ``loss(model, x, y, idx) -> (loss, logs)`` for one batch
 radius per training image) and ``end_epoch() -> logs``. Per-sample state lives
 on the object and travels with ``state_dict()`` so a run resumes exactly.
 
-A batch never waits for the device: the batch logs are 0-dim tensors (the
-training loop sums them on the device and reads them once per epoch), and the
-per-sample radii live on the device of the batch, so ``idx`` is never copied
-to the host. Only AMAT syncs once per batch, to select the images it attacks.
+In the training loop a batch never waits for the device: the batch logs are
+0-dim tensors (the loop sums them on the device and reads them once per epoch),
+the per-sample radii live on the device of the batch, so ``idx`` is never copied
+to the host, and the loop builds its methods without the checks that read a
+batch's values (``check_values=False``; a user's own loop gets them by
+default). Only AMAT syncs once per batch, to select the images it attacks.
 ``state_dict()`` holds CPU tensors whatever the device, so checkpoints move
 between machines.
 
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .attacks import AttackSpec, training_attack
+from .attacks import AttackSpec, check_unit_range, training_attack
 
 METHODS = ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b")
 LABELS = {"std": "STD", "at": "AT", "sat": "SAT", "amat": "AMAT", "dpaat": "DPAAT",
@@ -141,12 +143,47 @@ def radius_summary(radii: torch.Tensor, eps_max: float, bins: int = 20) -> dict:
             "radius_hist": hist.int().tolist(), "radius_hist_max": eps_max}
 
 
+def check_batch(x, y, idx, n_train: int, *, values: bool = True) -> None:
+    """Raise a clear error unless (``x``, ``y``, ``idx``) is a batch that :meth:`Method.loss` can train on.
+
+    Always (no device sync): ``x`` a float tensor (N, C, H, W), ``y`` a long tensor (N,), ``idx`` an
+    integer tensor (N,). With ``values``: ``x`` finite and in [0, 1] (one sync) and every ``idx`` in
+    [0, ``n_train``) (one more), so that an out-of-range index is named here and not left to an indexing
+    error inside the method (on a GPU, a device-side assert that kills the process).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        what = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"x must be a float tensor of images (N, C, H, W) in [0, 1], got {what}; scale uint8 "
+                        "images with dpaat_lib.training.to_float(x)")
+    n = x.shape[0]
+    if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.dtype != torch.long:
+        what = f"a {y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"y must be a long tensor of class indices of shape (N,) = ({n},), got {what}")
+    if (not isinstance(idx, torch.Tensor) or idx.shape != (n,) or idx.is_floating_point()
+            or idx.is_complex() or idx.dtype == torch.bool):
+        what = (f"a {idx.dtype} tensor of shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor)
+                else type(idx).__name__)
+        raise TypeError(f"idx must be an integer tensor of shape (N,) = ({n},), the batch's indices into the "
+                        f"training set, got {what}")
+    if not values:
+        return
+    check_unit_range(x, "x")
+    if n:
+        lo, hi = torch.stack(torch.aminmax(idx)).tolist()
+        if lo < 0 or hi >= n_train:
+            raise IndexError(f"idx must lie in [0, n_train) = [0, {n_train}) (the batch's indices into the "
+                             f"training set the method was built for), got values in [{lo}, {hi}]: build the "
+                             "method with n_train = the size of the training set")
+
+
 class Method:
     """Base: no per-sample state. Subclasses override :meth:`loss`."""
 
     # Whether loss() runs the model on batches whose size changes from batch to batch (AMAT's attacked
     # sub-batch): training.CompiledNet then compiles for every size instead of the full batch's.
     varying_batch = False
+    # Whether loss() reads the batch's values to check them (a device sync each): see check_batch.
+    check_values = True
 
     def __init__(self, config: MethodConfig, n_train: int, generator: torch.Generator | None = None):
         self.config = config
@@ -154,22 +191,26 @@ class Method:
         self.generator = generator
 
     def attack(self, model, x, y, eps=None):
-        # The loop builds x from uint8 / 255 and the radii are clamped to [eps_min, eps_max], so the
-        # value checks of the public attacks (a host sync each) are skipped here.
+        # loss() has checked x (or the training loop built it from uint8 / 255) and the radii are clamped
+        # to [eps_min, eps_max], so the value checks of the public attacks (a host sync each) are skipped.
         return self.config.attack(model, x, y, eps=eps, generator=self.generator, check_values=False)
 
-    def loss(self, model, x, y, idx):  # pragma: no cover - abstract
+    def loss(self, model, x, y, idx):
         """The training loss of one batch and its logs: ``(loss, logs)``.
 
         ``x``: images (N, C, H, W) as floats in [0, 1] (the models normalise inside; the training
-        loop scales uint8 by 1/255). Not checked here, since a check costs a device sync per batch:
-        images in 0-255 or ImageNet-normalised give a wrong attack radius without an error.
-        ``y``: class indices (N,), long. ``idx``: the batch's indices into the training set
-        (a long tensor (N,), each < ``n_train``), so that a method can keep one radius per training
-        image (AMAT, DPAAT); an index may repeat in a batch (the balanced sampler draws with
-        replacement): the image's tables then keep its last visit (:meth:`RadiusTable.last_visit`).
-        ``model`` should be in train mode, as the training loop leaves it; the attacks switch it to
-        eval mode for their own passes and back.
+        loop scales uint8 by 1/255). ``y``: class indices (N,), long. ``idx``: the batch's indices
+        into the training set (an integer tensor (N,), each in [0, ``n_train``)), so that a method can
+        keep one radius per training image (AMAT, DPAAT); an index may repeat in a batch (the
+        balanced sampler draws with replacement): the image's tables then keep its last visit
+        (:meth:`RadiusTable.last_visit`). ``model`` should be in train mode, as the training loop
+        leaves it; the attacks switch it to eval mode for their own passes and back.
+
+        Checked before anything runs (:func:`check_batch`): the shapes and dtypes always, and, while
+        ``check_values`` is True (the default), that ``x`` is finite and in [0, 1] and ``idx`` in range.
+        ImageNet-normalised images or images in 0-255 would otherwise give every attack a wrong radius
+        without an error. The value checks cost a device sync each batch; the training loop builds
+        valid batches by construction and turns them off (``build_method(..., check_values=False)``).
 
         ``loss`` is a 0-dim tensor to call ``backward()`` on; ``logs`` maps names to 0-dim tensors
         (detached) or numbers, summed by the loop and read once per epoch.
@@ -179,6 +220,11 @@ class Method:
         under ``torch.no_grad()``: calling ``loss`` to evaluate a batch changes the method's
         state. Work on a ``copy.deepcopy`` of the method (or restore ``state_dict()``) for that.
         """
+        check_batch(x, y, idx, self.n_train, values=self.check_values)
+        return self.batch_loss(model, x, y, idx)
+
+    def batch_loss(self, model, x, y, idx):  # pragma: no cover - abstract
+        """:meth:`loss` without its checks: what each method computes."""
         raise NotImplementedError
 
     def end_epoch(self) -> dict:
@@ -197,7 +243,7 @@ class Method:
 class STD(Method):
     """Standard training: mean CE(x)."""
 
-    def loss(self, model, x, y, idx):
+    def batch_loss(self, model, x, y, idx):
         logits = model(x)
         loss = per_sample_ce(logits, y).mean()
         return loss, {"loss": loss.detach(), "acc": accuracy(logits, y)}
@@ -206,7 +252,7 @@ class STD(Method):
 class AT(Method):
     """Madry AT: mean CE(x') with x' = PGD within eps0."""
 
-    def loss(self, model, x, y, idx):
+    def batch_loss(self, model, x, y, idx):
         x_adv = self.attack(model, x, y)
         logits = model(x_adv)
         loss = per_sample_ce(logits, y).mean()
@@ -216,7 +262,7 @@ class AT(Method):
 class SAT(Method):
     """Goodfellow's mixed objective: alpha * mean CE(x) + (1 - alpha) * mean CE(x')."""
 
-    def loss(self, model, x, y, idx):
+    def batch_loss(self, model, x, y, idx):
         a = self.config.alpha
         x_adv = self.attack(model, x, y)
         logits, logits_adv = forward_pair(model, x, x_adv)
@@ -299,7 +345,7 @@ class AMAT(RadiusTable):
         self.adv_dist = torch.zeros(n_train, device=self.device)
         self.nonfinite = torch.zeros(n_train, dtype=torch.bool, device=self.device)
 
-    def loss(self, model, x, y, idx):
+    def batch_loss(self, model, x, y, idx):
         a = self.config.alpha
         logits = model(x)
         ce = per_sample_ce(logits, y)
@@ -377,7 +423,7 @@ class DPAAT(RadiusTable):
             return -self.config.gamma * self.config.eps0 * dev / scale
         return -self.eta * dev
 
-    def loss(self, model, x, y, idx):
+    def batch_loss(self, model, x, y, idx):
         c = self.config
         i = idx.to(self.device)
         x_adv = self.attack(model, x, y, eps=self.eps[i].to(x.device))
@@ -430,22 +476,27 @@ class DPAAT(RadiusTable):
 
 
 def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,
-                 threshold: float | None = None, device=None) -> Method:
+                 threshold: float | None = None, device=None, check_values: bool = True) -> Method:
     """The strategy object for ``config.name``; AMAT needs its STD model's ``threshold``. ``device``: where
-    AMAT's and DPAAT's per-sample tables live (default: the generator's device, else the CPU)."""
+    AMAT's and DPAAT's per-sample tables live (default: the generator's device, else the CPU).
+    ``check_values=False`` leaves out the checks of :meth:`Method.loss` that read the batch's values (a
+    device sync each batch), as the training loop does."""
     name = config.name
     if name == "std":
-        return STD(config, n_train, generator)
-    if name == "at":
-        return AT(config, n_train, generator)
-    if name == "sat":
-        return SAT(config, n_train, generator)
-    if name == "amat":
-        return AMAT(config, n_train, generator, threshold=threshold, device=device)
-    if name == "dpaat":
-        return DPAAT(config, n_train, generator, device=device)
-    if name == "d-a":  # dynamic adaptation only
-        return DPAAT(replace(config, lam=0.0), n_train, generator, device=device)
-    if name == "d-b":  # synchronisation loss only, fixed eps0
-        return DPAAT(config, n_train, generator, adapt=False, device=device)
-    raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
+        method = STD(config, n_train, generator)
+    elif name == "at":
+        method = AT(config, n_train, generator)
+    elif name == "sat":
+        method = SAT(config, n_train, generator)
+    elif name == "amat":
+        method = AMAT(config, n_train, generator, threshold=threshold, device=device)
+    elif name == "dpaat":
+        method = DPAAT(config, n_train, generator, device=device)
+    elif name == "d-a":  # dynamic adaptation only
+        method = DPAAT(replace(config, lam=0.0), n_train, generator, device=device)
+    elif name == "d-b":  # synchronisation loss only, fixed eps0
+        method = DPAAT(config, n_train, generator, adapt=False, device=device)
+    else:
+        raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
+    method.check_values = check_values
+    return method

@@ -100,9 +100,15 @@ report.model_table(prof.models, prof.image_size, len(prof.classes))
 #
 # `forward_pair(model, x, x_adv)` is `(model(x), model(x_adv))`: two forward passes, each batch
 # through BatchNorm on its own; when training is compiled it runs both in one graph.
+#
+# Each method's public `loss(model, x, y, idx)` first checks the batch (`methods.check_batch`:
+# shapes and dtypes; images finite and in [0, 1], so that ImageNet-normalised images are refused
+# instead of attacked at a wrong scale; indices inside the training set), then computes its
+# `batch_loss`, shown below. The training loop builds its batches from uint8 / 255 and turns the
+# value checks off (`check_values=False`), since each costs a GPU a sync per batch.
 
 # %%
-report.md(report.source_block(M.AT.loss) + "\n\n" + report.source_block(M.SAT.loss)
+report.md(report.source_block(M.AT.batch_loss) + "\n\n" + report.source_block(M.SAT.batch_loss)
           + "\n\n" + report.source_block(M.forward_pair))
 
 # %% [markdown]
@@ -129,7 +135,7 @@ report.md(report.source_block(M.AMAT.end_epoch))
 # 5. Loss = alpha mean(l) + (1 - alpha) mean(l') + lambda L_sync (eq. 12).
 
 # %%
-report.md(report.source_block(M.DPAAT.loss) + "\n\n" + report.source_block(M.DPAAT.step_length)
+report.md(report.source_block(M.DPAAT.batch_loss) + "\n\n" + report.source_block(M.DPAAT.step_length)
           + "\n\n" + report.source_block(M.sync_loss))
 
 # %% [markdown]

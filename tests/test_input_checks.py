@@ -104,10 +104,14 @@ def test_attacks_reject_non_finite_images(smallcnn, image_batch, bad):
 # --------------------------------------------------------------------------
 
 NO_START = AttackSpec("PGD-2", "l2", 0.5, 0.15, 2, False)  # no random start: the same x' in any batch
+# A NaN image is the simplest way to make a loss non-finite (in training, bf16 overflow is the likely one).
+# Method.loss would refuse the NaN image itself, so these build the method as the training loop does,
+# without the value checks: what is tested is the method's own guard.
+UNCHECKED = {"check_values": False}
 
 
 def _dpaat_radii(model, x, y, idx, n_train=8, **cfg):
-    method = build_method(MethodConfig(name="dpaat", attack=NO_START, **cfg), n_train)
+    method = build_method(MethodConfig(name="dpaat", attack=NO_START, **cfg), n_train, **UNCHECKED)
     method.loss(model, x, y, idx)
     return method
 
@@ -138,7 +142,7 @@ def test_dpaat_all_non_finite_in_train_mode_keeps_the_radii():
     model = build_model("smallcnn").train()
     x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 3
     x[0] = float("nan")
-    method = build_method(MethodConfig(name="dpaat", attack=NO_START, mu="epoch"), 8)
+    method = build_method(MethodConfig(name="dpaat", attack=NO_START, mu="epoch"), 8, **UNCHECKED)
     method.loss(model, x, y, torch.arange(8))
     assert torch.equal(method.radii(), torch.full((8,), 0.5))
     logs = method.end_epoch()
@@ -151,7 +155,8 @@ def test_amat_non_finite_sample_keeps_its_radius(smallcnn):
     x[3] = float("nan")  # eval mode: only sample 3's logits are NaN
     with torch.no_grad():
         y = smallcnn(x).argmax(1)  # every sample "correct", so every sample is attacked
-    method = build_method(MethodConfig(name="amat", attack=NO_START), 8, threshold=0.0)  # every finite one shrinks
+    method = build_method(MethodConfig(name="amat", attack=NO_START), 8, threshold=0.0,  # every finite one shrinks
+                          **UNCHECKED)
     start = method.radii().clone()
     method.loss(smallcnn, x, y, torch.arange(8))
     logs = method.end_epoch()
@@ -159,6 +164,82 @@ def test_amat_non_finite_sample_keeps_its_radius(smallcnn):
     assert logs["nonfinite_adv"] == 1 and logs["shrunk"] == 7 and logs["grown"] == 0
     method.loss(smallcnn, x[:3], y[:3], torch.arange(3))  # a clean epoch: the count was reset
     assert method.end_epoch()["nonfinite_adv"] == 0
+
+
+ALL_METHODS = methods.METHODS  # every strategy, the ablation's included
+IMAGENET_MEAN, IMAGENET_STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+
+
+def _checked(name: str, n_train: int = 8):
+    return build_method(MethodConfig(name=name, attack=NO_START), n_train, threshold=1.0)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("scale, match", [
+    ("imagenet", r"must lie in \[0, 1\].*unnormalised"),  # torchvision's Normalize, as most pipelines have it
+    ("255", r"must lie in \[0, 1\].*\[0, 255\]|must lie in \[0, 1\].*1/255"),
+])
+def test_method_loss_refuses_images_outside_0_1_before_changing_anything(smallcnn, name, scale, match):
+    """Method.loss is public: a user's own loop with normalised images would give every attack (and AMAT's and
+    DPAAT's radii) a wrong scale without a word. It is refused, and the method's state is left as it was."""
+    x, y = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 3
+    x = (x - IMAGENET_MEAN.view(1, 3, 1, 1)) / IMAGENET_STD.view(1, 3, 1, 1) if scale == "imagenet" else x * 255
+    method = _checked(name)
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in method.state_dict().items()}
+    with pytest.raises(ValueError, match=match):
+        method.loss(smallcnn, x, y, torch.arange(8))
+    after = method.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) if isinstance(v, torch.Tensor) else after[k] == v for k, v in before.items())
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("idx, error, match", [
+    (torch.arange(8) + 1, IndexError, r"\[0, n_train\) = \[0, 8\).*\[1, 8\]"),  # one past the end
+    (torch.arange(8) - 1, IndexError, r"\[-1, 6\]"),
+    (torch.arange(4), TypeError, r"idx must be an integer tensor of shape \(N,\) = \(8,\).*\(4,\)"),
+    (torch.arange(8).float(), TypeError, "idx must be an integer tensor.*float32"),
+    (list(range(8)), TypeError, "idx must be an integer tensor.*got list"),
+])
+def test_method_loss_names_a_bad_index_tensor(smallcnn, name, idx, error, match):
+    """An index outside the training set would be an IndexError deep inside AMAT or DPAAT on a CPU, and a
+    device-side assert that ends the process on a GPU; STD, AT and SAT would take it silently."""
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 3
+    with pytest.raises(error, match=match):
+        _checked(name).loss(smallcnn, x, y, idx)
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.parametrize("bad, match", [
+    ({"y": (torch.arange(8) % 3).float()}, r"y must be a long tensor.*float32"),
+    ({"y": torch.arange(7) % 3}, r"y must be a long tensor of class indices of shape \(N,\) = \(8,\).*\(7,\)"),
+    ({"x": torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)}, r"x must be a float tensor.*to_float"),
+    ({"x": torch.rand(3, 16, 16)}, r"x must be a float tensor of images \(N, C, H, W\).*\(3, 16, 16\)"),
+])
+def test_method_loss_names_a_bad_shape_or_dtype(smallcnn, name, bad, match):
+    batch = {"x": torch.rand(8, 3, 16, 16), "y": torch.arange(8) % 3, **bad}
+    with pytest.raises(TypeError, match=match):
+        _checked(name).loss(smallcnn, batch["x"], batch["y"], torch.arange(8))
+
+
+def test_value_checks_off_keep_the_shape_checks(smallcnn):
+    method = build_method(MethodConfig(name="dpaat", attack=NO_START), 8, check_values=False)
+    method.loss(smallcnn, torch.rand(8, 3, 16, 16) * 255, torch.arange(8) % 3, torch.arange(8))  # not read
+    with pytest.raises(TypeError, match="idx must be an integer tensor"):
+        method.loss(smallcnn, torch.rand(8, 3, 16, 16), torch.arange(8) % 3, torch.arange(4))
+
+
+def test_the_training_loop_reads_no_batch_values_to_check_them(tmp_path, monkeypatch):
+    """train_run builds its method without the value checks (a device sync each batch); its batches are valid
+    by construction. With the checks made to fail, a run still trains, and a default method still checks."""
+    def refuse(x, what="x"):
+        raise AssertionError("a value check ran")
+    monkeypatch.setattr(methods, "check_unit_range", refuse)
+    with pytest.raises(AssertionError, match="a value check ran"):
+        _checked("dpaat").loss(build_model("smallcnn"), torch.rand(8, 3, 16, 16), torch.arange(8) % 3, torch.arange(8))
+    for name in ("dpaat", "amat"):
+        result = experiment.run(_config(name), results=tmp_path, tensors=_tensors(), progress=False)
+        assert result is not None and np.isfinite(result.metrics["GAcc"])
 
 
 @pytest.mark.parametrize("threshold", [float("nan"), "0.5", True])
