@@ -14,8 +14,8 @@ The whole data path of the project goes through this module:
    uses every image (the 7-class task, whose classes differ 60-fold in size).
 3. ``load_images`` / ``load_split`` decode, centre-crop and resize the images
    once into a uint8 tensor and cache it on disk, keyed by data *content*
-   (``dataset_digest``), never by path, so a checkout in another folder finds
-   the same cache and results.
+   (``dataset_digest``, the images' size, each file's byte size), never by
+   path, so a checkout in another folder finds the same cache and results.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx")
 """Metadata columns this module needs (the official file has seven)."""
 
 METADATA_FILE = "HAM10000_metadata.csv"
+METADATA_TAB = "HAM10000_metadata.tab"
+"""Harvard Dataverse's default download of the metadata (its tab-separated conversion of the CSV); read when
+:data:`METADATA_FILE` is absent."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images")
 MASK_DIR = "masks"
@@ -52,7 +55,7 @@ DECODE_THREADS = 2
 
 _EXPECTED_LAYOUT = (
     "Expected a HAM10000 folder holding HAM10000_metadata.csv (columns "
-    "lesion_id,image_id,dx,...) and the JPEGs either in "
+    "lesion_id,image_id,dx,...; or Harvard Dataverse's HAM10000_metadata.tab) and the JPEGs either in "
     "HAM10000_images_part_1/ + HAM10000_images_part_2/ (the official release) "
     "or in one images/ folder."
 )
@@ -81,12 +84,36 @@ def _is_image_file(path: pathlib.Path) -> bool:
 def _hint_subfolder(root: pathlib.Path) -> str:
     """If the user pointed at the parent of a HAM10000 folder, say which one."""
     try:
-        hits = sorted(p.parent for p in root.glob(f"*/{METADATA_FILE}"))
+        hits = sorted({p.parent for name in (METADATA_FILE, METADATA_TAB) for p in root.glob(f"*/{name}")})
     except OSError:
         hits = []
     if hits:
         return f" Did you mean {hits[0]}?"
     return ""
+
+
+def _hint_zips(root: pathlib.Path) -> str:
+    """If the official release's image archives lie in ``root`` unpacked, say how to unpack them."""
+    try:
+        zips = sorted(p.name for p in root.glob("*.zip") if p.is_file())
+    except OSError:
+        zips = []
+    if not zips:
+        return ""
+    return (f" {root} holds {', '.join(zips[:4])}{' ...' if len(zips) > 4 else ''}: unpack the image archives "
+            f"first (cd {root} && unzip -n HAM10000_images_part_1.zip && unzip -n HAM10000_images_part_2.zip; "
+            "images lying directly in the folder are found too).")
+
+
+def metadata_path(root: str | os.PathLike) -> pathlib.Path | None:
+    """The metadata file of the HAM10000 folder ``root``: ``HAM10000_metadata.csv``, else the
+    ``HAM10000_metadata.tab`` that Harvard Dataverse hands out by default (the same table, tab-separated),
+    else None."""
+    root = pathlib.Path(root)
+    for name in (METADATA_FILE, METADATA_TAB):
+        if (root / name).is_file():
+            return root / name
+    return None
 
 
 def find_images(root: str | os.PathLike) -> dict[str, pathlib.Path]:
@@ -116,7 +143,7 @@ def find_images(root: str | os.PathLike) -> dict[str, pathlib.Path]:
     if not found:
         raise DataError(
             f"No images (.jpg/.jpeg/.png) found in data folder {root}. "
-            f"{_EXPECTED_LAYOUT}{_hint_subfolder(root)}"
+            f"{_EXPECTED_LAYOUT}{_hint_subfolder(root)}{_hint_zips(root)}"
         )
     return found
 
@@ -139,7 +166,10 @@ def slim_copy(root: str | os.PathLike, keep: Sequence[str], out: str | os.PathLi
     if out.resolve() == root.resolve():
         raise ValueError(f"the slim copy must go to another folder than {root}")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / METADATA_FILE, out / METADATA_FILE)
+    meta_file = metadata_path(root)
+    if meta_file is None:
+        raise DataError(f"Data folder {root} has no {METADATA_FILE}. {_EXPECTED_LAYOUT}")
+    shutil.copyfile(meta_file, out / meta_file.name)
     counts = {"kept": 0, "empty": 0}
     for image_id, path in found.items():
         target = out / "images" / path.name
@@ -172,14 +202,18 @@ def read_metadata(root: str | os.PathLike, classes: Sequence[str] = CLASSES) -> 
             f"classes={classes!r} is invalid: give distinct HAM10000 diagnoses "
             f"from {ALL_CLASSES}."
         )
-    csv = root / METADATA_FILE
-    if not csv.is_file():
+    csv = metadata_path(root)
+    if csv is None:
         where = "does not exist" if not root.is_dir() else "has no " + METADATA_FILE
         raise DataError(
             f"Data folder {root} {where}. {_EXPECTED_LAYOUT}{_hint_subfolder(root)}"
         )
     try:
-        meta = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        with open(csv, encoding="utf-8", errors="replace") as f:
+            header = f.readline()
+        # The separator from the header: Dataverse's .tab is tab-separated (its strings quoted, which the
+        # reader unquotes), though a renamed CSV may carry the .tab name too.
+        meta = pd.read_csv(csv, dtype=str, keep_default_na=False, sep="\t" if "\t" in header else ",")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(
             f"Cannot parse {csv}: {err}. Re-download the metadata file."
@@ -241,7 +275,7 @@ def read_metadata(root: str | os.PathLike, classes: Sequence[str] = CLASSES) -> 
         raise DataError(
             f"{len(missing)} image(s) listed in {csv} have no file in {root} "
             f"(first: {missing[:5]}). Re-download the images or remove these rows. "
-            f"{_EXPECTED_LAYOUT}"
+            f"{_EXPECTED_LAYOUT}{_hint_zips(root)}"
         )
     meta["path"] = [str(files[i]) for i in meta["image_id"]]
     meta["label"] = meta["dx"].map({c: k for k, c in enumerate(classes)}).astype(int)
@@ -528,6 +562,18 @@ def source_size(meta: pd.DataFrame) -> str:
     raise DataError("every image file of the metadata's rows is empty: give the folder of a complete copy")
 
 
+def _file_sizes(paths: Sequence[str]) -> list[int]:
+    """The byte size of each file (a stat each, no read): part of the decoded-image cache's key."""
+    sizes = []
+    for path in paths:
+        try:
+            sizes.append(os.path.getsize(path))
+        except OSError as err:
+            raise DataError(f"Cannot read image {path}: {err}. The file is missing; re-download it, or remove it "
+                            "and its row from the metadata CSV.") from err
+    return sizes
+
+
 def _decode(path: str, size: int) -> np.ndarray:
     """One image -> uint8 array (size, size, 3): RGB, centre crop, bilinear
     resize (Pillow's resize is antialiased when it shrinks)."""
@@ -684,8 +730,9 @@ def load_split(
     ``make_split``) at ``size`` pixels.
 
     The cache key of a side is the dataset digest, the images' own size
-    (:func:`source_size`) and a hash of its id list and classes, so it is
-    independent of where the data lies and changes whenever the content does.
+    (:func:`source_size`) and a hash of its id list, classes and the byte size of
+    each of its files, so it is independent of where the data lies and changes
+    whenever the content does (an image edited in place changes its file's size).
     Returns ``{side: SplitTensors}`` in the split's own order of ids.
     """
     meta = read_metadata(root, classes).set_index("image_id")
@@ -698,15 +745,18 @@ def load_split(
         if unknown:
             raise DataError(
                 f"Split side '{side}' names {len(unknown)} image_id(s) that are not "
-                f"{list(classes)} rows of {pathlib.Path(root) / METADATA_FILE} (first: "
+                f"{list(classes)} rows of {metadata_path(root)} (first: "
                 f"{unknown[:5]}). The split was made from other data: rebuild it with "
                 f"make_split(read_metadata(root), seed=...)."
             )
+        paths = list(meta.loc[ids, "path"])
+        # The files' byte sizes too: an image edited in place (re-encoded, hair removed, colour-corrected) keeps
+        # its metadata row but not its size, and must not be served the pixels decoded before the edit.
         id_hash = hashlib.sha256(
-            ("\n".join(ids) + "|" + ",".join(classes)).encode()
+            ("\n".join(ids) + "|" + ",".join(classes) + "|" + ",".join(map(str, _file_sizes(paths)))).encode()
         ).hexdigest()[:12]
         x = load_images(
-            list(meta.loc[ids, "path"]),
+            paths,
             size,
             cache_dir=cache_dir,
             key=f"ham_{digest}_{pixels}_{id_hash}",

@@ -59,7 +59,7 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
     neither, a :class:`dpaat_lib.data.DataError` says what to pass.
     """
     root = data_root_for(data.source, data_root, cache_dir)
-    if root is not None and (root / D.METADATA_FILE).exists():
+    if root is not None and D.metadata_path(root) is not None:
         meta = D.read_metadata(root, data.classes)
         size = D.source_size(meta) if data.source == "ham10000" else None  # the stand-in: drawn by our code
         return replace(data, digest=D.dataset_digest(meta), source_size=None if size == D.BOOK_COPY_SIZE else size)

@@ -201,6 +201,58 @@ def test_wrong_folder(tmp_path: pathlib.Path, synthetic_root: pathlib.Path) -> N
         read_metadata(parent)
 
 
+def _as_dataverse_tab(root: pathlib.Path, sep: str = "\t") -> pathlib.Path:
+    """``root`` with its metadata as Harvard Dataverse hands it out by default: ``HAM10000_metadata.tab``,
+    tab-separated with quoted strings, and no ``.csv``."""
+    import csv
+
+    table = pd.read_csv(root / "HAM10000_metadata.csv", dtype=str, keep_default_na=False)
+    table.to_csv(root / "HAM10000_metadata.tab", sep=sep, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    (root / "HAM10000_metadata.csv").unlink()
+    return root
+
+
+@pytest.mark.parametrize("sep", ["\t", ","])  # Dataverse's conversion; a CSV saved under the .tab name
+def test_dataverses_tab_metadata_reads_as_the_csv_does(synthetic_root, tmp_path, sep):
+    """Harvard Dataverse, the official host, serves the metadata as HAM10000_metadata.tab unless asked for the
+    original format: the same rows, so the same digest, split and images."""
+    from dpaat_lib.data import metadata_path, slim_copy
+
+    tab = _as_dataverse_tab(_copy(synthetic_root, tmp_path / "tab"), sep)
+    assert metadata_path(tab) == tab / "HAM10000_metadata.tab" and metadata_path(synthetic_root).suffix == ".csv"
+    ours, theirs = read_metadata(synthetic_root), read_metadata(tab)
+    assert theirs.drop(columns="path").equals(ours.drop(columns="path"))
+    assert dataset_digest(theirs) == dataset_digest(ours)
+    split = make_split(theirs, seed=0, **SMALL)
+    assert split == make_split(ours, seed=0, **SMALL)
+    assert torch.equal(load_split(tab, split, 16)["test"].x, load_split(synthetic_root, split, 16)["test"].x)
+    slim_copy(tab, split["test"], tmp_path / "slim")  # the slim copy keeps the file as it is
+    assert metadata_path(tmp_path / "slim") == tmp_path / "slim" / "HAM10000_metadata.tab"
+    parent = tmp_path / "parent"  # pointing at the parent folder: the message names the right one
+    shutil.move(tab, parent / "ham")
+    with pytest.raises(DataError, match="Did you mean .*ham"):
+        read_metadata(parent)
+
+
+def test_unpacked_image_archives_are_named_with_the_command_that_unpacks_them(synthetic_root, tmp_path):
+    """The official release is two zip archives of JPEGs beside the metadata: a folder holding them unpacked
+    gets the command, not only 'no images'."""
+    root = tmp_path / "release"
+    root.mkdir()
+    shutil.copy(synthetic_root / "HAM10000_metadata.csv", root)
+    for part in (1, 2):
+        shutil.make_archive(str(root / f"HAM10000_images_part_{part}"), "zip", synthetic_root / "images")
+    for reader in (read_metadata, find_images):
+        with pytest.raises(DataError, match=r"holds HAM10000_images_part_1.zip, HAM10000_images_part_2.zip: "
+                                            r"unpack.*unzip -n HAM10000_images_part_1.zip"):
+            reader(root)
+    shutil.copy(next((synthetic_root / "images").glob("*.jpg")), root)  # one image unpacked: the rest missing
+    with pytest.raises(DataError, match=r"have no file.*unzip -n"):
+        read_metadata(root)
+    shutil.unpack_archive(root / "HAM10000_images_part_1.zip", root)  # as the message says: found now
+    assert len(read_metadata(root)) == len(read_metadata(synthetic_root))
+
+
 def _edit_csv(root: pathlib.Path, edit) -> None:
     path = root / "HAM10000_metadata.csv"
     meta = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -528,6 +580,27 @@ def test_a_copy_at_another_resolution_is_other_data_with_its_own_cache(synthetic
     cache = tmp_path / "cache"
     first, second = (load_split(root, split, 32, cache_dir=cache)["test"].x for root in (book_copy, larger))
     assert len(list(cache.glob("*.pt"))) == 6 and not torch.equal(first, second)
+
+
+def test_an_image_edited_in_place_is_decoded_again_not_served_from_the_cache(synthetic_root, tmp_path):
+    """A user's copy whose images were processed in place (re-encoded, hair removed, colour-corrected) keeps its
+    metadata, so the dataset digest alone would serve the pixels decoded before the edit."""
+    from PIL import Image
+
+    root = _copy(synthetic_root, tmp_path / "d")
+    split = make_split(read_metadata(root), seed=0, **SMALL)
+    cache = tmp_path / "cache"
+    before = load_split(root, split, 32, cache_dir=cache)["test"]
+    edited = pathlib.Path(read_metadata(root).set_index("image_id").loc[before.image_ids[0], "path"])
+    size = edited.stat().st_size
+    with Image.open(edited) as img:
+        img.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(edited, quality=60)
+    assert edited.stat().st_size != size
+    after = load_split(root, split, 32, cache_dir=cache)["test"]
+    fresh = load_split(root, split, 32)["test"]  # no cache: decoded from the files as they are now
+    assert torch.equal(after.x, fresh.x)
+    assert not torch.equal(after.x[0], before.x[0]) and torch.equal(after.x[1:], before.x[1:])
+    assert len(list(cache.glob("*_32.pt"))) == 4  # the test side's new entry beside the three first ones
 
 
 def test_the_image_size_is_read_past_a_slim_copys_empty_files_and_an_all_empty_copy_is_refused(synthetic_root,

@@ -37,7 +37,7 @@ def split_summary(data: DataConfig, data_root=None, results_root=None, profile_n
     if path.exists():
         return store.read_json(path)
     root = experiment.data_root_for(data.source, resolve_path(data_root), cache_dir)
-    if root is None or not (root / D.METADATA_FILE).exists():
+    if root is None or D.metadata_path(root) is None:
         return None
     meta = D.read_metadata(root, data.classes)
     sizes = dict(seed=data.split_seed, n_train=data.n_train, n_test=data.n_test, n_val=data.n_val)
@@ -82,7 +82,7 @@ def example_images(data: DataConfig, data_root=None, n_per_class: int = 4, seed:
     """A few test-split images per class as the models see them (uint8 (N, S, S, 3)), with labels and
     ids; None without the data. Nothing is stored (real images must not enter the results)."""
     root = experiment.data_root_for(data.source, resolve_path(data_root), cache_dir)
-    if root is None or not (root / D.METADATA_FILE).exists():
+    if root is None or D.metadata_path(root) is None:
         return None
     meta = D.read_metadata(root, data.classes)
     split = experiment.make_split_for(data, root)

@@ -67,7 +67,7 @@ def split_class_counts(data_config, data_root=None, cache_dir=None, results=None
         stored = store.read_json(path)
     else:
         root = experiment.data_root_for(data_config.source, data_root, cache_dir)
-        if root is None or not (root / D.METADATA_FILE).exists():
+        if root is None or D.metadata_path(root) is None:
             return pd.DataFrame()
         meta = D.read_metadata(root, data_config.classes)
         split = experiment.make_split_for(data_config, root)
