@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, Dataset
 from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
-from dpaat_lib.profiles import MAIN_METHODS as METHODS
+from dpaat_lib.profiles import MAIN_METHODS as METHODS, cpu_kind
 from dpaat_lib.training import COMPILE_MODES, compiled_for, train_epoch, training_code_digest
 
 
@@ -206,7 +206,10 @@ def main(argv=None) -> list[dict]:
         _worker(args)
         return []
     device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    cpu_card = f"CPU ({threads} thread{'s' * (threads > 1)})"
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_card
+    host = cpu_kind()  # the host's kind of CPU: on a CPU the card itself; on a GPU what feeds the paper-style loop
     code = training_code_digest()  # which version of the training path these numbers describe
     fast = device.type == "cuda"  # bf16 + channels_last only pay off on a GPU
     g = torch.Generator().manual_seed(0)
@@ -231,7 +234,8 @@ def main(argv=None) -> list[dict]:
         ratio = statistics.median(rb / ra for ra, rb in rounds)
         row = {"model": name, "card": card, "size": size, "images": args.images, "paper_img_s": a,
                "library_img_s": b, "ratio": ratio, "bf16_channels_last": fast, "compile": args.compile or False,
-               "training_code": code, "repeats": args.repeats, "ratio_runs": [rb / ra for ra, rb in rounds],
+               "training_code": code, "host_cpu": host, "repeats": args.repeats,
+               "ratio_runs": [rb / ra for ra, rb in rounds],
                # The library's first warm-up in this process: where it compiles (--compile), the seconds a run
                # pays once (scripts/compile_decision.py weighs them against the time the graphs save).
                "library_warmup_s": warmups[0], "warmup_batches": args.warmup}
@@ -243,6 +247,8 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         print(line, flush=True)
     cost = method_cost(args, device, fast, card, code, g) if args.cost_model else []
+    for c in cost:
+        c["host_cpu"] = host
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"throughput": rows, "method_cost": cost}, f, indent=1)

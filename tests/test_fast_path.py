@@ -87,6 +87,11 @@ def test_benchmark_script_runs_and_reports_a_ratio(tmp_path):
     assert list(speed["training code"]) == ["current"] and cost.index[0][2] == "current"
     assert "version" not in report.benchmark_findings(tmp_path)
     assert "median of 3 interleaved rounds" in report.benchmark_findings(tmp_path)
+    # The kind of CPU is recorded and named: two kinds can time one code differently.
+    from dpaat_lib.profiles import cpu_kind
+    assert {c["host_cpu"] for c in stored["method_cost"] + stored["throughput"]} == {cpu_kind()}
+    assert f"Host CPU: {cpu_kind()}." in report.benchmark_findings(tmp_path)
+    assert rows[0]["card"] == f"CPU ({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)})"
     assert report.benchmark_cost(tmp_path / "nothing") is None
     # The table shows the rounds' range beside the median.
     lo, hi = min(at["relative_runs"]), max(at["relative_runs"])

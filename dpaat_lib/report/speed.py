@@ -169,6 +169,9 @@ def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
             text += (f" The project's goal of x{goal:g} (the library's path at least {goal:g} times the paper-style "
                      f"loop's images per second, on every CNN) is reached for {len(reached)} of {len(best)} CNNs"
                      + (f" ({', '.join(reached)})" if reached else "") + ".")
+        hosts = sorted({r["host_cpu"] for r in rows if r.get("host_cpu")})  # recorded since session 22
+        if hosts:
+            text += f" Host CPU: {'; '.join(hosts)}."
         stale = sorted({_code_label(r) for r in rows} - {"current"})
         if stale:
             text += (" These rows do not record which version of the training path (attacks, methods, models, "
