@@ -135,6 +135,8 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: 
                         "dpaat_lib.training.to_float(x)")
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape (N,) = ({x.shape[0]},); got {tuple(y.shape)}")
+    if y.dtype != torch.long:  # cross-entropy takes class indices as int64 only
+        raise TypeError(f"y must be a long tensor of class indices, got {y.dtype}; pass y.long()")
     if check_values:
         check_unit_range(x)
 

@@ -74,8 +74,8 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
         return replace(data, digest=digest, source_size=size)
     raise D.DataError(f"no HAM10000 metadata at {root} and no unique stored results to identify the data "
                       f"({len(digests)} digests in {results}). Pass the folder of your HAM10000 copy "
-                      "(official layout: HAM10000_metadata.csv plus HAM10000_images_part_1/_part_2 or "
-                      "images/), or use source='synthetic'.")
+                      "(official layout: HAM10000_metadata.csv, or Dataverse's HAM10000_metadata.tab, plus "
+                      "HAM10000_images_part_1/_part_2 or images/), or use source='synthetic'.")
 
 
 def make_split_for(data: DataConfig, root: Path) -> dict[str, list[str]]:

@@ -411,6 +411,14 @@ def test_uint8_images_into_an_attack_say_how_to_scale(smallcnn, image_batch):
         attacks.pgd(smallcnn, (x * 255).to(torch.uint8), y, eps=0.5, step_size=0.15, steps=1, norm="l2")
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.float32])
+def test_labels_of_another_dtype_into_an_attack_say_how_to_convert(smallcnn, image_batch, dtype):
+    """Cross-entropy takes int64 class indices only: torch's own error names neither y nor the fix."""
+    x, y = image_batch
+    with pytest.raises(TypeError, match=r"y must be a long tensor of class indices.*y\.long\(\)"):
+        attacks.pgd(smallcnn, x, y.to(dtype), eps=0.5, step_size=0.15, steps=1, norm="l2")
+
+
 # --------------------------------------------------------------------------
 # 8. the image size a model needs
 # --------------------------------------------------------------------------
