@@ -93,7 +93,7 @@ def _hint_subfolder(root: pathlib.Path) -> str:
 
 
 def _hint_zips(root: pathlib.Path) -> str:
-    """If the official release's image archives lie in ``root`` unpacked, say how to unpack them."""
+    """If zip archives (the official release's images) lie in ``root`` still packed, say how to unpack them."""
     try:
         zips = sorted(p.name for p in root.glob("*.zip") if p.is_file())
     except OSError:
@@ -562,6 +562,14 @@ def source_size(meta: pd.DataFrame) -> str:
     raise DataError("every image file of the metadata's rows is empty: give the folder of a complete copy")
 
 
+def file_bytes(root: str | os.PathLike, image_ids: Iterable[str]) -> dict[str, int]:
+    """``{image_id: byte size of its file}`` for the ``image_ids`` that have a file under ``root``
+    (:func:`find_images`; a stat each, no read). A slim copy's placeholders give 0."""
+    files = find_images(root)
+    ids = [i for i in image_ids if i in files]
+    return dict(zip(ids, _file_sizes([str(files[i]) for i in ids])))
+
+
 def _file_sizes(paths: Sequence[str]) -> list[int]:
     """The byte size of each file (a stat each, no read): part of the decoded-image cache's key."""
     sizes = []
@@ -732,7 +740,8 @@ def load_split(
     The cache key of a side is the dataset digest, the images' own size
     (:func:`source_size`) and a hash of its id list, classes and the byte size of
     each of its files, so it is independent of where the data lies and changes
-    whenever the content does (an image edited in place changes its file's size).
+    whenever the content does (an image edited in place changes its file's size;
+    an edit that keeps the exact byte count would go unseen: clear the cache then).
     Returns ``{side: SplitTensors}`` in the split's own order of ids.
     """
     meta = read_metadata(root, classes).set_index("image_id")

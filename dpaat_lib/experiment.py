@@ -62,7 +62,11 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
     if root is not None and D.metadata_path(root) is not None:
         meta = D.read_metadata(root, data.classes)
         size = D.source_size(meta) if data.source == "ham10000" else None  # the stand-in: drawn by our code
-        return replace(data, digest=D.dataset_digest(meta), source_size=None if size == D.BOOK_COPY_SIZE else size)
+        resolved = replace(data, digest=D.dataset_digest(meta),
+                           source_size=None if size == D.BOOK_COPY_SIZE else size)
+        if results is not None:
+            check_data_files(resolved, root, results)
+        return resolved
     digests = set()
     if results is not None and Path(results).exists():
         for cfg in Path(results).glob("*/config.json"):
@@ -76,6 +80,51 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
                       f"({len(digests)} digests in {results}). Pass the folder of your HAM10000 copy "
                       "(official layout: HAM10000_metadata.csv, or Dataverse's HAM10000_metadata.tab, plus "
                       "HAM10000_images_part_1/_part_2 or images/), or use source='synthetic'.")
+
+
+def _files_key(data: DataConfig) -> str:
+    """Under which resolution a store records its image files (:func:`dpaat_lib.store.read_data_files`)."""
+    return data.source_size or D.BOOK_COPY_SIZE
+
+
+def _edited(results, root: Path, recorded: dict[str, int], here: dict[str, int]) -> None:
+    """Raise DataError where a file of ``root`` has another byte size than the one ``results`` recorded."""
+    differ = sorted(i for i, b in recorded.items() if b and here.get(i) and here[i] != b)
+    if differ:
+        first = differ[0]
+        raise D.DataError(
+            f"{results} holds runs computed from other image files than those in {root}: {len(differ)} image(s) "
+            f"differ in byte size from the ones its runs were computed from (first: {first}, {here[first]} bytes "
+            f"here, {recorded[first]} recorded). The metadata and the resolution are the same, so the stored runs "
+            "would be shown as yours: your images were edited, or come from another copy. Write this copy's runs "
+            "to another results folder (--results DIR, or a page's results_root), or restore the original images.")
+
+
+def check_data_files(data: DataConfig, root: Path, results) -> None:
+    """Raise DataError if ``results`` recorded other byte sizes for the image files of ``root`` than they have
+    now (:func:`dpaat_lib.store.read_data_files`): a copy whose images were edited in place, or another copy
+    with the same metadata and resolution, must not be served the runs of the original. A slim copy's empty
+    files, and images the store never used, are not compared. HAM10000 only (the stand-in is drawn by our
+    code)."""
+    if data.source != "ham10000":
+        return
+    recorded = store.read_data_files(results).get(_files_key(data), {})
+    if recorded:
+        _edited(results, root, recorded, D.file_bytes(root, recorded))
+
+
+def record_data_files(data: DataConfig, root: Path, image_ids, results) -> None:
+    """Add the byte sizes of ``image_ids``' files in ``root`` to what ``results`` records (a run is about to be
+    computed from them); an image recorded with another size raises, as in :func:`check_data_files`."""
+    if data.source != "ham10000":
+        return
+    files = store.read_data_files(results)
+    mine = files.setdefault(_files_key(data), {})
+    here = {i: b for i, b in D.file_bytes(root, image_ids).items() if b}  # a slim copy's placeholders: 0
+    _edited(results, root, mine, here)
+    if any(i not in mine for i in here):
+        mine.update(here)
+        store.write_data_files(results, files)
 
 
 def make_split_for(data: DataConfig, root: Path) -> dict[str, list[str]]:
@@ -212,6 +261,8 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
     if tensors is None:
         split, tensors = load_data(config.data, data_root, cache_dir)
+        record_data_files(config.data, data_root_for(config.data.source, data_root, cache_dir),
+                          [i for ids in split.values() for i in ids], results)
     else:
         split = {k: v.image_ids for k, v in tensors.items()}
     store.write_json(run_dir / "config.json", config.to_dict())

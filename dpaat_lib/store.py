@@ -1,5 +1,9 @@
 """Run folders and atomic writes: nothing already computed is lost.
 
+A store (a results folder) also records the byte size of each image file its
+runs were computed from (:data:`DATA_FILES`), so that a copy whose images were
+edited is not served the runs of the original.
+
 A run folder ``<results>/<run_id>/`` holds ``config.json``, ``split.json.gz``,
 ``history.json`` (per-epoch log), ``metrics.json``, ``predictions.csv.gz`` (per
 test image, every attack) and ``done`` last; checkpoints go to
@@ -173,6 +177,20 @@ class RunDir:
 
     def mark_done(self) -> None:
         _atomic(self.path / "done", lambda tmp: Path(tmp).write_text("ok\n"))
+
+
+DATA_FILES = "data-files.json.gz"
+
+
+def read_data_files(results) -> dict[str, dict[str, int]]:
+    """The byte size of each image file a store's runs were computed from (:data:`DATA_FILES` in the store's
+    folder): ``{source size "WxH": {image_id: bytes}}``; empty where none is recorded."""
+    path = Path(results) / DATA_FILES
+    return read_json(path) if path.exists() else {}
+
+
+def write_data_files(results, files: dict[str, dict[str, int]]) -> None:
+    write_json(Path(results) / DATA_FILES, files)
 
 
 def benchmark_paths(results_dir) -> list[Path]:

@@ -603,6 +603,47 @@ def test_an_image_edited_in_place_is_decoded_again_not_served_from_the_cache(syn
     assert len(list(cache.glob("*_32.pt"))) == 4  # the test side's new entry beside the three first ones
 
 
+def test_a_store_refuses_a_copy_whose_images_were_edited(synthetic_root, tmp_path, cache_dir):
+    """Same metadata and resolution, other image files: the store's runs would be loaded and shown as the copy's
+    own. The store records each file's byte size when it computes a run, and a copy that differs is refused
+    with the fix; an identical copy elsewhere and a slim copy are the same data."""
+    import dataclasses
+
+    from PIL import Image, ImageFilter
+
+    from dpaat_lib import attacks, experiment, profiles, store
+    from dpaat_lib.data import slim_copy
+
+    original = _copy(synthetic_root, tmp_path / "original")
+    prof = profiles.get_profile("quick", source="ham10000", epochs=1, **SMALL)
+    results = tmp_path / "results"
+    data = experiment.resolve_data(profiles.data_config(prof), original, results)
+    fgsm = (attacks.AttackSpec("FGSM", "linf", 2 / 255, 2 / 255, 1, False),)
+    config = lambda seed: dataclasses.replace(profiles.run_config(prof, "smallcnn", "std", seed, data),  # noqa: E731
+                                              eval_attacks=fgsm)
+    experiment.run(config(0), results=results, data_root=original, cache_dir=cache_dir, progress=False)
+    split = store.read_json(store.RunDir(results, config(0).run_id).split)
+    recorded = store.read_data_files(results)["128x96"]  # the stand-in's resolution
+    assert set(recorded) == {i for ids in split.values() for i in ids} and all(recorded.values())
+
+    same = _copy(original, tmp_path / "same")
+    assert experiment.resolve_data(profiles.data_config(prof), same, results) == data
+    slim_copy(original, split["test"], tmp_path / "slim")  # the others are empty placeholders: not compared
+    assert experiment.resolve_data(profiles.data_config(prof), tmp_path / "slim", results) == data
+
+    edited = pathlib.Path(read_metadata(same).set_index("image_id").loc[split["train"][0], "path"])
+    with Image.open(edited) as img:
+        img.convert("RGB").filter(ImageFilter.GaussianBlur(2)).save(edited, quality=60)
+    assert edited.stat().st_size != recorded[split["train"][0]]
+    with pytest.raises(DataError, match=rf"{re.escape(str(results))} holds runs computed from other image files.*"
+                                        rf"1 image\(s\).*first: {split['train'][0]}.*another results folder"):
+        experiment.resolve_data(profiles.data_config(prof), same, results)
+    with pytest.raises(DataError, match="other image files"):  # a new run of the store from it: refused before training
+        experiment.run(config(1), results=results, data_root=same, cache_dir=cache_dir, progress=False)
+    assert not (results / config(1).run_id / "history.json").exists()
+    assert experiment.resolve_data(profiles.data_config(prof), same, tmp_path / "elsewhere") == data  # its own store
+
+
 def test_the_image_size_is_read_past_a_slim_copys_empty_files_and_an_all_empty_copy_is_refused(synthetic_root,
                                                                                             tmp_path):
     from dpaat_lib.data import source_size
