@@ -147,7 +147,7 @@ def check_batch(x, y, idx, n_train: int, *, values: bool = True) -> None:
     """Raise a clear error unless (``x``, ``y``, ``idx``) is a batch that :meth:`Method.loss` can train on.
 
     Always (no device sync): ``x`` a float tensor (N, C, H, W), ``y`` a long tensor (N,), ``idx`` an
-    integer tensor (N,). With ``values``: ``x`` finite and in [0, 1] (one sync) and every ``idx`` in
+    int64 or int32 tensor (N,). With ``values``: ``x`` finite and in [0, 1] (one sync) and every ``idx`` in
     [0, ``n_train``) (one more), so that an out-of-range index is named here and not left to an indexing
     error inside the method (on a GPU, a device-side assert that kills the process).
     """
@@ -159,12 +159,12 @@ def check_batch(x, y, idx, n_train: int, *, values: bool = True) -> None:
     if not isinstance(y, torch.Tensor) or y.shape != (n,) or y.dtype != torch.long:
         what = f"a {y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise TypeError(f"y must be a long tensor of class indices of shape (N,) = ({n},), got {what}")
-    if (not isinstance(idx, torch.Tensor) or idx.shape != (n,) or idx.is_floating_point()
-            or idx.is_complex() or idx.dtype == torch.bool):
+    # int64 or int32: torch indexes with a bool or uint8 tensor as with a mask, not with indices.
+    if not isinstance(idx, torch.Tensor) or idx.shape != (n,) or idx.dtype not in (torch.int64, torch.int32):
         what = (f"a {idx.dtype} tensor of shape {tuple(idx.shape)}" if isinstance(idx, torch.Tensor)
-                else type(idx).__name__)
-        raise TypeError(f"idx must be an integer tensor of shape (N,) = ({n},), the batch's indices into the "
-                        f"training set, got {what}")
+                else f"a {type(idx).__name__}; pass torch.as_tensor(idx)")
+        raise TypeError(f"idx must be an int64 (or int32) tensor of shape (N,) = ({n},), the batch's indices into "
+                        f"the training set (idx.long() converts), got {what}")
     if not values:
         return
     check_unit_range(x, "x")
@@ -177,7 +177,7 @@ def check_batch(x, y, idx, n_train: int, *, values: bool = True) -> None:
 
 
 class Method:
-    """Base: no per-sample state. Subclasses override :meth:`loss`."""
+    """Base: no per-sample state. Subclasses override :meth:`batch_loss` (:meth:`loss` checks, then calls it)."""
 
     # Whether loss() runs the model on batches whose size changes from batch to batch (AMAT's attacked
     # sub-batch): training.CompiledNet then compiles for every size instead of the full batch's.
@@ -200,7 +200,7 @@ class Method:
 
         ``x``: images (N, C, H, W) as floats in [0, 1] (the models normalise inside; the training
         loop scales uint8 by 1/255). ``y``: class indices (N,), long. ``idx``: the batch's indices
-        into the training set (an integer tensor (N,), each in [0, ``n_train``)), so that a method can
+        into the training set (an int64 or int32 tensor (N,), each in [0, ``n_train``)), so that a method can
         keep one radius per training image (AMAT, DPAAT); an index may repeat in a batch (the
         balanced sampler draws with replacement): the image's tables then keep its last visit
         (:meth:`RadiusTable.last_visit`). ``model`` should be in train mode, as the training loop

@@ -197,9 +197,10 @@ def test_method_loss_refuses_images_outside_0_1_before_changing_anything(smallcn
 @pytest.mark.parametrize("idx, error, match", [
     (torch.arange(8) + 1, IndexError, r"\[0, n_train\) = \[0, 8\).*\[1, 8\]"),  # one past the end
     (torch.arange(8) - 1, IndexError, r"\[-1, 6\]"),
-    (torch.arange(4), TypeError, r"idx must be an integer tensor of shape \(N,\) = \(8,\).*\(4,\)"),
-    (torch.arange(8).float(), TypeError, "idx must be an integer tensor.*float32"),
-    (list(range(8)), TypeError, "idx must be an integer tensor.*got list"),
+    (torch.arange(4), TypeError, r"idx must be an int64 \(or int32\) tensor of shape \(N,\) = \(8,\).*\(4,\)"),
+    (torch.arange(8).float(), TypeError, r"idx must be an int64.*idx\.long\(\).*float32"),
+    (list(range(8)), TypeError, r"idx must be an int64.*got a list; pass torch\.as_tensor\(idx\)"),
+    (torch.ones(8, dtype=torch.uint8), TypeError, "idx must be an int64.*torch.uint8"),  # a mask to torch
 ])
 def test_method_loss_names_a_bad_index_tensor(smallcnn, name, idx, error, match):
     """An index outside the training set would be an IndexError deep inside AMAT or DPAAT on a CPU, and a
@@ -222,10 +223,24 @@ def test_method_loss_names_a_bad_shape_or_dtype(smallcnn, name, bad, match):
         _checked(name).loss(smallcnn, batch["x"], batch["y"], torch.arange(8))
 
 
+@pytest.mark.parametrize("name", ["amat", "dpaat"])
+def test_an_int32_index_is_an_index(smallcnn, name):
+    """int32 indices work as int64 ones do (torch indexes and scatters with either)."""
+    x, y = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 3
+    idx = torch.tensor([5, 1, 1, 7, 0, 2, 5, 3])  # repeats, as the balanced sampler draws
+    radii = []
+    for dtype in (torch.int64, torch.int32):
+        method = _checked(name)
+        method.loss(smallcnn, x, y, idx.to(dtype))
+        method.end_epoch()
+        radii.append(method.radii())
+    assert torch.equal(*radii) and not torch.equal(radii[0], _checked(name).radii())
+
+
 def test_value_checks_off_keep_the_shape_checks(smallcnn):
     method = build_method(MethodConfig(name="dpaat", attack=NO_START), 8, check_values=False)
     method.loss(smallcnn, torch.rand(8, 3, 16, 16) * 255, torch.arange(8) % 3, torch.arange(8))  # not read
-    with pytest.raises(TypeError, match="idx must be an integer tensor"):
+    with pytest.raises(TypeError, match="idx must be an int64"):
         method.loss(smallcnn, torch.rand(8, 3, 16, 16), torch.arange(8) % 3, torch.arange(4))
 
 
