@@ -60,7 +60,11 @@ report.md(report.environment(device))
 # A run is identified by `<model>-<method>-s<seed>-<hash>`, the hash being the first 12 hex
 # digits of the SHA-256 of its configuration (`config.json` in its folder). The data enter the
 # configuration by a digest of their content (metadata rows and image ids), never by path, so a
-# fresh clone finds the same results.
+# fresh clone finds the same results. A copy at another resolution than this book's 200x150 one
+# adds its image size to the configuration, so it trains its own runs. And a copy with the same
+# metadata and resolution but other image files (edited in place) is refused rather than served
+# these runs: each store records the byte size of every image file its runs were computed from
+# (`data-files.json.gz`, checked by `experiment.resolve_data` whenever a data folder is given).
 
 # %%
 report.runs_frame(results)
