@@ -235,7 +235,7 @@ def test_dataverses_tab_metadata_reads_as_the_csv_does(synthetic_root, tmp_path,
 
 
 def test_unpacked_image_archives_are_named_with_the_command_that_unpacks_them(synthetic_root, tmp_path):
-    """The official release is two zip archives of JPEGs beside the metadata: a folder holding them unpacked
+    """The official release is two zip archives of JPEGs beside the metadata: a folder holding them still packed
     gets the command, not only 'no images'."""
     root = tmp_path / "release"
     root.mkdir()
@@ -619,8 +619,10 @@ def test_a_store_refuses_a_copy_whose_images_were_edited(synthetic_root, tmp_pat
     results = tmp_path / "results"
     data = experiment.resolve_data(profiles.data_config(prof), original, results)
     fgsm = (attacks.AttackSpec("FGSM", "linf", 2 / 255, 2 / 255, 1, False),)
-    config = lambda seed: dataclasses.replace(profiles.run_config(prof, "smallcnn", "std", seed, data),  # noqa: E731
-                                              eval_attacks=fgsm)
+
+    def config(seed: int):
+        return dataclasses.replace(profiles.run_config(prof, "smallcnn", "std", seed, data), eval_attacks=fgsm)
+
     experiment.run(config(0), results=results, data_root=original, cache_dir=cache_dir, progress=False)
     split = store.read_json(store.RunDir(results, config(0).run_id).split)
     recorded = store.read_data_files(results)["128x96"]  # the stand-in's resolution
