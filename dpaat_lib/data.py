@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -562,10 +562,10 @@ def source_size(meta: pd.DataFrame) -> str:
     raise DataError("every image file of the metadata's rows is empty: give the folder of a complete copy")
 
 
-def file_bytes(root: str | os.PathLike, image_ids: Iterable[str]) -> dict[str, int]:
-    """``{image_id: byte size of its file}`` for the ``image_ids`` that have a file under ``root``
-    (:func:`find_images`; a stat each, no read). A slim copy's placeholders give 0."""
-    files = find_images(root)
+def file_bytes(files: Mapping[str, str | os.PathLike], image_ids: Iterable[str]) -> dict[str, int]:
+    """``{image_id: byte size of its file}`` for the ``image_ids`` that have a file in ``files`` (image_id ->
+    path: :func:`find_images`, or a metadata frame's ``path`` column); a stat each, no read. A slim copy's
+    placeholders give 0."""
     ids = [i for i in image_ids if i in files]
     return dict(zip(ids, _file_sizes([str(files[i]) for i in ids])))
 

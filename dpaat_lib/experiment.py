@@ -65,7 +65,7 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
         resolved = replace(data, digest=D.dataset_digest(meta),
                            source_size=None if size == D.BOOK_COPY_SIZE else size)
         if results is not None:
-            check_data_files(resolved, root, results)
+            check_data_files(resolved, root, meta, results)
         return resolved
     digests = set()
     if results is not None and Path(results).exists():
@@ -100,17 +100,17 @@ def _edited(results, root: Path, recorded: dict[str, int], here: dict[str, int])
             "to another results folder (--results DIR, or a page's results_root), or restore the original images.")
 
 
-def check_data_files(data: DataConfig, root: Path, results) -> None:
-    """Raise DataError if ``results`` recorded other byte sizes for the image files of ``root`` than they have
-    now (:func:`dpaat_lib.store.read_data_files`): a copy whose images were edited in place, or another copy
-    with the same metadata and resolution, must not be served the runs of the original. A slim copy's empty
-    files, and images the store never used, are not compared. HAM10000 only (the stand-in is drawn by our
-    code)."""
+def check_data_files(data: DataConfig, root: Path, meta: pd.DataFrame, results) -> None:
+    """Raise DataError if ``results`` recorded other byte sizes for the image files of the copy ``root`` (as its
+    metadata ``meta`` from :func:`dpaat_lib.data.read_metadata` finds them) than they have now
+    (:func:`dpaat_lib.store.read_data_files`): a copy whose images were edited in place, or another copy with
+    the same metadata and resolution, must not be served the runs of the original. A slim copy's empty files,
+    images the store never used and images of classes outside ``meta`` are not compared. HAM10000 only (the stand-in is drawn by our code)."""
     if data.source != "ham10000":
         return
     recorded = store.read_data_files(results).get(_files_key(data), {})
     if recorded:
-        _edited(results, root, recorded, D.file_bytes(root, recorded))
+        _edited(results, root, recorded, D.file_bytes(dict(zip(meta["image_id"], meta["path"])), recorded))
 
 
 def record_data_files(data: DataConfig, root: Path, image_ids, results) -> None:
@@ -120,7 +120,7 @@ def record_data_files(data: DataConfig, root: Path, image_ids, results) -> None:
         return
     files = store.read_data_files(results)
     mine = files.setdefault(_files_key(data), {})
-    here = {i: b for i, b in D.file_bytes(root, image_ids).items() if b}  # a slim copy's placeholders: 0
+    here = {i: b for i, b in D.file_bytes(D.find_images(root), image_ids).items() if b}  # a slim copy's: 0
     _edited(results, root, mine, here)
     if any(i not in mine for i in here):
         mine.update(here)
