@@ -7,7 +7,8 @@ batch 32 (method.md section 6), AT with the training adversary (PGD-L2, 7 steps)
     the CPU workers), no compilation;
 (b) library: ``dpaat_lib.training.train_epoch``: uint8 data resident on the
     device, flips there, bf16 autocast and channels_last on CUDA
-    (``--compile MODE`` adds torch.compile in that mode, e.g. reduce-overhead: CUDA graphs);
+    (``--compile MODE`` adds torch.compile in that mode, e.g. reduce-overhead: CUDA graphs, or
+    the library's own CUDA graph of each step with ``--compile cuda-graph``);
 (c) with ``--procs N``: the library path in N processes at once on the same
     card, as the grid runs (``dpaat grid --claim``): batch 32 leaves one
     process's GPU mostly idle. Reported as the images/s of all N together.
@@ -31,7 +32,6 @@ number in a test. Example (GPU)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -48,7 +48,7 @@ from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import PAPER_MODELS, build_model, list_models, min_input_size
 from dpaat_lib.profiles import MAIN_METHODS as METHODS, cpu_kind
-from dpaat_lib.training import COMPILE_MODES, compiled_for, train_epoch, training_code_digest
+from dpaat_lib.training import SPEED_MODES, CapturedStep, speed_path, train_epoch, training_code_digest
 
 
 class DecodedImages(Dataset):
@@ -111,17 +111,18 @@ def library_epoch(model_name, x, y, device, batch_size, fast: bool, compile_mode
     # AMAT's threshold comes from a trained STD model in a run; any value exercises the same passes here.
     method = build_method(MethodConfig(name=method_name, attack=training_attack()), len(y), generator=gen,
                           threshold=1.0 if method_name == "amat" else None, check_values=False)  # as train_run
-    net = compiled_for(model, compile_mode, method, batch_size) if compile_mode else model  # as train_run
-    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    path = speed_path(model, method, compile_mode, batch_size=batch_size, device=device, lr=3e-4, bf16=fast,
+                      generators=(gen,))  # as train_run
+    if path.captured is not None and warmup:  # the eager warm-up batches and the capture are not timed
+        warmup = max(warmup, CapturedStep.WARMUP + 1)
     xd, yd = x.to(device), y.to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else contextlib.nullcontext()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0)).to(device)
-    kw = dict(batch_size=batch_size, flips=gen, channels_last=fast, autocast=autocast)
+    kw = dict(batch_size=batch_size, flips=gen, channels_last=fast, autocast=path.autocast, captured=path.captured)
     t0 = time.perf_counter()
-    train_epoch(net, method, opt, xd, yd, order[:warmup * batch_size], **kw)  # warm-up, not in images/s
+    train_epoch(path.net, method, path.optimizer, xd, yd, order[:warmup * batch_size], **kw)  # warm-up, untimed
     _sync(device)
     t1 = time.perf_counter()
-    train_epoch(net, method, opt, xd, yd, order[warmup * batch_size:], **kw)
+    train_epoch(path.net, method, path.optimizer, xd, yd, order[warmup * batch_size:], **kw)
     _sync(device)
     return (len(y) - warmup * batch_size) / (time.perf_counter() - t1), t1 - t0
 
@@ -190,8 +191,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--images", type=int, default=2400, help="images in the epoch (random data: speed only)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the library path in this mode (also in "
-                                                         "the --procs processes); its warm-up compiles")
+    p.add_argument("--compile", choices=SPEED_MODES, help="torch.compile the library path in this mode (also in "
+                                                       "the --procs processes; its warm-up compiles), or "
+                                                       "cuda-graph: the library's own graph of each step")
     p.add_argument("--warmup", type=int, default=2, help="untimed batches at the start of every loop")
     p.add_argument("--procs", type=int, default=1, help="also time N library-path processes at once (N > 1)")
     p.add_argument("--cost-model", choices=list_models(), help="also time one epoch of each method on this model")

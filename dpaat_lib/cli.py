@@ -23,7 +23,7 @@ from . import data, experiment, grid, precompute, pretrained, profiles, report, 
 from .data import DataError
 from .methods import METHODS
 from .models import list_models
-from .training import COMPILE_MODES
+from .training import SPEED_MODES
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -54,9 +54,10 @@ def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
     p.add_argument("--weights", help="'imagenet' (torchvision's ImageNet weights of each CNN, downloaded once), a "
                                      "folder of <model>.pth state-dict files, or one such file: two-phase "
                                      "fine-tuning as in the paper instead of training from scratch")
-    p.add_argument("--compile", dest="compile_mode", choices=COMPILE_MODES,
-                   help="train through torch.compile in this mode (reduce-overhead: CUDA graphs); a speed option "
-                        "that leaves the runs' identities unchanged")
+    p.add_argument("--compile", dest="compile_mode", choices=SPEED_MODES,
+                   help="train through torch.compile in this mode (reduce-overhead: CUDA graphs), or cuda-graph: "
+                        "the library's own CUDA graph of each training step, nothing compiled (CUDA only; AMAT "
+                        "trains eagerly); a speed option that leaves the runs' identities unchanged")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the profile's cpu_threads, else "
                                                "torch's choice)")

@@ -239,8 +239,8 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     ``weights_path``: the local state-dict file whose :func:`~dpaat_lib.pretrained.weights_digest` is
     ``config.train.weights``, or ``{model: file}`` for a grid (:func:`dpaat_lib.pretrained.configure`);
     torchvision's weights need none (two-phase fine-tuning, method.md section 6). Only a run to train needs
-    its file. ``compile_mode``: train through ``torch.compile`` (:func:`dpaat_lib.training.train_run`); not
-    part of the run's identity.
+    its file. ``compile_mode``: train through ``torch.compile`` or the library's CUDA graph
+    (:func:`dpaat_lib.training.train_run`); not part of the run's identity.
     """
     if not config.data.digest:
         raise ValueError("config.data.digest is empty: build configurations with resolve_data() "

@@ -184,6 +184,11 @@ class Method:
     varying_batch = False
     # Whether loss() reads the batch's values to check them (a device sync each): see check_batch.
     check_values = True
+    # Whether one full-batch training step of this method can be captured as a CUDA graph and replayed
+    # (training.CapturedStep): loss() reads no value on the host (with check_values off), and every state it
+    # keeps between batches is a tensor updated in place, never a Python number or a tensor rebound,
+    # since a replay runs the captured kernels and none of the Python.
+    graph_safe = True
 
     def __init__(self, config: MethodConfig, n_train: int, generator: torch.Generator | None = None):
         self.config = config
@@ -326,6 +331,7 @@ class AMAT(RadiusTable):
     """
 
     varying_batch = True  # the attacked sub-batch: the correctly classified images of each batch
+    graph_safe = False  # its size is read on the host every batch (the one sync)
 
     def __init__(self, config, n_train, generator=None, threshold: float | None = None, device=None):
         super().__init__(config, n_train, generator, init=config.eps0 / 10, device=device)
@@ -410,10 +416,16 @@ class DPAAT(RadiusTable):
         super().__init__(config, n_train, generator, init=config.eps0, device=device)
         self.adapt = adapt
         self.eta = config.eps0 if config.eta is None else config.eta
-        # The epoch's running sum of dL: a float64 tensor on the device while the epoch runs (no sync).
-        self.epoch_dl_sum, self.epoch_dl_n = 0.0, 0
-        self.epoch_dl_bad = 0  # non-finite dL of the epoch so far: a 0-dim tensor on the device while it runs
+        # The epoch's running statistics of dL (sum of the finite ones, count, non-finite count), on the device
+        # and updated in place: no sync per batch, and a CUDA graph's replays add to the same tensors.
+        self._dl_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._dl_n = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._dl_bad = torch.zeros((), dtype=torch.int64, device=self.device)
         self.prev_epoch_mu: float | None = None
+        # The same as a device tensor (float32, as dL) and whether there is one yet, read inside the step, so
+        # that a captured step sees each epoch's new value (mu="epoch").
+        self._prev_mu = torch.zeros((), device=self.device)
+        self._has_prev_mu = torch.zeros((), dtype=torch.bool, device=self.device)
 
     def step_length(self, dl: torch.Tensor, mu: torch.Tensor | float) -> torch.Tensor:
         """Signed change of each radius: -eta (dL - mu), or the normalised length option."""
@@ -437,16 +449,15 @@ class DPAAT(RadiusTable):
         # without a sync; where every entry is finite, the values below are exactly dl's own.
         finite = torch.isfinite(dl)
         dl_finite = torch.where(finite, dl, torch.zeros_like(dl))
-        self.epoch_dl_sum = self.epoch_dl_sum + dl_finite.sum().double()
-        self.epoch_dl_n += dl.numel()
-        self.epoch_dl_bad = self.epoch_dl_bad + (~finite).sum()
+        self._dl_sum.add_(dl_finite.sum().double())
+        self._dl_n.add_(dl.numel())
+        self._dl_bad.add_((~finite).sum())
         if self.adapt:
-            if c.mu == "batch" or self.prev_epoch_mu is None:
-                n_finite = finite.sum()
-                mu = torch.where(n_finite == dl.numel(), dl_finite.mean(),
-                                 dl_finite.sum() / n_finite.clamp_min(1))  # mean over the finite entries
-            else:
-                mu = self.prev_epoch_mu
+            n_finite = finite.sum()
+            mu = torch.where(n_finite == dl.numel(), dl_finite.mean(),
+                             dl_finite.sum() / n_finite.clamp_min(1))  # mean over the finite entries
+            if c.mu == "epoch":  # the previous epoch's mean, once there is one
+                mu = torch.where(self._has_prev_mu, self._prev_mu, mu)
             # A non-finite entry steps by 0 (dL := mu) and keeps its radius.
             step = self.step_length(torch.where(finite, dl, mu), mu)
             old = self.eps[i]
@@ -456,23 +467,31 @@ class DPAAT(RadiusTable):
                       "acc": accuracy(logits, y), "adv_acc": accuracy(logits_adv, y)}
 
     def end_epoch(self):
-        n = self.epoch_dl_n - int(self.epoch_dl_bad)  # the finite dL of the epoch
+        total, bad = int(self._dl_n), int(self._dl_bad)
+        n = total - bad  # the finite dL of the epoch
         if n:
-            self.prev_epoch_mu = float(self.epoch_dl_sum) / n
-        logs = {"nonfinite_dL": self.epoch_dl_n - n} if n != self.epoch_dl_n else {}
-        self.epoch_dl_sum, self.epoch_dl_n, self.epoch_dl_bad = 0.0, 0, 0
+            self._set_prev_mu(float(self._dl_sum) / n)
+        logs = {"nonfinite_dL": bad} if bad else {}
+        for t in (self._dl_sum, self._dl_n, self._dl_bad):
+            t.zero_()
         return {"epoch_mu": self.prev_epoch_mu, **logs, **self.radius_log()}
+
+    def _set_prev_mu(self, mu: float | None) -> None:
+        self.prev_epoch_mu = mu
+        self._prev_mu.fill_(0.0 if mu is None else mu)
+        self._has_prev_mu.fill_(mu is not None)
 
     def state_dict(self):
         return {"eps": self.eps.cpu().clone(), "prev_epoch_mu": self.prev_epoch_mu,
-                "epoch_dl_sum": float(self.epoch_dl_sum), "epoch_dl_n": self.epoch_dl_n}
+                "epoch_dl_sum": float(self._dl_sum), "epoch_dl_n": int(self._dl_n)}
 
     def load_state_dict(self, state):
         self.eps = self._table(state["eps"])
-        self.prev_epoch_mu = state["prev_epoch_mu"]
+        self._set_prev_mu(state["prev_epoch_mu"])
         # The running sums of the current epoch (zero at an epoch's end, where checkpoints are taken).
-        self.epoch_dl_sum, self.epoch_dl_n = state.get("epoch_dl_sum", 0.0), state.get("epoch_dl_n", 0)
-        self.epoch_dl_bad = 0
+        self._dl_sum.fill_(state.get("epoch_dl_sum", 0.0))
+        self._dl_n.fill_(state.get("epoch_dl_n", 0))
+        self._dl_bad.zero_()
 
 
 def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,

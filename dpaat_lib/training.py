@@ -10,6 +10,7 @@ flipped there, so an epoch never decodes a JPEG. After every epoch the state
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 
@@ -26,6 +27,10 @@ from .models import build_model, check_input_size, head
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """torch.compile's modes, for ``train_run(compile_mode=...)`` and the command lines."""
+GRAPH_MODE = "cuda-graph"
+"""The library's own CUDA graph of the whole training step (:class:`CapturedStep`), no compiler."""
+SPEED_MODES = COMPILE_MODES + (GRAPH_MODE,)
+"""What ``train_run(compile_mode=...)`` and ``--compile`` accept."""
 
 
 class _Pair(nn.Module):
@@ -84,6 +89,117 @@ def compiled_for(model: nn.Module, mode: str, method, batch_size: int) -> Compil
     """``model`` compiled to train ``method`` at ``batch_size`` (train_run, and the benchmarks that time
     it): for the full batch only, unless the method's batches vary in size (AMAT's sub-batch)."""
     return CompiledNet(model, mode, batch_size=None if method.varying_batch else batch_size)
+
+
+class CapturedStep:
+    """Every full-batch training step of a run replayed from one CUDA graph (mode ``"cuda-graph"``).
+
+    At batch 32 an eager step of PGD-7 training is eight forward and backward passes of 32 images, each a
+    few hundred kernels too small to keep a GPU busy: launching them sets the pace. The graph launches
+    the whole step (the batch's gather and flips, the method's attack and loss, backward, Adam's update,
+    the sums of the batch logs) at once. Unlike ``torch.compile`` there is nothing to compile: capturing
+    costs about one step.
+
+    A replay runs the captured kernels and none of the Python, on the same memory. So the step keeps
+    every tensor it reads or updates where it is: the training set, the model's parameters and buffers,
+    Adam's state (``capturable=True``), the method's tables (``Method.graph_safe``) and the log sums are
+    updated in place, and the batch's indices are copied into :attr:`idx` before each replay. The
+    method's and the flips' generators are registered with the graph, so every replay draws new random
+    numbers from them, as the eager steps do. bf16 autocast must run without its weight-cast cache
+    (``cache_enabled=False``), which a replay could not refill.
+
+    The first :attr:`WARMUP` full batches run eagerly on a side stream (CUDA's lazy initialisation and
+    autograd's streams must settle before a capture); the next is captured, then replayed, and so is every
+    later one. A batch of another size (an epoch's last, partial one) runs eagerly. One object per
+    training phase: freezing or unfreezing parameters changes the step, so the loop starts a new one.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, batch_size: int, device, generators=()):
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.generators = tuple(generators)
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.sums: dict[str, torch.Tensor] = {}  # the batch logs' sums, read and zeroed by train_epoch
+        self.graph = None
+        self.warmed = 0
+
+    def __call__(self, step, idx: torch.Tensor) -> None:
+        """Run ``step(self.idx)`` for the batch ``idx``: eagerly while warming up, else by the graph."""
+        if idx.shape[0] != self.batch_size:
+            step(idx)
+            return
+        self.idx.copy_(idx)
+        if self.graph is None:
+            if self.warmed < self.WARMUP:
+                self._warm_up(step)
+                self.warmed += 1
+                return
+            self.graph = self._capture(step)
+        self._replay()
+
+    def _warm_up(self, step) -> None:
+        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            step(self.idx)
+        main.wait_stream(side)
+
+    def _capture(self, step):
+        graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:
+            graph.register_generator_state(generator)
+        with torch.cuda.graph(graph):
+            step(self.idx)
+        return graph
+
+    def _replay(self) -> None:
+        self.graph.replay()
+
+
+def captured_step_for(mode: str | None, method, batch_size: int, device, generators=()) -> CapturedStep | None:
+    """A :class:`CapturedStep` where ``mode`` is ``"cuda-graph"`` and the method can be captured, else None
+    (AMAT, which reads its sub-batch's size on the host every batch, then trains eagerly). The mode needs
+    a CUDA device: anywhere else it raises ValueError."""
+    if mode != GRAPH_MODE:
+        return None
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"compile mode {GRAPH_MODE!r} captures CUDA graphs and needs a CUDA device, got "
+                         f"{device!r}: train eagerly (no mode) or through torch.compile there")
+    if method.graph_safe and method.check_values:
+        raise ValueError(f"{type(method).__name__} checks each batch's values on the host, which a CUDA graph "
+                         "cannot capture: build it with build_method(..., check_values=False), as train_run does")
+    return CapturedStep(batch_size, device, generators) if method.graph_safe else None
+
+
+@dataclasses.dataclass
+class SpeedPath:
+    """What a speed mode changes in the training loop (:func:`speed_path`): the module the method runs
+    (``net``), the optimiser, the autocast context and the captured step."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    autocast: object
+    captured: CapturedStep | None
+
+
+def speed_path(model: nn.Module, method, mode: str | None, *, batch_size: int, device, lr: float, bf16: bool,
+               generators=()) -> SpeedPath:
+    """The loop's pieces for ``mode`` (None: eager; a torch.compile mode; ``"cuda-graph"``), as
+    :func:`train_run` and the benchmarks build them: torch.compile's modes wrap the model (sharing its
+    parameters); the library's graph captures the step, with Adam's state updated on the device
+    (``capturable``) and autocast without its weight-cast cache. ``bf16``: autocast to bfloat16."""
+    device = torch.device(device)
+    if mode is not None and mode not in SPEED_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; use one of {SPEED_MODES} or None (eager)")
+    captured = captured_step_for(mode, method, batch_size, device, generators)
+    graphed = captured is not None
+    net = compiled_for(model, mode, method, batch_size) if mode in COMPILE_MODES else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, **({"capturable": True} if graphed else {}))
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed) if bf16
+                else contextlib.nullcontext())
+    return SpeedPath(net, optimizer, autocast, captured)
 
 
 TRAINING_PATH_MODULES = ("attacks", "methods", "models", "training")
@@ -215,21 +331,21 @@ def _score(stats: dict, select_on: str) -> float:
 
 def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.Tensor, order: torch.Tensor, *,
                 batch_size: int, flips: torch.Generator | None = None, channels_last: bool = False,
-                autocast=None) -> dict:
+                autocast=None, captured: CapturedStep | None = None) -> dict:
     """One pass over ``x_train`` (uint8, on the device) in the given ``order``; returns mean batch logs.
 
     This is the library's training path (also timed by benchmarks/): data
     already on the device, augmentation there, optional bf16 autocast and
-    channels_last memory format.
+    channels_last memory format, and with ``captured`` the full batches
+    replayed from one CUDA graph (:class:`CapturedStep`).
     """
     model.train()
     autocast = autocast or contextlib.nullcontext()
-    # The batch logs are summed where they are, in float64, and read once at the end: a read per batch
-    # would make the host wait for the device every batch.
-    sums: dict[str, torch.Tensor | float] = {}
-    batches = 0
-    for i in range(0, order.shape[0], batch_size):
-        idx = order[i:i + batch_size]
+    # The batch logs are summed where they are, in float64, in place, and read once at the end: a read per
+    # batch would make the host wait for the device every batch (and a graph's replays add to the same sums).
+    sums = captured.sums if captured is not None else {}
+
+    def step(idx: torch.Tensor) -> None:
         xb = to_float(x_train[idx])
         if flips is not None:
             xb = random_flips(xb, flips)
@@ -241,10 +357,31 @@ def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.
         loss.backward()
         optimizer.step()
         for k, v in logs.items():
-            v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
-            sums[k] = sums[k] + v if k in sums else v
+            if not isinstance(v, torch.Tensor):
+                if captured is not None:  # a replay would add the number of the capture, every batch
+                    raise TypeError(f"{type(method).__name__}.loss logged {k!r} as a {type(v).__name__}: a "
+                                    "captured step needs every batch log as a tensor")
+                sums[k] = sums.get(k, 0.0) + float(v)
+            elif k in sums:
+                sums[k].add_(v.detach())
+            else:
+                sums[k] = v.detach().double().clone()
+
+    batches = 0
+    for i in range(0, order.shape[0], batch_size):
+        idx = order[i:i + batch_size]
+        if captured is not None:
+            captured(step, idx)
+        else:
+            step(idx)
         batches += 1
-    return {k: float(v) / max(batches, 1) for k, v in sums.items()}
+    means = {k: float(v) / max(batches, 1) for k, v in sums.items()}
+    for k, v in sums.items():  # zeroed in place: a graph's replays of the next epoch add to these tensors
+        if isinstance(v, torch.Tensor):
+            v.zero_()
+        else:
+            sums[k] = 0.0
+    return means
 
 
 def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
@@ -257,9 +394,12 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
     ``time_budget_s`` it may return unfinished, and the next call continues.
 
     ``compile_mode`` (None: eager): train through :class:`CompiledNet` (``torch.compile``), e.g.
-    ``"reduce-overhead"`` for CUDA graphs, which at batch 32 spare a GPU the launch of every kernel.
-    A speed option, not part of the run's identity: the numbers may change only as float rounding
-    does (tests/test_training.py); validation, checkpoints and evaluation use the eager model.
+    ``"reduce-overhead"`` for CUDA graphs, which at batch 32 spare a GPU the launch of every kernel;
+    or ``"cuda-graph"``: the library's own graph of the whole step (:class:`CapturedStep`), nothing
+    compiled, on a CUDA device (AMAT trains eagerly there). A speed option, not part of the run's
+    identity: the numbers may change only as float rounding does (tests/test_training.py);
+    validation, checkpoints and evaluation use the eager model. ``history["compile_mode"]`` records
+    the mode that trained the run's last part, where one did.
     """
     tc, device = config.train, torch.device(device)
     if run.trained:
@@ -282,7 +422,10 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
 
     two_phase = weights_path is not None
     total_epochs = tc.epochs + (tc.head_epochs if two_phase else 0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    generators = (attack_gen, aug_gen)
+    path = speed_path(model, method, compile_mode, batch_size=tc.batch_size, device=device, lr=tc.lr, bf16=tc.bf16,
+                      generators=generators)
+    optimizer, graphed = path.optimizer, path.captured is not None
     state = {"epoch": 0, "best_score": -math.inf, "bad_epochs": 0, "epochs": []}
 
     last = run.ckpt / "last.pt"
@@ -297,9 +440,8 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
             gen.set_state(ck[key].cpu())
         state = ck["state"]
 
-    net = compiled_for(model, compile_mode, method, tc.batch_size) if compile_mode else model  # shares parameters
     store.write_json(run / "config.json", config.to_dict())
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if tc.bf16 else contextlib.nullcontext())
+    captured, captured_phase = path.captured, False
     started = time.perf_counter()
     bar = tqdm(total=total_epochs, initial=state["epoch"], desc=config.run_id, disable=not progress,
                leave=False)
@@ -312,11 +454,14 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         if head_only:
             for p in head(model, config.model).parameters():
                 p.requires_grad_(True)
+        if graphed and captured_phase != head_only:  # another set of trained parameters: another step
+            captured = captured_step_for(compile_mode, method, tc.batch_size, device, generators)
+            captured_phase = head_only
         t0 = time.perf_counter()
         order = epoch_order(train.y, shuffle_gen, tc.sampler, tc.epoch_draws).to(device)
-        logs = train_epoch(net, method, optimizer, x_train, y_train, order, batch_size=tc.batch_size,
+        logs = train_epoch(path.net, method, optimizer, x_train, y_train, order, batch_size=tc.batch_size,
                            flips=aug_gen if tc.flips else None, channels_last=tc.channels_last,
-                           autocast=autocast)
+                           autocast=path.autocast, captured=captured)
         seconds = time.perf_counter() - t0  # training only: the cost of the method, not of validation
         record = {"epoch": epoch + 1, "phase": "head" if head_only else "all",
                   **{f"train_{k}": v for k, v in logs.items()}, **method.end_epoch(),
@@ -352,7 +497,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         history.update(best_epoch=1 + max(range(len(state["epochs"])),
                                           key=lambda j: _score(state["epochs"][j], tc.select_on)),
                        best=best, train_seconds=sum(e["seconds"] for e in state["epochs"]))
-        if compile_mode:
+        if compile_mode in COMPILE_MODES or graphed:
             history["compile_mode"] = compile_mode  # how the (last part of the) run was trained
     store.write_json(run / "history.json", history)
     return history

@@ -119,13 +119,18 @@ report.md(report.benchmark_findings(bench_root))
 # than computing them sets the pace. That fits bf16 and channels_last, which make the arithmetic
 # cheaper, raising the rate little or not at all (on some CNNs the library's path is slower than
 # the fp32 loop), and several processes sharing the card (under NVIDIA's multi-process service)
-# raising it; the grid relies on the latter.
+# raising it; the grid relies on the latter. The remedy for launch-bound steps is a CUDA graph,
+# which launches a whole step at once. The library has two: `torch.compile`'s (mode
+# reduce-overhead, below) and its own capture of the whole training step
+# (`training.CapturedStep`, `--compile cuda-graph`: nothing compiled, AMAT eager). Neither has run on
+# a GPU for this book yet; `scripts/device_check.sh` tests both against eager on the next lent GPU,
+# benchmarks them, and the grid takes the faster correct one. Their rows join the table above.
 
 # %% [markdown]
 # ### What compiling costs a run
 #
-# CUDA graphs come through `torch.compile`, which compiles each graph of a run before its first
-# batch. `benchmarks/compile_time.py` times each method's first epochs three ways in fresh
+# `torch.compile`'s CUDA graphs are compiled before a run's first batch (the library's own capture
+# compiles nothing). `benchmarks/compile_time.py` times each method's first epochs three ways in fresh
 # processes: with torch's own shape handling, where an epoch's partial last batch recompiles every
 # graph for a dynamic batch size; with the library's (`training.CompiledNet`: the full batch compiled,
 # the partial batch eager; AMAT's varying sub-batch dynamic from the start); and the library's again

@@ -6,7 +6,8 @@
 #
 # 1. unless the store holds a compile decision taken under this machine's torch version
 #    ($RESULTS/compile-decision.json, committed from an earlier session) or CHECK=1:
-#    scripts/device_check.sh (the GPU tests, the benchmark eager and through CUDA graphs, the decision),
+#    scripts/device_check.sh (the GPU tests, the benchmark eager and through CUDA graphs, the decision;
+#    at most CHECK_LIMIT seconds, TOTAL - 60 by default),
 #    its outputs packed into $OUT/check.tgz (the device tool brings back at most 8 files);
 # 2. scripts/device_grid.sh for the rest of TOTAL seconds, as the session's last call (FINAL=1: a run
 #    starts only if it is expected to finish), with COMPILE=auto;
@@ -41,7 +42,8 @@ fi
 if [ "$CHECK" = 1 ]; then
   CHECK_OUT=$(mktemp -d /tmp/dpaat-check.XXXXXX)
   # Capped, so that a slow check still leaves the call time to pack and return what it measured.
-  OUT=$CHECK_OUT DECISION="$STORE/compile-decision.json" timeout -k 5 "${CHECK_LIMIT:-$(( TOTAL - 60 ))}" \
+  CHECK_LIMIT=${CHECK_LIMIT:-$(( TOTAL - 60 ))}
+  OUT=$CHECK_OUT DECISION="$STORE/compile-decision.json" LIMIT=$CHECK_LIMIT timeout -k 5 $(( CHECK_LIMIT + 30 )) \
     bash scripts/device_check.sh
   tar czf "$OUT/check.tgz" -C "$CHECK_OUT" .
   echo "[$(elapsed)s] check done"

@@ -255,6 +255,43 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     assert decision.decide(tmp_path)[0] == ""  # nothing measured: eager
 
 
+def test_compile_decision_takes_the_mode_that_trains_a_run_fastest(tmp_path):
+    """Where the check measured the library's own CUDA graph too, the decision takes whichever of the two
+    qualifying modes trains a 20-epoch run of 2160 images faster, its warm-up included; one that fails
+    its GPU test for a method is out whatever its speed."""
+    spec = importlib.util.spec_from_file_location("compile_decision", ROOT / "scripts" / "compile_decision.py")
+    decision = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decision)
+
+    def captured(img_s, warmup_s, passed=("std", "at", "sat", "amat", "dpaat", "d-b")):
+        lines = [f"PASSED tests/test_training.py::test_the_library_cuda_graph_matches_eager_on_a_gpu[{m}]"
+                 for m in passed]
+        with (tmp_path / "cuda-tests.txt").open("a") as f:
+            f.write("\n".join(lines) + "\n")
+        row = {"model": "resnet34", "library_img_s": img_s, "concurrent_img_s": img_s * 1.3,
+               "library_warmup_s": warmup_s}
+        (tmp_path / "benchmark-cuda-captured.json").write_text(json.dumps({"throughput": [row]}))
+
+    # torch.compile: 900 img/s after 62 s of warm-up; the library's graph: 850 img/s after 3 s.
+    _decision_inputs(tmp_path, warmups=(2.0, 62.0))
+    captured(850.0, 3.0)
+    mode, why = decision.decide(tmp_path)
+    assert mode == "cuda-graph", why
+    assert why[0].startswith("every method correct under the library's CUDA graph; faster: resnet34 x1.70")
+    assert why[-1] == ("cuda-graph trains a 20-epoch run of 2160 images (warm-up included) in 54 s, "
+                       "reduce-overhead in 110 s")
+    _decision_inputs(tmp_path, warmups=(2.0, 5.0))  # compiling from a warm cache: torch.compile wins
+    captured(850.0, 3.0)
+    assert decision.decide(tmp_path)[0] == "reduce-overhead"
+    _decision_inputs(tmp_path, passed=("std", "at", "sat", "dpaat"), warmups=(2.0, 62.0))  # amat fails there
+    captured(850.0, 3.0, passed=("std", "at", "sat", "dpaat", "d-b"))  # and is not shown here
+    mode, why = decision.decide(tmp_path)
+    assert mode == "" and any("the library's CUDA graph not shown correct for amat" in w for w in why)
+    _decision_inputs(tmp_path, passed=("std", "at", "sat", "dpaat"))
+    captured(850.0, 3.0)
+    assert decision.decide(tmp_path)[0] == "cuda-graph"  # torch.compile's AMAT fails: the library's graph
+
+
 def _travel_size():
     spec = importlib.util.spec_from_file_location("travel_size", ROOT / "scripts" / "travel_size.py")
     module = importlib.util.module_from_spec(spec)

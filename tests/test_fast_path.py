@@ -15,7 +15,7 @@ import torch
 from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import build_model
-from dpaat_lib.training import train_epoch
+from dpaat_lib.training import CapturedStep, captured_step_for, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,6 +152,13 @@ def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_pat
     compiled = [f for f in found if "through torch.compile reduce-overhead" in f]
     assert len(found) == 3 and len(compiled) == 1 and "x2.50" in compiled[0]
     assert "reached for 1 of 1 CNNs (resnet34)" in compiled[0]
+    captured = _bench_rows("NVIDIA H200", 4.0, 4.5)  # and the library's own graph (--compile cuda-graph)
+    captured["throughput"][0]["compile"] = "cuda-graph"
+    (tmp_path / "paper" / "benchmark-cuda-captured.json").write_text(json.dumps(captured))
+    assert ("NVIDIA H200", "the library's CUDA graph", "resnet34") in report.benchmark_throughput(tmp_path).index
+    assert any("through the library's CUDA graph in one process runs at x4.00" in f
+               for f in report.benchmark_findings(tmp_path).split("\n\n"))
+    (tmp_path / "paper" / "benchmark-cuda-captured.json").unlink()
     assert report.benchmark_findings(tmp_path / "nothing") == "No throughput benchmark is stored."
     # Rows stored without the training code's digest, or with another one, say so.
     assert set(table["training code"]) == {"unrecorded"}
@@ -288,3 +295,74 @@ def test_partial_last_batch_runs_eager_and_compiles_nothing_more(method_name):
     assert logs["loss"] == pytest.approx(eager_logs["loss"], abs=1e-4)
     for (k, v), w in zip(model.state_dict().items(), eager.state_dict().values()):
         torch.testing.assert_close(v, w, atol=1e-5, rtol=1e-4, msg=k)
+
+
+class ReplayingStep(CapturedStep):
+    """CapturedStep without a GPU: warming up runs the step, capturing only keeps it, and a replay runs the
+    kept step on the static indices. So, as on a GPU, every replay of a later epoch runs the step captured
+    in the first, whatever that epoch's own step is, and reads the batch from ``idx`` alone."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.calls = []
+
+    def _warm_up(self, step):
+        self.calls.append("warm")
+        step(self.idx)
+
+    def _capture(self, step):
+        self.calls.append("capture")
+        return step
+
+    def _replay(self):
+        self.calls.append("replay")
+        self.graph(self.idx)
+
+
+@pytest.mark.parametrize("method_name", ["std", "at", "sat", "dpaat", "d-b"])
+def test_captured_steps_replay_the_first_epochs_step_on_each_new_batch(method_name):
+    """Two epochs of 4 + 4 + 4 + 4 + 2 images in a shuffled order, through the captured-step logic: 3 full
+    batches warm up, the 4th is captured and replayed, and so is every later full batch (5 replays), the
+    partial batches run eagerly; the logs, the parameters and DPAAT's radii are the eager epochs' exactly."""
+    def two_epochs(captured):
+        model, method, opt, x, y, _, gen = _epoch_of(5, method_name)
+        x, y = x[:18], y[:18]
+        orders = [torch.randperm(18, generator=torch.Generator().manual_seed(e)) for e in range(2)]
+        logs = [train_epoch(model, method, opt, x, y, order, batch_size=4, flips=gen, captured=captured)
+                for order in orders]
+        return logs, model, method
+
+    captured = ReplayingStep(4, "cpu")
+    logs, model, method = two_epochs(captured)
+    assert captured.calls == 3 * ["warm"] + ["capture"] + 5 * ["replay"]
+    want_logs, want_model, want_method = two_epochs(None)
+    assert logs == want_logs and logs[0] != logs[1]
+    for a, b in zip(model.state_dict().values(), want_model.state_dict().values()):
+        assert torch.equal(a, b)
+    if method.radii() is not None:
+        assert torch.equal(method.radii(), want_method.radii())
+
+
+def test_a_captured_step_needs_its_logs_as_tensors():
+    """A replay would add the captured number again every batch: a method logging a Python number fails
+    at once under a captured step (and trains as before without one)."""
+    model, method, opt, x, y, order, gen = _epoch_of(2, "std")
+    plain = method.batch_loss
+    method.batch_loss = lambda *a: (lambda loss, logs: (loss, {**logs, "count": 4}))(*plain(*a))
+    assert train_epoch(model, method, opt, x, y, order, batch_size=4)["count"] == 4
+    with pytest.raises(TypeError, match="'count' as a int.*every batch log as a tensor"):
+        train_epoch(model, method, opt, x, y, order, batch_size=4, captured=ReplayingStep(4, "cpu"))
+
+
+def test_the_library_graph_needs_cuda_and_leaves_amat_eager():
+    amat = build_method(MethodConfig(name="amat"), 4, threshold=1.0)
+    assert captured_step_for(None, amat, 32, "cpu") is None
+    assert captured_step_for("reduce-overhead", amat, 32, "cpu") is None
+    with pytest.raises(ValueError, match="cuda-graph.*needs a CUDA device"):
+        captured_step_for("cuda-graph", build_method(MethodConfig(name="at"), 4), 32, "cpu")
+    if torch.cuda.is_available():
+        assert captured_step_for("cuda-graph", amat, 32, "cuda") is None  # trains eagerly
+        with pytest.raises(ValueError, match="check_values=False"):
+            captured_step_for("cuda-graph", build_method(MethodConfig(name="at"), 4), 32, "cuda")
+        at = build_method(MethodConfig(name="at"), 4, check_values=False)
+        assert isinstance(captured_step_for("cuda-graph", at, 32, "cuda"), CapturedStep)

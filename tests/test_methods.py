@@ -524,3 +524,52 @@ def test_methods_without_radii():
         m = make(name)
         assert m.radii() is None and m.state_dict() == {} and m.end_epoch() == {}
     assert isinstance(make("amat"), AMAT)
+
+
+# --------------------------------------------------------------------------
+# CUDA-graph safety (dpaat_lib.training.CapturedStep)
+# --------------------------------------------------------------------------
+
+
+def python_state(method) -> dict:
+    """What a CUDA graph's replay would leave as it is: every attribute of ``method``, a tensor by its
+    identity and storage, anything else by value (the generator's draws are the graph's to advance)."""
+    return {k: (id(v), v.data_ptr(), v.dtype, tuple(v.shape)) if isinstance(v, torch.Tensor) else v
+            for k, v in vars(method).items() if k != "generator"}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_graph_safe_methods_keep_their_state_in_place(model, batch, name):
+    """A replayed step runs the captured kernels and none of the Python: a method that counts in a Python
+    number, or rebinds a tensor attribute, would keep the capture's value for every later batch. Those
+    marked graph_safe change their tensors' values only (and the tables do change); AMAT reads its
+    sub-batch's size on the host every batch, so it is not marked."""
+    x, y = batch
+    method = build_method(MethodConfig(name=name, attack=ATTACK, mu="epoch"), N_TRAIN, generator=gen(),
+                          threshold=1.0 if name == "amat" else None, check_values=False)
+    assert method.graph_safe == (name != "amat")
+    if not method.graph_safe:
+        return
+    before = python_state(method)
+    radii = None if method.radii() is None else method.radii().clone()
+    for _ in range(2):
+        method.loss(model, x, y, IDX)
+    assert python_state(method) == before
+    if name in ("dpaat", "d-a"):
+        assert not torch.equal(method.radii(), radii)
+    method.end_epoch()  # mu="epoch": the next batches read the previous epoch's mean from a tensor
+    before = python_state(method)
+    method.loss(model, x, y, IDX)
+    assert python_state(method) == before
+
+
+def test_dpaat_epoch_statistics_add_up_in_place(model, batch):
+    """The epoch's mean dL (its log, and mu="epoch") sums every batch of the epoch, in tensors a captured
+    step adds to (and the epoch's end zeroes in place)."""
+    x, y = batch
+    method = make("dpaat")
+    batch_means = [float(method.loss(model, x, y, IDX)[1]["dL_mean"]) for _ in range(2)]
+    mu = method.end_epoch()["epoch_mu"]
+    assert mu == pytest.approx(sum(batch_means) / 2, abs=1e-6)
+    assert float(method._prev_mu) == pytest.approx(mu, abs=1e-6) and bool(method._has_prev_mu)
+    assert float(method._dl_sum) == 0 and int(method._dl_n) == 0

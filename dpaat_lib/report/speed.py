@@ -127,8 +127,12 @@ def _code_label(row: dict) -> str:
 
 
 def _library_path(row: dict) -> str:
-    """How a benchmark row's library path ran: eager, or through torch.compile in which mode."""
-    return f"torch.compile {row['compile']}" if row.get("compile") else "eager"
+    """How a benchmark row's library path ran: eager, through torch.compile in which mode, or through the
+    library's own CUDA graph of each step (:class:`dpaat_lib.training.CapturedStep`)."""
+    from ..training import GRAPH_MODE
+
+    mode = row.get("compile")
+    return "eager" if not mode else ("the library's CUDA graph" if mode == GRAPH_MODE else f"torch.compile {mode}")
 
 
 def _ratio_range(values) -> str:
