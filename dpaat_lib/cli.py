@@ -181,11 +181,12 @@ def _grid(args, models, methods) -> int:
     cfgs, weight_files = pretrained.configure(cfgs, args.weights)  # unchanged without --weights
     print(f"results: {results}", flush=True)
     if args.plan:
-        print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing).drop(columns="seconds")
+        print(precompute.plan_table(cfgs, results, prof, sharing=args.sharing, compile_mode=args.compile_mode)
+              .drop(columns="seconds")
               .to_string(index=False))
         return 0
     if args.workers_for is not None:
-        plan = precompute.plan_table(cfgs, results, prof, sharing=8)
+        plan = precompute.plan_table(cfgs, results, prof, sharing=8, compile_mode=args.compile_mode)
         left = plan[(plan["state"] != "done") & plan["seconds"].notna()]
         best, work = grid.workers_for(list(left["seconds"]), 8, args.workers_for)
         print(f"{len(left)} runs left with an estimate; work done within {args.workers_for:.0f} s per run, in seconds "

@@ -75,8 +75,27 @@ def _stored_runs(results) -> list[dict]:
         rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
                      "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
                      "eval_s": hist.get("eval_seconds"),
-                     "extras_s": max(strong) + sum(curves) if strong else None, "sharing": hist.get("sharing")})
+                     "extras_s": max(strong) + sum(curves) if strong else None, "sharing": hist.get("sharing"),
+                     "mode": hist.get("compile_mode")})
     return rows
+
+
+def mode_speedups(results) -> dict[tuple[str | None, str | None], float]:
+    """How many times faster the library's path trains in one speed mode than in another, from the
+    throughput benchmarks stored in ``results`` (benchmarks/train_throughput.py, ``--compile MODE``;
+    None is eager): for each pair of modes that one card measured on one CNN, the ratio of their
+    images/s, the median over cards and CNNs. ``{(from, to): factor}``, both ways."""
+    speed: dict[tuple[str, str], dict[str | None, list[float]]] = {}
+    for row in store.benchmark_rows(results, "throughput"):
+        speed.setdefault((row.get("card"), row["model"]), {}).setdefault(row.get("compile") or None, []).append(
+            row["library_img_s"])
+    ratios: dict[tuple[str | None, str | None], list[float]] = {}
+    for modes in speed.values():
+        for a in modes:
+            for b in modes:
+                if a != b:
+                    ratios.setdefault((a, b), []).append(statistics.median(modes[b]) / statistics.median(modes[a]))
+    return {pair: statistics.median(v) for pair, v in ratios.items()}
 
 
 def _share_factor(then: int | None, now: int | None) -> float:
@@ -103,7 +122,8 @@ def _method_cost(results, method: str) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
-def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> float | None:
+def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
+                     compile_mode: str | None = None) -> float | None:
     """Expected seconds to train ``config`` and compute its extras, from the finished runs in ``results``
     (on the hardware they ran on), with ``sharing`` processes on the device (stored runs that recorded
     theirs are scaled by :func:`_share_factor`); for a model with no stored run, the estimates of the
@@ -118,11 +138,20 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     the model (else of any model) with its run's eps curves where they were timed, plus a fifth (for
     Grad-CAM, and the curves where they were not). A run whose model is stored under other evaluation attacks
     (:func:`dpaat_lib.experiment.trained_twin`) trains nothing: evaluation and extras only.
+
+    ``compile_mode``: the speed mode the run will train in (``--compile``). A stored run trained in
+    another mode has its seconds per epoch divided by how much faster the new mode trains
+    (:func:`mode_speedups`, where the store holds a benchmark of both; else unchanged): so the first
+    call that trains through CUDA graphs does not judge its runs by the eager ones' epochs. Evaluation
+    and extras run eagerly in every mode.
     """
+    from .training import effective_mode
+
     rows = _stored_runs(results)
+    mode, speedups = effective_mode(compile_mode, config.method.name), mode_speedups(results)
     for r in rows:
         f = _share_factor(r["sharing"], sharing)
-        r["s_per_epoch"] *= f
+        r["s_per_epoch"] *= f / speedups.get((r["mode"], mode), 1.0)
         for key in ("extras_s", "eval_s"):
             r[key] = r[key] * f if r[key] else r[key]
     mine = [r for r in rows if r["model"] == config.model]
@@ -132,7 +161,7 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     if experiment.trained_twin(config, results) is not None:
         return evaluation
     if not mine:
-        return _from_other_models(config, results, sharing, {r["model"] for r in rows})
+        return _from_other_models(config, results, sharing, {r["model"] for r in rows}, compile_mode)
     same = [r["s_per_epoch"] for r in mine if r["method"] == config.method.name]
     std = [r["s_per_epoch"] for r in mine if r["method"] == "std"]
     if same:
@@ -147,7 +176,8 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None) -> 
     return spe * epochs + evaluation
 
 
-def _from_other_models(config: RunConfig, results, sharing: int | None, stored: set[str]) -> float | None:
+def _from_other_models(config: RunConfig, results, sharing: int | None, stored: set[str],
+                       compile_mode: str | None = None) -> float | None:
     """The estimate for ``config`` on each model with stored runs, times how much slower ``config.model``
     trained than that model in the benchmarks stored in ``results`` (library path, not compiled; the
     median over files): the median over those models, or None where a speed is missing. So the first run
@@ -160,7 +190,8 @@ def _from_other_models(config: RunConfig, results, sharing: int | None, stored: 
     if config.model not in speed:
         return None
     scaled = [est * speed[m] / speed[config.model] for m in sorted(stored & speed.keys())
-              for est in [estimate_seconds(dataclasses.replace(config, model=m), results, sharing)] if est is not None]
+              for est in [estimate_seconds(dataclasses.replace(config, model=m), results, sharing, compile_mode)]
+              if est is not None]
     return statistics.median(scaled) if scaled else None
 
 
@@ -258,7 +289,7 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
             finished = experiment.load_result(c, results)
             reason = redo(c) if (redo is not None and finished is not None) else None
             if (finished is None or reason) and finish_by_s is not None:
-                est = estimate_seconds(c, results, sharing)
+                est = estimate_seconds(c, results, sharing, kw.get("compile_mode"))
                 history = store.RunDir(results, c.run_id) / "history.json"
                 if est is not None and finished is None and history.exists():  # resumed on a warm machine
                     est = max(est - sum(e["seconds"] for e in store.read_json(history)["epochs"]), 0.2 * est)

@@ -494,6 +494,11 @@ class DPAAT(RadiusTable):
         self._dl_bad.zero_()
 
 
+CLASSES: dict[str, type[Method]] = {"std": STD, "at": AT, "sat": SAT, "amat": AMAT, "dpaat": DPAAT, "d-a": DPAAT,
+                                    "d-b": DPAAT}
+"""The class :func:`build_method` makes for each name (for what a class says, e.g. ``graph_safe``)."""
+
+
 def build_method(config: MethodConfig, n_train: int, *, generator: torch.Generator | None = None,
                  threshold: float | None = None, device=None, check_values: bool = True) -> Method:
     """The strategy object for ``config.name``; AMAT needs its STD model's ``threshold``. ``device``: where

@@ -105,11 +105,12 @@ def precompute_all(prof: profiles.Profile, configs: Sequence[RunConfig], results
     log(f"extras: {finished} of {len(configs)} runs are finished")
 
 
-def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None) -> pd.DataFrame:
+def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = None,
+               compile_mode: str | None = None) -> pd.DataFrame:
     """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
     checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k",
     "to evaluate" (its model is stored under other evaluation attacks) or "to train", with
-    :func:`grid.estimate_seconds` at ``sharing`` for the runs to train: "expected s" as printed ("?" where
+    :func:`grid.estimate_seconds` at ``sharing`` (and in ``compile_mode``) for the runs to train: "expected s" as printed ("?" where
     none), "seconds" as a number (None where none or done) for what reads the plan."""
     rows = []
     for c in grid.ordered(configs):
@@ -122,13 +123,13 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
             state = ("done" if not lost else f"extras missing: {', '.join(lost)}"
                      + ("" if has_ckpt else " (no checkpoint)"))
             if lost and not has_ckpt:
-                est = grid.estimate_seconds(c, results, sharing)
+                est = grid.estimate_seconds(c, results, sharing, compile_mode)
         else:
             epochs = len(store.read_json(run / "history.json")["epochs"]) if (run / "history.json").exists() else 0
             twin = experiment.trained_twin(c, results)
             state = (f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else
                      f"to evaluate (the model of {experiment.trained_in(twin)})" if twin else "to train")
-            est = grid.estimate_seconds(c, results, sharing)
+            est = grid.estimate_seconds(c, results, sharing, compile_mode)
         rows.append({"run": c.run_id, "state": state, "seconds": est,
                      "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})
     return pd.DataFrame(rows)

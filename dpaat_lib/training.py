@@ -22,7 +22,7 @@ from tqdm import tqdm
 from . import store
 from .config import RunConfig
 from .data import check_split_tensors
-from .methods import build_method
+from .methods import CLASSES, build_method
 from .models import build_model, check_input_size, head
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -171,6 +171,12 @@ def captured_step_for(mode: str | None, method, batch_size: int, device, generat
         raise ValueError(f"{type(method).__name__} checks each batch's values on the host, which a CUDA graph "
                          "cannot capture: build it with build_method(..., check_values=False), as train_run does")
     return CapturedStep(batch_size, device, generators) if method.graph_safe else None
+
+
+def effective_mode(mode: str | None, method_name: str) -> str | None:
+    """The speed mode a run of ``method_name`` actually trains in under ``mode``: AMAT is not captured by
+    the library's graph, so it trains eagerly (None) under ``"cuda-graph"``."""
+    return None if mode == GRAPH_MODE and not CLASSES[method_name].graph_safe else mode
 
 
 @dataclasses.dataclass

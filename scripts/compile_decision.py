@@ -18,6 +18,9 @@ machine, so the session's next call can start at once (a lent machine goes back 
 seconds), and committed as results/<profile>/compile-decision.json, so that a later GPU session with
 the same torch version skips the check and spends its minutes on the grid.
 
+--good-enough MODE FACTOR (device_check.sh): exit 0 if MODE already qualifies and trains at least
+FACTOR times eager's images/s on every benchmarked CNN, so the check can leave out the other mode.
+
 --read prints the mode of the first FILE that exists and was decided under this machine's torch
 version ("" for eager), and says on stderr which file it took or why none; with --usable it prints
 nothing and exits 0 if there is such a FILE, 1 if not (scripts/device_session.sh: check or not).
@@ -99,7 +102,18 @@ def decide(out_dir: Path) -> tuple[str, list[str]]:
     (best_s, best), others = good[0], good[1:]
     return best, verdicts[best][1] + [
         f"{best} trains a {RUN_EPOCHS}-epoch run of {EPOCH_IMAGES} images (warm-up included) in {best_s:.0f} s, "
-        f"{mode} in {s_:.0f} s" for s_, mode in others]
+        f"{mode} in {s_:.0f} s" for s_, mode in others] + [
+        f"{mode} not chosen: {v[1][0]}" for mode, v in verdicts.items() if not v[0]]
+
+
+def good_enough(out_dir: Path, mode: str, factor: float) -> bool:
+    """Whether ``mode`` already qualifies (:func:`decide`'s test and benchmark) and trains at least ``factor``
+    times eager's images/s on every benchmarked CNN: device_check.sh then spends no minutes on the other."""
+    tests = (out_dir / "cuda-tests.txt").read_text() if (out_dir / "cuda-tests.txt").exists() else ""
+    eager, rows = _rows(out_dir, "eager"), _rows(out_dir, CANDIDATES[mode][1])
+    ok, reasons, _ = _judge(mode, tests, eager, rows)
+    fast = [m for m, g in rows.items() if m in eager and g["library_img_s"] >= factor * eager[m]["library_img_s"]]
+    return ok and bool(fast) and len(fast) == len([m for m in rows if m in eager])
 
 
 def break_even_epochs(eager: dict, graphs: dict) -> float | None:
@@ -151,7 +165,14 @@ def main(argv=None) -> int:
     p.add_argument("--read", type=Path, nargs="+", help="print the mode of the first usable stored decision")
     p.add_argument("--usable", action="store_true", help="with --read: print nothing; exit 0 if a stored "
                                                          "decision is usable here, 1 if not")
+    p.add_argument("--good-enough", nargs=2, metavar=("MODE", "FACTOR"),
+                   help="with OUT_DIR: exit 0 if MODE qualifies and is at least FACTOR times eager on every CNN")
     args = p.parse_args(argv)
+    if args.good_enough:
+        mode, factor = args.good_enough[0], float(args.good_enough[1])
+        enough = args.out_dir is not None and good_enough(args.out_dir, mode, factor)
+        print(f"{mode}: {'correct and at least' if enough else 'not shown correct and'} x{factor:g} eager")
+        return 0 if enough else 1
     if args.read:
         mode = read(args.read)
         if args.usable:

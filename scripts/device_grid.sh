@@ -119,7 +119,7 @@ if [ "$WORKERS" = auto ]; then
   WORKERS=8
   if [ "$FINAL" = 1 ]; then  # the window a run will have: what is left, less this choice (~10 s) and the last 25 s
     CHOICE=$("$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" $GRID_ARGS \
-      --workers-for $(( LIMIT - $(elapsed) - 35 )) | tail -n 2)
+      ${COMPILE:+--compile $COMPILE} --workers-for $(( LIMIT - $(elapsed) - 35 )) | tail -n 2)
     echo "$CHOICE"
     [[ "$(echo "$CHOICE" | tail -n 1)" =~ ^[0-9]+$ ]] && WORKERS=$(echo "$CHOICE" | tail -n 1)
   fi

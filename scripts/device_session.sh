@@ -8,7 +8,8 @@
 #    ($RESULTS/compile-decision.json, committed from an earlier session) or CHECK=1:
 #    scripts/device_check.sh (the GPU tests, the benchmark eager and through CUDA graphs, the decision;
 #    at most CHECK_LIMIT seconds, TOTAL - 60 by default),
-#    its outputs packed into $OUT/check.tgz (the device tool brings back at most 8 files);
+#    its outputs packed into $OUT/check.tgz (the device tool brings back at most 8 files), its benchmarks
+#    also copied into the store for the grid's estimates;
 # 2. scripts/device_grid.sh for the rest of TOTAL seconds, as the session's last call (FINAL=1: a run
 #    starts only if it is expected to finish), with COMPILE=auto;
 # 3. torch.compile's cache (seeded from scratch/compile-cache when carried, scripts/device_env.sh) packed
@@ -46,6 +47,9 @@ if [ "$CHECK" = 1 ]; then
   OUT=$CHECK_OUT DECISION="$STORE/compile-decision.json" LIMIT=$CHECK_LIMIT timeout -k 5 $(( CHECK_LIMIT + 30 )) \
     bash scripts/device_check.sh
   tar czf "$OUT/check.tgz" -C "$CHECK_OUT" .
+  # In the store, the benchmarks tell the grid's estimates how much faster the decided mode trains than the
+  # stored runs did (grid.mode_speedups); they come back in check.tgz, not in the results archive.
+  cp "$CHECK_OUT"/benchmark-*.json "$RESULTS/" 2>/dev/null
   echo "[$(elapsed)s] check done"
 else
   echo "[$(elapsed)s] check skipped: the store's compile decision was taken under this torch version"

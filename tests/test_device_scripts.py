@@ -289,7 +289,17 @@ def test_compile_decision_takes_the_mode_that_trains_a_run_fastest(tmp_path):
     assert mode == "" and any("the library's CUDA graph not shown correct for amat" in w for w in why)
     _decision_inputs(tmp_path, passed=("std", "at", "sat", "dpaat"))
     captured(850.0, 3.0)
-    assert decision.decide(tmp_path)[0] == "cuda-graph"  # torch.compile's AMAT fails: the library's graph
+    mode, why = decision.decide(tmp_path)  # torch.compile's AMAT fails: the library's graph, and why not the other
+    assert mode == "cuda-graph" and why[-1].startswith("reduce-overhead not chosen: CUDA graphs not shown correct")
+    # device_check.sh leaves torch.compile out once the library's graph is correct and twice eager (500 img/s).
+    assert decision.good_enough(tmp_path, "cuda-graph", 1.5) and not decision.good_enough(tmp_path, "cuda-graph", 2)
+    assert decision.main([str(tmp_path), "--good-enough", "cuda-graph", "1.5"]) == 0
+    captured(1200.0, 3.0, passed=("std", "at", "sat", "dpaat"))  # fast, but not shown correct for AMAT
+    assert not decision.good_enough(tmp_path / "none", "cuda-graph", 1.0)
+    (tmp_path / "cuda-tests.txt").write_text("")
+    captured(1200.0, 3.0, passed=("std", "at", "sat", "dpaat"))
+    assert not decision.good_enough(tmp_path, "cuda-graph", 2)
+    assert decision.main([str(tmp_path), "--good-enough", "cuda-graph", "2"]) == 1
 
 
 def _travel_size():

@@ -195,6 +195,37 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     assert grid.estimate_seconds(dataclasses.replace(at, model="densenet121"), tmp_path) is None
 
 
+def test_estimates_in_a_faster_mode_divide_the_stored_epochs_by_its_benchmarked_speedup(tmp_path, prof, data,
+                                                                                       capsys):
+    """A call that trains through a CUDA graph judges its runs by the eager runs' epochs divided by how much
+    faster the check's benchmark found the graph on the same card (--finish-by, --workers-for, --plan);
+    evaluation and extras stay eager, AMAT trains eagerly under the library's graph, and without a
+    benchmark of the mode nothing changes."""
+    std, at, amat = configs(prof, data, ("std", "at", "amat"))
+    _fake_run(tmp_path, std, [2.0] * 4, extras_s=10.0)
+    _fake_run(tmp_path, at, [6.0] * 4)
+    eager = grid.estimate_seconds(at, tmp_path)
+    assert eager == pytest.approx(6 * 4 + 12)
+    assert grid.estimate_seconds(at, tmp_path, compile_mode="cuda-graph") == pytest.approx(eager)  # not measured
+    rows = [{"card": "H100", "model": "smallcnn", "library_img_s": 100.0},
+            {"card": "H100", "model": "smallcnn", "library_img_s": 300.0, "compile": "cuda-graph"},
+            {"card": "H200", "model": "smallcnn", "library_img_s": 200.0}]  # another card: no pair
+    store.write_json(tmp_path / "benchmark-cuda-captured.json", {"throughput": rows})
+    assert grid.mode_speedups(tmp_path) == {(None, "cuda-graph"): 3.0, ("cuda-graph", None): pytest.approx(1 / 3)}
+    assert grid.estimate_seconds(at, tmp_path, compile_mode="cuda-graph") == pytest.approx(6 / 3 * 4 + 12)
+    assert grid.estimate_seconds(amat, tmp_path, compile_mode="cuda-graph") == pytest.approx(
+        grid.estimate_seconds(amat, tmp_path))
+    # A run stored from the graph, estimated for an eager call: three times its epochs.
+    store.write_json(tmp_path / at.run_id / "history.json",
+                     {"finished": True, "epochs": [{"seconds": 2.0}] * 4, "compile_mode": "cuda-graph"})
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(6 * 4 + 12)
+    assert grid.estimate_seconds(at, tmp_path, compile_mode="cuda-graph") == pytest.approx(2 * 4 + 12)
+    # The plan prints the estimates of the mode asked for.
+    assert cli.main(["grid", "--profile", "quick", "--book", "--results", str(tmp_path), "--plan",
+                     "--compile", "cuda-graph", "--methods", "at"]) == 0
+    assert capsys.readouterr().out.count("to train") >= 1
+
+
 def test_workers_for_a_call_do_the_most_work_that_finishes(tmp_path, capsys):
     """A lent machine keeps no checkpoint: only runs that finish within the call count. Estimates at 8
     processes; a run alone on the card takes 1/sqrt(8) of the time (grid._share_factor)."""
