@@ -105,7 +105,8 @@ def check_data_files(data: DataConfig, root: Path, meta: pd.DataFrame, results) 
     metadata ``meta`` from :func:`dpaat_lib.data.read_metadata` finds them) than they have now
     (:func:`dpaat_lib.store.read_data_files`): a copy whose images were edited in place, or another copy with
     the same metadata and resolution, must not be served the runs of the original. A slim copy's empty files,
-    images the store never used and images of classes outside ``meta`` are not compared. HAM10000 only (the stand-in is drawn by our code)."""
+    images the store never used and images of classes outside ``meta`` are not compared. HAM10000 only (the
+    stand-in is drawn by our code)."""
     if data.source != "ham10000":
         return
     recorded = store.read_data_files(results).get(_files_key(data), {})

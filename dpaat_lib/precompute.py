@@ -110,8 +110,8 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
     """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
     checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k",
     "to evaluate" (its model is stored under other evaluation attacks) or "to train", with
-    :func:`grid.estimate_seconds` at ``sharing`` (and in ``compile_mode``) for the runs to train: "expected s" as printed ("?" where
-    none), "seconds" as a number (None where none or done) for what reads the plan."""
+    :func:`grid.estimate_seconds` at ``sharing`` and in ``compile_mode`` for the runs to train: "expected s"
+    as printed ("?" where none), "seconds" as a number (None where none or done) for what reads the plan."""
     rows = []
     for c in grid.ordered(configs):
         run = store.RunDir(results, c.run_id)

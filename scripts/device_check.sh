@@ -51,8 +51,8 @@ bench eager
 bench captured
 # The library's graph already correct and GOOD_ENOUGH times eager: torch.compile's minutes go to the grid instead
 # (its warm-up compiles for minutes in every process; CHECK_COMPILED=1 measures it anyway).
-if [ "${CHECK_COMPILED:-0}" != 1 ] && "$PY" scripts/compile_decision.py "$OUT" --good-enough cuda-graph "${GOOD_ENOUGH:-2}"
-then
+if [ "${CHECK_COMPILED:-0}" != 1 ] \
+  && "$PY" scripts/compile_decision.py "$OUT" --good-enough cuda-graph "${GOOD_ENOUGH:-2}"; then
   echo "torch.compile's CUDA graphs not measured: the library's graph is correct and fast enough"
 else
   timeout "$(cap 300)" "$PY" -m pytest tests -p no:cacheprovider -q -rA -k "$K_COMPILED" 2>&1 \
