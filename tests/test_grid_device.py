@@ -212,6 +212,16 @@ def test_estimates_in_a_faster_mode_divide_the_stored_epochs_by_its_benchmarked_
             {"card": "H200", "model": "smallcnn", "library_img_s": 200.0}]  # another card: no pair
     store.write_json(tmp_path / "benchmark-cuda-captured.json", {"throughput": rows})
     assert grid.mode_speedups(tmp_path) == {(None, "cuda-graph"): 3.0, ("cuda-graph", None): pytest.approx(1 / 3)}
+    # Where both measured several processes sharing the card (the grid's way), the smaller gain counts, each way.
+    rows[0]["concurrent_img_s"], rows[1]["concurrent_img_s"] = 250.0, 500.0
+    store.write_json(tmp_path / "benchmark-cuda-captured.json", {"throughput": rows})
+    assert grid.mode_speedups(tmp_path) == {(None, "cuda-graph"): 2.0, ("cuda-graph", None): pytest.approx(1 / 3)}
+    rows[0]["concurrent_img_s"], rows[1]["concurrent_img_s"] = 100.0, 1000.0
+    store.write_json(tmp_path / "benchmark-cuda-captured.json", {"throughput": rows})
+    assert grid.mode_speedups(tmp_path) == {(None, "cuda-graph"): 3.0, ("cuda-graph", None): pytest.approx(1 / 10)}
+    for row in rows:
+        row.pop("concurrent_img_s", None)
+    store.write_json(tmp_path / "benchmark-cuda-captured.json", {"throughput": rows})
     assert grid.estimate_seconds(at, tmp_path, compile_mode="cuda-graph") == pytest.approx(6 / 3 * 4 + 12)
     assert grid.estimate_seconds(amat, tmp_path, compile_mode="cuda-graph") == pytest.approx(
         grid.estimate_seconds(amat, tmp_path))
