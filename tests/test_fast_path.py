@@ -297,10 +297,12 @@ def test_partial_last_batch_runs_eager_and_compiles_nothing_more(method_name):
         torch.testing.assert_close(v, w, atol=1e-5, rtol=1e-4, msg=k)
 
 
-class ReplayingStep(CapturedStep):
-    """CapturedStep without a GPU: warming up runs the step, capturing only keeps it, and a replay runs the
-    kept step on the static indices. So, as on a GPU, every replay of a later epoch runs the step captured
-    in the first, whatever that epoch's own step is, and reads the batch from ``idx`` alone."""
+class TracedStep(CapturedStep):
+    """A closer CPU stand-in for a CUDA graph: capturing traces the step into its aten operations
+    (``make_fx``, which runs them once as it traces, so that batch needs no replay), and a replay runs
+    those operations alone, on the same tensors: no Python of the step runs again, as in a graph's
+    replay. A step that keeps state in a Python number, or rebinds a tensor instead of updating it in
+    place, replays its captured value and parts from the eager epochs."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -311,51 +313,9 @@ class ReplayingStep(CapturedStep):
         step(self.idx)
 
     def _capture(self, step):
-        self.calls.append("capture")
-        return step
-
-    def _replay(self):
-        self.calls.append("replay")
-        self.graph(self.idx)
-
-
-@pytest.mark.parametrize("method_name", ["std", "at", "sat", "dpaat", "d-b"])
-def test_captured_steps_replay_the_first_epochs_step_on_each_new_batch(method_name):
-    """Two epochs of 4 + 4 + 4 + 4 + 2 images in a shuffled order, through the captured-step logic: 3 full
-    batches warm up, the 4th is captured and replayed, and so is every later full batch (5 replays), the
-    partial batches run eagerly; the logs, the parameters and DPAAT's radii are the eager epochs' exactly."""
-    def two_epochs(captured):
-        model, method, opt, x, y, _, gen = _epoch_of(5, method_name)
-        x, y = x[:18], y[:18]
-        orders = [torch.randperm(18, generator=torch.Generator().manual_seed(e)) for e in range(2)]
-        logs = [train_epoch(model, method, opt, x, y, order, batch_size=4, flips=gen, captured=captured)
-                for order in orders]
-        return logs, model, method
-
-    captured = ReplayingStep(4, "cpu")
-    logs, model, method = two_epochs(captured)
-    assert captured.calls == 3 * ["warm"] + ["capture"] + 5 * ["replay"]
-    want_logs, want_model, want_method = two_epochs(None)
-    assert logs == want_logs and logs[0] != logs[1]
-    for a, b in zip(model.state_dict().values(), want_model.state_dict().values()):
-        assert torch.equal(a, b)
-    if method.radii() is not None:
-        assert torch.equal(method.radii(), want_method.radii())
-
-
-class TracedStep(CapturedStep):
-    """A closer CPU stand-in for a CUDA graph: capturing traces the step into its aten operations
-    (``make_fx``, which runs them once as it traces, so that batch needs no replay), and a replay runs
-    those operations alone, on the same tensors: no Python of the step runs again, as in a graph's
-    replay. A step that keeps state in a Python number, or rebinds a tensor instead of updating it in
-    place, replays its captured value and parts from the eager epochs."""
-
-    def _warm_up(self, step):
-        step(self.idx)
-
-    def _capture(self, step):
         from torch.fx.experimental.proxy_tensor import make_fx
 
+        self.calls.append("capture")
         self.traced_batch = True
         return make_fx(step)(self.idx)
 
@@ -363,16 +323,19 @@ class TracedStep(CapturedStep):
         if self.traced_batch:
             self.traced_batch = False
             return
+        self.calls.append("replay")
         with torch.no_grad():  # the traced graph holds the backward's operations itself
             self.graph(self.idx)
 
 
 @pytest.mark.parametrize("method_name", ["std", "at", "sat", "dpaat", "d-a", "d-b"])
 def test_replaying_only_the_steps_tensor_operations_gives_the_eager_epochs(method_name):
-    """Two epochs (the previous epoch's mu in the second) through TracedStep equal the eager epochs bit for
-    bit: parameters, radii, batch logs and the epochs' logs. With SGD: Adam reads its step count on the host
-    unless capturable, which torch allows on a GPU only. (DPAAT's former Python counters and rebound sums
-    fail this test.)"""
+    """Two shuffled epochs of 4 + 4 + 4 + 4 + 2 images (the previous epoch's mu in the second) through
+    TracedStep: 3 full batches warm up, the 4th is captured, every later full batch is replayed (4 of them),
+    the partial batches run eagerly, and every replay in the second epoch is of the step captured in the
+    first. Parameters, radii, batch logs and the epochs' logs equal the eager epochs bit for bit. With SGD:
+    Adam reads its step count on the host unless capturable, which torch allows on a GPU only. (DPAAT's
+    former Python counters and rebound sums fail this test.)"""
     x = torch.randint(0, 256, (18, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     y = torch.arange(18) % 3
     orders = [torch.randperm(18, generator=torch.Generator().manual_seed(e)) for e in range(2)]
@@ -391,7 +354,8 @@ def test_replaying_only_the_steps_tensor_operations_gives_the_eager_epochs(metho
     captured = TracedStep(4, "cpu")
     logs, model, method = two_epochs(captured)
     want_logs, want_model, want_method = two_epochs(None)
-    assert captured.graph is not None and logs == want_logs
+    assert captured.calls == 3 * ["warm"] + ["capture"] + 4 * ["replay"]
+    assert logs == want_logs and logs[0] != logs[1]
     for a, b in zip(model.state_dict().values(), want_model.state_dict().values()):
         assert torch.equal(a, b)
     if method.radii() is not None:
@@ -406,7 +370,7 @@ def test_a_captured_step_needs_its_logs_as_tensors():
     method.batch_loss = lambda *a: (lambda loss, logs: (loss, {**logs, "count": 4}))(*plain(*a))
     assert train_epoch(model, method, opt, x, y, order, batch_size=4)["count"] == 4
     with pytest.raises(TypeError, match="'count' as a int.*every batch log as a tensor"):
-        train_epoch(model, method, opt, x, y, order, batch_size=4, captured=ReplayingStep(4, "cpu"))
+        train_epoch(model, method, opt, x, y, order, batch_size=4, captured=TracedStep(4, "cpu"))
 
 
 def test_the_library_graph_needs_cuda_and_leaves_amat_eager():
