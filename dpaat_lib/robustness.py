@@ -6,7 +6,8 @@ rather than because no nearby adversarial example exists. This module adds
 
 - :class:`StrongAttack`: AutoPGD with the cross-entropy and the DLR loss
   (Croce & Hein, ICML 2020, torchattacks' ``APGD``), the black-box Square
-  attack (Andriushchenko et al., ECCV 2020, torchattacks' ``Square``) and
+  attack (Andriushchenko et al., ECCV 2020, torchattacks' ``Square``, with
+  fewer kernel launches per query: :func:`square_class`) and
   PGD with restarts (our loop, :func:`dpaat_lib.attacks.perturb`). Every
   result is projected onto the eps-ball and [0, 1] and then *checked*, so a
   robust accuracy computed from it can be trusted whatever the third-party
@@ -35,6 +36,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -177,9 +179,9 @@ class StrongAttack:
         if self.kind == "square":
             if self.norm == "l2" and min(x.shape[2:]) < 5:
                 raise ValueError(f"{self.name}: torchattacks' L2 Square attack needs images of at least 5 px")
-            attack = torchattacks.Square(model, norm=_TA_NORM[self.norm], eps=self.eps, n_queries=self.steps,
-                                         n_restarts=self.restarts, p_init=0.8, loss="margin",
-                                         resc_schedule=True, seed=self.seed)
+            attack = square_class()(model, norm=_TA_NORM[self.norm], eps=self.eps, n_queries=self.steps,
+                                    n_restarts=self.restarts, p_init=0.8, loss="margin", resc_schedule=True,
+                                    seed=self.seed)
         else:
             loss = self.kind.split("-")[1]
             if loss == "dlr":
@@ -208,6 +210,45 @@ class StrongAttack:
             if broken.all():
                 break
         return best
+
+
+@functools.cache
+def square_class():
+    """torchattacks' ``Square`` with two of its per-query costs removed, returning the same images bit for bit.
+
+    Square is a random search: each query changes one window of the image and asks the model once. On a
+    GPU a query is a few hundred tiny kernels, so their launches and the host's waits set its pace, and
+    two parts of torchattacks' loop add most of them without need:
+
+    - the L2 attack's window pattern (``eta``) is rebuilt at every query by a Python loop over the
+      window's rings, each ring a few kernels and a host-to-device copy: a few hundred launches per query
+      for a pattern that depends on the window size alone. Here it is built once per size (by
+      torchattacks' own ``eta_rectangles``) and kept; the random transposition still draws per query;
+    - the window's corners are drawn on the host, copied to the device, then read back to slice (a
+      device sync each, four per L2 query): here they stay on the host. Same draws from the same
+      generator, same arithmetic (IEEE float32 multiply then add, on either side).
+
+    ``tests/test_robustness.py`` checks the images against torchattacks' class, bit for bit, in both
+    norms; ``benchmarks/square_overhead.py`` counts the operations each dispatches.
+    """
+    import torchattacks
+
+    class Square(torchattacks.Square):
+        def random_int(self, low=0, high=1, shape=[1]):  # noqa: B006 (torchattacks' signature)
+            return (low + (high - low) * torch.rand(shape)).long()
+
+        def eta(self, s):
+            cache = self.__dict__.setdefault("_eta_by_size", {})
+            if s not in cache:
+                delta = torch.zeros([s, s]).to(self.device)
+                delta[: s // 2] = self.eta_rectangles(s // 2, s)
+                delta[s // 2:] = -1.0 * self.eta_rectangles(s - s // 2, s)
+                delta /= (delta ** 2).sum(dim=(0, 1), keepdim=True).sqrt()
+                cache[s] = delta
+            delta = cache[s]
+            return delta.permute([1, 0]) if torch.rand([1]) > 0.5 else delta
+
+    return Square
 
 
 def _label(norm: str) -> str:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dpaat_lib import experiment, profiles, robustness, store
 from dpaat_lib.models import Normalized, SmallCNN
@@ -149,6 +150,72 @@ def test_zero_eps_is_identity_and_bad_arguments_fail(toy_model, toy_test):
     two_class = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2)).eval()
     with pytest.raises(ValueError, match="3 classes"):
         StrongAttack("d", "apgd-dlr", "linf", 0.1, steps=2)(two_class, x, y % 2)
+
+
+class DispatchCount(TorchDispatchMode):
+    """Counts the tensor operations dispatched (on a GPU, about one kernel launch each)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.6)])
+def test_our_square_gives_torchattacks_images_bit_for_bit_with_fewer_operations(toy_model, toy_test, norm, eps):
+    """robustness.square_class() keeps the L2 window pattern per size and draws the window's corners on the
+    host: its adversarial images must be torchattacks' own, bit for bit, over enough queries that the
+    window shrinks through several sizes (resc_schedule) and a part of the images stays unbroken."""
+    import torchattacks
+
+    x, y = toy_test
+    kw = dict(norm=robustness._TA_NORM[norm], eps=eps, n_queries=120, n_restarts=1, p_init=0.8, loss="margin",
+              resc_schedule=True, seed=3)
+    images, searched, counts = [], [], []
+    for cls in (torchattacks.Square, robustness.square_class()):
+        with torch.random.fork_rng(), DispatchCount() as count:
+            images.append(cls(toy_model, **kw)(x, y))
+        counts.append(count.n)
+        with torch.random.fork_rng():  # every image's best point of the search, fooled or not
+            square = cls(toy_model, **kw)
+            square.init_hyperparam(x)
+            torch.manual_seed(kw["seed"])
+            searched.append(square.attack_single_run(x, y))
+    ours, theirs = images[1], images[0]
+    assert torch.equal(ours, theirs)
+    assert 0 < accuracy(toy_model, ours, y) < accuracy(toy_model, x, y)  # the attack ran and was not trivial
+    for a, b in zip(*searched):  # the number of queries and the best image of each image
+        assert torch.equal(a, b)
+    # On a CPU the corners' copies to the device and back are no operations, so Linf dispatches as many;
+    # L2 no longer rebuilds its window pattern (a fifth of its operations at 16 px, most of them at 224 px:
+    # benchmarks/square_overhead.py).
+    assert counts[1] <= counts[0]
+    if norm == "l2":
+        assert counts[1] < 0.8 * counts[0], counts
+
+
+def test_square_benchmark_counts_fewer_operations_and_finds_the_same_images(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "square_overhead.py"
+    spec = importlib.util.spec_from_file_location("square_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # Its probe model is never fooled at the paper's radii, so every image stays in the search throughout.
+    x, y = bench.images(6, 32)
+    for norm in bench.EPS:
+        x_best = bench.attack(robustness.square_class(), bench.MeanColour(), x, y, norm, 20)
+        assert accuracy(bench.MeanColour(), x_best, y) == 1.0 and (x_best != x).any(dim=(1, 2, 3)).all()
+    assert bench.main(["--size", "32", "--images", "6", "--queries", "20", "--repeats", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[:2] for r in rows] == [["linf", "torchattacks"], ["linf", "ours"], ["l2", "torchattacks"],
+                                     ["l2", "ours"]]
+    assert all(r[-1] == "yes" for r in rows)
+    assert int(rows[3][2]) < int(rows[2][2])
 
 
 # --------------------------------------------------------------------------
