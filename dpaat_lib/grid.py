@@ -60,7 +60,8 @@ def run_grid(configs: list[RunConfig], *, results, time_budget_s: float | None =
 
 
 def _stored_runs(results) -> list[dict]:
-    """Model, method, seconds per epoch, epochs and extras seconds of every finished run in ``results``."""
+    """Model, method, seconds per epoch, epochs (and the cap on them) and extras seconds of every finished run
+    in ``results``."""
     rows = []
     for hist_path in sorted(Path(results).glob("*/history.json")):
         run = hist_path.parent
@@ -73,6 +74,7 @@ def _stored_runs(results) -> list[dict]:
         strong = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
         curves = [store.read_json(p).get("seconds") or 0.0 for p in run.glob("eps_curve-*.json")]
         rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
+                     "cap": cfg["train"]["epochs"],
                      "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
                      "eval_s": hist.get("eval_seconds"),
                      "extras_s": max(strong) + sum(curves) if strong else None, "sharing": hist.get("sharing"),
@@ -137,11 +139,12 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     Seconds per epoch: the median of the stored runs of the same model and method; else the model's
     STD runs times the method's cost relative to STD as benchmarked into ``results``, or without a
     benchmark 1 + the attack's steps (the forward-backward passes of one adversarial batch).
-    Epochs: the median over the model's stored runs. Evaluation: the slowest stored evaluation of the
-    model (runs stored before it was timed count 0). Extras: the slowest stored stronger evaluation of
-    the model (else of any model) with its run's eps curves where they were timed, plus a fifth (for
-    Grad-CAM, and the curves where they were not). A run whose model is stored under other evaluation attacks
-    (:func:`dpaat_lib.experiment.trained_twin`) trains nothing: evaluation and extras only.
+    Epochs: :func:`expected_epochs` (the stored runs of the same method, else the cap). Evaluation: the
+    slowest stored evaluation of the model (runs stored before it was timed count 0). Extras: the slowest
+    stored stronger evaluation of the model (else of any model) with its run's eps curves where they were
+    timed, plus a fifth (for Grad-CAM, and the curves where they were not). A run whose model is stored
+    under other evaluation attacks (:func:`dpaat_lib.experiment.trained_twin`) trains nothing: evaluation
+    and extras only.
 
     ``compile_mode``: the speed mode the run will train in (``--compile``). A stored run trained in
     another mode has its seconds per epoch divided by how much faster the new mode trains
@@ -176,8 +179,25 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
         spe = statistics.median(std) * cost
     else:
         return None
-    epochs = statistics.median(r["epochs"] for r in mine)
-    return spe * epochs + evaluation
+    return spe * expected_epochs(config, rows) + evaluation
+
+
+def expected_epochs(config: RunConfig, rows: list[dict]) -> float:
+    """How many epochs a run of ``config`` is expected to train, from the stored runs ``rows``
+    (:func:`_stored_runs`) with the same epoch cap: the median of those of its model and method; else the
+    most that its method's runs of other models trained; else the cap itself.
+
+    Early stopping ends STD runs far sooner than adversarial ones (cpu-real's 60-epoch runs of chapter 12:
+    STD 7 to 18 epochs, AT 35 to 49, DPAAT 26 to 34), so the epochs of another method's runs would make an
+    adversarial run look two or three times shorter than it is, and ``--finish-by`` would start it in a
+    call it cannot finish (a lent machine's checkpoints do not outlive it). The cap is the bound early
+    stopping can only shorten."""
+    cap = config.train.epochs
+    method = [r for r in rows if r["method"] == config.method.name and r.get("cap") == cap]
+    mine = [r["epochs"] for r in method if r["model"] == config.model]
+    if mine:
+        return statistics.median(mine)
+    return max((r["epochs"] for r in method), default=cap)
 
 
 def _from_other_models(config: RunConfig, results, sharing: int | None, stored: set[str],

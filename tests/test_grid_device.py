@@ -159,31 +159,32 @@ def _fake_run(results, config, seconds: list[float], extras_s: float | None = No
         store.write_json(run / "robustness-0.json", {"seconds": extras_s})
 
 
-def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
-    std, at, dpaat = configs(prof, data, ("std", "at", "dpaat"))
+def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, data):
+    std, at, dpaat = configs(tiny_profile(epochs=8), data, ("std", "at", "dpaat"))
     assert grid.estimate_seconds(at, tmp_path) is None  # nothing of this model is stored
     _fake_run(tmp_path, std, [2.0] * 4, extras_s=10.0)
-    # AT from STD: 2 s/epoch x (1 + 2 attack steps) x 4 epochs, plus 1.2 x the extras' 10 s
-    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(2 * 3 * 4 + 12)
+    # AT from STD: 2 s/epoch x (1 + 2 attack steps) x the cap of 8 epochs (no AT run says how many it
+    # trains: STD's 4 would not), plus 1.2 x the extras' 10 s
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(2 * 3 * 8 + 12)
     assert grid.estimate_seconds(std, tmp_path) == pytest.approx(2 * 4 + 12)
-    _fake_run(tmp_path, at, [5.0] * 6)  # a stored AT run: its own speed; epochs: median over the model's runs
-    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 12)
-    assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 3 * 5 + 12)
+    _fake_run(tmp_path, at, [5.0] * 6)  # a stored AT run: its own speed and epochs
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 6 + 12)
+    assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 3 * 8 + 12)
     # A benchmark of the methods' cost in the store replaces the count of passes.
     store.write_json(tmp_path / "benchmark-cuda.json", {"method_cost": [{"method": "dpaat", "relative_to_std": 2.5}]})
-    assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 2.5 * 5 + 12)
+    assert grid.estimate_seconds(dpaat, tmp_path) == pytest.approx(2 * 2.5 * 8 + 12)
     # Runs that recorded how many processes shared the device are scaled to the sharing asked about.
     grid.record_sharing(tmp_path, std.run_id, 4)
     grid.record_sharing(tmp_path, at.run_id, 4)
-    assert grid.estimate_seconds(at, tmp_path, sharing=4) == pytest.approx(5 * 5 + 12)
-    assert grid.estimate_seconds(at, tmp_path, sharing=1) == pytest.approx((5 * 5 + 12) / 2)
-    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 12)  # sharing unknown: as stored
+    assert grid.estimate_seconds(at, tmp_path, sharing=4) == pytest.approx(5 * 6 + 12)
+    assert grid.estimate_seconds(at, tmp_path, sharing=1) == pytest.approx((5 * 6 + 12) / 2)
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 6 + 12)  # sharing unknown: as stored
     # Timed evaluations count once (the model's slowest); timed eps curves join their run's extras.
     hist = store.read_json(tmp_path / at.run_id / "history.json")
     store.write_json(tmp_path / at.run_id / "history.json", {**hist, "eval_seconds": 7.0})
     store.write_json(tmp_path / std.run_id / "eps_curve-l2-0.json", {"seconds": 3.0})
     store.write_json(tmp_path / std.run_id / "eps_curve-linf-0.json", {})  # stored before curves were timed
-    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 5 + 7 + 1.2 * 13)
+    assert grid.estimate_seconds(at, tmp_path) == pytest.approx(5 * 6 + 7 + 1.2 * 13)
     # A model with no stored run: the stored model's estimate, scaled by the benchmarked speeds (library path,
     # not compiled), so --finish-by does not start its first run blind.
     other = dataclasses.replace(at, model="resnet34")
@@ -193,6 +194,26 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, prof, data):
     store.write_json(tmp_path / "benchmark-cuda.json", {"throughput": rows, "method_cost": []})
     assert grid.estimate_seconds(other, tmp_path) == pytest.approx(4 * grid.estimate_seconds(at, tmp_path))
     assert grid.estimate_seconds(dataclasses.replace(at, model="densenet121"), tmp_path) is None
+
+
+def test_expected_epochs_come_from_runs_of_the_same_method_and_cap(data):
+    """Early stopping ends STD runs far sooner than adversarial ones, so an adversarial run is never judged by
+    STD's epochs: its own method's runs (its model's median, else the most of any model), else the cap."""
+    def row(model, method, epochs, cap=8):
+        return {"model": model, "method": method, "epochs": epochs, "cap": cap}
+
+    prof = tiny_profile(epochs=8)
+    std, at, dpaat = configs(prof, data, ("std", "at", "dpaat"))
+    rows = [row("smallcnn", "std", 3), row("smallcnn", "std", 5), row("smallcnn", "std", 4)]
+    assert grid.expected_epochs(std, rows) == 4
+    assert grid.expected_epochs(at, rows) == 8  # no AT run: the cap, not STD's 4
+    rows += [row("resnet34", "at", 7), row("mobilenet_v2", "at", 5), row("smallcnn", "at", 2, cap=60)]
+    assert grid.expected_epochs(at, rows) == 7  # other models' AT runs under this cap: the most of them
+    rows += [row("smallcnn", "at", 6)]
+    assert grid.expected_epochs(at, rows) == 6  # its own model's
+    assert grid.expected_epochs(dpaat, rows) == 8
+    long_at = configs(tiny_profile(epochs=60), data, ("at",))[0]
+    assert grid.expected_epochs(long_at, rows) == 2  # only the runs under the same cap
 
 
 def test_estimates_in_a_faster_mode_divide_the_stored_epochs_by_its_benchmarked_speedup(tmp_path, prof, data,

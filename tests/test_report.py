@@ -395,12 +395,16 @@ def test_what_is_left_against_one_call():
                                  "densenet121-d-a-s0-d", "densenet121-at-s0-e"],
                          "state": ["done", "to train", "to train", "resumes at epoch 3", "to train"],
                          "seconds": [None, 400.0, 1000.0, 2000.0, None]})
+    amat = pd.DataFrame({"run": ["densenet121-amat-s0-f"], "state": ["to train"], "seconds": [3000.0]})
     text = report.grid_window_findings(plan, window_s=500, sharing=8)
     assert "4 runs are left to train" in text and "3,400 process-seconds" in text and "about 7 minutes" in text
     assert "At 8 processes 1 of them fit: resnet34 (1)." in text
     assert "1 more would fit alone on the card: mobilenet_v2 (1)." in text  # 1000 / sqrt(8) = 354 s
     assert "1 would not even alone: densenet121 (1), 707 to 707 s each." in text
     assert "1 have no estimate" in text and "WORKERS=auto" in text and "need CUDA graphs" in text
+    assert "AMAT" not in text and "counts its epoch cap" in text
+    with_amat = report.grid_window_findings(pd.concat([plan, amat], ignore_index=True), window_s=500, sharing=8)
+    assert "2 would not even alone" in with_amat and "Of those, 1 train AMAT" in with_amat
     fits = report.grid_window_findings(plan.iloc[:2], window_s=500, sharing=8)
     assert "alone" not in fits and "CUDA graphs" not in fits and fits.endswith("fit: resnet34 (1).")
     assert report.grid_window_findings(plan.iloc[:1]) == "Nothing of the grid is left to train."

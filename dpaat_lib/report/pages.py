@@ -169,7 +169,8 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
 
     text = (f"**What is left, against one call.** {len(left)} runs are left to train (those whose extras were "
             f"lost with their checkpoint included): {est.sum():,.0f} process-seconds expected at {sharing} "
-            f"processes (`dpaat grid --plan --sharing {sharing}`, from the stored runs and the benchmark), about "
+            f"processes (`dpaat grid --plan --sharing {sharing}`, from the stored runs and the benchmark; a "
+            f"method none of whose runs is stored counts its epoch cap, which early stopping can only shorten), about "
             f"{est.sum() / sharing / 60:.0f} minutes of one card with {sharing} runs sharing it. A lent machine's "
             f"checkpoints do not outlive it, so a run must finish within one call, which leaves a run about "
             f"{window_s:.0f} s. At {sharing} processes {int(fits.sum())} of them fit: {models(fits)}.")
@@ -187,6 +188,12 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
         text += (" The others need CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` in the "
                  "first GPU session) to shorten them enough, a GPU session longer than one call, or a machine "
                  "that keeps its checkpoints.")
+        amat = never & known["run"].str.contains("-amat-s", regex=False)
+        if amat.any():
+            text += (f" Of those, {int(amat.sum())} train AMAT, which the library's own graph does not capture (it "
+                     "reads the size of its attacked sub-batch on the host every batch: `--compile cuda-graph` "
+                     "trains it eagerly); only torch.compile's graphs (`--compile reduce-overhead`) could "
+                     "shorten them.")
     return text
 
 
