@@ -55,6 +55,8 @@ def images(n: int, size: int, seed: int = 0):
 
 
 class DispatchCount(TorchDispatchMode):
+    """Counts the tensor operations dispatched (on a GPU, about one kernel launch each)."""
+
     def __init__(self):
         super().__init__()
         self.n = 0

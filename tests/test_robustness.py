@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from dpaat_lib import experiment, profiles, robustness, store
 from dpaat_lib.models import Normalized, SmallCNN
@@ -152,16 +151,16 @@ def test_zero_eps_is_identity_and_bad_arguments_fail(toy_model, toy_test):
         StrongAttack("d", "apgd-dlr", "linf", 0.1, steps=2)(two_class, x, y % 2)
 
 
-class DispatchCount(TorchDispatchMode):
-    """Counts the tensor operations dispatched (on a GPU, about one kernel launch each)."""
+def square_benchmark():
+    """benchmarks/square_overhead.py as a module (its probe, its attack and its operation counter)."""
+    import importlib.util
+    from pathlib import Path
 
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += 1
-        return func(*args, **(kwargs or {}))
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "square_overhead.py"
+    spec = importlib.util.spec_from_file_location("square_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.03), ("l2", 0.6)])
@@ -176,7 +175,7 @@ def test_our_square_gives_torchattacks_images_bit_for_bit_with_fewer_operations(
               resc_schedule=True, seed=3)
     images, searched, counts = [], [], []
     for cls in (torchattacks.Square, robustness.square_class()):
-        with torch.random.fork_rng(), DispatchCount() as count:
+        with torch.random.fork_rng(), square_benchmark().DispatchCount() as count:
             images.append(cls(toy_model, **kw)(x, y))
         counts.append(count.n)
         with torch.random.fork_rng():  # every image's best point of the search, fooled or not
@@ -198,13 +197,7 @@ def test_our_square_gives_torchattacks_images_bit_for_bit_with_fewer_operations(
 
 
 def test_square_benchmark_counts_fewer_operations_and_finds_the_same_images(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "square_overhead.py"
-    spec = importlib.util.spec_from_file_location("square_overhead", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = square_benchmark()
     # Its probe model is never fooled at the paper's radii, so every image stays in the search throughout.
     x, y = bench.images(6, 32)
     for norm in bench.EPS:
