@@ -224,8 +224,8 @@ def square_class():
       window's rings, each ring a few kernels and a host-to-device copy: a few hundred launches per query
       for a pattern that depends on the window size alone. Here it is built once per size (by
       torchattacks' own ``eta_rectangles``) and kept; the random transposition still draws per query;
-    - the window's corners are drawn on the host, copied to the device, then read back to slice (a
-      device sync each, four per L2 query): here they stay on the host. Same draws from the same
+    - the window's corners are drawn on the host, copied to the device, then read back at every slice
+      they bound (a device sync each, several per query): here they stay on the host. Same draws from the same
       generator, same arithmetic (IEEE float32 multiply then add, on either side).
 
     ``tests/test_robustness.py`` checks the images against torchattacks' class, bit for bit, in both
