@@ -193,7 +193,7 @@ def expected_epochs(config: RunConfig, rows: list[dict]) -> float:
     call it cannot finish (a lent machine's checkpoints do not outlive it). The cap is the bound early
     stopping can only shorten."""
     cap = config.train.epochs
-    method = [r for r in rows if r["method"] == config.method.name and r.get("cap") == cap]
+    method = [r for r in rows if r["method"] == config.method.name and r["cap"] == cap]
     mine = [r["epochs"] for r in method if r["model"] == config.model]
     if mine:
         return statistics.median(mine)

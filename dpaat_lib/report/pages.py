@@ -12,7 +12,8 @@ import pandas as pd
 from .. import experiment, grid, pretrained, profiles
 from ..profiles import linf_text, radius_text
 from ..config import RunConfig
-from ..methods import LABELS
+from ..methods import CLASSES, LABELS
+from ..training import GRAPH_MODE, effective_mode
 from ..models import list_models
 from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, and_list, log, method_key, resolve_path
 
@@ -188,12 +189,15 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
         text += (" The others need CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` in the "
                  "first GPU session) to shorten them enough, a GPU session longer than one call, or a machine "
                  "that keeps its checkpoints.")
-        amat = never & known["run"].str.contains("-amat-s", regex=False)
-        if amat.any():
-            text += (f" Of those, {int(amat.sum())} train AMAT, which the library's own graph does not capture (it "
-                     "reads the size of its attacked sub-batch on the host every batch: `--compile cuda-graph` "
-                     "trains it eagerly); only torch.compile's graphs (`--compile reduce-overhead`) could "
-                     "shorten them.")
+        # Run ids are <model>-<method>-s<seed>-<hash>; a method the library's graph leaves eager cannot be
+        # shortened by it (training.effective_mode, from Method.graph_safe).
+        method = known["run"].str.extract(r"^[^-]+-(.+)-s\d+-[0-9a-f]+$")[0]
+        eager = never & method.map(lambda m: m in CLASSES and effective_mode(GRAPH_MODE, m) is None)
+        if eager.any():
+            names = and_list(sorted({CLASSES[m].__name__ for m in method[eager]}))
+            text += (f" Of those, {int(eager.sum())} train {names}, which the library's own graph does not "
+                     "capture (`Method.graph_safe`: `--compile cuda-graph` trains them eagerly); only "
+                     "torch.compile's graphs (`--compile reduce-overhead`) could shorten them.")
     return text
 
 
