@@ -503,8 +503,9 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         history.update(best_epoch=1 + max(range(len(state["epochs"])),
                                           key=lambda j: _score(state["epochs"][j], tc.select_on)),
                        best=best, train_seconds=sum(e["seconds"] for e in state["epochs"]))
-        if compile_mode in COMPILE_MODES or graphed:
-            history["compile_mode"] = compile_mode  # how the (last part of the) run was trained
+        trained_in = effective_mode(compile_mode, config.method.name)
+        if trained_in is not None:
+            history["compile_mode"] = trained_in  # how the (last part of the) run was trained
     store.write_json(run / "history.json", history)
     return history
 

@@ -42,9 +42,9 @@ from dpaat_lib import experiment
 # ## Compute or load
 #
 # The split is a pure function of the metadata and a seed; it is saved with every run. The
-# counts below come from `report.split_summary`, which recomputes both splits from the metadata
-# when the data are present and stores the counts (no images) beside the results, so the page
-# re-executes without the data.
+# counts below come from `report.split_summary`: where the data are present it recomputes both
+# splits from the metadata (and stops if they differ from the stored counts), and it stores the
+# counts (no images) beside the results, so the page re-executes without the data.
 
 # %%
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,

@@ -114,9 +114,11 @@ report.md(report.source_block(M.AT.batch_loss) + "\n\n" + report.source_block(M.
 # %% [markdown]
 # - AMAT (Ma & Liang 2022), adapted to classification: one radius per training image, starting
 #   at eps0/10 and capped at 2 eps0; a fixed loss threshold T from an already trained STD model
-#   of the same architecture (its mean validation CE); each epoch, a correctly classified image
-#   whose adversarial loss stayed below T gets a larger radius (+ eps0/10), the others move
-#   half-way towards the distance the attack actually used.
+#   of the same architecture (its mean validation CE). Only the correctly classified images of a
+#   batch are attacked, and the adversarial term averages over them. At the end of each epoch, an
+#   attacked image whose adversarial loss stayed at or below T gets a larger radius (+ eps0/10), an
+#   attacked image above T moves half-way towards the distance the attack actually used, and an
+#   image never attacked in the epoch keeps its radius.
 
 # %%
 report.md(report.source_block(M.AMAT.end_epoch))

@@ -14,9 +14,9 @@
 # # 10. Reproducibility: environment, runs, how to re-run, deviations
 #
 # **Goal.** Say exactly what produced this book: the software and machine that executed the
-# pages, every run shown (its id is the hash of its full configuration, which names its folder
-# under `results/<profile>/`), how to re-run each chapter, and every way in which these runs
-# differ from the paper.
+# pages, the runs of the main grid (a run's id is the hash of its full configuration, which names
+# its folder under `results/<profile>/`), how to re-run each chapter, and every way in which these
+# runs differ from the paper.
 
 # %% tags=["parameters"]
 profile = "quick"  # quick | cpu-real | paper (dpaat_lib.profiles)
@@ -55,7 +55,11 @@ report.profile_banner(prof, results)
 report.md(report.environment(device))
 
 # %% [markdown]
-# ## Every run in the book
+# ## The runs of the main grid
+#
+# The main grid and its ablation, the runs that chapters 4 to 9 and 11 read. Chapter 12's studies
+# (sweeps, the full schedule, another radius, seven classes) and chapter 10's paper-profile runs
+# below are stored and named the same way: every folder under `results/` is one run.
 #
 # A run is identified by `<model>-<method>-s<seed>-<hash>`, the hash being the first 12 hex
 # digits of the SHA-256 of its configuration (`config.json` in its folder). The data enter the

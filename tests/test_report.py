@@ -466,8 +466,21 @@ def test_paper_consistency_flags_all_six_values_that_are_not_the_groups_mean():
     # a value that is the mean of its groups (to the rounding) is not flagged: DPAAT GAcc 70.71 = (71.93 + 69.48) / 2
     assert off[(off["method"] == "DPAAT") & (off["column"] == "GAcc")].empty
     assert "3 of them lie outside the range" in report.paper_consistency_note("I")
+    # off by 0.045 (groups 12.00 and 11.60 printed, mean 12.155 against 12.20): more than two decimals' rounding
+    assert not off[(off["method"] == "STD") & (off["column"] == "50-PGD")].empty
     t2 = report.paper_consistency("II")
     assert set(zip(t2["method"], t2["column"])) == {("AT", "mARP"), ("DPAAT", "mARP")}
+
+
+def test_paper_recall_is_checked_against_its_gacc():
+    """On 299 test images per class, recall averaged over classes is the accuracy: Table II's recall against
+    Table I's GAcc, from the two CSVs."""
+    gaps = report.paper_recall_gaps().set_index(["group", "method"])
+    assert gaps.loc[("all_six", "DPAAT"), "gap"] == pytest.approx(71.95 - 70.71)
+    assert len(gaps) == 12 and (gaps["gap"] > 0).all()
+    note = report.paper_recall_note()
+    assert "differs in 12 of the 12 rows" in note and "DPAAT 71.95 against 70.71 in the all-six row" in note
+    assert "equals Table I's GAcc for every method" in report.paper_recall_note(tolerance=2.0)
 
 
 @pytest.mark.parametrize("profile", ["quick", "cpu-real", "paper"])
@@ -719,7 +732,14 @@ def test_unmoved_radii_note_flags_a_median_still_at_eps0():
     still = dataclasses.replace(moved, history={"epochs": [{**ep[0], "radius_quantiles": [0.3, 0.45, eps0, 0.52, 0.7]}],
                                                 "best_epoch": 1})
     note = report.unmoved_radii_note([moved, still])
-    assert "In 1 of the 2 DPAAT runs" in note and "quartiles 0.450-0.520" in note
+    assert "In 1 of the 2 DPAAT runs" in note and "quartiles 0.450-0.520" in note and "D-B" in note
+    assert "upper bound" not in note  # no histogram logged: no share claimed
+    hist = [0] * 20
+    hist[10], hist[3] = 45, 55  # eps0 = 0.5 on [0, 1]: bin 10, [0.5, 0.55)
+    logged = dataclasses.replace(still, history={"epochs": [{**still.history["epochs"][0], "radius_hist": hist,
+                                                             "radius_hist_max": 2 * eps0}], "best_epoch": 1})
+    assert report.eps0_bin_share(logged.history["epochs"][0], eps0) == 0.45
+    assert "bin that holds eps0 has 45.0% of them, an upper bound" in report.unmoved_radii_note([logged])
 
 
 def _build_book_module():
@@ -934,3 +954,25 @@ def test_paper_gap_headline_speaks_only_for_a_complete_group():
     assert line.startswith("**Our lightweight average minus the paper's**")
     assert f"STD GAcc {std['gap']:+.1f} ± {std['noise']:.1f} *, 20-PGD" in line  # the columns in the given order
     assert f"{int(gaps[gaps['column'].isin(['GAcc', '20-PGD'])]['beyond'].sum())} of 4 differ beyond it" in line
+
+
+def test_split_summary_is_recomputed_where_the_data_are_and_refuses_a_stored_file_that_differs(tmp_path,
+                                                                                               synthetic_root):
+    """Chapter 2's counts: computed from the metadata and stored; where the data are, recomputed every time and
+    checked against the stored file (a changed metadata or split stops the page); without the data, loaded."""
+    data = dataclasses.replace(profiles.data_config(profiles.get_profile("quick")), source="ham10000",
+                               n_train=80, n_val=10, n_test=40)
+    first = report.split_summary(data, synthetic_root, tmp_path, "p")
+    (path,) = (tmp_path / "p").glob("split-summary-*.json")
+    assert first["lesion_aware"]["n_test"] == 40 * len(data.classes)
+    assert report.split_summary(data, synthetic_root, tmp_path, "p") == first == store.read_json(path)
+    assert report.split_summary(data, None, tmp_path, "p") == first  # no data: the stored counts
+    stored = store.read_json(path)
+    stored["data"]["a_field_added_later"] = None  # the configuration's record may grow: the counts decide
+    store.write_json(path, stored)
+    assert report.split_summary(data, synthetic_root, tmp_path, "p")["split_digest"] == first["split_digest"]
+    stored["lesion_aware"]["n_test"] += 1
+    store.write_json(path, stored)
+    with pytest.raises(ValueError, match="differs from the split summary recomputed from the metadata"):
+        report.split_summary(data, synthetic_root, tmp_path, "p")
+    assert report.split_summary(data, None, tmp_path / "elsewhere", "p") is None

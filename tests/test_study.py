@@ -542,6 +542,10 @@ def test_seven_class_pipeline_end_to_end(tmp_path, cache_dir):
     assert list(sig["seeds"]) == [2, 2]
     text = study.seven_class_findings(res, sig)
     assert "balanced accuracy" in text and "paired t-test across 2 seeds" in text and "mean of 2 seeds" in text
+    # one epoch each: every run kept its first, and is named as barely trained
+    assert "4 run(s) kept their first epoch" in text and "DPAAT seed 1 (1 epoch run, balanced accuracy" in text
+    later = [replace(r, history={**r.history, "best_epoch": 2}) for r in res[1:]]
+    assert "1 run(s) kept their first epoch" in study.seven_class_findings([res[0], *later], sig)
     counts = study.split_class_counts(res[0].config.data, cache_dir=cache_dir, results=tmp_path)
     assert list(counts["class"]) == list(ALL_CLASSES) and (counts[["train", "val", "test"]] > 0).all().all()
     # stored, so a page re-executed without the data shows the same counts
@@ -567,6 +571,12 @@ def test_below_chance_note_names_models_that_gained_no_robustness():
         r.config, data=dataclasses.replace(r.config.data, classes=("nv",)))) for r in res]
     note = study.below_chance_note(one)
     assert note.startswith("**Below chance.**") and "below the 100.0% of a constant guess" in note
+    radius = next(a.eps for a in one[0].config.eval_attacks if a.name == "20-PGD")
+    assert f"under 20-PGD at radius {radius:.3g}," in note  # a page shows some CNNs at two radii
+    model = one[0].config.model
+    at = [r for r in one if r.config.method.name == "at" and r.config.model == model]
+    pgd, clean = (100 * np.mean([study.metric_value(r, "acc", a) for r in at]) for a in ("20-PGD", "clean"))
+    assert f"On {model}, " in note and f"AT {pgd:.1f}% (clean {clean:.1f}%)" in note
     assert all(f"{m} " in note for m in ("AT", "SAT", "AMAT", "DPAAT")) and "compares two failures" in note
 
 
@@ -704,12 +714,15 @@ def test_schedule_headline_agrees_with_chapter_12_and_needs_every_run():
 # --------------------------------------------------------------------------
 
 def _at_radius(results, eps: float):
-    """The fake runs with a training attack of L2 radius ``eps`` (another run id, same seeds)."""
+    """The fake runs with a training attack of L2 radius ``eps`` and their L2 evaluation attacks at it, as
+    chapter 12 (e) trains and evaluates them (another run id, same seeds)."""
     from dpaat_lib.attacks import training_attack
 
-    return [replace(r, config=replace(r.config, method=replace(r.config.method,
-                                                               attack=training_attack(eps, 0.3 * eps, 7))))
-            for r in results]
+    def moved(config):
+        return replace(config, method=replace(config.method, attack=training_attack(eps, 0.3 * eps, 7)),
+                       eval_attacks=tuple(a.with_eps(eps) if a.norm == "l2" else a for a in config.eval_attacks))
+
+    return [replace(r, config=moved(r.config)) for r in results]
 
 
 def test_threat_overrides_give_the_paper_s_change_per_pixel():
@@ -878,10 +891,17 @@ def test_threat_headline_reads_the_cnns_outside_the_main_grid_where_all_are_ther
     assert "resnet34, 20-PGD " in text and "1 of 2 comparisons of DPAAT with AT keep their verdict" in text
     assert "3 of 3 comparisons of DPAAT with AT, SAT and AMAT" in text  # the main grid's, unchanged
     assert "Below chance" not in text  # 50% and more under 20-PGD: above the 33.3% of a constant guess
-    low = [replace(r, predictions=r.predictions.assign(**{"pred_20-PGD": (r.predictions["label"] + 1) % 3}))
-           for r in om]
-    assert "**Below chance.** On mobilenet_v2, AT 0.0%, DPAAT 0.0%" in study.threat_headline(
-        base, matched, attacks=attacks, other_base=ob, other_matched=low)
+    def failed(runs):  # every image wrong under 20-PGD
+        return [replace(r, predictions=r.predictions.assign(**{"pred_20-PGD": (r.predictions["label"] + 1) % 3}))
+                for r in runs]
+
+    low = failed(om)
+    text = study.threat_headline(base, matched, attacks=attacks, other_base=ob, other_matched=low)
+    assert "**Below chance.** On mobilenet_v2, AT 0.0% (clean " in text and "DPAAT 0.0% (clean " in text
+    # named with its radius, and only at the radius where it is below chance
+    assert text.count("**Below chance.**") == 1 and "under 20-PGD at radius 0.0714," in text
+    both = study.threat_headline(base, matched, attacks=attacks, other_base=failed(ob), other_matched=low)
+    assert both.count("**Below chance.**") == 2 and "under 20-PGD at radius 0.5," in both
     # a run missing outside the main grid: the main grid's sentence alone
     assert study.threat_headline(base, matched, attacks=attacks, other_base=ob, other_matched=om[:-1]) == \
         study.threat_headline(base, matched, attacks=attacks)

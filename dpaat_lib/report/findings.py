@@ -124,7 +124,8 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         "the paper's split is not described and HAM10000 has several images of one lesion (chapter 2).",
         "- **Data**: " + ("the SYNTHETIC stand-in, not HAM10000" if prof.synthetic else
                           f"HAM10000 at {c.data.source_size} px" if c is not None and c.data.source_size else
-                          "HAM10000 as published at 200x150 px (the original is 600x450)") + "; "
+                          "all of HAM10000's images and metadata in a 200x150 px copy (a third party's "
+                          "downscale; the published images are 600x450)") + "; "
         f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299).",
         f"- **Resolution**: {prof.image_size} px (paper: 224 px, InceptionV3 299 px).",
         f"- **Models**: {', '.join(prof.models)}"
@@ -162,7 +163,7 @@ def leakage_text(summary_: dict | None, result: experiment.RunResult) -> str:
             f"lesions on both sides). The lesion-aware split used here has "
             f"{aware['test_images_with_lesion_in_training']} such images. The split stored with run "
             f"`{result.run_id}` {'is' if stored_split_matches(result, summary_) else 'is NOT'} the one "
-            "recomputed here. Available per class: "
+            "these counts describe. Available per class: "
             + ", ".join(f"{c} {summary_['available'][c]['images']} images of {summary_['available'][c]['lesions']} "
                         "lesions" for c in summary_["data"]["classes"])
             + ".")

@@ -1,6 +1,7 @@
 """Data: split counts and leakage (load or compute, counts only), example images."""
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -29,16 +30,16 @@ def split_summary(data: DataConfig, data_root=None, results_root=None, profile_n
                   cache_dir=None) -> dict | None:
     """Counts per class and side of the run's split and of the image-level alternative, and how many
     test images share a lesion with a training image under each. Stored as
-    ``<results>/<profile>/split-summary-<hash>.json`` (counts only, no images); None when neither
-    the file nor the data is there."""
+    ``<results>/<profile>/split-summary-<hash>.json`` (counts only, no images), so a page re-executes
+    without the data; with the data there, both splits are recomputed from the metadata every time and a
+    stored file that differs raises ValueError (the metadata or the split changed). None when neither the
+    file nor the data is there."""
     out_dir = resolve_path(results_root, "results") / profile_name
     key = _digest(data.identity())  # asdict minus fields added since at their default (config.IDENTITY_OPTIONAL)
     path = out_dir / f"split-summary-{key}.json"
-    if path.exists():
-        return store.read_json(path)
     root = experiment.data_root_for(data.source, resolve_path(data_root), cache_dir)
     if root is None or D.metadata_path(root) is None:
-        return None
+        return store.read_json(path) if path.exists() else None
     meta = D.read_metadata(root, data.classes)
     sizes = dict(seed=data.split_seed, n_train=data.n_train, n_test=data.n_test, n_val=data.n_val)
     aware = D.make_split(meta, lesion_aware=True, **sizes)
@@ -51,7 +52,17 @@ def split_summary(data: DataConfig, data_root=None, results_root=None, profile_n
            "image_level": _split_stats(meta, image, data.classes),
            "used": "lesion_aware" if data.lesion_aware else "image_level",
            "split_digest": _digest(aware if data.lesion_aware else image)}
-    store.write_json(path, res)
+    res = json.loads(json.dumps(res))  # as stored: lists, string keys
+
+    def counts(summary_):  # the record of the configuration gains the fields added since; the file's name is its key
+        return {k: v for k, v in summary_.items() if k != "data"}
+
+    if path.exists() and counts(store.read_json(path)) != counts(res):
+        raise ValueError(f"{path} differs from the split summary recomputed from the metadata in {root}: the "
+                         "metadata or the split code changed since it was stored, so the stored runs may have been "
+                         "trained on another split. Check the data folder; delete the file to store the new counts")
+    if not path.exists():
+        store.write_json(path, res)
     return res
 
 

@@ -61,24 +61,27 @@ def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] =
 
 def below_chance_note(results: Sequence[experiment.RunResult], attack: str = "20-PGD") -> str:
     """A caveat (Markdown, empty when there is none): the (model, method) pairs whose seed-mean accuracy
-    under ``attack`` is below a constant guess (1 / number of classes). Such a model gained no
-    robustness to ``attack``, so a difference between two of them compares two failures."""
+    under ``attack`` is below a constant guess (1 / number of classes), with the attack's radius and their
+    clean accuracy. Such a model gained no robustness to ``attack``, so a difference between two of them
+    compares two failures; a clean accuracy near chance too says the model barely learned at all."""
     if not results:
         return ""
-    frame = prediction_frame(results, ("acc",), (attack,))
-    col = _column("acc", attack)
+    frame = prediction_frame(results, ("acc",), (CLEAN, attack))
+    col, clean = _column("acc", attack), _column("acc", CLEAN)
     chance = 1 / len(results[0].config.data.classes)
-    means = frame.groupby(["model", "method"], sort=False)[col].mean()
-    low = means[means < chance]
+    means = frame.groupby(["model", "method"], sort=False)[[col, clean]].mean()
+    low = means[means[col] < chance]
     if low.empty:
         return ""
     by_model = {}
-    for (model, method), v in low.items():
-        by_model.setdefault(model, []).append(f"{method} {100 * v:.1f}%")
+    for (model, method), v in low.iterrows():
+        by_model.setdefault(model, []).append(f"{method} {100 * v[col]:.1f}% (clean {100 * v[clean]:.1f}%)")
+    radii = {a.eps for r in results for a in r.config.eval_attacks if a.name == attack}
+    at = f" at radius {radii.pop():.3g}" if len(radii) == 1 else ""  # the page may show the same CNNs at two
     return ("**Below chance.** " + "; ".join(f"On {m}, {', '.join(v)}" for m, v in by_model.items())
-            + f" under {attack}, below the {100 * chance:.1f}% of a constant guess: these models gained no "
-              f"robustness to {attack}, so a difference between them under it compares two failures; read their "
-              "clean accuracy only.")
+            + f" under {attack}{at}, below the {100 * chance:.1f}% of a constant guess: these models gained no "
+              f"robustness to {attack}, so a difference between them under it compares two failures; read "
+              "their clean accuracy only.")
 
 
 def main_table(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS,

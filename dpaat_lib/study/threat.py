@@ -157,7 +157,7 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
     seed) of ``base`` at another radius): ``a`` - ``b`` at both radii and how many comparisons of ``a`` keep
     their verdict, from the same tests as chapter 12 (the bootstrap intervals, not shown here, skipped).
     ``other_base`` and ``other_matched``: ``a`` and ``b`` on the CNNs outside the main grid at both radii,
-    read the same way where every run is there, with :func:`below_chance_note` at the smaller radius."""
+    read the same way where every run is there, with :func:`below_chance_note` at each radius."""
     if not _retrained(base, matched):
         return ""
     e0, e1 = base[0].config.method.attack.eps, matched[0].config.method.attack.eps
@@ -175,7 +175,8 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
     others = ""
     if _retrained(other_base, other_matched):
         cnns = list(dict.fromkeys(r.config.model for r in other_matched))
-        low = below_chance_note(other_matched)  # a 20-PGD difference between two failures is no comparison
+        # A 20-PGD difference between two failures is no comparison: say so at each radius where it is one.
+        low = " ".join(note for note in map(below_chance_note, (other_base, other_matched)) if note)
         others = (f" On {report.and_list(cnns)} ({a} and {b} only), " + _pair_sentence(
             verdicts(other_base, other_matched, (b,)), names, words, a, b, against=(b,))
             + (f" {low}" if low else ""))
