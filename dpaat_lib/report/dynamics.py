@@ -152,13 +152,13 @@ def unmoved_radii_note(results: Sequence[experiment.RunResult], method: str = "D
         return ""
     q = [_kept_epoch(r)["radius_quantiles"] for r in still]
     shares = [eps0_bin_share(_kept_epoch(r), r.config.method.eps0) for r in still]
-    bound = ("; the histogram's bin that holds eps0 has " + ", ".join(f"{100 * v:.1f}%" for v in shares)
-             + " of them, an upper bound on the unmoved" if all(v is not None for v in shares) else "")
+    bound = (" (the histogram's bin that holds eps0 has " + ", ".join(f"{100 * v:.1f}%" for v in shares)
+             + " of them, an upper bound on the unmoved)" if all(v is not None for v in shares) else "")
     return (f"**Radii that never moved.** In {len(still)} of the {len(runs)} {method} runs the median radius at the "
             f"kept epoch is still exactly eps0 = {still[0].config.method.eps0:g} (quartiles "
             + "; ".join(f"{a[1]:.3f}-{a[3]:.3f}" for a in q)
-            + f"): a large share of the training images' radii were never updated{bound}, since a radius moves only "
-              f"when the sampler draws its image. Those images train at the fixed radius eps0, as in the ablation "
+            + f"): a large share of the training images' radii were never updated, since a radius moves only "
+              f"when the sampler draws its image{bound}. Those images train at the fixed radius eps0, as in the ablation "
               f"D-B (SAT's mixed loss plus the synchronisation term), so {method}'s comparisons there say less about "
               "the adaptation.")
 
