@@ -13,7 +13,8 @@ DEVICE ?= cpu
 .venv/.installed: requirements.txt pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q -r requirements.txt $(PIP_QUIET)
-	# test oracle only; --no-deps because it pins requests~=2.25, which breaks Sphinx
+	# APGD and Square of the stronger evaluation (dpaat_lib.robustness) and the tests' oracle; --no-deps because
+	# it pins requests~=2.25, which breaks Sphinx
 	.venv/bin/pip install -q --no-deps torchattacks==3.5.1 $(PIP_QUIET)
 	.venv/bin/pip install -q --no-deps -e . $(PIP_QUIET)
 	touch $@
@@ -23,8 +24,8 @@ setup: .venv/.installed
 book: setup  ## main job: quick profile (synthetic data, CPU), computed end to end, HTML in _build/quick/_build/html
 	$(PY) scripts/build_book.py --profile quick --out _build/quick --device $(DEVICE)
 
-publish: setup  ## re-execute the published book/ from its committed results, HTML in _build/html
-	$(PY) scripts/build_book.py --profile $(PROFILE) --out . --device $(DEVICE)
+publish: setup  ## re-execute the published book/ from its committed results, HTML in _build/html (DATA=: as published)
+	$(PY) scripts/build_book.py --profile $(PROFILE) --out . --device $(DEVICE) $(if $(DATA),--data "$(DATA)")
 
 reproduce: setup  ## everything from a HAM10000 folder: make reproduce DATA=/path/to/ham10000 PROFILE=paper DEVICE=cuda
 	@test -n "$(DATA)" || { echo "usage: make reproduce DATA=/path/to/HAM10000 [PROFILE=cpu-real|paper] [DEVICE=cuda]"; exit 2; }

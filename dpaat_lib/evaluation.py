@@ -78,10 +78,27 @@ def shared_runs(attacks: tuple[AttackSpec, ...]) -> dict[AttackSpec, tuple[Attac
     return runs
 
 
+SCORE_DIGITS = 6
+"""Decimals of the softmax scores in a stored predictions file (:func:`round_scores`)."""
+
+
+def round_scores(frame: pd.DataFrame, digits: int = SCORE_DIGITS) -> pd.DataFrame:
+    """``frame`` with its score columns (``p_<attack>_<class>``) rounded to ``digits`` decimals, as stored.
+
+    Rounding ties a confident model's smallest scores (below 5e-7 they all read 0), and average precision
+    depends on their order: the metrics are computed from the scores before rounding (dpaat_lib.experiment)."""
+    out = frame.copy()
+    for col in [c for c in frame.columns if c.startswith("p_")]:
+        out[col] = np.round(frame[col].to_numpy(), digits)
+    return out
+
+
 def evaluate(model, test, attacks: tuple[AttackSpec, ...], classes: tuple[str, ...], *, device="cpu",
-             batch_size: int = 128, seed: int = 0, share: bool = True) -> pd.DataFrame:
+             batch_size: int = 128, seed: int = 0, share: bool = True,
+             digits: int | None = SCORE_DIGITS) -> pd.DataFrame:
     """Per-image predictions: image_id, label, and for clean and each attack the predicted class and
-    the softmax probability of every class (columns ``pred_<attack>``, ``p_<attack>_<class>``).
+    the softmax probability of every class (columns ``pred_<attack>``, ``p_<attack>_<class>``), rounded to
+    ``digits`` decimals (None: as computed, float32 in float64; :func:`round_scores` rounds them later).
 
     ``share``: an attack that is a shorter version of another is read from that one's run
     (:func:`shared_runs`); the predictions are the same, bit for bit, as without (``share=False``), and the
@@ -96,8 +113,9 @@ def evaluate(model, test, attacks: tuple[AttackSpec, ...], classes: tuple[str, .
     for name in (CLEAN, *(spec.name for spec in attacks)):
         frame[f"pred_{name}"] = probs[name].argmax(1).numpy()
         for k, c in enumerate(classes):
-            frame[f"p_{name}_{c}"] = np.round(probs[name][:, k].numpy().astype(np.float64), 6)
-    return pd.DataFrame(frame)
+            frame[f"p_{name}_{c}"] = probs[name][:, k].numpy().astype(np.float64)
+    frame = pd.DataFrame(frame)
+    return frame if digits is None else round_scores(frame, digits)
 
 
 def robust_accuracy_curve(model, test, attack: AttackSpec, eps_values, *, device="cpu",

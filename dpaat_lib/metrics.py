@@ -87,7 +87,10 @@ def imbalance_metrics(pred: pd.DataFrame, classes) -> dict[str, dict[str, float]
 def mean_average_precision(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
     """Eq. 18: the mean over ``classes`` of the one-vs-rest average precision of the softmax scores
     ``p_<attack>_<class>`` (mAP on clean images, mARP under 20-PGD). A class absent from the test
-    set has no positives: scikit-learn warns and scores its AP 0 (pulling the mean down)."""
+    set has no positives: scikit-learn warns and scores its AP 0 (pulling the mean down). A run's
+    metrics.json holds it for the scores before rounding; from a stored predictions file (6 decimals)
+    tied scores can move it (committed CPU runs: by under 5e-5; a confident undefended CNN's 20-PGD
+    scores at 224 px, hundreds of which read 0: by several hundredths)."""
     check_predictions(pred, classes, [attack])
     y = pred["label"].to_numpy()
     aps = [average_precision_score(y == k, pred[f"p_{attack}_{c}"].to_numpy()) for k, c in enumerate(classes)]

@@ -240,6 +240,11 @@ def profile_for(name: str, data_root=None, **overrides) -> Profile:
     """
     base = get_profile(name)  # an unknown name is refused here, with the known ones
     over = {k: v for k, v in overrides.items() if v is not None}
+    if "seeds" in over:
+        try:
+            over["seeds"] = tuple(int(s) for s in list_parameter(over["seeds"]))
+        except (TypeError, ValueError):
+            raise ValueError(f"seeds must be whole numbers, e.g. [0, 1, 2], got {overrides['seeds']!r}") from None
     if "eps0" in over and "train_step_size" not in over:
         over.update(radius_overrides(base, over["eps0"]))
     if "linf_eps" in over:
@@ -249,6 +254,22 @@ def profile_for(name: str, data_root=None, **overrides) -> Profile:
         for k, v in PAPER_SPLIT.items():
             over.setdefault(k, v)
     return get_profile(name, **over)
+
+
+def list_parameter(value) -> tuple:
+    """A page's list parameter as a tuple, however it came: a list, one value, or the text of a list.
+
+    Papermill's ``-p models "[resnet50]"`` passes the string "[resnet50]" (only ``-y`` and build_book.py's
+    ``-p`` read values as YAML), so a string in brackets is split at its commas, each item stripped of
+    blanks and quotes: "[resnet50]" -> ("resnet50",), "[0, 1, 2]" -> ("0", "1", "2")."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            return tuple(item.strip().strip("'\"") for item in text[1:-1].split(",") if item.strip())
+        return (value,)
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
 
 
 def radius_overrides(p: Profile, eps0, name: str = "eps0") -> dict:

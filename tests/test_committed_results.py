@@ -88,9 +88,16 @@ def test_a_committed_cpu_run_is_reproduced_byte_for_byte(ham10000_root, tmp_path
     finally:
         torch.set_num_threads(threads)
     assert result.history["best_epoch"] == history["best_epoch"]
-    # Metrics added since the run was stored (balanced accuracy, ...) are new keys; the stored ones are unchanged.
+    # Metrics added since the run was stored (balanced accuracy, ...) are new keys; the stored ones are unchanged,
+    # but for mAP and mARP: computed now from the scores before rounding, then from the stored file's 6 decimals,
+    # whose ties can move them (bounded from the ties in each committed file: under 5e-5 for every CPU run, under
+    # 1.3e-6 for these two; same predictions, same ranking else).
     metrics, committed = store.read_json(Path(result.path) / "metrics.json"), store.read_json(stored / "metrics.json")
-    assert {k: metrics[k] for k in committed} == committed
+    ranked = {"mAP", "mARP"}
+    assert {k: metrics[k] for k in committed if k not in ranked} == {k: v for k, v in committed.items()
+                                                                       if k not in ranked}
+    for k in ranked & committed.keys():
+        assert metrics[k] == pytest.approx(committed[k], abs=5e-5), k
     assert (Path(result.path) / store.PREDICTIONS).read_bytes() == (stored / store.PREDICTIONS).read_bytes(), (
         "the same configuration, seed and data gave other predictions than the committed ones, on a CPU that "
         "computed the first epoch exactly as the store's did: training or evaluation changed its numbers; "

@@ -127,7 +127,9 @@ def test_make_profile_with_data_switches_quick_to_real_data():
 
 
 @pytest.mark.parametrize("given, expected", [("resnet18", ("resnet18",)), (["resnet18", "smallcnn"],
-                                                                            ("resnet18", "smallcnn"))])
+                                                                            ("resnet18", "smallcnn")),
+                                             # papermill's -p models "[resnet18, smallcnn]": the list as text
+                                             ("[resnet18, 'smallcnn']", ("resnet18", "smallcnn"))])
 def test_a_pages_models_become_the_profiles_so_its_banner_and_figures_name_them(given, expected):
     p = report.make_profile("paper", models=given)
     assert p.models == expected and p.ablation_models == expected
@@ -137,6 +139,15 @@ def test_a_pages_models_become_the_profiles_so_its_banner_and_figures_name_them(
     assert f"- **Models**: {', '.join(expected)} (paper: " in report.deviations(p)
     for none in (None, [], ()):  # papermill's default and an empty list: the profile's own
         assert report.make_profile("paper", models=none).models == profiles.get_profile("paper").models
+
+
+def test_a_pages_seeds_and_methods_may_come_as_papermill_text():
+    assert report.make_profile("quick", seeds="[0, 1, 2]").seeds == (0, 1, 2)
+    assert report.make_profile("quick", seeds=4).seeds == (4,) and report.make_profile("quick", seeds=[5]).seeds == (5,)
+    with pytest.raises(ValueError, match=r"seeds must be whole numbers, e.g. \[0, 1, 2\], got '\[a\]'"):
+        report.make_profile("quick", seeds="[a]")
+    assert profiles.list_parameter("[std, 'at']") == ("std", "at") and profiles.list_parameter("dpaat") == ("dpaat",)
+    assert profiles.list_parameter("[]") == () and profiles.list_parameter(("at",)) == ("at",)
 
 
 def test_a_pages_unknown_model_is_refused_before_anything_runs():

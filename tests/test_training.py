@@ -121,6 +121,22 @@ def test_dpaat_run_lowers_its_training_loss(reference):
     assert 0.0 <= res.metrics["GAcc"] <= 1.0
 
 
+def test_a_runs_average_precision_comes_from_its_scores_before_rounding(reference, run_kw):
+    """metrics.json's mAP is that of the unrounded scores; the stored file holds them rounded to 6 decimals
+    (rounding ties a confident model's smallest scores, and average precision depends on their order)."""
+    from dpaat_lib.evaluation import evaluate, round_scores
+    from dpaat_lib.metrics import mean_average_precision
+
+    cfg, results, result = reference
+    _, tensors = experiment.load_data(cfg.data, run_kw["data_root"], run_kw["cache_dir"])
+    model = training.load_trained(cfg, store.RunDir(results, cfg.run_id))
+    exact = evaluate(model, tensors["test"], cfg.eval_attacks, cfg.data.classes, seed=cfg.train.seed, digits=None)
+    assert result.metrics["mAP"] == mean_average_precision(exact, cfg.data.classes)
+    stored = result.predictions
+    pd.testing.assert_frame_equal(stored, round_scores(exact), check_dtype=False)
+    assert not stored.equals(exact)  # the rounding is real
+
+
 def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, run_kw):
     cfg, _, uninterrupted = reference
     results = tmp_path / "results"

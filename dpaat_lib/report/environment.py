@@ -101,11 +101,14 @@ def config_json(result: experiment.RunResult) -> str:
 
 def papermill_commands(profile: str, chapters: Sequence[str] = CHAPTERS) -> str:
     """Markdown code block with the commands that rebuild the book (all chapters, or one)."""
-    lines = [f"python scripts/build_book.py --profile {profile} --out _build/{profile}   # all chapters + HTML",
+    lines = [f".venv/bin/python scripts/build_book.py --profile {profile} --out _build/{profile}"
+             "   # all chapters + HTML",
              "# one chapter, from the repository root:",
-             "jupytext --to ipynb --set-kernel python3 notebooks/04_robustness.py -o /tmp/04_robustness.ipynb",
-             f"python -m papermill /tmp/04_robustness.ipynb book/04_robustness.ipynb -k python3 --cwd book "
-             f"-p profile {profile} -p device cpu   # add -p data_root /path/to/HAM10000 for real data"]
+             ".venv/bin/jupytext --to ipynb --set-kernel python3 notebooks/04_robustness.py "
+             "-o /tmp/04_robustness.ipynb",
+             f".venv/bin/python -m papermill /tmp/04_robustness.ipynb book/04_robustness.ipynb -k python3 --cwd book "
+             f"-p profile {profile} -p device cpu",
+             "# stored runs load without the data; add -p data_root /path/to/HAM10000 to train the missing ones"]
     return "```bash\n" + "\n".join(lines) + "\n```"
 
 

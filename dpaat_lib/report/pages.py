@@ -29,7 +29,7 @@ def make_profile(profile: str = "quick", *, data_root=None, models=None, **overr
     and ablation models, so that the banner, the deviations and the figures' choice of CNN name the CNNs the
     page ran."""
     if models:
-        models = (models,) if isinstance(models, str) else tuple(models)
+        models = profiles.list_parameter(models)  # papermill's -p passes "[resnet50]" as that string
         unknown = [m for m in models if m not in list_models()]
         if unknown:
             raise ValueError(f"unknown model(s) {unknown} in models={list(models)}; choose from {list_models()}, "
@@ -60,7 +60,8 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     root = resolve_path(data_root)
     out = results_dir(prof, results_root)
     data = experiment.resolve_data(profiles.data_config(prof), root, out, cache_dir)
-    cfgs = profiles.configs(prof, data, methods=tuple(methods or profiles.MAIN_METHODS))  # prof.models: the page's
+    methods = profiles.list_parameter(methods) if methods else profiles.MAIN_METHODS  # papermill: "[std, at]" too
+    cfgs = profiles.configs(prof, data, methods=methods)  # prof.models: the page's
     cfgs, weight_files = pretrained.configure(cfgs, weights)
     if stored_only:
         return prof, [r for r in (experiment.load_result(c, out) for c in cfgs) if r is not None]

@@ -49,9 +49,8 @@ def threat_models(study_profile: str, main_models: Sequence[str], given: Sequenc
                   ) -> tuple[str, ...]:
     """Section (e)'s CNNs outside the main grid: ``given`` (the notebook's parameter) or
     :data:`THREAT_MODELS`, less those of ``main_models``. An unknown name is refused with the known ones."""
-    if isinstance(given, str):  # a papermill parameter given as one name
-        given = (given,)
-    chosen = tuple(THREAT_MODELS.get(study_profile, ()) if given is None else given)
+    chosen = tuple(THREAT_MODELS.get(study_profile, ()) if given is None
+                   else profiles.list_parameter(given))  # papermill: one name, or "[a, b]" as text
     unknown = [m for m in chosen if m not in list_models()]
     if unknown:
         raise ValueError(f"threat_models: unknown CNN(s) {', '.join(map(repr, unknown))}; "
