@@ -357,23 +357,31 @@ class AMAT(RadiusTable):
         ce = per_sample_ce(logits, y)
         correct = (logits.argmax(1) == y).detach()
         adv_term = torch.zeros((), device=x.device)
+        i = idx.to(self.device)
+        # What this batch saw of each of its images: attacked (correct) with a finite result, or not finite.
+        ok, bad = (torch.zeros(i.shape[0], dtype=torch.bool, device=self.device) for _ in range(2))
+        adv_loss, adv_dist = (torch.zeros(i.shape[0], device=self.device) for _ in range(2))
         sel = correct.nonzero().flatten()  # the batch's one host sync: the size of the attacked sub-batch
         if sel.numel():
-            cidx = idx.to(self.device)[sel.to(self.device)]
+            s = sel.to(self.device)
             xs, ys = x[sel], y[sel]
-            x_adv = self.attack(model, xs, ys, eps=self.eps[cidx].to(x.device))
+            x_adv = self.attack(model, xs, ys, eps=self.eps[i[s]].to(x.device))
             ce_adv = per_sample_ce(model(x_adv), ys)
             adv_term = ce_adv.mean()
-            adv_loss = ce_adv.detach().float().to(self.device)
-            adv_dist = (x_adv - xs).flatten(1).norm(dim=1).detach().float().to(self.device)
+            adv_loss[s] = ce_adv.detach().float().to(self.device)
+            adv_dist[s] = (x_adv - xs).flatten(1).norm(dim=1).detach().float().to(self.device)
             # As in DPAAT: a non-finite loss or distance (a NaN image, an overflow) must not reach the radius,
             # which would stay NaN for the rest of the run; such a sample keeps its radius and is counted.
-            finite = torch.isfinite(adv_loss) & torch.isfinite(adv_dist)
-            last = self.last_visit(cidx)  # an image attacked twice in the batch: its last visit, in every table
-            self.seen[cidx] = finite[last]
-            self.nonfinite[cidx] = ~finite[last]
-            self.adv_loss[cidx] = adv_loss[last]
-            self.adv_dist[cidx] = adv_dist[last]
+            finite = torch.isfinite(adv_loss[s]) & torch.isfinite(adv_dist[s])
+            ok[s], bad[s] = finite, ~finite
+        # Every image of the batch, attacked or not, records its last visit: one misclassified at its latest visit
+        # (of the batch, or of the epoch: the balanced sampler draws an image several times) keeps its radius, as
+        # method.md says, instead of an earlier visit's result.
+        last = self.last_visit(i)
+        self.seen[i] = ok[last]
+        self.nonfinite[i] = bad[last]
+        self.adv_loss[i] = adv_loss[last]
+        self.adv_dist[i] = adv_dist[last]
         loss = a * ce.mean() + (1 - a) * adv_term
         return loss, {"acc": correct.float().mean(), "attacked": correct.sum(), "loss": loss.detach()}
 

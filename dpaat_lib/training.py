@@ -444,6 +444,12 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         # moved every tensor of the checkpoint to the run's device (found resuming on a GPU).
         for gen, key in ((shuffle_gen, "shuffle_gen"), (aug_gen, "aug_gen"), (attack_gen, "attack_gen")):
             gen.set_state(ck[key].cpu())
+        # The global generators draw the models' dropout masks (MobileNetV2, SqueezeNet, Inception-v3): without
+        # them a resumed run would repeat its first epochs' masks. Checkpoints from before they were kept: as then.
+        if "torch_rng" in ck:
+            torch.set_rng_state(ck["torch_rng"].cpu())
+        if "cuda_rng" in ck and device.type == "cuda":
+            torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         state = ck["state"]
 
     store.write_json(run / "config.json", config.to_dict())
@@ -452,7 +458,9 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
     bar = tqdm(total=total_epochs, initial=state["epoch"], desc=config.run_id, disable=not progress,
                leave=False)
     finished = False
-    while state["epoch"] < total_epochs:
+    # Early stopping is in the condition too: a run stopped by it but killed before its history said so resumes
+    # to nothing more, instead of training past its stopping epoch.
+    while state["epoch"] < total_epochs and state["bad_epochs"] < tc.patience:
         epoch = state["epoch"]
         head_only = two_phase and epoch < tc.head_epochs
         for p in model.parameters():
@@ -482,10 +490,12 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         elif not head_only:
             state["bad_epochs"] += 1
         stop = state["bad_epochs"] >= tc.patience
+        rng = {"torch_rng": torch.get_rng_state(),
+               **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {})}
         store.save_torch(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                 "method": method.state_dict(), "shuffle_gen": shuffle_gen.get_state(),
                                 "aug_gen": aug_gen.get_state(), "attack_gen": attack_gen.get_state(),
-                                "state": state})
+                                "state": state, **rng})
         store.write_json(run / "history.json", {"finished": False, "epochs": state["epochs"]})
         bar.update(1)
         bar.set_postfix(loss=f"{record.get('train_loss', float('nan')):.3f}", val_acc=f"{record['val_acc']:.3f}")
@@ -495,7 +505,7 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
             break
     bar.close()
-    finished = finished or state["epoch"] >= total_epochs
+    finished = finished or state["epoch"] >= total_epochs or state["bad_epochs"] >= tc.patience
     history = {"finished": finished, "epochs": state["epochs"], "select_on": tc.select_on}
     if finished:
         model.load_state_dict(store.load_torch(run.ckpt / "best.pt", map_location=device))

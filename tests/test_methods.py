@@ -414,6 +414,23 @@ def test_amat_end_epoch_grows_or_halves(model, batch):
     assert torch.equal(method.eps, after)
 
 
+@pytest.mark.parametrize("visits, grown", [([[5, 0, 3, 6], [1, 2, 5, 4]], {0, 1, 2}),  # 5 correct, then not
+                                           ([[5, 0, 5, 6]], {0})])                      # ... in one batch
+def test_amat_image_misclassified_at_its_last_visit_keeps_its_radius(model, batch, visits, grown):
+    """The balanced sampler draws an image several times per epoch: what counts at the epoch's end is its last
+    visit, and an image misclassified there keeps its radius (method.md), whatever an earlier visit measured.
+    In ``batch`` positions 0 and 1 are classified correctly, 2 and 3 not."""
+    x, y = batch
+    method = make("amat", threshold=math.inf)  # every attacked image would grow
+    start = method.eps.clone()
+    for idx in visits:
+        method.loss(model, x, y, torch.tensor(idx))
+    logs = method.end_epoch()
+    assert method.eps[5].item() == start[5].item(), "image 5's last visit was misclassified"
+    assert logs["grown"] == len(grown) and logs["shrunk"] == 0  # the images whose last visit was correct
+    assert [i for i in range(N_TRAIN) if method.eps[i] > start[i]] == sorted(grown)
+
+
 def test_amat_radii_clipped_to_eps_max(model, batch):
     x, y = batch
     method = make("amat", threshold=math.inf)  # every attacked sample grows

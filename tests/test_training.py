@@ -156,6 +156,44 @@ def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, 
     assert_same_run(resumed, uninterrupted)
 
 
+def test_a_resumed_run_draws_the_dropout_masks_of_the_uninterrupted_one(tmp_path, data, run_kw, monkeypatch):
+    """MobileNetV2, SqueezeNet and Inception-v3 drop out, from torch's global generator: a resumed run restores it
+    (last.pt), so its epochs after the break are those of the run that never stopped."""
+    from torch import nn
+
+    from dpaat_lib import models
+
+    def dropping(n):
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1)),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5), nn.Linear(8, n))
+
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # this test's registration only
+    models.register_model("dropcnn", dropping, head="6", gradcam_layer="2", min_size=8)
+    cfg = dataclasses.replace(tiny_config(data, method="at"), model="dropcnn")
+    whole = experiment.run(cfg, results=tmp_path / "whole", **run_kw)
+    assert experiment.run(cfg, results=tmp_path / "cut", time_budget_s=0, **run_kw) is None  # stops after epoch 1
+    resumed = experiment.run(cfg, results=tmp_path / "cut", **run_kw)
+    assert len(resumed.history["epochs"]) == len(whole.history["epochs"]) > 1
+    assert per_epoch(resumed.history, "train_loss") == per_epoch(whole.history, "train_loss")
+    assert_same_run(resumed, whole)
+
+
+def test_a_run_stopped_early_but_killed_before_its_history_said_so_trains_no_further(tmp_path, reference, run_kw):
+    """last.pt is written before the finished history: a run that early stopping ended, killed in between,
+    finishes on the next call without training past its stopping epoch."""
+    cfg = tiny_config(reference[0].data, prof=tiny_profile(patience=1, epochs=6))
+    results = tmp_path / "results"
+    done = experiment.run(cfg, results=results, **run_kw)
+    epochs = len(done.history["epochs"])
+    assert epochs < 6, "the test needs a run that early stopping ends"
+    run = store.RunDir(results, cfg.run_id)
+    store.write_json(run / "history.json", {"finished": False, "epochs": done.history["epochs"]})  # the kill
+    (run / "done").unlink()
+    again = experiment.run(cfg, results=results, **run_kw)
+    assert again.history["finished"] and len(again.history["epochs"]) == epochs
+    assert again.history["best_epoch"] == done.history["best_epoch"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["std", "dpaat"])
 def test_resume_on_cuda_continues_the_run(tmp_path, data, run_kw, method):
