@@ -79,7 +79,8 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
     raise D.DataError(f"no HAM10000 metadata at {root} and no unique stored results to identify the data "
                       f"({len(digests)} digests in {results}). Pass the folder of your HAM10000 copy "
                       "(official layout: HAM10000_metadata.csv, or Dataverse's HAM10000_metadata.tab, plus "
-                      "HAM10000_images_part_1/_part_2 or images/), or use source='synthetic'.")
+                      "HAM10000_images_part_1/_part_2 or images/), or use source='synthetic'."
+                      + (D._hint_subfolder(Path(root)) if root is not None and Path(root).is_dir() else ""))
 
 
 def _files_key(data: DataConfig) -> str:

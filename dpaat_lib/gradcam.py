@@ -90,7 +90,10 @@ def cams(model, model_name: str, x: torch.Tensor, targets: torch.Tensor, *, batc
     was, device = model.training, _device(model)
     out = []
     try:
-        with GradCAM(model=model, target_layers=[layer]) as cam, torch.enable_grad():
+        # The clone: pytorch-grad-cam keeps the layer's output as `.cpu()`, which on a CPU is the tensor itself, so
+        # an in-place op after the layer (DenseNet121's ReLU after `features`) would overwrite the kept activation
+        # there but not on a GPU: one checkpoint would give two maps.
+        with GradCAM(model=model, target_layers=[layer], reshape_transform=torch.clone) as cam, torch.enable_grad():
             for i in range(0, x.shape[0], batch_size):
                 # detach: the maps' backward must not reach a caller's tensor that requires grad
                 xb = _as_float(x[i:i + batch_size].detach().to(device))

@@ -44,6 +44,22 @@ def test_cams_shape_range_hooks_and_mode(name, size):
     assert not model.training
 
 
+def test_cams_do_not_depend_on_an_in_place_op_after_the_target_layer(monkeypatch):
+    """DenseNet121 applies ReLU in place to its target layer's output (`features`). pytorch-grad-cam keeps that
+    output as `.cpu()`, the tensor itself on a CPU: the maps must be those of the layer's own output, as on a
+    GPU, not of the ReLU's (the same maps as with an out-of-place ReLU)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model("densenet121").eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 2])
+    in_place = gradcam.cams(model, "densenet121", x, targets)
+    relu = F.relu
+    monkeypatch.setattr(F, "relu", lambda t, inplace=False: relu(t))  # DenseNet.forward's F.relu, out of place
+    np.testing.assert_allclose(in_place, gradcam.cams(model, "densenet121", x, targets), atol=1e-6)
+
+
 def test_cams_bad_target_raises_instead_of_being_swallowed():
     model = build_model("smallcnn", 3)
     with pytest.raises(ValueError, match="out of range"):

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpaat_lib import experiment, methods, profiles, report, store
+from dpaat_lib import experiment, gradcam, methods, profiles, report, store
 from dpaat_lib.models import GROUPS
 from fakes import fake_result, write_model_module
 
@@ -807,10 +807,20 @@ def test_gradcam_selection_says_which_runs_its_images_are_correct_under():
     both = [fake_result("smallcnn", m, preds=preds(True)) for m in ("std", "at", "dpaat")]
     chosen, note = report.gradcam_selection(both, "smallcnn", n_per_class=1, pool=2)
     assert len(chosen) == 3 and note.startswith("images correctly classified (clean) by all of STD, AT, DPAAT")
+    # A class short of images gives fewer, never images chosen by one method (the others would be scored on
+    # images they misclassify) ...
+    half = preds(True)
+    half.loc[half["label"] == 0, "pred_clean"] = 1
+    chosen, note = report.gradcam_selection([fake_result("smallcnn", "std", preds=half), *both[1:]], "smallcnn",
+                                            n_per_class=1, pool=2)
+    assert len(chosen) == 2 and not {"img0", "img1"} & set(chosen)
+    assert note.endswith("; 2 of the 3 asked for, because too few of the candidates are correct under all of them")
+    # ... and where none is correct under all of them, the first candidates, whatever the predictions.
     weak_std = [fake_result("smallcnn", "std", preds=preds(False)), *both[1:]]
     chosen, note = report.gradcam_selection(weak_std, "smallcnn", n_per_class=1, pool=2)
-    assert len(chosen) == 3 and note == ("images correctly classified (clean) by DPAAT, because too few of the 2 "
-                                         "candidates per class are correct under all of STD, AT, DPAAT")
+    order = [per_class[0] for per_class in gradcam.candidate_order(preds(True), ("nv", "mel", "bkl"))]
+    assert chosen == order and note == ("the first 1 of the 2 candidates per class (seeded), correct or not: none "
+                                        "is classified correctly by all of STD, AT, DPAAT")
 
 
 def test_the_stored_configuration_is_shown_as_its_file_holds_it(tmp_path):

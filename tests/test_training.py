@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dpaat_lib import experiment, grid, profiles, store, training
+from dpaat_lib import data as D, experiment, grid, profiles, store, training
 from dpaat_lib.attacks import AttackSpec
 from dpaat_lib.config import RunConfig
 from dpaat_lib.models import build_model
@@ -546,6 +546,14 @@ def test_resolve_data_without_data_uses_stored_results(reference):
     cfg, results, _ = reference
     found = experiment.resolve_data(profiles.data_config(tiny_profile()), None, results=results)
     assert found.digest == cfg.data.digest
+
+
+def test_resolve_data_names_the_subfolder_when_given_the_parent_of_a_copy(tmp_path, synthetic_root):
+    """--data at the folder above a HAM10000 copy, with nothing stored: the error names the copy inside it."""
+    (tmp_path / "datasets").mkdir()
+    shutil.copytree(synthetic_root, tmp_path / "datasets" / "ham", ignore=shutil.ignore_patterns("*.jpg"))
+    with pytest.raises(D.DataError, match=r"no HAM10000 metadata at .*datasets.*Did you mean .*datasets/ham\?"):
+        experiment.resolve_data(profiles.data_config(tiny_profile()), tmp_path / "datasets", results=tmp_path / "r")
 
 
 def test_run_needs_a_data_digest(tmp_path):

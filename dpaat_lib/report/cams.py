@@ -25,7 +25,9 @@ def gradcam_selection(results: Sequence[experiment.RunResult], model: str, n_per
     per class, among the first ``pool`` candidates of each class (default: the
     ``gradcam.CANDIDATES_PER_CLASS`` whose scores every run stores, or for a ``figure`` the
     ``gradcam.THUMBNAILS_PER_CLASS`` whose thumbnails it stores; ``n_per_class`` if more); if a class
-    has too few, images correct under the last method alone. Returns (ids, note)."""
+    has too few, fewer images (the note says how many), and if none is correct under all of them, the first
+    candidates whatever the predictions. Never chosen by one method's predictions alone, which would score
+    the others on images they misclassify. Returns (ids, note)."""
     from .. import gradcam
 
     if pool is None:
@@ -34,18 +36,22 @@ def gradcam_selection(results: Sequence[experiment.RunResult], model: str, n_per
             min(rr.config.train.seed for rr in results)}
     classes = next(iter(runs.values())).config.data.classes
     frames = [runs[m].predictions for m in methods if m in runs]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    shown = ", ".join(m for m in methods if m in runs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class short of images: counted below, said in the note
         ids = gradcam.select_correct(frames, n_per_class, classes, seed=seed, pool=pool)
-    note = (f"images correctly classified (clean) by all of {', '.join(m for m in methods if m in runs)}, "
-            f"chosen at random (seeded) among {pool} candidates per class")
-    if caught or len(ids) < n_per_class * len(classes):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ids = gradcam.select_correct(runs[methods[-1]].predictions, n_per_class, classes, seed=seed,
-                                         pool=pool) if methods[-1] in runs else ids
-        note = (f"images correctly classified (clean) by {methods[-1]}, because too few of the {pool} candidates "
-                f"per class are correct under all of {', '.join(methods)}")
+    note = (f"images correctly classified (clean) by all of {shown}, chosen at random (seeded) among {pool} "
+            "candidates per class")
+    asked = n_per_class * len(classes)
+    if ids and len(ids) < asked:
+        # Fewer images, never images chosen by one method: the others would be scored on images they misclassify.
+        note += (f"; {len(ids)} of the {asked} asked for, because too few of the candidates are correct under all "
+                 "of them")
+    elif not ids:  # none at all: the candidates themselves, chosen by no run's predictions
+        order = gradcam.candidate_order(frames[0], classes, seed)
+        ids = [i for per_class in order for i in sorted(per_class[:min(n_per_class, pool)])]  # by class, as above
+        note = (f"the first {n_per_class} of the {pool} candidates per class (seeded), correct or not: none is "
+                f"classified correctly by all of {shown}")
     return ids, note
 
 
