@@ -197,7 +197,9 @@ def trained_twin(config: RunConfig, results) -> store.RunDir | None:
     is none, or where ``config``'s own training has begun (it continues). Training reads no evaluation attack (its
     generators are seeded by the training seed alone), so that model is the one ``config`` would train."""
     root = Path(results)
-    if (root / config.run_id / "history.json").exists():
+    own = store.RunDir(root, config.run_id)
+    # Begun: its history, or its checkpoints alone (a call killed in its first epoch, between them and the history).
+    if (own / "history.json").exists() or any((own.ckpt / name).exists() for name in ("best.pt", "last.pt")):
         return None
     want = config.training_identity()
     for path in sorted(root.glob(f"{config.model}-{config.method.name}-s{config.train.seed}-*")):

@@ -267,6 +267,27 @@ def claim(claim_dir, name: str) -> bool:
     return True
 
 
+def _will_not_finish(claim_dir, run_id: str) -> bool:
+    """Whether run ``run_id`` will not finish in this call (its AMAT run then stops waiting for it): it failed,
+    --finish-by left it unstarted and no process claimed it, or the process that claimed it has ended."""
+    d = Path(claim_dir)
+    if (d / f"{run_id}.failed").exists():
+        return True
+    if not (d / run_id).exists():
+        return (d / f"{run_id}.skipped").exists()
+    try:
+        pid = int((d / run_id).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False  # claimed this instant: its process id is being written
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists (all of a call's run on one machine)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: float | None = None, log=print,
                 after_run: Callable[[experiment.RunResult], None] | None = None, poll_s: float = 5.0,
                 finish_by_s: float | None = None, redo: Callable[[RunConfig], str | None] | None = None,
@@ -305,8 +326,8 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
                 log(f"time budget spent; {len(pending)} run(s) left to other processes or the next call")
                 return done
             if c.method.needs_threshold and experiment.load_result(c.std_counterpart(), results) is None:
-                if (Path(claim_dir) / f"{c.std_counterpart().run_id}.failed").exists():
-                    log(f"{c.run_id}: skipped, its STD run failed")
+                if _will_not_finish(claim_dir, c.std_counterpart().run_id):
+                    log(f"{c.run_id}: skipped, its STD run failed, was not started or lost its process")
                 else:
                     waiting.append(c)  # its STD run is another process's, still training
                 continue
@@ -324,6 +345,7 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
                     continue
                 if est is not None and est > room:
                     log(f"{c.run_id}: not started, expected {est:.0f}s > {room:.0f}s left (--finish-by)")
+                    claim(claim_dir, f"{c.run_id}.skipped")  # an AMAT run waiting for it stops waiting
                     continue
             if not claim(claim_dir, c.run_id):
                 continue

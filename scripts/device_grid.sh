@@ -28,9 +28,11 @@
 #   into $OUT/results-$PROFILE-$START.partial.tgz: the device tool may stop a call before LIMIT (its limit is
 #   less than timeout_s when the machine's start took long), and what was finished then still comes back;
 #   the final archive replaces it;
-# - packs what this call wrote into the results store (no checkpoints), logs included, into
-#   $OUT/results-$PROFILE-$START.tgz, split into parts of 15 MiB if larger (the device tool brings back
-#   files of at most 16 MiB): unpack the calls' archives in order, over one folder.
+# - packs what was written to the results store since the last call on this machine that packed its final
+#   archive whole (a call stopped early is made up for by the next), finished runs only (no checkpoints, no run
+#   still training or trained again and unfinished), logs included, into $OUT/results-$PROFILE-$START.tgz,
+#   split into parts of 15 MiB if larger (the device tool brings back files of at most 16 MiB): unpack the
+#   calls' archives in order with scripts/unpack_results.py, which replaces each run folder they hold.
 # COMPILE=reduce-overhead trains through torch.compile (CUDA graphs; run ids unchanged); COMPILE=auto takes
 # what scripts/device_check.sh decided on this machine, else the decision committed to the store
 # ($RESULTS/compile-decision.json) if it was taken under this torch version, else eager. Extra arguments
@@ -61,13 +63,25 @@ fi
 DEVICE=${DEVICE:-cuda}
 OUT=${OUT:-/tmp/dpaat-out}
 mkdir -p "$OUT" "$RESULTS/logs"
-MARK=$(mktemp /tmp/dpaat-call-start.XXXXXX)  # files newer than this are what this call wrote
+MARK=$(mktemp /tmp/dpaat-call-start.XXXXXX)  # a name for this call's file lists
 elapsed() { echo $(( $(date +%s) - START )); }
 source scripts/device_env.sh
 BASE=$(dirname "$RESULTS") NAME=$(basename "$RESULTS")
 PARTIAL="$OUT/results-$PROFILE-$START.partial.tgz"
-written() {  # what this call wrote to the store, relative to BASE: no checkpoints, no superseded runs
-  (cd "$BASE" && find "$NAME" -type f -newer "$MARK" -not -path "*/ckpt/*" -not -path "*/superseded/*" | sort)
+# Packed: what was written since the end of the last call on this machine whose final archive was written whole
+# (or since the first call began), so a call the device tool stopped early loses nothing it finished after its
+# last partial pack: the next call packs it.
+STAMP="$BASE/.packed-$NAME"
+[ -e "$STAMP" ] || touch "$STAMP"
+written() {  # what was written to the store since STAMP, relative to BASE: no checkpoints, no superseded runs
+  (cd "$BASE" && find "$NAME" -type f -newer "$STAMP" -not -path "*/ckpt/*" -not -path "*/superseded/*" | sort)
+}
+finished_only() {  # of the files listed on stdin: the store's own, the logs and the finished runs' (never a run
+  # still training, nor one trained again and not finished, whose files would land on its old finished folder)
+  while read -r f; do
+    run=$(echo "$f" | cut -d/ -f2)
+    if [ "$(dirname "$f")" = "$NAME" ] || [ "$run" = logs ] || [ -e "$BASE/$NAME/$run/done" ]; then echo "$f"; fi
+  done
 }
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
 PENDING="$RESULTS/logs/call-$START.json"
@@ -81,10 +95,7 @@ pack_partial() {  # the store's own files, the logs and the finished runs: never
   # The call's record so far, in case it is stopped before it appends its line to calls.jsonl (chapter 10 reads both).
   call_record "stopped early (by the device tool): its seconds up to its last partial pack, a lower bound" \
     > "$PENDING.tmp" && mv "$PENDING.tmp" "$PENDING"
-  written | while read -r f; do
-    run=$(echo "$f" | cut -d/ -f2)
-    if [ "$(dirname "$f")" = "$NAME" ] || [ "$run" = logs ] || [ -e "$BASE/$NAME/$run/done" ]; then echo "$f"; fi
-  done > "$MARK.partial"
+  written | finished_only > "$MARK.partial"
   tar czf "$OUT/partial.tmp" -C "$BASE" -T "$MARK.partial" 2>/dev/null
   if [ "$(stat -c %s "$OUT/partial.tmp" 2>/dev/null || echo 0)" -le $(( 15 * 1024 * 1024 )) ]; then
     mv "$OUT/partial.tmp" "$PARTIAL"
@@ -160,12 +171,14 @@ call_record >> "$RESULTS/calls.jsonl" && rm -f "$PENDING" "$PENDING.tmp"
 grep -h "done in\|FAILED\|interrupted\|extras:\|not started\|again" "$RESULTS"/logs/worker*-"$START".log | sort | tail -n 80
 grep -h -A12 "FAILED" "$RESULTS"/logs/worker*-"$START".log | head -n 60
 ARCHIVE="$OUT/results-$PROFILE-$START.tgz"
-written > "$MARK.list"
-tar czf "$ARCHIVE" -C "$BASE" -T "$MARK.list"
+touch "$STAMP.new"  # before the list: nothing written after it can be missed by the next call
+written | finished_only > "$MARK.list"
+tar czf "$ARCHIVE" -C "$BASE" -T "$MARK.list" && PACKED=1
 rm -f "$PARTIAL" "$OUT/partial.tmp"  # the final archive holds all of it
-echo "$(wc -l < "$MARK.list") files written by this call packed"
+echo "$(wc -l < "$MARK.list") files written since the last whole archive packed"
 if [ "$(stat -c %s "$ARCHIVE")" -gt $(( 15 * 1024 * 1024 )) ]; then
   split -b 15M -d "$ARCHIVE" "$ARCHIVE.part-" && rm "$ARCHIVE"  # cat the parts in order to unpack
 fi
+[ "${PACKED:-0}" = 1 ] && mv "$STAMP.new" "$STAMP"
 ls -la "$OUT"
 echo "[$(elapsed)s] packed"

@@ -17,7 +17,8 @@
 #    files, at most 24 MiB by a test, the data copy 14.5 MB, so a larger cache could not be carried back);
 # 4. the whole log in $OUT/session.log.
 # Afterwards: unpack check.tgz and copy its benchmark-cuda-*.json and compile-decision.json into
-# results/paper/; unpack the results archive(s) over results/; put the compile-cache parts in
+# results/paper/; unpack the results archive(s) with scripts/unpack_results.py --into results; put the
+# compile-cache parts in
 # scratch/compile-cache/ (replacing what was there) and carry it next time (README, "On a GPU").
 set -uo pipefail
 START=$(date +%s)

@@ -129,6 +129,51 @@ def test_device_grid_call_stopped_early_brings_back_its_finished_runs(tmp_path, 
     calls = report.grid_calls(unpacked / "results")
     assert len(calls) == 1 and calls["note"][0].startswith(report.STOPPED_EARLY) and calls["seconds"][0] > 0
     assert calls["workers"][0] == 2 and calls["card"][0] == "cpu"
+    # The next call on the machine packs what the stopped one finished after its last partial pack (it trains
+    # nothing for them again: they are done): between the two archives, every finished run comes back.
+    finished = {p.parent.name for p in (tmp_path / "results").glob("*/done")}
+    late = tmp_path / "results" / sorted(done)[0] / "written-after-the-last-partial-pack.json"
+    late.write_text("{}")  # as an extra written after the last partial pack, before the kill
+    _call(tmp_path, synthetic_root, tmp_path / "out2")
+    members = _members(tmp_path / "out2")
+    second = {Path(m).parts[1] for m in members if m.endswith("/done")}
+    assert f"results/{late.parent.name}/{late.name}" in members
+    assert finished - done <= second, (finished, done, second)
+    assert done | second == {p.parent.name for p in (tmp_path / "results").glob("*/done")}
+
+
+def test_unpack_results_replaces_each_run_folder_an_archive_holds(tmp_path):
+    """A run trained again on the GPU must not keep its old training's files (an old stronger evaluation beside
+    the new one): a run folder in an archive replaces the one here; the store's own files are updated; other
+    runs are left alone; an archive split into parts is joined in order."""
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("unpack_results", ROOT / "scripts" / "unpack_results.py")
+    unpack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unpack)
+    here = tmp_path / "results"
+    for run in ("r1", "r2"):
+        (here / "paper" / run).mkdir(parents=True)
+        (here / "paper" / run / "done").write_text("ok\n")
+        (here / "paper" / run / "robustness-old.json").write_text("{}")
+    (here / "paper" / "calls.jsonl").write_text("old\n")
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w:gz") as tar:
+        for name, text in (("paper/r1/done", "ok\n"), ("paper/r1/robustness-new.json", "{}"),
+                           ("paper/calls.jsonl", "old\nnew\n"), ("paper/logs/worker1-1.log", "log")):
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    blob = data.getvalue()
+    half = len(blob) // 2
+    (tmp_path / "results-paper-1.tgz.part-00").write_bytes(blob[:half])
+    (tmp_path / "results-paper-1.tgz.part-01").write_bytes(blob[half:])
+    runs = unpack.unpack(sorted(tmp_path.glob("results-paper-1.tgz.part-*"), reverse=True), here)
+    assert runs == [str(Path("paper", "r1"))]
+    assert sorted(p.name for p in (here / "paper" / "r1").iterdir()) == ["done", "robustness-new.json"]
+    assert (here / "paper" / "r2" / "robustness-old.json").exists()  # not in the archive: left alone
+    assert (here / "paper" / "calls.jsonl").read_text() == "old\nnew\n" and (here / "paper" / "logs").is_dir()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")

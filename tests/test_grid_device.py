@@ -4,6 +4,7 @@ profile overrides from the command line, and the small stored Grad-CAM thumbnail
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import threading
 
@@ -81,6 +82,37 @@ def test_amat_is_skipped_when_its_std_run_failed(tmp_path, prof, data, run_kw):
                             poll_s=0.01, **run_kw)
     assert done == {}
     assert any("its STD run failed" in line for line in logs)
+
+
+def test_amat_stops_waiting_for_an_std_run_that_will_not_finish(tmp_path, prof, data, run_kw, monkeypatch):
+    """An AMAT run waits for its STD run only while that run may still finish in this call: not when --finish-by
+    left it unstarted (no process would ever train it), nor when the process that claimed it has ended. The time
+    budget is only a guard here: without these rules the AMAT run waited until it was spent."""
+    import subprocess
+    import sys
+
+    std, amat = configs(prof, data, ("std", "amat"))
+    monkeypatch.setattr(grid, "estimate_seconds", lambda c, *a, **k: 1e6 if c.method.name == "std" else 1.0)
+    logs = []
+    done = grid.run_claimed([std, amat], results=tmp_path / "r", claim_dir=tmp_path / "c1", log=logs.append,
+                            poll_s=0.01, finish_by_s=100, time_budget_s=60, **run_kw)
+    assert done == {} and not any("time budget spent" in line for line in logs), logs
+    assert any(f"{std.run_id}: not started" in line for line in logs)
+    assert any(f"{amat.run_id}: skipped, its STD run failed, was not started or lost its process" in line
+               for line in logs)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "c2").mkdir()
+    (tmp_path / "c2" / std.run_id).write_text(ended.stdout)  # claimed by a process that is gone
+    logs.clear()
+    assert grid.run_claimed([amat], results=tmp_path / "r", claim_dir=tmp_path / "c2", log=logs.append, poll_s=0.01,
+                            time_budget_s=60, **run_kw) == {}
+    assert any("skipped, its STD run" in line for line in logs) and not any("budget" in line for line in logs)
+    (tmp_path / "c3").mkdir()
+    (tmp_path / "c3" / std.run_id).write_text(f"{os.getpid()}\n")  # claimed by a live process: it waits
+    logs.clear()
+    assert grid.run_claimed([amat], results=tmp_path / "r", claim_dir=tmp_path / "c3", log=logs.append, poll_s=0.01,
+                            time_budget_s=0.2, **run_kw) == {}
+    assert any("time budget spent" in line for line in logs)
 
 
 def test_a_spent_budget_starts_nothing(tmp_path, prof, data, run_kw):

@@ -420,7 +420,8 @@ def test_adopting_a_stored_model_equals_training_it_again(tmp_path, reference, r
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("change", ["eps0", "seed", "no checkpoint", "unfinished", "own training begun"])
+@pytest.mark.parametrize("change", ["eps0", "seed", "no checkpoint", "unfinished", "own training begun",
+                                    "own checkpoint only"])
 def test_a_stored_model_is_adopted_only_when_it_is_this_runs_training(tmp_path, reference, data, change):
     """Another training radius or seed, a stored run without its checkpoint or its last epoch, or a run whose
     own training began: no twin (the run trains, or resumes, its own model)."""
@@ -439,6 +440,10 @@ def test_a_stored_model_is_adopted_only_when_it_is_this_runs_training(tmp_path, 
         store.write_json(twin / "history.json", {**store.read_json(twin / "history.json"), "finished": False})
     elif change == "own training begun":
         store.write_json(store.RunDir(results, other.run_id) / "history.json", {"finished": False, "epochs": []})
+    elif change == "own checkpoint only":  # killed in its first epoch, after its checkpoints, before its history
+        own = store.RunDir(results, other.run_id).ckpt
+        own.mkdir(parents=True)
+        shutil.copy(twin.ckpt / "best.pt", own / "best.pt")
     assert experiment.trained_twin(other, results) is None
 
 
