@@ -26,6 +26,7 @@ import pandas as pd
 from . import experiment, profiles, store
 from .config import RunConfig
 from .evaluation import CLEAN
+from .metrics import accuracy
 from .report import (METHOD_COLORS, and_list, closed, fmt, mean_std_table, method_key, new_figure, paper_value,
                      resolve_path)
 
@@ -322,8 +323,7 @@ def subset_gap_note(evals: dict, results: Sequence[experiment.RunResult],
         for att in attacks:
             sub = e["clean_accuracy"] if att == "clean" else e["robust_accuracy"].get(att)
             if sub is not None and f"pred_{att}" in pred:
-                full = float((pred[f"pred_{att}"] == pred["label"]).mean())
-                gaps.append((key, att, 100 * sub, 100 * full))
+                gaps.append((key, att, 100 * sub, 100 * accuracy(pred, att)))
     if not gaps:
         return ""
     d = np.array([g[2] - g[3] for g in gaps])

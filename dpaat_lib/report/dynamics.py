@@ -158,9 +158,9 @@ def unmoved_radii_note(results: Sequence[experiment.RunResult], method: str = "D
             f"kept epoch is still exactly eps0 = {still[0].config.method.eps0:g} (quartiles "
             + "; ".join(f"{a[1]:.3f}-{a[3]:.3f}" for a in q)
             + f"): a large share of the training images' radii were never updated, since a radius moves only "
-              f"when the sampler draws its image{bound}. Those images train at the fixed radius eps0, as in the ablation "
-              f"D-B (SAT's mixed loss plus the synchronisation term), so {method}'s comparisons there say less about "
-              "the adaptation.")
+              f"when the sampler draws its image{bound}. Those images train at the fixed radius eps0, as in the "
+              f"ablation D-B (SAT's mixed loss plus the synchronisation term), so {method}'s comparisons there say "
+              "less about the adaptation.")
 
 
 def eps0_bin_share(epoch: dict, eps0: float) -> float | None:

@@ -121,11 +121,14 @@ def seven_class_findings(results: Sequence[experiment.RunResult], sig: pd.DataFr
                      + ", ".join(f"{m} {np.mean(v):.1f}" for m, v in ranked) + ".")
     first = [r for r in results if r.history.get("best_epoch") == 1]
     if first:  # early stopping kept the first epoch: the run's numbers are those of a barely trained model
+        def barely(r):
+            n = len(r.history["epochs"])
+            return (f"{_label(r)} seed {r.config.train.seed} ({n} epoch{'s' if n != 1 else ''} run, "
+                    f"balanced accuracy {100 * metric_value(r, 'bacc'):.1f} clean)")
+
         parts.append(f"{len(first)} run(s) kept their first epoch (the validation loss never fell after it), so "
                      "they are barely trained, and their method's means above include them: "
-                     + ", ".join(f"{_label(r)} seed {r.config.train.seed} ({len(r.history['epochs'])} epoch{'s' * (len(r.history['epochs']) != 1)} run, "
-                                 f"balanced accuracy {100 * metric_value(r, 'bacc'):.1f} clean)" for r in first)
-                     + ".")
+                     + ", ".join(map(barely, first)) + ".")
     if sig is None:
         sig = significance_table(results, a, COMPARED, metric="bacc", n_boot=n_boot)
     if not sig.empty:
