@@ -31,6 +31,8 @@ GRAPH_MODE = "cuda-graph"
 """The library's own CUDA graph of the whole training step (:class:`CapturedStep`), no compiler."""
 SPEED_MODES = COMPILE_MODES + (GRAPH_MODE,)
 """What ``train_run(compile_mode=...)`` and ``--compile`` accept."""
+WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+"""torch.compile's modes that replay CUDA graphs, and the same mode without them."""
 
 
 class _Pair(nn.Module):
@@ -87,7 +89,10 @@ class CompiledNet(nn.Module):
 
 def compiled_for(model: nn.Module, mode: str, method, batch_size: int) -> CompiledNet:
     """``model`` compiled to train ``method`` at ``batch_size`` (train_run, and the benchmarks that time
-    it): for the full batch only, unless the method's batches vary in size (AMAT's sub-batch)."""
+    it): for the full batch only, unless the method's batches vary in size (AMAT's sub-batch). A method
+    that CUDA graphs cannot capture (AMAT) is compiled in the same mode without them (:func:`effective_mode`)."""
+    if not method.graph_safe:
+        mode = WITHOUT_CUDA_GRAPHS.get(mode, mode)
     return CompiledNet(model, mode, batch_size=None if method.varying_batch else batch_size)
 
 
@@ -174,9 +179,15 @@ def captured_step_for(mode: str | None, method, batch_size: int, device, generat
 
 
 def effective_mode(mode: str | None, method_name: str) -> str | None:
-    """The speed mode a run of ``method_name`` actually trains in under ``mode``: AMAT is not captured by
-    the library's graph, so it trains eagerly (None) under ``"cuda-graph"``."""
-    return None if mode == GRAPH_MODE and not CLASSES[method_name].graph_safe else mode
+    """The speed mode a run of ``method_name`` actually trains in under ``mode``. AMAT is not captured by
+    the library's graph, so it trains eagerly (None) under ``"cuda-graph"``; under torch.compile's CUDA
+    graphs it trains compiled without them (:data:`WITHOUT_CUDA_GRAPHS`): its clean forward runs before
+    the attack picks the sub-batch, so two compiled forwards of different sizes precede one backward, and
+    the second graph's replay overwrote the first's saved tensors (an H200 with torch 2.11: "accessing
+    tensor output of CUDAGraphs that has been overwritten by a subsequent run")."""
+    if CLASSES[method_name].graph_safe:
+        return mode
+    return None if mode == GRAPH_MODE else WITHOUT_CUDA_GRAPHS.get(mode, mode)
 
 
 @dataclasses.dataclass

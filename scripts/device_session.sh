@@ -11,7 +11,8 @@
 #    its outputs packed into $OUT/check.tgz (the device tool brings back at most 8 files), its benchmarks
 #    also copied into the store for the grid's estimates;
 # 2. scripts/device_grid.sh for the rest of TOTAL seconds, as the session's last call (FINAL=1: a run
-#    starts only if it is expected to finish), with COMPILE=auto;
+#    starts only if it is expected to finish), with COMPILE=auto; NEXT=S: a second call of S seconds follows at
+#    once on the warm machine (see below), so a run may also start if it is expected to finish within it;
 # 3. torch.compile's cache (seeded from scratch/compile-cache when carried, scripts/device_env.sh) packed
 #    into $OUT/compile-cache.tgz.part-NN, unless over CACHE_MAX_MB (a call sends 64 MiB in all: the tracked
 #    files, at most 24 MiB by a test, the data copy 14.5 MB, so a larger cache could not be carried back);
@@ -20,6 +21,13 @@
 # results/paper/; unpack the results archive(s) with scripts/unpack_results.py --into results; put the
 # compile-cache parts in
 # scratch/compile-cache/ (replacing what was there) and carry it next time (README, "On a GPU").
+#
+# A session's 15 minutes of device time hold one call of 600 s (the machine's start and the transfers took 42 s
+# on an H200) and about 250 s more. The machine stays warm for 30 s after a call: a second call sent at once
+# (no reading of the first's output in between) continues the same store, and the runs the first left unfinished:
+#
+#   NEXT=200 TOTAL=570 bash scripts/device_session.sh      (timeout_s 600), then at once
+#   CHECK=0 TOTAL=200 bash scripts/device_session.sh       (timeout_s 240)
 set -uo pipefail
 START=$(date +%s)
 TOTAL=${TOTAL:-570}
@@ -56,7 +64,7 @@ else
   echo "[$(elapsed)s] check skipped: the store's compile decision was taken under this torch version"
 fi
 
-LIMIT=$(( TOTAL - $(elapsed) )) FINAL=1 COMPILE=auto RESULTS="$RESULTS" PROFILE="$PROFILE" OUT="$OUT" \
+LIMIT=$(( TOTAL - $(elapsed) )) FINAL=1 NEXT=${NEXT:-0} COMPILE=auto RESULTS="$RESULTS" PROFILE="$PROFILE" OUT="$OUT" \
   DECISION="$STORE/compile-decision.json" bash scripts/device_grid.sh
 
 if [ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]; then

@@ -62,6 +62,30 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+# cuBLAS reads this when its first handle is made, so it is set before any test touches CUDA: torch's
+# deterministic mode (``deterministic_cuda``) needs it for deterministic matrix products.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@pytest.fixture
+def deterministic_cuda():
+    """Two runs of the same code on a GPU, made to repeat each other: fp32 without TF32, cuDNN's
+    deterministic algorithms, torch's deterministic implementations (a warning where an op has none).
+
+    The GPU tests compare the losses of two runs (resumed vs uninterrupted, graph vs eager). Left to
+    cuDNN's heuristics, atomic-add kernels and TF32, two runs of identical code differed on an H200
+    (two eager AMAT runs by 2.6e-4 after 3 epochs; a resumed DPAAT run by 2.3e-3), so the tests' bounds
+    had to be loose enough to miss a real fault, and were still exceeded. Nothing changes on a CPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32,
+              torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = before[:4]
+    torch.use_deterministic_algorithms(before[4], warn_only=before[5])
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Decoded-image cache shared by the end-to-end tests (keys depend on content, not path)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,7 +85,11 @@ def test_device_grid_call_packs_what_it_wrote_and_retrains_lost_extras(tmp_path,
     shutil.rmtree(results / std / "ckpt")  # as on a fresh machine: the checkpoint is gone ...
     for p in (results / std).glob("robustness-*.json"):  # ... and so is its stronger evaluation
         p.unlink()
-    log = _call(tmp_path, synthetic_root, tmp_path / "out2", FINAL="1", WORKERS="auto")
+    log = _call(tmp_path, synthetic_root, tmp_path / "out2", FINAL="1", WORKERS="auto", NEXT="240")
+    # A second call will follow on the warm machine: runs may start that finish within it.
+    assert re.search(r"expected to finish within (\d+)s \(this call's (\d+)s \+ NEXT=240s\)", log)
+    within, this_call = map(int, re.search(r"within (\d+)s \(this call's (\d+)s", log).groups())
+    assert within == this_call + 240
     assert ("training it again (its strong attacks and worst case on every test image are missing and its "
             "checkpoint is gone)") in log
     assert (results / "superseded" / std / "done").exists()

@@ -15,7 +15,7 @@ import torch
 from dpaat_lib.attacks import training_attack
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib.models import build_model
-from dpaat_lib.training import CapturedStep, captured_step_for, train_epoch
+from dpaat_lib.training import CapturedStep, captured_step_for, compiled_for, effective_mode, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -385,3 +385,19 @@ def test_the_library_graph_needs_cuda_and_leaves_amat_eager():
             captured_step_for("cuda-graph", build_method(MethodConfig(name="at"), 4), 32, "cuda")
         at = build_method(MethodConfig(name="at"), 4, check_values=False)
         assert isinstance(captured_step_for("cuda-graph", at, 32, "cuda"), CapturedStep)
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+@pytest.mark.parametrize("name", ["at", "amat"])
+def test_amat_is_compiled_without_cuda_graphs(monkeypatch, mode, name):
+    """AMAT's clean forward precedes the attack that sizes its sub-batch: two compiled forwards of different
+    sizes before one backward, whose CUDA graphs overwrote each other's saved tensors on an H200 (torch
+    2.11). It is compiled in the same mode without CUDA graphs, and its history says so."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None, dynamic=None: modes.append(mode) or module)
+    method = build_method(MethodConfig(name=name), 4, threshold=1.0 if name == "amat" else None)
+    compiled_for(build_model("smallcnn", 3), mode, method, 32)
+    want = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(mode, mode)
+    assert modes == [want if name == "amat" else mode] * 2
+    assert effective_mode(mode, name) == modes[0]
+    assert effective_mode("cuda-graph", name) == (None if name == "amat" else "cuda-graph")
