@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -252,6 +253,8 @@ def road_scores(model, x: torch.Tensor, targets: torch.Tensor, cam: np.ndarray,
 CANDIDATES_PER_CLASS = 30
 """Images per class whose scores a run stores after training: room for chapter 8's 10 per class that
 all three compared runs must classify correctly (about half of the candidates at 65-70 % accuracy)."""
+FIGURE_METHODS = ("std", "at", "dpaat")
+"""The methods whose maps chapter 8 compares (paper Fig. 4), on the profile's figure models."""
 THUMBNAILS_PER_CLASS = 10
 """The first candidates per class whose thumbnails and maps are stored too, for the figure's 2 per class
 (with 1 in 2 candidates correct under all three runs, 10 fall short of 2 about once in a hundred)."""
@@ -378,6 +381,12 @@ def _subset(result: dict, image_ids: Sequence[str]) -> dict:
     return out
 
 
+def stored_seconds(path: Path) -> float | None:
+    """The seconds a stored result took to compute (:func:`cam_result`), None where it was not timed."""
+    with np.load(path) as z:
+        return float(z["seconds"]) if "seconds" in z.files else None
+
+
 def _load(path: Path) -> dict:
     """A stored result, every per-image array in the order of its "image_ids"."""
     with np.load(path) as z:
@@ -388,7 +397,8 @@ def _load(path: Path) -> dict:
            "cams": cams.astype(np.float32) / (255 if cams.dtype == np.uint8 else 1),
            "thumbnail_ids": [str(i) for i in d["thumbnail_ids"]] if "thumbnail_ids" in d else ids,
            "labels": d["labels"].astype(np.int64), "masks": d.get("masks"),
-           "energy_in_mask": d.get("energy_in_mask"), "fractions": d["fractions"].tolist()}
+           "energy_in_mask": d.get("energy_in_mask"), "fractions": d["fractions"].tolist(),
+           "seconds": float(d["seconds"]) if "seconds" in d else None}  # files before it was timed: None
     for k in ("deletion_auc", "insertion_auc", "road"):
         out[k] = d[k]
     for k in ("deletion", "insertion"):  # files written before the per-image curves hold only the means
@@ -436,6 +446,7 @@ def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_roo
             f"({path.name}) and computing them needs the checkpoint {ckpt}, which is missing (checkpoints "
             f"are not committed with the results). Re-run training: remove the run folder {run_dir.path} "
             "and call experiment.run again, or pass a results store that holds the checkpoints.")
+    started = time.perf_counter()
     _, tensors = experiment.load_data(config.data, data_root, cache_dir)
     test = tensors["test"]
     where = {i: k for k, i in enumerate(test.image_ids)}
@@ -459,6 +470,8 @@ def cam_result(config: RunConfig, *, results, image_ids: Sequence[str], data_roo
     shown = np.array([image_ids.index(i) for i in thumbnails], dtype=np.int64)
     arrays.update(display, images=display["images"][shown], cams=display["cams"][shown],
                   thumbnail_ids=np.array(thumbnails))
+    # What computing it took, for the grid's estimates (a GPU call starts a run only if its extras fit too).
+    arrays["seconds"] = np.float64(time.perf_counter() - started)
 
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name

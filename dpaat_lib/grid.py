@@ -20,7 +20,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import experiment, store
+from . import experiment, gradcam, store
 from .config import RunConfig
 from .metrics import metrics_row
 
@@ -73,11 +73,13 @@ def _stored_runs(results) -> list[dict]:
         cfg = store.read_json(run / "config.json")
         strong = [store.read_json(p).get("seconds", 0.0) for p in run.glob("robustness-*.json")]
         curves = [store.read_json(p).get("seconds") or 0.0 for p in run.glob("eps_curve-*.json")]
+        cams = [t for t in map(gradcam.stored_seconds, run.glob("gradcam-*.npz")) if t is not None]
         rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
                      "cap": cfg["train"]["epochs"],
                      "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
                      "eval_s": hist.get("eval_seconds"),
-                     "extras_s": max(strong) + sum(curves) if strong else None, "sharing": hist.get("sharing"),
+                     "extras_s": max(strong) + sum(curves) if strong else None, "cam_s": max(cams, default=None),
+                     "sharing": hist.get("sharing"),
                      "mode": hist.get("compile_mode")})
     return rows
 
@@ -142,7 +144,9 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     Epochs: :func:`expected_epochs` (the stored runs of the same method, else the cap). Evaluation: the
     slowest stored evaluation of the model (runs stored before it was timed count 0). Extras: the slowest
     stored stronger evaluation of the model (else of any model) with its run's eps curves where they were
-    timed, plus a fifth (for Grad-CAM, and the curves where they were not). A run whose model is stored
+    timed, plus a fifth (for the curves where they were not, and Grad-CAM where no run of the model has a
+    timed one); for the methods of chapter 8 (:data:`gradcam.FIGURE_METHODS`), the slowest timed Grad-CAM of
+    the model's stored runs (only the figure models have one). A run whose model is stored
     under other evaluation attacks (:func:`dpaat_lib.experiment.trained_twin`) trains nothing: evaluation
     and extras only.
 
@@ -159,12 +163,15 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     for r in rows:
         f = _share_factor(r["sharing"], sharing)
         r["s_per_epoch"] *= f / speedups.get((r["mode"], mode), 1.0)
-        for key in ("extras_s", "eval_s"):
+        for key in ("extras_s", "eval_s", "cam_s"):
             r[key] = r[key] * f if r[key] else r[key]
     mine = [r for r in rows if r["model"] == config.model]
     evals = [r["eval_s"] for r in mine if r["eval_s"]]
     extras = [r["extras_s"] for r in mine if r["extras_s"]] or [r["extras_s"] for r in rows if r["extras_s"]]
+    cams = [r["cam_s"] for r in mine if r["cam_s"]]
     evaluation = (max(evals) if evals else 0.0) + 1.2 * (max(extras) if extras else 0.0)
+    if cams and config.method.name in gradcam.FIGURE_METHODS:
+        evaluation += max(cams)
     if experiment.trained_twin(config, results) is not None:
         return evaluation
     if not mine:

@@ -27,7 +27,6 @@ import pandas as pd
 from . import experiment, gradcam, grid, profiles, report, store, strong_report
 from .config import RunConfig
 
-GRADCAM_METHODS = ("std", "at", "dpaat")  # chapter 8's
 WHOLE_TEST_SET = "worst case on every test image"  # chapter 11's, on every seed (profile strong_all_seeds)
 
 
@@ -48,7 +47,7 @@ def run_extras(result: experiment.RunResult, prof: profiles.Profile, results_dir
         if strong_report.strong_evaluations([result], prof, results_dir, data_root=data_root, device=device,
                                             cache_dir=cache_dir)[0]:
             done.append("strong attacks")
-        if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
+        if c.method.name in gradcam.FIGURE_METHODS and c.model in report.figure_models(prof):
             ids = gradcam.candidate_ids(result.predictions, c.data.classes)
             shown = gradcam.candidate_ids(result.predictions, c.data.classes,
                                           per_class=gradcam.THUMBNAILS_PER_CLASS)
@@ -79,7 +78,7 @@ def missing_extras(result: experiment.RunResult, prof: profiles.Profile, results
                                            batch_size=prof.strong_batch)
         if not path.exists():
             missing.append("strong attacks")
-        if c.method.name in GRADCAM_METHODS and c.model in report.figure_models(prof):
+        if c.method.name in gradcam.FIGURE_METHODS and c.model in report.figure_models(prof):
             if gradcam.stored_file(result.path, gradcam.candidate_ids(result.predictions, c.data.classes)) is None:
                 missing.append("Grad-CAM")
     if prof.strong_all_seeds and not robustness.robust_eval_path(c, results_dir, suite, None, masking=None,

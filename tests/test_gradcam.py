@@ -223,6 +223,8 @@ def test_cam_result_computes_stores_and_reloads(tiny_run):
     assert e.shape == (6,) and (np.isnan(e) | ((e >= 0) & (e <= 1))).all()
     for k in ("deletion_auc", "insertion_auc", "road"):
         assert out[k].shape == (6,) and np.isfinite(out[k]).all()
+    # Timed, for the GPU grid's estimates (dpaat_lib.grid.estimate_seconds).
+    assert out["seconds"] > 0 and gradcam.stored_seconds(path) == out["seconds"]
 
     aside = result.path.parent / "ckpt-aside"  # stored maps need neither checkpoint nor data; the checkpoint
     shutil.move(result.path / "ckpt", aside)    # comes back at the end for the module's other tests

@@ -228,6 +228,23 @@ def test_estimate_comes_from_stored_runs_of_the_model(tmp_path, data):
     assert grid.estimate_seconds(dataclasses.replace(at, model="densenet121"), tmp_path) is None
 
 
+def test_estimate_adds_the_models_timed_grad_cam_for_the_figure_methods(tmp_path, data):
+    """A figure model's STD, AT and DPAAT runs compute chapter 8's Grad-CAM after their other extras: a GPU call
+    that left it out of the estimate started ResNet34's STD run 20 s short of it, and the run, packed without
+    its maps and without its checkpoint, must be trained again. Where no run of the model timed one, the fifth
+    added to the extras stands for it."""
+    std, at, sat = configs(tiny_profile(epochs=8), data, ("std", "at", "sat"))
+    _fake_run(tmp_path, std, [2.0] * 4, extras_s=10.0)
+    before = {c.method.name: grid.estimate_seconds(c, tmp_path) for c in (std, at, sat)}
+    np.savez(tmp_path / std.run_id / "gradcam-old.npz", image_ids=np.array(["a"]))  # stored before it was timed
+    assert {c.method.name: grid.estimate_seconds(c, tmp_path) for c in (std, at, sat)} == before
+    np.savez(tmp_path / std.run_id / "gradcam-0.npz", seconds=np.float64(25.0))
+    after = {c.method.name: grid.estimate_seconds(c, tmp_path) for c in (std, at, sat)}
+    assert after == pytest.approx({"std": before["std"] + 25, "at": before["at"] + 25, "sat": before["sat"]})
+    grid.record_sharing(tmp_path, std.run_id, 4)  # scaled with the rest to the processes sharing the device
+    assert grid.estimate_seconds(at, tmp_path, sharing=1) == pytest.approx(after["at"] / 2)
+
+
 def test_expected_epochs_come_from_runs_of_the_same_method_and_cap(data):
     """Early stopping ends STD runs far sooner than adversarial ones, so an adversarial run is never judged by
     STD's epochs: its own method's runs (its model's median, else the most of any model), else the cap."""
