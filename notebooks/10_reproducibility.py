@@ -35,7 +35,7 @@ device = "cpu"
 
 # %%
 from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
-from dpaat_lib import precompute, profiles
+from dpaat_lib import precompute, profiles, store
 
 # %%
 prof, main = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
@@ -179,10 +179,12 @@ paper_calls
 # %% [markdown]
 # What is left, run by run, with the seconds each is expected to take at 8 processes on the card
 # (`dpaat grid --profile paper --book --plan --sharing 8`: from the stored runs, scaled by the
-# benchmark for a CNN with none), against the length of one call:
+# benchmark for a CNN with none), against the length of one GPU session:
 
 # %% tags=["hide-input"]
-report.md(report.grid_window_findings(paper_plan, sharing=8))
+paper_decision = report.results_dir(paper_prof, results_root) / "compile-decision.json"
+report.md(report.grid_window_findings(paper_plan, sharing=8, decision=store.read_json(paper_decision)
+                                      if paper_decision.exists() else None))
 
 # %%
 report.side_by_side(paper_runs, "I") if paper_runs else report.md("None yet.")

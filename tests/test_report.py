@@ -415,7 +415,16 @@ def test_what_is_left_against_one_call():
     assert "1 have no estimate" in text and "WORKERS=auto" in text and "need CUDA graphs" in text
     assert "AMAT" not in text and "counts its epoch cap" in text
     with_amat = report.grid_window_findings(pd.concat([plan, amat], ignore_index=True), window_s=500, sharing=8)
-    assert "2 would not even alone" in with_amat and "Of those, 1 train AMAT" in with_amat
+    assert "2 would not even alone" in with_amat and "Of those, 1 train AMAT, which no CUDA graph captures" in with_amat
+    # Once a check has decided, the page says what it chose and why, instead of hoping for CUDA graphs.
+    decision = {"mode": "", "card": "NVIDIA H200", "torch": "2.11.0+cu130",
+                "reasons": ["resnet34: concurrent_img_s 802 through the library's CUDA graph, not above eager's 810"]}
+    decided = report.grid_window_findings(plan, window_s=500, sharing=8, decision=decision)
+    assert ("The check on NVIDIA H200 (torch 2.11.0+cu130) chose eager training for the grid "
+            "(`compile-decision.json`: resnet34: concurrent_img_s 802") in decided
+    assert "need CUDA graphs" not in decided and "fewer epochs than the profile's cap" in decided
+    graphs = report.grid_window_findings(plan, window_s=500, sharing=8, decision={**decision, "mode": "cuda-graph"})
+    assert "chose cuda-graph training" in graphs and "already count that mode's speed" in graphs
     fits = report.grid_window_findings(plan.iloc[:2], window_s=500, sharing=8)
     assert "alone" not in fits and "CUDA graphs" not in fits and fits.endswith("fit: resnet34 (1).")
     assert report.grid_window_findings(plan.iloc[:1]) == "Nothing of the grid is left to train."

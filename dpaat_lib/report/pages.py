@@ -149,12 +149,17 @@ def grid_time_findings(calls: pd.DataFrame, finished: int, total: int, goal_min:
     return text + "."
 
 
-def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: int = 8) -> str:
-    """What is left of a grid against the length of one GPU call, from :func:`dpaat_lib.precompute.plan_table`
-    at ``sharing`` processes. A lent machine's checkpoints do not outlive it, so a run must finish within
-    one call: ``window_s`` is about what ``TOTAL=570 bash scripts/device_session.sh`` leaves a run (570 s
-    less preparing the data and the last 25 s). Runs alone on the card take 1/sqrt(sharing) of the
-    time (:func:`dpaat_lib.grid._share_factor`, the grid's own model of sharing)."""
+def grid_window_findings(plan: pd.DataFrame, window_s: float = 640.0, sharing: int = 8,
+                         decision: dict | None = None) -> str:
+    """What is left of a grid against the length of one GPU session, from
+    :func:`dpaat_lib.precompute.plan_table` at ``sharing`` processes. A lent machine's checkpoints do not
+    outlive it, so a run must finish within the calls of one session on one warm machine: ``window_s`` is
+    about what ``NEXT=200 TOTAL=570 bash scripts/device_session.sh`` and, at once, ``TOTAL=200`` leave a run
+    (770 s less preparing the data and choosing the processes in each call, about 40 s, and each call's
+    last 25 s). Runs alone on the card take 1/sqrt(sharing) of the time
+    (:func:`dpaat_lib.grid._share_factor`, the grid's own model of sharing). ``decision``: the store's
+    ``compile-decision.json`` (scripts/compile_decision.py), what the runs too long even alone could hope from
+    CUDA graphs."""
     left = plan[plan["state"] != "done"]
     if left.empty:
         return "Nothing of the grid is left to train."
@@ -169,13 +174,14 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
         counts = model[mask].value_counts(sort=False)
         return and_list([f"{m} ({n})" for m, n in counts.items()]) if len(counts) else "none"
 
-    text = (f"**What is left, against one call.** {len(left)} runs are left to train (those whose extras were "
-            f"lost with their checkpoint included): {est.sum():,.0f} process-seconds expected at {sharing} "
+    text = (f"**What is left, against one GPU session.** {len(left)} runs are left to train (those whose extras "
+            f"were lost with their checkpoint included): {est.sum():,.0f} process-seconds expected at {sharing} "
             f"processes (`dpaat grid --plan --sharing {sharing}`, from the stored runs and the benchmark; a "
             f"method none of whose runs is stored counts its epoch cap, which early stopping can only shorten), about "
             f"{est.sum() / sharing / 60:.0f} minutes of one card with {sharing} runs sharing it. A lent machine's "
-            f"checkpoints do not outlive it, so a run must finish within one call, which leaves a run about "
-            f"{window_s:.0f} s. At {sharing} processes {int(fits.sum())} of them fit: {models(fits)}.")
+            f"checkpoints do not outlive it, so a run must finish within the calls of one session, which leave a "
+            f"run about {window_s:.0f} s (two calls sent at once: README, \"On a GPU\"). At {sharing} processes "
+            f"{int(fits.sum())} of them fit: {models(fits)}.")
     if fits_alone.any():
         text += f" {int(fits_alone.sum())} more would fit alone on the card: {models(fits_alone)}."
     if never.any():
@@ -187,18 +193,28 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 500.0, sharing: i
         text += (" The last call of a GPU session gives those fewer processes once the shorter runs are done "
                  "(`WORKERS=auto`, `dpaat grid --workers-for`).")
     if never.any():
-        text += (" The others need CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` in the "
-                 "first GPU session) to shorten them enough, a GPU session longer than one call, or a machine "
-                 "that keeps its checkpoints.")
-        # Run ids are <model>-<method>-s<seed>-<hash>; a method the library's graph leaves eager cannot be
-        # shortened by it (training.effective_mode, from Method.graph_safe).
+        if decision is None:
+            text += (" The others need CUDA graphs (`COMPILE=auto`, decided by `scripts/device_check.sh` on the "
+                     "first lent GPU) to shorten them enough, a longer GPU session, or a machine that keeps its "
+                     "checkpoints.")
+        else:
+            mode = decision.get("mode") or "eager"
+            text += (f" The check on {decision.get('card', 'a GPU')} (torch {decision.get('torch', '?')}) chose "
+                     f"{mode} training for the grid (`compile-decision.json`: "
+                     f"{'; '.join(decision.get('reasons') or ['no reason recorded'])}).")
+            text += (" So nothing shortens the others enough but a longer GPU session, a machine that keeps its "
+                     "checkpoints, or fewer epochs than the profile's cap." if mode == "eager" else
+                     f" Its estimates above already count that mode's speed; what they leave needs a longer GPU "
+                     "session, a machine that keeps its checkpoints, or fewer epochs than the profile's cap.")
+        # Run ids are <model>-<method>-s<seed>-<hash>; a method no CUDA graph captures is not shortened by one
+        # (training.effective_mode, from Method.graph_safe).
         method = known["run"].str.extract(r"^[^-]+-(.+)-s\d+-[0-9a-f]+$")[0]
         eager = never & method.map(lambda m: m in CLASSES and effective_mode(GRAPH_MODE, m) is None)
         if eager.any():
             names = and_list(sorted({CLASSES[m].__name__ for m in method[eager]}))
-            text += (f" Of those, {int(eager.sum())} train {names}, which the library's own graph does not "
-                     "capture (`Method.graph_safe`: `--compile cuda-graph` trains them eagerly); only "
-                     "torch.compile's graphs (`--compile reduce-overhead`) could shorten them.")
+            text += (f" Of those, {int(eager.sum())} train {names}, which no CUDA graph captures (its attacked "
+                     "sub-batch changes size every batch, `Method.graph_safe`): the library's graph trains it "
+                     "eagerly, torch.compile's modes without their graphs.")
     return text
 
 
