@@ -22,8 +22,11 @@ the same torch version skips the check and spends its minutes on the grid.
 FACTOR times eager's images/s on every benchmarked CNN, so the check can leave out the other mode.
 
 --read prints the mode of the first FILE that exists and was decided under this machine's torch
-version ("" for eager), and says on stderr which file it took or why none; with --usable it prints
-nothing and exits 0 if there is such a FILE, 1 if not (scripts/device_session.sh: check or not).
+version for this training path ("" for eager), and says on stderr which file it took or why none; with
+--usable it prints nothing and exits 0 if there is such a FILE, 1 if not (scripts/device_session.sh:
+check or not). The training path's code digest (dpaat_lib.training.training_code_digest) is part of a
+decision: the GPU tests judged that code's CUDA graphs, and an edit of the attacks, the methods or the
+loop can make a graph wrong or a method capturable, so a later session checks again.
 """
 from __future__ import annotations
 
@@ -127,6 +130,18 @@ def break_even_epochs(eager: dict, graphs: dict) -> float | None:
     return extra / saved if saved > 0 else float("inf")
 
 
+def _training_code() -> str:
+    """The digest of the training path this checkout holds ("" where dpaat_lib cannot be imported)."""
+    root = str(Path(__file__).resolve().parents[1])  # the checkout's dpaat_lib, installed or not (a lent GPU)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from dpaat_lib.training import training_code_digest
+    except ImportError:
+        return ""
+    return training_code_digest()
+
+
 def _torch_and_card() -> tuple[str, str]:
     try:
         import torch
@@ -151,10 +166,14 @@ def read(paths: list[Path]) -> str | None:
         if stored.get("torch") != version:
             print(f"{path}: decided under torch {stored.get('torch')}, this is {version}; ignored", file=sys.stderr)
             continue
+        if stored.get("training_code") != _training_code():
+            print(f"{path}: decided for the training path {stored.get('training_code') or '(not recorded)'}, this "
+                  f"checkout's is {_training_code()}; ignored", file=sys.stderr)
+            continue
         print(f"{path}: {stored.get('mode') or 'eager'} (decided on {stored.get('card')}, torch {version})",
               file=sys.stderr)
         return stored.get("mode", "")
-    print("no compile decision for this torch version: eager", file=sys.stderr)
+    print("no compile decision for this torch version and training path: eager", file=sys.stderr)
     return None
 
 
@@ -188,8 +207,8 @@ def main(argv=None) -> int:
     if args.write:
         version, card = _torch_and_card()
         args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(json.dumps({"mode": mode, "reasons": reasons, "torch": version, "card": card},
-                                         indent=1) + "\n")
+        args.write.write_text(json.dumps({"mode": mode, "reasons": reasons, "torch": version, "card": card,
+                                          "training_code": _training_code()}, indent=1) + "\n")
     return 0
 
 

@@ -15,7 +15,7 @@
 #    (of two such, the one that trains a typical run faster, warm-up included),
 #    written to $DECISION for the next call's COMPILE=auto, so it can follow at once on the warm machine,
 #    and to $OUT/compile-decision.json: commit it as results/paper/compile-decision.json, and later
-#    sessions with the same torch version skip this check (COMPILE=auto reads it from the store).
+#    sessions with the same torch version and training code skip this check (COMPILE=auto reads it).
 set -uo pipefail
 START=$(date +%s)
 LIMIT=${LIMIT:-540}  # seconds for the whole check: each step is cut to what is left, the decision always runs

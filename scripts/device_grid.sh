@@ -39,8 +39,8 @@
 #   calls' archives in order with scripts/unpack_results.py, which replaces each run folder they hold.
 # COMPILE=reduce-overhead trains through torch.compile (CUDA graphs; run ids unchanged); COMPILE=auto takes
 # what scripts/device_check.sh decided on this machine, else the decision committed to the store
-# ($RESULTS/compile-decision.json) if it was taken under this torch version, else eager. Extra arguments
-# for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
+# ($RESULTS/compile-decision.json) if it was taken under this torch version and training code, else eager.
+# Extra arguments for the workers (e.g. --seeds 0 1 2, --set eta=0.25) go in GRID_ARGS. Keep RESULTS
 # outside the paths a call carries (the device tool replaces those), so a warm machine keeps the
 # checkpoints of unfinished runs from one call to the next.
 set -uo pipefail

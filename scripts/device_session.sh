@@ -4,7 +4,7 @@
 #
 #   bash scripts/device_session.sh        (carry scratch/ham-gpu and .whl; timeout_s 600)
 #
-# 1. unless the store holds a compile decision taken under this machine's torch version
+# 1. unless the store holds a compile decision taken under this machine's torch version for this training code
 #    ($RESULTS/compile-decision.json, committed from an earlier session) or CHECK=1:
 #    scripts/device_check.sh (the GPU tests, the benchmark eager and through CUDA graphs, the decision;
 #    at most CHECK_LIMIT seconds, TOTAL - 60 by default),
@@ -61,7 +61,7 @@ if [ "$CHECK" = 1 ]; then
   cp "$CHECK_OUT"/benchmark-*.json "$RESULTS/" 2>/dev/null
   echo "[$(elapsed)s] check done"
 else
-  echo "[$(elapsed)s] check skipped: the store's compile decision was taken under this torch version"
+  echo "[$(elapsed)s] check skipped: the store's compile decision was taken under this torch version and training code"
 fi
 
 LIMIT=$(( TOTAL - $(elapsed) )) FINAL=1 NEXT=${NEXT:-0} COMPILE=auto RESULTS="$RESULTS" PROFILE="$PROFILE" OUT="$OUT" \

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from dpaat_lib import report
+from dpaat_lib.training import training_code_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("--set n_train=12 --set n_val=4 --set n_test=6 --set epochs=2 --set strong_images=6 "
@@ -275,12 +276,17 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     assert decision.main([str(tmp_path), "--write", str(stored)]) == 0
     record = json.loads(stored.read_text())
     assert record["mode"] == "reduce-overhead" and record["torch"] == torch.__version__ and record["card"] == "cpu"
+    assert record["training_code"] == training_code_digest()
     # COMPILE=auto reads the first usable decision: this machine's, else the one committed to the store.
     assert decision.read([tmp_path / "absent.json", stored]) == "reduce-overhead"
     stale = tmp_path / "stale.json"
     stale.write_text(json.dumps({**record, "torch": "1.0.0"}))
     assert decision.read([stale]) is None  # decided under another torch: not trusted
     assert decision.read([stale, stored]) == "reduce-overhead"
+    # ... nor for another training path (its graphs were judged on that code), nor where the code is not on record.
+    for other in ({**record, "training_code": "0" * 12}, {k: v for k, v in record.items() if k != "training_code"}):
+        (tmp_path / "other.json").write_text(json.dumps(other))
+        assert decision.read([tmp_path / "other.json"]) is None
     (tmp_path / "old.txt").write_text("reduce-overhead\n")  # the former plain-text format: ignored
     assert decision.read([tmp_path / "old.txt"]) is None
     assert decision.main(["--read", str(stored), "--usable"]) == 0

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dpaat_lib import experiment, gradcam, methods, profiles, report, store
+from dpaat_lib import experiment, gradcam, methods, profiles, report, store, training
 from dpaat_lib.models import GROUPS
 from fakes import fake_result, write_model_module
 
@@ -423,6 +423,10 @@ def test_what_is_left_against_one_call():
     assert ("The check on NVIDIA H200 (torch 2.11.0+cu130) chose eager training for the grid "
             "(`compile-decision.json`: resnet34: concurrent_img_s 802") in decided
     assert "need CUDA graphs" not in decided and "fewer epochs than the profile's cap" in decided
+    assert "judged an earlier version of the training path" in decided  # no code digest on record
+    current = report.grid_window_findings(plan, window_s=500, sharing=8,
+                                          decision={**decision, "training_code": training.training_code_digest()})
+    assert "earlier version" not in current
     graphs = report.grid_window_findings(plan, window_s=500, sharing=8, decision={**decision, "mode": "cuda-graph"})
     assert "chose cuda-graph training" in graphs and "already count that mode's speed" in graphs
     fits = report.grid_window_findings(plan.iloc[:2], window_s=500, sharing=8)

@@ -13,7 +13,7 @@ from .. import experiment, grid, pretrained, profiles
 from ..profiles import linf_text, radius_text
 from ..config import RunConfig
 from ..methods import CLASSES, LABELS
-from ..training import GRAPH_MODE, effective_mode
+from ..training import GRAPH_MODE, effective_mode, training_code_digest
 from ..models import list_models
 from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, and_list, log, method_key, resolve_path
 
@@ -202,6 +202,9 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 640.0, sharing: i
             text += (f" The check on {decision.get('card', 'a GPU')} (torch {decision.get('torch', '?')}) chose "
                      f"{mode} training for the grid (`compile-decision.json`: "
                      f"{'; '.join(decision.get('reasons') or ['no reason recorded'])}).")
+            if decision.get("training_code") != training_code_digest():
+                text += (" That check judged an earlier version of the training path (attacks, methods, models, "
+                         "training loop): the next lent GPU checks again (`scripts/device_session.sh`).")
             text += (" So nothing shortens the others enough but a longer GPU session, a machine that keeps its "
                      "checkpoints, or fewer epochs than the profile's cap." if mode == "eager" else
                      f" Its estimates above already count that mode's speed; what they leave needs a longer GPU "
