@@ -144,9 +144,9 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     Epochs: :func:`expected_epochs` (the stored runs of the same method, else the cap). Evaluation: the
     slowest stored evaluation of the model (runs stored before it was timed count 0). Extras: the slowest
     stored stronger evaluation of the model (else of any model) with its run's eps curves where they were
-    timed, plus a fifth (for the curves where they were not, and Grad-CAM where no run of the model has a
-    timed one); for the methods of chapter 8 (:data:`gradcam.FIGURE_METHODS`), the slowest timed Grad-CAM of
-    the model's stored runs (only the figure models have one). A run whose model is stored
+    timed, plus a fifth (for the curves where they were not, Grad-CAM where no run of the model has a timed
+    one, and a margin); for the methods of chapter 8 (:data:`gradcam.FIGURE_METHODS`), the slowest timed
+    Grad-CAM of the model's stored runs (only the figure models have one). A run whose model is stored
     under other evaluation attacks (:func:`dpaat_lib.experiment.trained_twin`) trains nothing: evaluation
     and extras only.
 
@@ -187,6 +187,19 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     else:
         return None
     return spe * expected_epochs(config, rows) + evaluation
+
+
+def remaining_seconds(config: RunConfig, results, sharing: int | None = None,
+                      compile_mode: str | None = None) -> float | None:
+    """:func:`estimate_seconds` less what the run's stored epochs took, where an unfinished run resumes
+    from them (a warm machine's second call; at least a fifth of the estimate: its evaluation and extras
+    remain); None where there is no estimate. What ``--finish-by`` and ``--workers-for`` judge a run by."""
+    est = estimate_seconds(config, results, sharing, compile_mode)
+    path = store.RunDir(results, config.run_id) / "history.json"
+    history = store.read_json(path) if path.exists() else {}
+    if est is None or history.get("finished") or not history.get("epochs"):  # a finished run trains again whole
+        return est
+    return max(est - sum(e["seconds"] for e in history["epochs"]), 0.2 * est)
 
 
 def expected_epochs(config: RunConfig, rows: list[dict]) -> float:
@@ -341,10 +354,7 @@ def run_claimed(configs: list[RunConfig], *, results, claim_dir, time_budget_s: 
             finished = experiment.load_result(c, results)
             reason = redo(c) if (redo is not None and finished is not None) else None
             if (finished is None or reason) and finish_by_s is not None:
-                est = estimate_seconds(c, results, sharing, kw.get("compile_mode"))
-                history = store.RunDir(results, c.run_id) / "history.json"
-                if est is not None and finished is None and history.exists():  # resumed on a warm machine
-                    est = max(est - sum(e["seconds"] for e in store.read_json(history)["epochs"]), 0.2 * est)
+                est = remaining_seconds(c, results, sharing, kw.get("compile_mode"))
                 room = finish_by_s - (time.perf_counter() - start)
                 if est is None and c.method.name != "std":
                     # Nothing of this model is stored: its STD run, the cheapest, goes first and sets the pace.

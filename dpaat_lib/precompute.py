@@ -109,7 +109,7 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
     """What a grid call would do, run by run (nothing is trained): "done", "extras missing: ..." (no
     checkpoint here to compute them from: --retrain-lost-extras trains it again), "resumes at epoch k",
     "to evaluate" (its model is stored under other evaluation attacks) or "to train", with
-    :func:`grid.estimate_seconds` at ``sharing`` and in ``compile_mode`` for the runs to train: "expected s"
+    :func:`grid.remaining_seconds` at ``sharing`` and in ``compile_mode`` for the runs to train: "expected s"
     as printed ("?" where none), "seconds" as a number (None where none or done) for what reads the plan."""
     rows = []
     for c in grid.ordered(configs):
@@ -128,7 +128,7 @@ def plan_table(configs: list[RunConfig], results, prof, sharing: int | None = No
             twin = experiment.trained_twin(c, results)
             state = (f"resumes at epoch {epochs + 1}" if epochs and (run.ckpt / "last.pt").exists() else
                      f"to evaluate (the model of {experiment.trained_in(twin)})" if twin else "to train")
-            est = grid.estimate_seconds(c, results, sharing, compile_mode)
+            est = grid.remaining_seconds(c, results, sharing, compile_mode)
         rows.append({"run": c.run_id, "state": state, "seconds": est,
                      "expected s": "?" if est is None and state != "done" else ("" if est is None else f"{est:.0f}")})
     return pd.DataFrame(rows)

@@ -408,7 +408,8 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
 
     Returns the history dict (also in ``history.json``) with ``finished`` True
     once early stopping or the epoch limit ended the run; with a
-    ``time_budget_s`` it may return unfinished, and the next call continues.
+    ``time_budget_s`` it may return unfinished, and the next call continues (no epoch is started that,
+    as long as the last one, would end past the budget).
 
     ``compile_mode`` (None: eager): train through :class:`CompiledNet` (``torch.compile``), e.g.
     ``"reduce-overhead"`` for CUDA graphs, which at batch 32 spare a GPU the launch of every kernel;
@@ -513,7 +514,9 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         if stop:
             finished = True
             break
-        if time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+        # Stop where the next epoch, as long as this one, would end past the budget: a call's workers are
+        # killed soon after it, and an epoch cut short is lost (checkpoints are written between epochs).
+        if time_budget_s is not None and 2 * time.perf_counter() - t0 - started > time_budget_s:
             break
     bar.close()
     finished = finished or state["epoch"] >= total_epochs or state["bad_epochs"] >= tc.patience

@@ -22,10 +22,11 @@
 # - FINAL=1 marks the session's last call (the machine, with every unfinished run's checkpoint, then
 #   goes back): a run is started only if it is expected to finish, extras included, before the call
 #   ends (--finish-by, estimated from the runs already stored), and training may go on to the end;
-# - NEXT (with FINAL=1; default 0): seconds of one more call that will follow at once on this machine while it is
-#   still warm (the device tool keeps it about 30 s): a run may also start if it is expected to finish within them,
-#   its checkpoint staying in $RESULTS for that call, which continues it (a session's second call, README "On a
-#   GPU"). A run so started is lost if the machine goes back first;
+# - NEXT (with FINAL=1; default 0): the LIMIT of one more call that will follow at once on this machine while it is
+#   still warm (the device tool keeps it about 30 s): a run may also start if it is expected to finish within what
+#   that call leaves a run (NEXT less NEXT_OVERHEAD, 65 s: preparing the data and choosing the processes, about
+#   40 s, and its last 25 s), its checkpoint staying in $RESULTS for that call, which continues it (a session's
+#   second call, README "On a GPU"). A run so started is lost if the machine goes back first;
 # - appends the call (seconds, card, workers, runs trained) to $RESULTS/calls.jsonl (a call stopped early leaves
 #   its record so far in $RESULTS/logs/call-$START.json instead, packed with the partial archive);
 # - every PACK_EVERY seconds (default 60) while the workers run, packs the runs finished so far (with their logs)
@@ -56,6 +57,8 @@ MPS=${MPS:-1}
 EXTRAS_RESERVE=${EXTRAS_RESERVE:-90}
 FINAL=${FINAL:-0}
 NEXT=${NEXT:-0}
+NEXT_OVERHEAD=${NEXT_OVERHEAD:-65}
+NEXT_TRAIN=$(( NEXT > NEXT_OVERHEAD ? NEXT - NEXT_OVERHEAD : 0 ))  # what the next call leaves a run
 GRID_ARGS=${GRID_ARGS:-}
 COMPILE=${COMPILE:-}
 PY=${PY:-python3}
@@ -135,7 +138,7 @@ if [ "$WORKERS" = auto ]; then
   WORKERS=8
   if [ "$FINAL" = 1 ]; then  # the window a run will have: what is left, less this choice (~10 s) and the last 25 s
     CHOICE=$("$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" $GRID_ARGS \
-      ${COMPILE:+--compile $COMPILE} --workers-for $(( LIMIT - $(elapsed) - 35 + NEXT )) | tail -n 2)
+      ${COMPILE:+--compile $COMPILE} --workers-for $(( LIMIT - $(elapsed) - 35 + NEXT_TRAIN )) | tail -n 2)
     echo "$CHOICE"
     [[ "$(echo "$CHOICE" | tail -n 1)" =~ ^[0-9]+$ ]] && WORKERS=$(echo "$CHOICE" | tail -n 1)
   fi
@@ -147,8 +150,9 @@ TRAIN_END=$(( LEFT - EXTRAS_RESERVE ))
 FINISH=()
 if [ "$FINAL" = 1 ]; then
   TRAIN_END=$(( LEFT - 25 ))
-  FINISH=(--finish-by $(( TRAIN_END + NEXT )))
-  echo "a run starts only if expected to finish within $(( TRAIN_END + NEXT ))s (this call's ${TRAIN_END}s + NEXT=${NEXT}s)"
+  FINISH=(--finish-by $(( TRAIN_END + NEXT_TRAIN )))
+  echo "a run starts only if expected to finish within $(( TRAIN_END + NEXT_TRAIN ))s (this call's ${TRAIN_END}s +" \
+    "${NEXT_TRAIN}s of the next call's NEXT=${NEXT}s)"
 fi
 CLAIMS=/tmp/claims-$START
 echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"

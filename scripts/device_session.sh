@@ -26,8 +26,10 @@
 # on an H200) and about 250 s more. The machine stays warm for 30 s after a call: a second call sent at once
 # (no reading of the first's output in between) continues the same store, and the runs the first left unfinished:
 #
-#   NEXT=200 TOTAL=570 bash scripts/device_session.sh      (timeout_s 600), then at once
+#   NEXT=200 TOTAL=570 bash scripts/device_session.sh      (timeout_s 600), then the moment it returns
 #   CHECK=0 TOTAL=200 bash scripts/device_session.sh       (timeout_s 240)
+#
+# (the device tool runs one call at a time: the second is sent when the first has returned, not beside it).
 set -uo pipefail
 START=$(date +%s)
 TOTAL=${TOTAL:-570}
@@ -43,8 +45,10 @@ mkdir -p "$OUT" "$STORE"
 exec > >(tee -a "$OUT/session.log") 2>&1
 elapsed() { echo $(( $(date +%s) - START )); }
 
-# The store the grid continues: the committed results, never overwriting what a call on this machine wrote.
-cp -rn "results/$PROFILE" "$STORE/"
+# The store the grid continues: the committed results, copied by the session's first call only. A later call on
+# the warm machine must not fill in files the store lacks: a run moved to superseded/ and training again would get
+# its old done, metrics and extras back (and a run finished would never resume).
+[ -d "$RESULTS" ] || cp -r "results/$PROFILE" "$STORE/"
 if [ "$CHECK" = auto ]; then
   CHECK=1
   "$PY" scripts/compile_decision.py --read "$RESULTS/compile-decision.json" --usable && CHECK=0

@@ -245,6 +245,21 @@ def test_estimate_adds_the_models_timed_grad_cam_for_the_figure_methods(tmp_path
     assert grid.estimate_seconds(at, tmp_path, sharing=1) == pytest.approx(after["at"] / 2)
 
 
+def test_a_resumed_run_is_judged_by_what_is_left_of_it(tmp_path, data):
+    """A warm machine's second call continues the runs its first left: --finish-by and --workers-for (through
+    the plan) count what is left of them, not their whole estimate, else the second call's choice of processes
+    could leave them unfinished again."""
+    std, at = configs(tiny_profile(epochs=8), data, ("std", "at"))
+    _fake_run(tmp_path, std, [2.0] * 4, extras_s=10.0)
+    whole = grid.estimate_seconds(at, tmp_path)
+    assert whole == pytest.approx(2 * 3 * 8 + 12) and grid.remaining_seconds(at, tmp_path) == pytest.approx(whole)
+    store.write_json(tmp_path / at.run_id / "history.json", {"finished": False, "epochs": [{"seconds": 5.0}] * 2})
+    assert grid.remaining_seconds(at, tmp_path) == pytest.approx(whole - 10)
+    assert grid.remaining_seconds(std, tmp_path) == pytest.approx(grid.estimate_seconds(std, tmp_path))  # finished
+    store.write_json(tmp_path / at.run_id / "history.json", {"finished": False, "epochs": [{"seconds": 50.0}] * 2})
+    assert grid.remaining_seconds(at, tmp_path) == pytest.approx(0.2 * whole)  # evaluation and extras remain
+
+
 def test_expected_epochs_come_from_runs_of_the_same_method_and_cap(data):
     """Early stopping ends STD runs far sooner than adversarial ones, so an adversarial run is never judged by
     STD's epochs: its own method's runs (its model's median, else the most of any model), else the cap."""

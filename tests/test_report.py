@@ -428,7 +428,7 @@ def test_what_is_left_against_one_call():
                                           decision={**decision, "training_code": training.training_code_digest()})
     assert "earlier version" not in current
     graphs = report.grid_window_findings(plan, window_s=500, sharing=8, decision={**decision, "mode": "cuda-graph"})
-    assert "chose cuda-graph training" in graphs and "already count that mode's speed" in graphs
+    assert "chose cuda-graph training" in graphs and "faster than the eager estimates above" in graphs
     fits = report.grid_window_findings(plan.iloc[:2], window_s=500, sharing=8)
     assert "alone" not in fits and "CUDA graphs" not in fits and fits.endswith("fit: resnet34 (1).")
     assert report.grid_window_findings(plan.iloc[:1]) == "Nothing of the grid is left to train."

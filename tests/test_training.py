@@ -305,6 +305,25 @@ def test_the_library_cuda_graph_resumes_a_run_on_a_gpu(tmp_path, data, run_kw, m
         per_epoch(uninterrupted.history, "train_loss"), abs=1e-5)
 
 
+def test_no_epoch_is_started_that_would_end_past_the_time_budget(tmp_path, data, run_kw, monkeypatch):
+    """A GPU call kills its workers a few seconds after their budget: an epoch running then is lost. With
+    epochs of 10 s (a clock that moves only while an epoch trains) and 25 s of budget, the run stops after
+    its second epoch (20 s + another 10 s would end past 25 s), not after the third (30 s)."""
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    train_epoch = training.train_epoch
+
+    def ten_seconds(*a, **k):
+        clock[0] += 10.0
+        return train_epoch(*a, **k)
+
+    monkeypatch.setattr(training, "train_epoch", ten_seconds)
+    cfg = tiny_config(data, method="std", prof=tiny_profile(epochs=5, patience=5))
+    assert experiment.run(cfg, results=tmp_path, time_budget_s=25, **run_kw) is None
+    h = store.read_json(store.RunDir(tmp_path, cfg.run_id) / "history.json")
+    assert [e["seconds"] for e in h["epochs"]] == [10.0, 10.0] and not h["finished"]
+
+
 def test_time_budget_resume_one_epoch_at_a_time(tmp_path, data, run_kw):
     cfg = tiny_config(data, method="std")
     results = tmp_path / "results"

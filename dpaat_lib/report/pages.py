@@ -207,8 +207,9 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 640.0, sharing: i
                          "training loop): the next lent GPU checks again (`scripts/device_session.sh`).")
             text += (" So nothing shortens the others enough but a longer GPU session, a machine that keeps its "
                      "checkpoints, or fewer epochs than the profile's cap." if mode == "eager" else
-                     f" Its estimates above already count that mode's speed; what they leave needs a longer GPU "
-                     "session, a machine that keeps its checkpoints, or fewer epochs than the profile's cap.")
+                     " The grid trains in that mode, faster than the eager estimates above; what it cannot shorten "
+                     "enough needs a longer GPU session, a machine that keeps its checkpoints, or fewer epochs than "
+                     "the profile's cap.")
         # Run ids are <model>-<method>-s<seed>-<hash>; a method no CUDA graph captures is not shortened by one
         # (training.effective_mode, from Method.graph_safe).
         method = known["run"].str.extract(r"^[^-]+-(.+)-s\d+-[0-9a-f]+$")[0]
