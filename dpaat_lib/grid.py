@@ -106,6 +106,28 @@ def mode_speedups(results) -> dict[tuple[str | None, str | None], float]:
     return {pair: statistics.median(v) for pair, v in ratios.items()}
 
 
+def mode_warmup_s(results, mode: str | None) -> float:
+    """Seconds a run's first batches take in ``mode`` beyond eager's (compiling, capturing), from the
+    throughput benchmarks stored in ``results`` (``library_warmup_s``, empty compile cache): the median over
+    the card and CNN pairs that measured both; for a torch.compile mode none measured (AMAT's mode without
+    CUDA graphs), that of the torch.compile modes that were; 0 for eager or where nothing was measured. A
+    last call starts a run only if it ends in time, and on the H200 compiling ResNet34's AT took 57 s."""
+    from .training import COMPILE_MODES
+
+    if mode is None:
+        return 0.0
+    warm: dict[tuple, dict[str | None, float]] = {}
+    for row in store.benchmark_rows(results, "throughput"):
+        if "library_warmup_s" in row:
+            warm.setdefault((row.get("card"), row["model"]), {})[row.get("compile") or None] = row["library_warmup_s"]
+
+    def extra(modes) -> list[float]:
+        return [max(w[m] - w[None], 0.0) for w in warm.values() if None in w for m in modes if m in w]
+
+    found = extra([mode]) or (extra(COMPILE_MODES) if mode in COMPILE_MODES else [])
+    return statistics.median(found) if found else 0.0
+
+
 def _share_factor(then: int | None, now: int | None) -> float:
     """How much longer a run takes with ``now`` processes on the device than it took with ``then``.
 
@@ -153,8 +175,8 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     ``compile_mode``: the speed mode the run will train in (``--compile``). A stored run trained in
     another mode has its seconds per epoch divided by how much faster the new mode trains
     (:func:`mode_speedups`, where the store holds a benchmark of both; else unchanged): so the first
-    call that trains through CUDA graphs does not judge its runs by the eager ones' epochs. Evaluation
-    and extras run eagerly in every mode.
+    call that trains through CUDA graphs does not judge its runs by the eager ones' epochs; the mode's
+    warm-up is added once (:func:`mode_warmup_s`). Evaluation and extras run eagerly in every mode.
     """
     from .training import effective_mode
 
@@ -186,7 +208,7 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
         spe = statistics.median(std) * cost
     else:
         return None
-    return spe * expected_epochs(config, rows) + evaluation
+    return spe * expected_epochs(config, rows) + evaluation + mode_warmup_s(results, mode)
 
 
 def remaining_seconds(config: RunConfig, results, sharing: int | None = None,

@@ -315,6 +315,18 @@ def test_estimates_in_a_faster_mode_divide_the_stored_epochs_by_its_benchmarked_
                      {"finished": True, "epochs": [{"seconds": 2.0}] * 4, "compile_mode": "cuda-graph"})
     assert grid.estimate_seconds(at, tmp_path) == pytest.approx(6 * 4 + 12)
     assert grid.estimate_seconds(at, tmp_path, compile_mode="cuda-graph") == pytest.approx(2 * 4 + 12)
+    # A mode's warm-up (compiling, capturing) beyond eager's counts once per run, where the benchmark timed it;
+    # AMAT's torch.compile mode without CUDA graphs, never benchmarked itself, takes the compiled modes' warm-up.
+    rows = [{"card": "H100", "model": "smallcnn", "library_img_s": 100.0, "library_warmup_s": 1.0},
+            {"card": "H100", "model": "smallcnn", "library_img_s": 300.0, "library_warmup_s": 31.0,
+             "compile": "reduce-overhead"}]
+    store.write_json(tmp_path / "benchmark-cuda-captured.json", {"throughput": rows})
+    assert grid.mode_warmup_s(tmp_path, None) == 0 and grid.mode_warmup_s(tmp_path, "cuda-graph") == 0
+    assert grid.mode_warmup_s(tmp_path, "reduce-overhead") == grid.mode_warmup_s(tmp_path, "default") == 30
+    assert grid.estimate_seconds(at, tmp_path, compile_mode="reduce-overhead") == pytest.approx(
+        2 * 4 + 12 + 30)  # the stored run's epochs (from the library's graph: no benchmark relates the two modes)
+    assert grid.estimate_seconds(amat, tmp_path, compile_mode="reduce-overhead") == pytest.approx(
+        grid.estimate_seconds(amat, tmp_path) + 30)
     # The plan prints the estimates of the mode asked for.
     assert cli.main(["grid", "--profile", "quick", "--book", "--results", str(tmp_path), "--plan",
                      "--compile", "cuda-graph", "--methods", "at"]) == 0
