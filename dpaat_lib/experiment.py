@@ -246,6 +246,7 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     its file. ``compile_mode``: train through ``torch.compile`` or the library's CUDA graph
     (:func:`dpaat_lib.training.train_run`); not part of the run's identity.
     """
+    entered = time.perf_counter()  # the time budget counts loading the data and the AMAT threshold too
     if not config.data.digest:
         raise ValueError("config.data.digest is empty: build configurations with resolve_data() "
                          "(or the profiles in dpaat_lib.profiles), which identify the data by content")
@@ -274,8 +275,9 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     if twin is not None:
         history = adopt_training(run_dir, twin)
     else:
+        budget = None if time_budget_s is None else time_budget_s - (time.perf_counter() - entered)
         history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
-                            time_budget_s=time_budget_s, weights_path=start_file, compile_mode=compile_mode)
+                            time_budget_s=budget, weights_path=start_file, compile_mode=compile_mode)
     if not history["finished"]:
         return None
     model = load_trained(config, run_dir, device)

@@ -76,7 +76,9 @@ def _stored_runs(results) -> list[dict]:
         cams = [t for t in map(gradcam.stored_seconds, run.glob("gradcam-*.npz")) if t is not None]
         rows.append({"model": cfg["model"], "method": cfg["method"]["name"], "epochs": len(hist["epochs"]),
                      "cap": cfg["train"]["epochs"],
-                     "s_per_epoch": statistics.fmean(e["seconds"] for e in hist["epochs"]),
+                     # A compiled or captured run's first epoch also compiled: the median leaves it out.
+                     "s_per_epoch": (statistics.median if hist.get("compile_mode") else statistics.fmean)(
+                         e["seconds"] for e in hist["epochs"]),
                      "eval_s": hist.get("eval_seconds"),
                      "extras_s": max(strong) + sum(curves) if strong else None, "cam_s": max(cams, default=None),
                      "sharing": hist.get("sharing"),
@@ -153,7 +155,7 @@ def _method_cost(results, method: str) -> float | None:
 
 
 def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
-                     compile_mode: str | None = None) -> float | None:
+                     compile_mode: str | None = None, *, _warmup: bool = True) -> float | None:
     """Expected seconds to train ``config`` and compute its extras, from the finished runs in ``results``
     (on the hardware they ran on), with ``sharing`` processes on the device (stored runs that recorded
     theirs are scaled by :func:`_share_factor`); for a model with no stored run, the estimates of the
@@ -176,7 +178,8 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
     another mode has its seconds per epoch divided by how much faster the new mode trains
     (:func:`mode_speedups`, where the store holds a benchmark of both; else unchanged): so the first
     call that trains through CUDA graphs does not judge its runs by the eager ones' epochs; the mode's
-    warm-up is added once (:func:`mode_warmup_s`). Evaluation and extras run eagerly in every mode.
+    warm-up is added once (:func:`mode_warmup_s`), unscaled by the sharing (compiling runs on the host's
+    cores, one per process, not on the shared card). Evaluation and extras run eagerly in every mode.
     """
     from .training import effective_mode
 
@@ -196,8 +199,10 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
         evaluation += max(cams)
     if experiment.trained_twin(config, results) is not None:
         return evaluation
+    warmup = mode_warmup_s(results, mode) if _warmup else 0.0
     if not mine:
-        return _from_other_models(config, results, sharing, {r["model"] for r in rows}, compile_mode)
+        scaled = _from_other_models(config, results, sharing, {r["model"] for r in rows}, compile_mode)
+        return None if scaled is None else scaled + warmup
     same = [r["s_per_epoch"] for r in mine if r["method"] == config.method.name]
     std = [r["s_per_epoch"] for r in mine if r["method"] == "std"]
     if same:
@@ -208,7 +213,7 @@ def estimate_seconds(config: RunConfig, results, sharing: int | None = None,
         spe = statistics.median(std) * cost
     else:
         return None
-    return spe * expected_epochs(config, rows) + evaluation + mode_warmup_s(results, mode)
+    return spe * expected_epochs(config, rows) + evaluation + warmup
 
 
 def remaining_seconds(config: RunConfig, results, sharing: int | None = None,
@@ -216,12 +221,17 @@ def remaining_seconds(config: RunConfig, results, sharing: int | None = None,
     """:func:`estimate_seconds` less what the run's stored epochs took, where an unfinished run resumes
     from them (a warm machine's second call; at least a fifth of the estimate: its evaluation and extras
     remain); None where there is no estimate. What ``--finish-by`` and ``--workers-for`` judge a run by."""
+    from .training import effective_mode
+
     est = estimate_seconds(config, results, sharing, compile_mode)
-    path = store.RunDir(results, config.run_id) / "history.json"
-    history = store.read_json(path) if path.exists() else {}
-    if est is None or history.get("finished") or not history.get("epochs"):  # a finished run trains again whole
+    run = store.RunDir(results, config.run_id)
+    history = store.read_json(run / "history.json") if (run / "history.json").exists() else {}
+    if (est is None or history.get("finished") or not history.get("epochs")  # a finished run trains again whole
+            or not (run.ckpt / "last.pt").exists()):  # nothing to resume from: it trains whole
         return est
-    return max(est - sum(e["seconds"] for e in history["epochs"]), 0.2 * est)
+    # The stored epochs' seconds include the first call's compiling; the resuming process compiles again.
+    warmup = mode_warmup_s(results, effective_mode(compile_mode, config.method.name))
+    return max(est - sum(e["seconds"] for e in history["epochs"]) + warmup, 0.2 * est)
 
 
 def expected_epochs(config: RunConfig, rows: list[dict]) -> float:
@@ -256,7 +266,8 @@ def _from_other_models(config: RunConfig, results, sharing: int | None, stored: 
     if config.model not in speed:
         return None
     scaled = [est * speed[m] / speed[config.model] for m in sorted(stored & speed.keys())
-              for est in [estimate_seconds(dataclasses.replace(config, model=m), results, sharing, compile_mode)]
+              for est in [estimate_seconds(dataclasses.replace(config, model=m), results, sharing, compile_mode,
+                                           _warmup=False)]  # added once, not scaled by the CNNs' speeds
               if est is not None]
     return statistics.median(scaled) if scaled else None
 

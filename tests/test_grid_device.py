@@ -254,7 +254,17 @@ def test_a_resumed_run_is_judged_by_what_is_left_of_it(tmp_path, data):
     whole = grid.estimate_seconds(at, tmp_path)
     assert whole == pytest.approx(2 * 3 * 8 + 12) and grid.remaining_seconds(at, tmp_path) == pytest.approx(whole)
     store.write_json(tmp_path / at.run_id / "history.json", {"finished": False, "epochs": [{"seconds": 5.0}] * 2})
+    assert grid.remaining_seconds(at, tmp_path) == pytest.approx(whole)  # no checkpoint to resume from: whole
+    (tmp_path / at.run_id / "ckpt").mkdir()
+    (tmp_path / at.run_id / "ckpt" / "last.pt").write_bytes(b"")
     assert grid.remaining_seconds(at, tmp_path) == pytest.approx(whole - 10)
+    # In a compiled mode the resuming process compiles again: its warm-up, counted in the stored epochs, is not
+    # subtracted (the estimate itself counts one warm-up too).
+    rows = [{"card": "H100", "model": "smallcnn", "library_img_s": 100.0, "library_warmup_s": 1.0},
+            {"card": "H100", "model": "smallcnn", "library_img_s": 100.0, "library_warmup_s": 6.0,
+             "compile": "reduce-overhead"}]
+    store.write_json(tmp_path / "benchmark-cuda-graphs.json", {"throughput": rows})
+    assert grid.remaining_seconds(at, tmp_path, compile_mode="reduce-overhead") == pytest.approx(whole + 5 - 10 + 5)
     assert grid.remaining_seconds(std, tmp_path) == pytest.approx(grid.estimate_seconds(std, tmp_path))  # finished
     store.write_json(tmp_path / at.run_id / "history.json", {"finished": False, "epochs": [{"seconds": 50.0}] * 2})
     assert grid.remaining_seconds(at, tmp_path) == pytest.approx(0.2 * whole)  # evaluation and extras remain
