@@ -86,6 +86,14 @@ def _stored_runs(results) -> list[dict]:
     return rows
 
 
+def _benchmarks_by_mode(results) -> dict[tuple, dict[str | None, list[dict]]]:
+    """The throughput benchmarks stored in ``results``: ``{(card, CNN): {speed mode (None: eager): rows}}``."""
+    out: dict[tuple, dict[str | None, list[dict]]] = {}
+    for row in store.benchmark_rows(results, "throughput"):
+        out.setdefault((row.get("card"), row["model"]), {}).setdefault(row.get("compile") or None, []).append(row)
+    return out
+
+
 def mode_speedups(results) -> dict[tuple[str | None, str | None], float]:
     """How many times faster the library's path trains in one speed mode than in another, from the
     throughput benchmarks stored in ``results`` (benchmarks/train_throughput.py, ``--compile MODE``;
@@ -93,11 +101,8 @@ def mode_speedups(results) -> dict[tuple[str | None, str | None], float]:
     images/s in one process and, where both measured it, of several processes sharing the card (the
     grid's way), the smaller of the two (the longer estimate: a card that several eager processes already
     keep busier gains less); the median over cards and CNNs. ``{(from, to): factor}``, both ways."""
-    speed: dict[tuple[str, str], dict[str | None, list[dict]]] = {}
-    for row in store.benchmark_rows(results, "throughput"):
-        speed.setdefault((row.get("card"), row["model"]), {}).setdefault(row.get("compile") or None, []).append(row)
     ratios: dict[tuple[str | None, str | None], list[float]] = {}
-    for modes in speed.values():
+    for modes in _benchmarks_by_mode(results).values():
         rate = {m: {k: statistics.median(r[k] for r in rows if k in r) for k in ("library_img_s", "concurrent_img_s")
                     if any(k in r for r in rows)} for m, rows in modes.items()}
         for a in rate:
@@ -118,13 +123,12 @@ def mode_warmup_s(results, mode: str | None) -> float:
 
     if mode is None:
         return 0.0
-    warm: dict[tuple, dict[str | None, float]] = {}
-    for row in store.benchmark_rows(results, "throughput"):
-        if "library_warmup_s" in row:
-            warm.setdefault((row.get("card"), row["model"]), {})[row.get("compile") or None] = row["library_warmup_s"]
+    warm = [{m: statistics.median(t) for m, rows in modes.items()
+             for t in [[r["library_warmup_s"] for r in rows if "library_warmup_s" in r]] if t}
+            for modes in _benchmarks_by_mode(results).values()]
 
     def extra(modes) -> list[float]:
-        return [max(w[m] - w[None], 0.0) for w in warm.values() if None in w for m in modes if m in w]
+        return [max(w[m] - w[None], 0.0) for w in warm if None in w for m in modes if m in w]
 
     found = extra([mode]) or (extra(COMPILE_MODES) if mode in COMPILE_MODES else [])
     return statistics.median(found) if found else 0.0

@@ -91,9 +91,8 @@ def compiled_for(model: nn.Module, mode: str, method, batch_size: int) -> Compil
     """``model`` compiled to train ``method`` at ``batch_size`` (train_run, and the benchmarks that time
     it): for the full batch only, unless the method's batches vary in size (AMAT's sub-batch). A method
     that CUDA graphs cannot capture (AMAT) is compiled in the same mode without them (:func:`effective_mode`)."""
-    if not method.graph_safe:
-        mode = WITHOUT_CUDA_GRAPHS.get(mode, mode)
-    return CompiledNet(model, mode, batch_size=None if method.varying_batch else batch_size)
+    return CompiledNet(model, _mode_for(mode, method.graph_safe),
+                       batch_size=None if method.varying_batch else batch_size)
 
 
 class CapturedStep:
@@ -185,7 +184,12 @@ def effective_mode(mode: str | None, method_name: str) -> str | None:
     the attack picks the sub-batch, so two compiled forwards of different sizes precede one backward, and
     the second graph's replay overwrote the first's saved tensors (an H200 with torch 2.11: "accessing
     tensor output of CUDAGraphs that has been overwritten by a subsequent run")."""
-    if CLASSES[method_name].graph_safe:
+    return _mode_for(mode, CLASSES[method_name].graph_safe)
+
+
+def _mode_for(mode: str | None, graph_safe: bool) -> str | None:
+    """``mode`` for a method that CUDA graphs can capture (``graph_safe``), else the mode without them."""
+    if graph_safe:
         return mode
     return None if mode == GRAPH_MODE else WITHOUT_CUDA_GRAPHS.get(mode, mode)
 

@@ -154,7 +154,7 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 640.0, sharing: i
     """What is left of a grid against the length of one GPU session, from
     :func:`dpaat_lib.precompute.plan_table` at ``sharing`` processes. A lent machine's checkpoints do not
     outlive it, so a run must finish within the calls of one session on one warm machine: ``window_s`` is
-    about what ``NEXT=200 TOTAL=570 bash scripts/device_session.sh`` and, at once, ``TOTAL=200`` leave a run
+    about what ``NEXT=200 TOTAL=570 bash scripts/device_session.sh`` and, right after it, ``TOTAL=200`` leave a run
     (770 s less preparing the data and choosing the processes in each call, about 40 s, and each call's
     last 25 s). Runs alone on the card take 1/sqrt(sharing) of the time
     (:func:`dpaat_lib.grid._share_factor`, the grid's own model of sharing). ``decision``: the store's
@@ -180,7 +180,8 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 640.0, sharing: i
             f"method none of whose runs is stored counts its epoch cap, which early stopping can only shorten), about "
             f"{est.sum() / sharing / 60:.0f} minutes of one card with {sharing} runs sharing it. A lent machine's "
             f"checkpoints do not outlive it, so a run must finish within the calls of one session, which leave a "
-            f"run about {window_s:.0f} s (two calls sent at once: README, \"On a GPU\"). At {sharing} processes "
+            f"run about {window_s:.0f} s (two calls, the second sent as the first returns: README, \"On a GPU\"). "
+            f"At {sharing} processes "
             f"{int(fits.sum())} of them fit: {models(fits)}.")
     if fits_alone.any():
         text += f" {int(fits_alone.sum())} more would fit alone on the card: {models(fits_alone)}."
