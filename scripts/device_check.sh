@@ -10,9 +10,10 @@
 #    $OUT/benchmark-cuda-eager.json, -captured.json and -graphs.json (copy them into results/paper/:
 #    chapter 10 shows every stored benchmark);
 #    torch.compile's part is left out when the library's graph is already correct and GOOD_ENOUGH (2) times
-#    eager (CHECK_COMPILED=1 measures it anyway);
+#    eager with 4 processes sharing the card, as the grid runs (CHECK_COMPILED=1 measures it anyway);
 # 3. the decision (scripts/compile_decision.py): a graph mode only if correct for every method and faster
-#    (of two such, the one that trains a typical run faster, warm-up included),
+#    (of two such, the one whose typical run costs the card fewer seconds with several processes sharing it,
+#    warm-up included),
 #    written to $DECISION for the next call's COMPILE=auto, so it can follow at once on the warm machine,
 #    and to $OUT/compile-decision.json: commit it as results/paper/compile-decision.json, and later
 #    sessions with the same torch version and training code skip this check (COMPILE=auto reads it).
@@ -49,7 +50,8 @@ timeout "$(cap 180)" "$PY" -m pytest tests -p no:cacheprovider -q -rA -k "(cuda 
   2>&1 | tee "$OUT/cuda-tests.txt" | tail -n 40
 bench eager
 bench captured
-# The library's graph already correct and GOOD_ENOUGH times eager: torch.compile's minutes go to the grid instead
+# The library's graph already correct and GOOD_ENOUGH times eager as the grid runs (4 processes): torch.compile's
+# minutes go to the grid instead
 # (its warm-up compiles for minutes in every process; CHECK_COMPILED=1 measures it anyway).
 if [ "${CHECK_COMPILED:-0}" != 1 ] \
   && "$PY" scripts/compile_decision.py "$OUT" --good-enough cuda-graph "${GOOD_ENOUGH:-2}"; then
