@@ -85,13 +85,20 @@ _THREATS = {"linf": Linf, "l2": L2}
 
 
 def as_radius(eps, x: torch.Tensor, *, check_values: bool = True, name: str = "eps") -> torch.Tensor:
-    """``eps`` (float or (N,) tensor) as an (N,1,1,1) tensor on x's device, checked.
+    """``eps`` (float or (N,) tensor; a list or NumPy array of N values is taken as one) as an (N,1,1,1)
+    tensor on x's device, checked.
 
     A float is checked on the host; a tensor's values cost one device sync to check, which
     ``check_values=False`` skips (the training methods, whose radii are clamped by construction).
     ``name``: the argument's name in the error messages (``"eps"``, ``"step_size"``).
     """
     n = x.shape[0]
+    if not isinstance(eps, (torch.Tensor, numbers.Real)):  # a list or a NumPy array: one value per sample
+        try:
+            eps = torch.as_tensor(eps, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{name} must be a float or a tensor of shape (N,) = ({n},), one value per sample; "
+                            f"got {type(eps).__name__}") from None
     if isinstance(eps, torch.Tensor):
         if eps.dim() == 0:
             eps = eps.expand(n)

@@ -287,6 +287,8 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0, help="random seed")
     add("models", help="list model names (with those of the modules named in $DPAAT_MODELS)")
     args = parser.parse_args(argv)
+    if args.command == "train" and (args.models or args.methods):  # the grid's options, which one run ignores
+        parser.error("train runs one --model with one --method; --models and --methods are for `dpaat grid`")
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)

@@ -396,7 +396,8 @@ def make_split(
         if len(group) < need:
             raise DataError(
                 f"Class '{dx}' has {len(group)} images but the split needs {need} "
-                f"(n_test={n_test} + n_train={n_train}). Lower n_train/n_test or add data."
+                f"(n_test={n_test} + n_train={n_train}). Lower n_train/n_test (command line: --set n_train=N "
+                f"--set n_val=M --set n_test=K, with M < N) or add data."
             )
         if not lesion_aware:
             ids = list(group["image_id"])

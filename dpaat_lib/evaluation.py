@@ -105,6 +105,9 @@ def evaluate(model, test, attacks: tuple[AttackSpec, ...], classes: tuple[str, .
     paper's five attacks cost 71 attack steps per image instead of 101."""
     runs = shared_runs(attacks) if share else {spec: (spec,) for spec in attacks}
     probs = {CLEAN: attacked_probs(model, test.x, test.y, None, device=device, batch_size=batch_size, seed=seed)}
+    if probs[CLEAN].shape[1] != len(classes):  # else scores would be dropped, or indexed past the output
+        raise ValueError(f"the model has {probs[CLEAN].shape[1]} outputs but {len(classes)} classes were given "
+                         f"({', '.join(classes)}): pass one class name per output, in the output's order")
     for spec, read in runs.items():
         by_steps = probs_along(model, test.x, test.y, spec, sorted({r.steps for r in read} - {spec.steps}),
                                device=device, batch_size=batch_size, seed=seed)

@@ -76,10 +76,15 @@ def resolve_data(data: DataConfig, data_root: str | Path | None, results: str | 
     if len(digests) == 1:
         digest, size = digests.pop()
         return replace(data, digest=digest, source_size=size)
-    raise D.DataError(f"no HAM10000 metadata at {root} and no unique stored results to identify the data "
-                      f"({len(digests)} digests in {results}). Pass the folder of your HAM10000 copy "
-                      "(official layout: HAM10000_metadata.csv, or Dataverse's HAM10000_metadata.tab, plus "
-                      "HAM10000_images_part_1/_part_2 or images/), or use source='synthetic'."
+    where = f"at {root}" if root is not None else "(no data folder was given)"
+    stored = (f"results of {len(digests)} different datasets are stored in {results}, so they cannot say which"
+              if digests else f"no results stored in {results} say which data to use" if results is not None
+              else "no results store was given to identify the data from")
+    raise D.DataError(f"no HAM10000 metadata {where}, and {stored}. Pass the folder of your HAM10000 copy "
+                      "(command line: --data DIR; Python: data_root=DIR), in the official layout: "
+                      "HAM10000_metadata.csv, or Dataverse's HAM10000_metadata.tab, plus "
+                      "HAM10000_images_part_1/_part_2 or images/; or use the synthetic stand-in (command line: "
+                      "--profile quick; Python: source='synthetic')."
                       + (D._hint_subfolder(Path(root)) if root is not None and Path(root).is_dir() else ""))
 
 

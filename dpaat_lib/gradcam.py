@@ -47,7 +47,7 @@ from . import data as D
 from . import experiment, store
 from .config import RunConfig
 from .attacks import check_unit_range
-from .models import gradcam_target_layer
+from .models import _get, gradcam_layer_path, gradcam_target_layer
 from .training import load_trained, to_float
 
 
@@ -56,16 +56,41 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return to_float(x) if x.dtype == torch.uint8 else x
 
 
+def _target_layer(model, model_name: str | None) -> torch.nn.Module:
+    """``model_name``'s Grad-CAM layer in ``model``: a :func:`dpaat_lib.models.build_model` model (torchvision's
+    inside :class:`dpaat_lib.models.Normalized`) or the bare torchvision model; a clear error otherwise."""
+    if model_name is None:
+        raise ValueError("give model_name (a registered CNN, `dpaat models`) or target_layer=<the layer whose "
+                         "activations Grad-CAM reads, usually the last convolutional block of your model>")
+    if hasattr(model, "net"):
+        try:
+            return gradcam_target_layer(model, model_name)
+        except (AttributeError, IndexError, TypeError):
+            pass
+    path = gradcam_layer_path(model_name)  # checks the name
+    try:
+        return _get(model, path)
+    except (AttributeError, IndexError, TypeError):
+        raise ValueError(f"{type(model).__name__} has no layer {path!r}, the Grad-CAM layer of {model_name}: pass "
+                         "the model built by dpaat_lib.models.build_model(model_name), or your model's layer as "
+                         "target_layer=... (usually its last convolutional block)") from None
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def cams(model, model_name: str, x: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 64) -> np.ndarray:
+def cams(model, model_name: str | None, x: torch.Tensor, targets: torch.Tensor, *, batch_size: int = 64,
+         target_layer: torch.nn.Module | None = None) -> np.ndarray:
     """Grad-CAM maps (N, H, W) float32 in [0, 1] at the input resolution.
 
     ``x``: images (N, 3, H, W) in [0, 1] (or uint8); ``targets``: the class
     each map explains (usually the true label). The target layer is the last
-    convolutional block (:func:`dpaat_lib.models.gradcam_target_layer`). Maps
+    convolutional block of the registered CNN ``model_name``
+    (:func:`dpaat_lib.models.gradcam_target_layer`), found in a model of
+    :func:`dpaat_lib.models.build_model` or in the bare torchvision model; for a
+    model of your own, pass its layer as ``target_layer`` (``model_name`` may
+    then be None), e.g. ``cams(net, None, x, y, target_layer=net.layer4)``. Maps
     are taken in eval mode; the model's mode is restored, its parameter
     gradients cleared and the hooks removed afterwards. Each map is scaled to
     [0, 1] on its own (pytorch-grad-cam's convention), so maps compare in
@@ -77,7 +102,7 @@ def cams(model, model_name: str, x: torch.Tensor, targets: torch.Tensor, *, batc
     a float ``x`` must be finite and in [0, 1] (ValueError otherwise, as in the attacks), and a
     caller's ``x`` that requires grad gets no gradient from the maps.
     """
-    layer = gradcam_target_layer(model, model_name)
+    layer = target_layer if target_layer is not None else _target_layer(model, model_name)
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a batch of images (N, 3, H, W), got {shape}; for one image pass x[None]")

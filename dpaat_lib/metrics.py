@@ -102,12 +102,15 @@ def confusion(pred: pd.DataFrame, classes, attack: str = CLEAN) -> np.ndarray:
     return confusion_matrix(pred["label"], pred[f"pred_{attack}"], labels=list(range(len(classes))))
 
 
-def compute_metrics(pred: pd.DataFrame, classes) -> dict:
+def compute_metrics(pred: pd.DataFrame, classes, marp_attack: str | None = None) -> dict:
     """All scalar metrics of one run, plus confusion matrices (lists, JSON-ready).
 
     ``pred``: the per-image predictions of :func:`dpaat_lib.evaluation.evaluate` (``label``,
     ``pred_<attack>`` and ``p_<attack>_<class>`` columns); ``classes``: the class names in label
     order. Raises ValueError when a column is missing or a label lies outside range(len(classes)).
+    mARP is the mAP under the attack named ``marp_attack``: by default the paper's 20-step PGD
+    (:data:`MARP_ATTACK`), left out where no attack of that name was evaluated; an attack named
+    here must be among the predictions (ValueError otherwise).
     """
     names = attack_names(pred)
     check_predictions(pred, classes, names, probabilities=False)  # mean_average_precision checks its scores
@@ -120,8 +123,12 @@ def compute_metrics(pred: pd.DataFrame, classes) -> dict:
            "confusion": {a: confusion(pred, classes, a).tolist() for a in names},
            "BAcc": {a: balanced_accuracy(pred, a) for a in names},
            "macroF1": {a: macro_f1(pred, classes, a) for a in names}}
-    if MARP_ATTACK in names:
-        out["mARP"] = mean_average_precision(pred, classes, MARP_ATTACK)
+    attack = marp_attack or MARP_ATTACK
+    if attack in names:
+        out["mARP"] = mean_average_precision(pred, classes, attack)
+    elif marp_attack is not None:
+        raise ValueError(f"marp_attack={marp_attack!r}: no predictions under that attack; the predictions hold "
+                         f"{', '.join(n for n in names if n != CLEAN) or 'no attack'}")
     return out
 
 

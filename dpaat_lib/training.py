@@ -468,6 +468,8 @@ def train_run(config: RunConfig, data: dict, run: store.RunDir, *, device="cpu",
         if "cuda_rng" in ck and device.type == "cuda":
             torch.cuda.set_rng_state(ck["cuda_rng"].cpu(), device)
         state = ck["state"]
+        if progress:
+            tqdm.write(f"{config.run_id}: resuming after epoch {state['epoch']} of {total_epochs} ({last})")
 
     store.write_json(run / "config.json", config.to_dict())
     captured, captured_phase = path.captured, False

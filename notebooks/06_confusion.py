@@ -56,7 +56,9 @@ report.plot_confusion_grid(results, shown[0])
 
 # %%
 report.plot_confusion_grid(results, shown[1]) if len(shown) > 1 else report.md(
-    f"This profile has one model ({shown[0]}); the paper shows a second CNN (MobileNetV2).")
+    f"This profile's main grid has one model ({shown[0]}); the paper shows a second CNN (MobileNetV2). Where a "
+    "profile trains MobileNetV2 outside its main grid (chapter 12), it has AT and DPAAT only, no STD or SAT "
+    "or AMAT, so it cannot fill this figure.")
 
 # %% [markdown]
 # ## How even is the diagonal?

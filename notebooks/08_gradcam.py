@@ -73,7 +73,9 @@ report.plot_gradcam_grid(cams, classes, shown[0])
 ids_2, note_2 = report.gradcam_selection(results, shown[-1], n_per_class=n_show, figure=True)
 cams_2 = report.gradcam_results(results, shown[-1], ids_2, out, data_root, device)
 (report.plot_gradcam_grid(cams_2, classes, shown[-1]) if len(shown) > 1 else
- report.md(f"This profile has one model ({shown[0]}); the paper also shows MobileNetV2."))
+ report.md(f"This profile's main grid has one model ({shown[0]}); the paper also shows MobileNetV2. Where a "
+           "profile trains MobileNetV2 outside its main grid (chapter 12), it has AT and DPAAT only, no STD "
+           "model to set them against."))
 
 # %% [markdown]
 # ## Scores on more images
@@ -137,8 +139,9 @@ report.md(
        f"({t['energy in lesion mask'].max():.3f}, against {t['lesion area share (uniform map)'].iloc[0]:.3f} for a "
        f"uniform map)" if has_mask else "; lesion masks are not available for these data, so the share of energy in the "
        "lesion cannot be measured")
-    + f". The paper's Fig. 4 shows hand-picked examples; these are {int(t['images'].iloc[0])} random correct images "
-      "from one training run per method, with no interval, so small differences between methods say little."
+    + f". The paper examined 532 correctly predicted test images and shows a few it calls typical, judged by eye; "
+      f"these scores cover {int(t['images'].iloc[0])} correct images drawn at random, fewer than the paper looked "
+      "at, from one training run per method, with no interval, so small differences between methods say little."
     + (f"\n\nAt {prof.image_size} px the Grad-CAM layer of {shown[0]} gives a "
        f"{report.model_table([shown[0]], prof.image_size, len(classes)).iloc[0, -1]} map, upsampled to the image "
        "(chapter 3), so every map is coarse: it can say which part of the image counts, not which structure."

@@ -104,12 +104,15 @@ report.md(
     + "; ".join(f"{r['model']} mean {r['mean (epoch 1)']} (std {r['std (epoch 1)']}) after epoch 1 and mean {r['mean (last)']} "
                 f"(std {r['std (last)']}, 5-95% range {r['5% (last)']}-{r['95% (last)']}) after epoch {r['epochs']}"
                 for _, r in dp.iterrows())
-    + f". All start at eps0 = {prof.eps0}; a growing spread means the update of eq. 15 separates fragile from "
-      "stable samples; a mean that drifts shows whether the adversary overall gets weaker or stronger than AT's "
+    + f". All start at eps0 = {prof.eps0}. A growing spread is what eq. 15 would show if it separated fragile "
+      "from stable samples, but it does not prove it: radii that moved up and down at random would spread too, "
+      "as the square root of the epochs, and these summaries do not follow a sample from one epoch to the next; "
+      "a mean that drifts shows whether the adversary overall gets weaker or stronger than AT's "
       "fixed eps0"
     + (" (with mu the batch mean, the update of a batch sums to zero, so the mean drifts only through the "
        "clip at [0, 2 eps0])" if prof.mu == "batch" else "")
     + ". AMAT's radii start at eps0/10 and only grow by fixed steps or halve towards the attack "
       "distance: its distribution is driven by the STD model's loss threshold, not by a batch comparison."
+    + ("\n\n" + report.radius_bounds_note(main) if report.radius_bounds_note(main) else "")
     + ("\n\nThese are SYNTHETIC data." if prof.synthetic else "")
 )

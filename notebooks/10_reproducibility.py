@@ -122,13 +122,16 @@ report.md(report.benchmark_findings(bench_root))
 # step is a forward and backward pass of 32 images, short enough that launching the kernels rather
 # than computing them sets the pace. That fits bf16 and channels_last, which make the arithmetic
 # cheaper, raising the rate little or not at all (on some CNNs the library's path is slower than
-# the fp32 loop), and several processes sharing the card (under NVIDIA's multi-process service)
-# raising it; the grid relies on the latter. The remedy for launch-bound steps is a CUDA graph,
+# the fp32 loop), and several processes sharing the card raising it (the benchmark's processes
+# take turns on it; the grid's workers run under NVIDIA's multi-process service where the machine
+# has it); the grid relies on the latter. The remedy for launch-bound steps is a CUDA graph,
 # which launches a whole step at once. The library has two: `torch.compile`'s (mode
 # reduce-overhead, below) and its own capture of the whole training step
-# (`training.CapturedStep`, `--compile cuda-graph`: nothing compiled, AMAT eager). Neither has run on
-# a GPU for this book yet; `scripts/device_check.sh` tests both against eager on the next lent GPU,
-# benchmarks them, and the grid takes the faster correct one. Their rows join the table above.
+# (`training.CapturedStep`, `--compile cuda-graph`: nothing compiled, AMAT eager). The table's
+# rows say on which card and for which version of the training path each was measured; the
+# decision the check took from them, and why, is quoted under "The paper profile on a GPU" below.
+# `scripts/device_check.sh` tests both against eager again, and benchmarks them, on the first lent
+# GPU after the training path changes; the grid takes the correct one that costs the card least.
 
 # %% [markdown]
 # ### What compiling costs a run

@@ -83,11 +83,12 @@ strong_report.strong_table(evals)
 # %% [markdown]
 # ## Beside the paper's numbers
 #
-# The paper's published group averages (six CNNs, 224 px, real HAM10000) beside ours for the
+# The paper's published group averages (six CNNs, real HAM10000) beside ours for the
 # same attack and for the worst case of its norm, on the first seed's subset above (the seed means
 # on the whole test set follow in "Every seed"). Where the profile's resolution is below the
-# paper's 224 px (banner), the radii weigh differently (chapter 3): the L2 columns are a stronger
-# threat than in the paper and the Linf columns a weaker one, so compare directions, not levels.
+# 224 px we assume for the paper (it states none; banner), the radii weigh differently (chapter
+# 3): the L2 columns are a stronger threat than in the paper and the Linf columns a weaker one,
+# so compare directions, not levels.
 
 # %%
 strong_report.strong_beside_paper(evals)

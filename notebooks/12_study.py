@@ -274,8 +274,8 @@ study.significance_display(sig_full)
 # An L2 radius is spread over every value of an image, so at a lower resolution the same eps0
 # changes each pixel more (chapter 3): part (a)'s adversary is stronger than the paper's. Here the
 # same five methods on the same seeds, data and test images train with eps0 and the training step
-# scaled by the resolution over 224 px, which changes each pixel by the paper's root-mean-square
-# amount, and nothing else changes.
+# scaled by the resolution over 224 px (the paper states no input size; we assume 224), which
+# changes each pixel by the paper's root-mean-square amount, and nothing else changes.
 
 # %%
 names_threat = study.threat_names(prof, prof_threat)

@@ -177,7 +177,8 @@ def test_split_image_level(synthetic_root: pathlib.Path) -> None:
 
 def test_split_class_too_small(synthetic_root: pathlib.Path) -> None:
     meta = read_metadata(synthetic_root)
-    with pytest.raises(DataError, match=r"Class 'nv' has 150 images but the split needs 200"):
+    with pytest.raises(DataError, match=r"Class 'nv' has 150 images but the split needs 200.*"
+                                         r"command line: --set n_train=N --set n_val=M --set n_test=K"):
         make_split(meta, seed=0, n_train=150, n_test=50, n_val=10)
     with pytest.raises(DataError, match="n_val"):
         make_split(meta, seed=0, n_train=10, n_test=5, n_val=20)

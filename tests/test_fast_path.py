@@ -168,6 +168,14 @@ def test_benchmark_findings_read_every_store_and_judge_the_goal_on_a_gpu(tmp_pat
     assert "earlier (0123456789ab)" in set(report.benchmark_throughput(tmp_path)["training code"])
     compiled = [f for f in report.benchmark_findings(tmp_path).split("\n\n") if "torch.compile" in f][0]
     assert "timed an earlier version of the training path" in compiled
+    # Two versions' eager rows of one CNN: one finding each, each of 1 CNN (the H200's resnet34 read "7 CNNs").
+    again = _bench_rows("NVIDIA H200", 1.22, 2.56)
+    again["throughput"][0]["training_code"] = "0123456789ab"
+    (tmp_path / "paper" / "benchmark-cuda-eager.json").write_text(json.dumps(again))
+    eager = [f for f in report.benchmark_findings(tmp_path).split("\n\n") if "NVIDIA H200 (1 CNN" in f
+             and "through" not in f]
+    assert len(eager) == 2 and sum("x1.22 the paper-style loop" in f for f in eager) == 1, eager
+    assert sum("earlier version" in f for f in eager) == 1 and sum("do not record" in f for f in eager) == 1
 
 
 # --------------------------------------------------------------------------

@@ -44,6 +44,23 @@ def test_cams_shape_range_hooks_and_mode(name, size):
     assert not model.training
 
 
+def test_cams_take_a_users_own_model():
+    """A bare torchvision model of a registered CNN is found by name; any model by its layer (target_layer);
+    a model without the named layer gets a message that says what to pass."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    x, y = torch.rand(2, 3, 64, 64), torch.tensor([0, 2])
+    by_name = gradcam.cams(net, "resnet18", x, y)
+    np.testing.assert_array_equal(by_name, gradcam.cams(net, None, x, y, target_layer=net.layer4))
+    assert by_name.shape == (2, 64, 64) and by_name.max() > 0.5
+    with pytest.raises(ValueError, match=r"Normalized has no layer 'layer4.-1'.*target_layer="):
+        gradcam.cams(build_model("smallcnn"), "resnet18", x, y)
+    with pytest.raises(ValueError, match=r"give model_name .* or target_layer="):
+        gradcam.cams(net, None, x, y)
+
+
 def test_cams_do_not_depend_on_an_in_place_op_after_the_target_layer(monkeypatch):
     """DenseNet121 applies ReLU in place to its target layer's output (`features`). pytorch-grad-cam keeps that
     output as `.cpu()`, the tensor itself on a CPU: the maps must be those of the layer's own output, as on a

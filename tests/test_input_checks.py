@@ -503,6 +503,19 @@ def test_metrics_reject_labels_outside_the_classes():
     metrics.compute_metrics(pred, ("nv", "mel", "bkl"))
 
 
+def test_marp_is_the_map_under_the_attack_named():
+    pred = _predictions([0, 1, 2, 1])
+    scores = np.eye(3)[[0, 1, 1, 2]]  # under "my-PGD": two of four right
+    pred = pred.assign(**{"pred_my-PGD": [0, 1, 1, 2]}, **{f"p_my-PGD_{c}": scores[:, k]
+                                                          for k, c in enumerate(("nv", "mel", "bkl"))})
+    classes = ("nv", "mel", "bkl")
+    assert "mARP" not in metrics.compute_metrics(pred, classes)  # the paper's 20-PGD was not evaluated
+    got = metrics.compute_metrics(pred, classes, marp_attack="my-PGD")
+    assert got["mARP"] == metrics.mean_average_precision(pred, classes, "my-PGD") < 1
+    with pytest.raises(ValueError, match=r"marp_attack='20-PGD': no predictions under that attack; .* my-PGD"):
+        metrics.compute_metrics(pred, classes, marp_attack="20-PGD")
+
+
 def test_metrics_name_missing_probability_columns():
     pred = _predictions([0, 1, 2]).drop(columns=["p_clean_mel", "p_clean_bkl"])
     with pytest.raises(ValueError, match=r"\['p_clean_mel', 'p_clean_bkl'\].*needs \['label', 'pred_clean', "
@@ -540,6 +553,42 @@ def test_cli_says_a_data_folder_does_not_exist(capsys, tmp_path):
     assert cli.main(["quick", "--data", str(missing), "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--data {missing}: the folder does not exist" in err
+
+
+def test_cli_without_data_names_the_options_that_give_it(capsys, tmp_path):
+    """The paper profile with no --data and nothing stored: the message speaks the command line's language."""
+    assert cli.main(["train", "--model", "smallcnn", "--method", "std", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "(no data folder was given)" in err and "--data DIR" in err and "--profile quick" in err
+    assert "at None" not in err and "digests" not in err
+
+
+def test_cli_train_refuses_the_grids_model_and_method_lists(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--profile", "quick", "--model", "smallcnn", "--method", "std", "--methods", "at"])
+    assert "--models and --methods are for `dpaat grid`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("eps", [[0.25, 0.5, 0.0, 1.0], np.array([0.25, 0.5, 0.0, 1.0]),
+                                 (0.25, 0.5, 0.0, 1.0)])
+def test_a_per_sample_radius_may_be_a_list_or_an_array(smallcnn, eps):
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    as_tensor = attacks.pgd(smallcnn, x, y, eps=torch.tensor([0.25, 0.5, 0.0, 1.0]), norm="l2", steps=2,
+                            step_size=0.1, generator=torch.Generator().manual_seed(0))
+    got = attacks.pgd(smallcnn, x, y, eps=eps, norm="l2", steps=2, step_size=0.1,
+                      generator=torch.Generator().manual_seed(0))
+    assert torch.equal(got, as_tensor)
+    with pytest.raises(ValueError, match=r"shape \(N,\) = \(4,\).*got shape \(3,\)"):
+        attacks.pgd(smallcnn, x, y, eps=list(eps)[:3], norm="l2", steps=1, step_size=0.1)
+    with pytest.raises(TypeError, match=r"eps must be a float or a tensor.*got str"):
+        attacks.pgd(smallcnn, x, y, eps="0.5", norm="l2", steps=1, step_size=0.1)
+
+
+def test_evaluate_needs_one_class_name_per_output(smallcnn):
+    side = _side(6)
+    for classes in (("nv", "mel"), ("nv", "mel", "bkl", "bcc")):  # a score column dropped, or one past the output
+        with pytest.raises(ValueError, match=rf"the model has 3 outputs but {len(classes)} classes were given"):
+            evaluation.evaluate(smallcnn, side, attacks.paper_attacks()[:1], classes)
 
 
 # --------------------------------------------------------------------------

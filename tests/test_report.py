@@ -642,7 +642,8 @@ def test_threat_scale_note_scales_with_the_resolution():
     small = report.threat_scale_note(cfg)
     assert f"{224 / cfg.data.image_size:.1f} times stronger per pixel" in small
     full = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=224))
-    assert "the paper's resolution" in report.threat_scale_note(full)
+    assert "the resolution we assume for the paper (it states none)" in report.threat_scale_note(full)
+    assert "The paper does not state its input size" in small
 
 
 def _history(n_epochs: int, best: int, cap: int, radius: float | None = None) -> dict:
@@ -764,6 +765,14 @@ def test_unmoved_radii_note_flags_a_median_still_at_eps0():
                                                              "radius_hist_max": 2 * eps0}], "best_epoch": 1})
     assert report.eps0_bin_share(logged.history["epochs"][0], eps0) == 0.45
     assert "bin that holds eps0 has 45.0% of them, an upper bound" in report.unmoved_radii_note([logged])
+    # The ends of the range: the lowest bin (near-clean training) and the highest (at the 2 eps0 clip).
+    assert report.radius_bounds_note([still]) == ""  # no histogram logged
+    hist[0], hist[19], hist[3] = 10, 5, 40
+    ends = dataclasses.replace(logged, history={"epochs": [{**logged.history["epochs"][0], "radius_hist": hist}],
+                                                "best_epoch": 1})
+    note = report.radius_bounds_note([ends])
+    assert "lowest bin (radius below 0.05" in note and "holds 10.0% of DPAAT's" in note
+    assert "from 0.95 to the clip at 1) 5.0%" in note and "(smallcnn seed 0)" in note
 
 
 def _build_book_module():

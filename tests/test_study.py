@@ -154,14 +154,15 @@ def _fake(method: str, seed: int, y: np.ndarray, p_right: dict[str, float], rng,
     return experiment.RunResult(cfg, Path("."), {}, metrics, pd.DataFrame(pred))
 
 
-def _grid(effect: float, seeds=(0, 1, 2), n=600, seed=0):
+def _grid(effect: float, seeds=(0, 1, 2), n=600, seed=0, more: dict[str, float] | None = None):
+    """Fake runs of the four adversarial methods; ``more``: other attacks' accuracies, the same for each."""
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(3), n // 3)
     out = []
     for s in seeds:
         base = 0.6 + 0.02 * rng.standard_normal()  # seed-to-seed variation shared by nothing
         for m, shift in (("at", 0.0), ("sat", 0.0), ("amat", 0.0), ("dpaat", effect)):
-            out.append(_fake(m, s, y, {"clean": 0.8, "20-PGD": base + shift}, rng))
+            out.append(_fake(m, s, y, {"clean": 0.8, "20-PGD": base + shift, **(more or {})}, rng))
     return out
 
 
@@ -806,6 +807,16 @@ def test_threat_headline_agrees_with_chapter_12_and_needs_every_run():
     assert "undefended STD" not in text  # no STD run in the fake grid: no yardstick sentence
     assert study.threat_headline(base, matched[:-1], attacks=attacks) == ""  # one run missing: no sentence
     assert study.threat_headline(base, base, attacks=attacks) == ""
+
+
+def test_threat_headline_gives_every_attack_not_only_clean_and_pgd():
+    """Chapter 1 gives DPAAT - AT under each attack chapter 12 tests: the Linf columns too, where (e)'s largest
+    differences were."""
+    base = _at_radius(_grid(0.0, seed=0, more={"FGSM": 0.5, "20-IFGSM": 0.4}), 0.5)
+    matched = _at_radius(_grid(0.0, seed=1, more={"FGSM": 0.5, "20-IFGSM": 0.4}), 0.0714)
+    text = study.threat_headline(base, matched, attacks=("clean", "FGSM", "20-IFGSM", "20-PGD"))
+    assert all(f"; {a} " in text for a in ("FGSM", "20-IFGSM", "20-PGD")) and "DPAAT - AT: clean " in text
+    assert "12 of 12 comparisons" in text
 
 
 def test_threat_findings_name_an_std_run_that_differs_without_an_attack():

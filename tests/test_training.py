@@ -138,7 +138,7 @@ def test_a_runs_average_precision_comes_from_its_scores_before_rounding(referenc
     assert not stored.equals(exact)  # the rounding is real
 
 
-def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, run_kw):
+def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, run_kw, capsys):
     cfg, _, uninterrupted = reference
     results = tmp_path / "results"
     # A zero budget stops after the first epoch; the run is resumable, not done.
@@ -148,8 +148,10 @@ def test_resume_after_time_budget_equals_uninterrupted_run(tmp_path, reference, 
     assert not h["finished"] and len(h["epochs"]) == 1
     assert (run_dir.ckpt / "last.pt").exists() and not run_dir.done
     assert experiment.load_result(cfg, results) is None
-    # A second call continues from epoch 2 and finishes.
-    resumed = experiment.run(cfg, results=results, **run_kw)
+    # A second call continues from epoch 2 and finishes, and says so where it shows its progress.
+    capsys.readouterr()
+    resumed = experiment.run(cfg, results=results, **{**run_kw, "progress": True})
+    assert f"{cfg.run_id}: resuming after epoch 1 of 3" in capsys.readouterr().out
     assert resumed is not None and resumed.history["finished"] and run_dir.done
     assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2, 3]
     assert per_epoch(resumed.history, "train_loss") == pytest.approx(

@@ -30,7 +30,9 @@ log = logging.getLogger(__package__)  # dpaat_lib.report: where a page's long ru
 TABLE1_COLUMNS = ("FGSM", "10-IFGSM", "20-IFGSM", "20-PGD", "50-PGD", "GAcc")
 TABLE2_COLUMNS = ("mAP", "mARP", "precision", "recall", "f1")
 PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
-PAPER_IMAGE_SIZE = 224  # method.md section 2: the paper's CNNs take 224 px inputs (InceptionV3 299)
+# The paper states no input size: method.md section 2's default (after Margeloiu), the usual input of these
+# ImageNet CNNs. An assumption, and the pages say so (threat_scale_note, the deviations list).
+PAPER_IMAGE_SIZE = 224
 PAPER_EPS0 = L2_EPS  # method.md section 4: our reading of the paper's L2 radius (training and 20/50-step PGD)
 PAPER_LINF_EPS = LINF_EPS  # method.md section 4: our reading of the paper's FGSM and I-FGSM radius
 METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))

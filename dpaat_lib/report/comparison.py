@@ -89,7 +89,9 @@ def comparison_sentence(results: Sequence[experiment.RunResult], a: str = "DPAAT
         n = int(sig["seeds"].min()) if len(sig) else 0
         notes.append(f"{n} seeds per method: the verdict is the paired t-test across seeds ({n - 1} degrees of "
                      f"freedom) of the per-seed accuracy differences (mean ± standard deviation over seeds), "
-                     f"Holm-adjusted for the {len(sig)} comparisons of this list: does "
+                     f"Holm-adjusted for the {len(sig)} comparisons of this list (an adjusted p depends on the "
+                     "tests adjusted together, so where another page adjusts over other tests the same comparison "
+                     "has another Holm p, never another raw p): does "
                      "the difference exceed the variation between training runs? The bootstrap interval "
                      "resamples the test images within each seed and covers the test sample only. With few seeds "
                      "the t-test detects only large, consistent differences: *within noise* means not shown, "

@@ -99,8 +99,8 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         f"{prof.train_steps} steps of {radius_text(prof.train_step_size)}; FGSM and I-FGSM evaluated in Linf at "
         f"eps = {linf_text(prof.linf_eps)}, 20/50-step PGD in L2 at eps0 (chapter 3)."
         + (f" At {prof.image_size} px the same L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times stronger "
-           "per pixel than at 224 px, and the Linf one weaker in L2 terms: levels compare with the paper's only in "
-           "direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
+           f"per pixel than at {PAPER_IMAGE_SIZE} px (assumed for the paper), and the Linf one weaker in L2 terms: "
+           "levels compare with the paper's only in direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
            "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else "")
         + (f" This page's eps0 = {radius_text(prof.eps0)} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 "
            f"threat is {l2_strength_text(prof.eps0, prof.image_size)}, and its robust columns are not the paper's."
@@ -126,8 +126,11 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
                           f"HAM10000 at {c.data.source_size} px" if c is not None and c.data.source_size else
                           "all of HAM10000's images and metadata in a 200x150 px copy (a third party's "
                           "downscale; the published images are 600x450)") + "; "
-        f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299).",
-        f"- **Resolution**: {prof.image_size} px (paper: 224 px, InceptionV3 299 px).",
+        f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299)"
+        + (f", of the {prof.n_train} {prof.n_val} held out as the validation set of early stopping and checkpoint "
+           "choice (the paper validates on a set it does not describe)" if prof.n_val else "") + ".",
+        f"- **Resolution**: {prof.image_size} px (paper: not stated; we assume {PAPER_IMAGE_SIZE} px, method.md's "
+        "default and these ImageNet CNNs' usual input, wherever a page compares with the paper's resolution).",
         f"- **Models**: {', '.join(prof.models)}"
         + ("" if set(prof.models) == set(PAPER_MODELS) else f" (paper: {', '.join(PAPER_MODELS)})")
         + f"; up to {prof.epochs} epochs, patience {prof.patience}, batch size {prof.batch_size} "

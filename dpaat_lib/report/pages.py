@@ -294,7 +294,7 @@ def profile_banner(prof: profiles.Profile, results: Sequence[experiment.RunResul
                       f"and the PGD columns) is {l2_strength_text(prof.eps0, prof.image_size)} (chapter 3)")
     elif prof.image_size != PAPER_IMAGE_SIZE:
         lines[-1] += (f" | at {prof.image_size} px the L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times "
-                      f"stronger per pixel than at the paper's {PAPER_IMAGE_SIZE} px (chapter 3)")
+                      f"stronger per pixel than at the {PAPER_IMAGE_SIZE} px we assume for the paper (chapter 3)")
     if prof.linf_eps != PAPER_LINF_EPS:
         lines[-1] += (f" | FGSM and I-FGSM at Linf {linf_text(prof.linf_eps)}, not the paper's "
                       f"{linf_text(PAPER_LINF_EPS)}: their columns are not the paper's")
@@ -336,10 +336,13 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
     # A radius given as a parameter (-p eps0, -p linf_eps)
     l2_other, linf_other = any(e != PAPER_EPS0 for e in l2), any(e != PAPER_LINF_EPS for e in linf)
     if s == paper_size and not (l2_other or linf_other):
-        return (f"**The threat at {s} px**, the paper's resolution: each radius means here what it means in the "
+        return (f"**The threat at {s} px**, the resolution we assume for the paper (it states none): each radius "
+                "means here what it means in the "
                 "paper as we read it.")
-    parts = [f"**The threat at {s} px.** The paper's CNNs see {paper_size} px images; this profile's see {s} px."
-             if s != paper_size else f"**The threat at {s} px**, the paper's resolution."]
+    parts = [f"**The threat at {s} px.** The paper does not state its input size; we take {paper_size} px, "
+             "method.md's default and the usual input of these ImageNet CNNs, as the paper's; this profile's CNNs "
+             f"see {s} px." if s != paper_size
+             else f"**The threat at {s} px**, the resolution we assume for the paper (it states none)."]
     for e in l2:
         rms, rms_paper = l2_rms_per_value(e, s), l2_rms_per_value(PAPER_EPS0, paper_size)
         if e == PAPER_EPS0:
@@ -373,6 +376,7 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
         compare = "Compare the PGD columns with the paper's; FGSM and I-FGSM only in direction and ranking. "
     parts.append(compare
                  + "The radii and the resolution are parameters of the chapters (`papermill -p eps0 1.0`; "
-                 "`-p linf_eps 8/255`; `-p image_size 224`, the paper's resolution); chapter 12 (e) trains the five "
+                 "`-p linf_eps 8/255`; `-p image_size 224`, the resolution assumed for the paper); chapter 12 (e) "
+                 "trains the five "
                  "methods again with the L2 radius scaled to the paper's change per pixel.")
     return " ".join(parts)

@@ -144,18 +144,20 @@ SPEED_GOAL = 3.0  # issue 4: the library's path at least 3x the paper-style loop
 
 
 def benchmark_findings(results_dir, goal: float = SPEED_GOAL) -> str:
-    """What the stored throughput benchmarks show, per card: the range of the library's speed-up over
-    the paper-style loop (one process, and several sharing the card), and which CNNs reach ``goal``."""
-    cards: dict[tuple[str, str], list[dict]] = {}
+    """What the stored throughput benchmarks show, per card, library path and version of the training path
+    (two versions' rows of one CNN are two measurements, not two CNNs): the range of the library's speed-up
+    over the paper-style loop (one process, and several sharing the card), and which CNNs reach ``goal``."""
+    cards: dict[tuple[str, str, str], list[dict]] = {}
     for r in store.benchmark_rows(results_dir, "throughput"):
-        cards.setdefault((r["card"], _library_path(r)), []).append(r)
+        cards.setdefault((r["card"], _library_path(r), _code_label(r)), []).append(r)
     if not cards:
         return "No throughput benchmark is stored."
     out = []
-    for (card, path), rows in cards.items():
+    for (card, path, _), rows in cards.items():
         one = [r["ratio"] for r in rows]
         how = "" if path == "eager" else f" through {path}"
-        text = (f"On {card} ({len(rows)} CNN{'s' * (len(rows) > 1)}, {rows[0]['size']} px), the library's path{how} "
+        cnns = len({r["model"] for r in rows})
+        text = (f"On {card} ({cnns} CNN{'s' * (cnns > 1)}, {rows[0]['size']} px), the library's path{how} "
                 f"in one process runs at {_ratio_range(one)} the paper-style loop")
         best = {r["model"]: r["ratio"] for r in rows}
         many = [r for r in rows if "concurrent_ratio" in r]

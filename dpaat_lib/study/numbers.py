@@ -62,8 +62,10 @@ def seed_table(results: Sequence[experiment.RunResult], metrics: Sequence[str] =
 def below_chance_note(results: Sequence[experiment.RunResult], attack: str = "20-PGD") -> str:
     """A caveat (Markdown, empty when there is none): the (model, method) pairs whose seed-mean accuracy
     under ``attack`` is below a constant guess (1 / number of classes), with the attack's radius and their
-    clean accuracy. Such a model gained no robustness to ``attack``, so a difference between two of them
-    compares two failures; a clean accuracy near chance too says the model barely learned at all."""
+    clean accuracy. Such a model is weaker under ``attack`` than a classifier that ignores its input (which no
+    attack moves), so a difference between two of them compares two failures; a clean accuracy near chance too
+    says the model barely learned at all. Whether it gained any robustness is another question, which only an
+    undefended model under the same attack answers."""
     if not results:
         return ""
     frame = prediction_frame(results, ("acc",), (CLEAN, attack))
@@ -79,9 +81,9 @@ def below_chance_note(results: Sequence[experiment.RunResult], attack: str = "20
     radii = {a.eps for r in results for a in r.config.eval_attacks if a.name == attack}
     at = f" at radius {radii.pop():.3g}" if len(radii) == 1 else ""  # the page may show the same CNNs at two
     return ("**Below chance.** " + "; ".join(f"On {m}, {', '.join(v)}" for m, v in by_model.items())
-            + f" under {attack}{at}, below the {100 * chance:.1f}% of a constant guess: these models gained no "
-              f"robustness to {attack}, so a difference between them under it compares two failures; read "
-              "their clean accuracy only.")
+            + f" under {attack}{at}, below the {100 * chance:.1f}% of a constant guess, which no attack moves: "
+              f"under {attack} these models do worse than one that ignores its input, so a difference between them "
+              "under it compares two failures; read their clean accuracy first.")
 
 
 def main_table(results: Sequence[experiment.RunResult], columns: Sequence[str] = MAIN_COLUMNS,

@@ -276,14 +276,15 @@ def _retrained(base: Sequence[experiment.RunResult], variant: Sequence[experimen
 
 def _pair_sentence(verdicts: pd.DataFrame, names: tuple[str, str], words: tuple[str, str], a: str, b: str,
                    against: Sequence[str] = COMPARED) -> str:
-    """Chapter 1's reading of :func:`verdict_changes`: ``a`` - ``b`` under 20-PGD and clean in both grids
-    (``words``: how the text names each grid, after its mean; each CNN named where there are several), and
-    how many comparisons of ``a`` with ``against`` keep their verdict."""
+    """Chapter 1's reading of :func:`verdict_changes`: ``a`` - ``b`` under every tested attack (clean
+    first) in both grids (``words``: how the text names each grid, after its mean; each CNN named where there
+    are several): the Linf columns too, where the largest differences may be; and how many comparisons of
+    ``a`` with ``against`` keep their verdict."""
     pair = verdicts[verdicts["comparison"] == f"{a} - {b}"]
     where = _model_prefix(pair.get("model", ()))
     return (f"{a} - {b}: " + "; ".join(
                 f"{where(r['model'])}{r['attack']} {r['mean ' + names[0]]:+.1f} points {words[0]}, "
                 f"{r['mean ' + names[1]]:+.1f} {words[1]} ({r[names[1]]})"
-                for _, r in pair.iterrows() if r["attack"] in ("20-PGD", "clean"))
+                for _, r in pair.iterrows())
             + f". {int(verdicts['kept'].sum())} of {len(verdicts)} comparisons of {a} with "
             + report.and_list(list(against)) + " keep their verdict.")

@@ -346,8 +346,9 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile,
         verdict = "The default DPAAT has one seed here, so the sweep points cannot be set against seed noise."
     chance = 100 / len(study_profile.classes)
     for _, d in frame[(frame["param"] == "default") & (frame["attack"] == attacks[0])].iterrows():
-        if d["mean"] < chance:  # a CNN that gained no robustness: its sweep cannot show what changes it
+        if d["mean"] < chance:  # worse than ignoring the input: its sweep cannot show what changes robustness
             verdict += (f" On {d['model']} the default DPAAT's {attacks[0]} accuracy ({d['mean']:.1f}%) is below the "
-                        f"{chance:.1f}% of a constant guess: it gained no robustness to {attacks[0]} on this profile, "
+                        f"{chance:.1f}% of a constant guess, which no attack moves: it does worse under "
+                        f"{attacks[0]} than a classifier that ignores its input on this profile, "
                         f"so its sweep speaks to clean accuracy only.")
     return "- " + "\n- ".join(lines) + "\n\n" + verdict

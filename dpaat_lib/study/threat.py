@@ -138,7 +138,7 @@ def threat_findings(base: Sequence[experiment.RunResult], matched: Sequence[expe
             closer = names[0] if abs(std_b - paper_std) <= abs(std_m - paper_std) else names[1]
             parts.append(f"**Which radius is the paper's threat?** Against the undefended STD model, 20-step PGD "
                          f"leaves {std_b:.1f}% at {names[0]} and {std_m:.1f}% at {names[1]}; the paper's "
-                         f"STD keeps {paper_std:.2f}% (the mean of its six CNNs at 224 px). By that yardstick "
+                         f"STD keeps {paper_std:.2f}% (the mean of its six CNNs). By that yardstick "
                          f"{closer} is the closer match: the same change per pixel is not the same attack strength, "
                          "which also depends on the model and its input size, so neither grid reproduces the paper's "
                          "threat in both senses.")
