@@ -127,8 +127,8 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
                           "all of HAM10000's images and metadata in a 200x150 px copy (a third party's "
                           "downscale; the published images are 600x450)") + "; "
         f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299)"
-        + (f", of the {prof.n_train} {prof.n_val} held out as the validation set of early stopping and checkpoint "
-           "choice (the paper validates on a set it does not describe)" if prof.n_val else "") + ".",
+        + (f"; {prof.n_val} of the {prof.n_train} are held out as the validation set of early stopping and "
+           "checkpoint choice (the paper validates on a set it does not describe)" if prof.n_val else "") + ".",
         f"- **Resolution**: {prof.image_size} px (paper: not stated; we assume {PAPER_IMAGE_SIZE} px, method.md's "
         "default and these ImageNet CNNs' usual input, wherever a page compares with the paper's resolution).",
         f"- **Models**: {', '.join(prof.models)}"
