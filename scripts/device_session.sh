@@ -48,7 +48,7 @@ elapsed() { echo $(( $(date +%s) - START )); }
 # The store the grid continues: the committed results, copied by the session's first call only. A later call on
 # the warm machine must not fill in files the store lacks: a run moved to superseded/ and training again would get
 # its old done, metrics and extras back (and a run finished would never resume).
-[ -d "$RESULTS" ] || cp -r "results/$PROFILE" "$STORE/"
+[ -d "$RESULTS" ] || { mkdir -p "$(dirname "$RESULTS")" && cp -r "results/$PROFILE" "$RESULTS"; }  # RESULTS may be set
 if [ "$CHECK" = auto ]; then
   CHECK=1
   "$PY" scripts/compile_decision.py --read "$RESULTS/compile-decision.json" --usable && CHECK=0

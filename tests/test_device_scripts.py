@@ -461,3 +461,9 @@ def test_a_sessions_second_call_continues_its_store_without_copying_the_committe
         stored = tmp_path / "store" / "quick" / "run-a"
         assert (stored / "done").exists() == (_ == 0)
         (stored / "done").unlink(missing_ok=True)  # moved aside and training again on the warm machine
+    # A store of another name (RESULTS) is seeded itself, not $STORE/<profile> beside it.
+    custom = tmp_path / "elsewhere" / "mine"
+    done = subprocess.run(["bash", "scripts/device_session.sh"], cwd=repo, env={**env, "RESULTS": str(custom)},
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and f"grid on {custom}" in done.stdout, done.stdout + done.stderr
+    assert (custom / "run-a" / "done").exists()
