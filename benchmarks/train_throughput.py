@@ -244,7 +244,10 @@ def main(argv=None) -> list[dict]:
         line = f"{name:<15}{a:>12.1f}{b:>15.1f}{ratio:>8.2f}"
         if args.procs > 1:
             c = concurrent_img_s(args, name)
-            row.update(procs=args.procs, concurrent_img_s=c, concurrent_ratio=c / a)
+            # mps: whether the processes ran under NVIDIA's multi-process service (scripts/device_env.sh's
+            # mps_start), as the grid's workers do where the machine has it, or took turns on the card.
+            row.update(procs=args.procs, concurrent_img_s=c, concurrent_ratio=c / a,
+                       mps=bool(os.environ.get("CUDA_MPS_PIPE_DIRECTORY")))
             line += f"{c:>15.1f}{c / a:>8.2f}"
         rows.append(row)
         print(line, flush=True)

@@ -12,8 +12,8 @@ I-FGSM     step_size                     k             no
 PGD        step_size                     k             yes
 =========  ===========================  ============  ============
 
-The radius ``eps`` is a float or a tensor of shape ``(N,)``: one radius per
-sample, which is what AMAT and DPAAT need. Inputs live in [0, 1]; the model
+The radius ``eps`` is a float or a tensor of shape ``(N,)`` (or a list or NumPy
+array of N values): one radius per sample, which is what AMAT and DPAAT need. Inputs live in [0, 1]; the model
 runs in eval mode during the attack (a compiled model also with its weights'
 requires_grad off) and gets both back; the inputs are never modified.
 
@@ -93,18 +93,23 @@ def as_radius(eps, x: torch.Tensor, *, check_values: bool = True, name: str = "e
     ``name``: the argument's name in the error messages (``"eps"``, ``"step_size"``).
     """
     n = x.shape[0]
+    given = type(eps).__name__
     if not isinstance(eps, (torch.Tensor, numbers.Real)):  # a list or a NumPy array: one value per sample
         try:
-            eps = torch.as_tensor(eps, dtype=x.dtype if x.is_floating_point() else torch.float32)
+            eps = torch.as_tensor(eps)
         except (TypeError, ValueError, RuntimeError):
+            eps = None
+        if eps is None or not (eps.is_floating_point() or eps.dtype in (torch.int32, torch.int64)):
             raise TypeError(f"{name} must be a float or a tensor of shape (N,) = ({n},), one value per sample; "
-                            f"got {type(eps).__name__}") from None
+                            f"got {given}" + ("" if eps is None else f" of {eps.dtype}")) from None
+        eps = eps.to(x.dtype if x.is_floating_point() else torch.float32)
     if isinstance(eps, torch.Tensor):
         if eps.dim() == 0:
             eps = eps.expand(n)
         if eps.shape != (n,):
+            fix = f"Pass {name}.flatten() or a float" if given == "Tensor" else f"Pass {n} values or a float"
             raise ValueError(f"{name} must be a float or a tensor of shape (N,) = ({n},), one value per "
-                             f"sample; got shape {tuple(eps.shape)}. Pass {name}.flatten() or a float.")
+                             f"sample; got shape {tuple(eps.shape)}. {fix}.")
         eps = eps.to(device=x.device, dtype=x.dtype)
         if check_values and not bool(((eps >= 0) & torch.isfinite(eps)).all()):
             raise ValueError(f"{name} must be finite and >= 0 for every sample")
@@ -191,7 +196,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
     radius = as_radius(eps, x, check_values=check_values)
     size = as_radius(step_size, x, check_values=check_values, name="step_size")
     if norm == "linf" and (check_values or not isinstance(eps, torch.Tensor)):
-        _check_linf_radius(radius if isinstance(eps, torch.Tensor) else eps)
+        _check_linf_radius(eps if isinstance(eps, numbers.Real) else radius)  # a list's values: the tensor
     loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="none"))
     x = x.detach()
     was_training = model.training

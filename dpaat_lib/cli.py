@@ -37,16 +37,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _common(p: argparse.ArgumentParser, default_profile: str) -> None:
+def _common(p: argparse.ArgumentParser, default_profile: str, one_run: bool = False) -> None:
+    """The options every command shares; ``one_run`` (``train``): the grid's lists hidden from its help (and
+    refused by :func:`main`)."""
+    lists = argparse.SUPPRESS if one_run else None
     p.add_argument("--profile", default=default_profile, choices=list(profiles.PROFILES),
                    help="the profile: data, models, image size, epochs, seeds (README, 'Profiles')")
     p.add_argument("--data", help="folder of a HAM10000 copy (official layout); without it the quick profile "
                                   "uses the synthetic stand-in")
     p.add_argument("--results", help="results store (default: ./results/<profile>, as the book)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0 ...")
-    p.add_argument("--models", nargs="+", choices=list_models(), help="models to run (default: the profile's)")
+    p.add_argument("--models", nargs="+", choices=list_models(),
+                   help=lists or "models to run (default: the profile's)")
     p.add_argument("--methods", nargs="+", choices=METHODS,
-                   help=f"methods to run (default: {' '.join(profiles.MAIN_METHODS)})")
+                   help=lists or f"methods to run (default: {' '.join(profiles.MAIN_METHODS)})")
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default: the profile's)")
     p.add_argument("--image-size", type=int, help="image side in px (default: the profile's)")
     p.add_argument("--epochs", type=int, help="epoch limit (default: the profile's)")
@@ -266,7 +270,7 @@ def main(argv=None) -> int:
     _common(add("quick", help="the quick profile: five methods, small CNN, CPU"), "quick")
     _common(add("grid", help="a profile's whole grid"), "paper")
     t = add("train", help="one run (trained and evaluated, or loaded)")
-    _common(t, "paper")
+    _common(t, "paper", one_run=True)
     t.add_argument("--model", required=True, choices=list_models(), help="the model")
     t.add_argument("--method", required=True, choices=METHODS, help="the training method")
     _common(add("prepare", help="decode the profile's images once into the cache (before several "
@@ -287,8 +291,8 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0, help="random seed")
     add("models", help="list model names (with those of the modules named in $DPAAT_MODELS)")
     args = parser.parse_args(argv)
-    if args.command == "train" and (args.models or args.methods):  # the grid's options, which one run ignores
-        parser.error("train runs one --model with one --method; --models and --methods are for `dpaat grid`")
+    if args.command == "train" and (args.models or args.methods or args.book):  # the grid's, which one run ignores
+        parser.error("train runs one --model with one --method; --models, --methods and --book are for `dpaat grid`")
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)

@@ -397,7 +397,7 @@ def make_split(
             raise DataError(
                 f"Class '{dx}' has {len(group)} images but the split needs {need} "
                 f"(n_test={n_test} + n_train={n_train}). Lower n_train/n_test (command line: --set n_train=N "
-                f"--set n_val=M --set n_test=K, with M < N) or add data."
+                f"--set n_val=M --set n_test=K, the M validation images taken from the N) or add data."
             )
         if not lesion_aware:
             ids = list(group["image_id"])

@@ -135,8 +135,9 @@ def cams(model, model_name: str | None, x: torch.Tensor, targets: torch.Tensor, 
         return np.zeros((0, *x.shape[-2:]), np.float32)
     maps = np.concatenate(out).astype(np.float32)
     if not maps.any():
-        warnings.warn(f"every Grad-CAM map of {model_name} is zero: at {tuple(x.shape[-2:])} px its target "
-                      "layer's feature map is probably 1x1, which has no spatial detail; use larger images",
+        warnings.warn(f"every Grad-CAM map of {model_name or type(model).__name__} is zero: at "
+                      f"{tuple(x.shape[-2:])} px its target layer's feature map is probably 1x1, which has no "
+                      "spatial detail; use larger images",
                       stacklevel=2)
     return maps
 

@@ -62,8 +62,8 @@ report.ours_table(results, "I")[["GAcc", "20-PGD", "50-PGD", "20-IFGSM", "seeds"
 # The paper makes six statements about its Fig. 3 (it gives the bars, not the numbers) and draws
 # one conclusion from them. Each is tested below on our runs (seed means; "similar" means within
 # 2 points, a threshold we chose: the seed standard deviations are in the table above, and the
-# paired tests of chapter 12 say which differences exceed seed noise). Its ablation trained with batch
-# 64 for 100 epochs; ours use the profile's schedule (banner).
+# paired tests further down this chapter say which differences exceed seed noise). Its ablation
+# trained with batch 64 for 100 epochs; ours use the profile's schedule (banner).
 
 # %%
 claims = report.ablation_claims(results)

@@ -140,8 +140,9 @@ report.md(
        f"uniform map)" if has_mask else "; lesion masks are not available for these data, so the share of energy in the "
        "lesion cannot be measured")
     + f". The paper examined 532 correctly predicted test images and shows a few it calls typical, judged by eye; "
-      f"these scores cover {int(t['images'].iloc[0])} correct images drawn at random, fewer than the paper looked "
-      "at, from one training run per method, with no interval, so small differences between methods say little."
+      f"these scores cover {int(t['images'].iloc[0])} correct images drawn at random"
+    + (", fewer than the paper looked at," if int(t["images"].iloc[0]) < 532 else "")
+    + " from one training run per method, with no interval, so small differences between methods say little."
     + (f"\n\nAt {prof.image_size} px the Grad-CAM layer of {shown[0]} gives a "
        f"{report.model_table([shown[0]], prof.image_size, len(classes)).iloc[0, -1]} map, upsampled to the image "
        "(chapter 3), so every map is coarse: it can say which part of the image counts, not which structure."

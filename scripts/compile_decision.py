@@ -45,7 +45,6 @@ RUN_EPOCHS = 20  # a typical paper-profile run (early stopping): what the modes 
 # cent, and a graph mode that gains less is not worth its risk (on the H200 the library's graph did 802 img/s with
 # 4 processes against eager's 810: a second check could have measured it a little above).
 MARGIN = 1.05
-DEFAULT_PROCS = 4  # benchmark rows stored before they recorded their --procs: device_grid.sh's BENCH_ARGS
 TEST = "test_cuda_graphs_match_eager_on_a_gpu"
 MODE = "reduce-overhead"
 # Each mode that can replace eager: the GPU test that shows it correct for every method, the suffix of its
@@ -61,19 +60,22 @@ def _rows(out_dir: Path, suffix: str) -> dict[str, dict]:
     return {r["model"]: r for p in paths for r in json.loads(p.read_text()).get("throughput", [])}
 
 
-def card_seconds(row: dict) -> float:
+def card_seconds(row: dict, shared: bool = True) -> float:
     """Seconds of the card that one RUN_EPOCHS-epoch run of EPOCH_IMAGES images costs on the path of benchmark
     ``row``, its warm-up included, as the grid uses the card: several processes share it
     (``concurrent_img_s``, measured with ``procs`` of them), each warming up while the others train, so that a
-    run's warm-up leaves the card idle for about its share of the processes. Where several processes were not
-    measured, one process alone: its images/s and its whole warm-up.
+    run's warm-up leaves the card idle for about its share of the processes (an approximation: a call's first
+    workers start within seconds of each other and compile together; later runs start as others end). With
+    ``shared`` False, or where several processes were not measured, one process alone: its images/s and its
+    whole warm-up (:func:`decide` compares every mode on one basis: several processes only where eager and
+    each mode measured them).
 
     The grid's rule: the library's graph doubled one process on the H200 but four processes gained nothing
     over four eager ones (802 against 810 img/s), while torch.compile's gained x1.47 there; judged by one
     process and its warm-up (0.8 s against 57), the library's graph would have looked the faster."""
     warmup = row.get("library_warmup_s", 0.0)
-    if "concurrent_img_s" in row:
-        return RUN_EPOCHS * EPOCH_IMAGES / row["concurrent_img_s"] + warmup / row.get("procs", DEFAULT_PROCS)
+    if shared and "concurrent_img_s" in row:
+        return RUN_EPOCHS * EPOCH_IMAGES / row["concurrent_img_s"] + warmup / row["procs"]
     return RUN_EPOCHS * EPOCH_IMAGES / row["library_img_s"] + warmup
 
 
@@ -91,6 +93,8 @@ def _judge(mode: str, tests: str, eager: dict, rows: dict) -> tuple[bool, list[s
         e = eager.get(model)
         if e is None:
             continue
+        if "concurrent_img_s" in e and "concurrent_img_s" not in g:  # no evidence for the grid's way
+            reasons.append(f"{model}: not measured with several processes through {label}, as eager was")
         for key in ("library_img_s", "concurrent_img_s"):
             if key in g and key in e and g[key] < MARGIN * e[key]:
                 reasons.append(f"{model}: {key} {g[key]:.0f} through {label}, not above eager's {e[key]:.0f} "
@@ -99,7 +103,7 @@ def _judge(mode: str, tests: str, eager: dict, rows: dict) -> tuple[bool, list[s
             for n in [break_even_epochs(eager[m], g)] if n is not None]
     payback = (f"{mode}: its warm-up (compiling or capturing, empty cache) paid back by the faster epochs of "
                f"{EPOCH_IMAGES} images: {', '.join(paid)} epochs") if paid else ""
-    run_s = sum(card_seconds(g) for m, g in rows.items() if m in eager)
+    run_s = sum(card_seconds(g, shared="concurrent_img_s" in eager[m]) for m, g in rows.items() if m in eager)
     if reasons:
         return False, reasons + ([payback] if payback else []), run_s
     speedups = ", ".join(f"{m} x{g['library_img_s'] / eager[m]['library_img_s']:.2f}"
@@ -127,9 +131,11 @@ def decide(out_dir: Path) -> tuple[str, list[str]]:
     if not good:
         return "", [r for v in verdicts.values() for r in v[1]]
     (best_s, best), others = good[0], good[1:]
+    how = ("with several processes sharing it" if any("concurrent_img_s" in e for e in eager.values())
+           else "in one process")
     return best, verdicts[best][1] + [
-        f"{best}: a {RUN_EPOCHS}-epoch run of {EPOCH_IMAGES} images costs the card {best_s:.0f} s with several "
-        f"processes sharing it (warm-up included), {mode} {s_:.0f} s" for s_, mode in others] + [
+        f"{best}: a {RUN_EPOCHS}-epoch run of {EPOCH_IMAGES} images costs the card {best_s:.0f} s {how} "
+        f"(warm-up included), {mode} {s_:.0f} s" for s_, mode in others] + [
         f"{mode} not chosen: {v[1][0]}" for mode, v in verdicts.items() if not v[0]]
 
 

@@ -121,18 +121,7 @@ if [ "$BENCH" = 1 ]; then
   echo "[$(elapsed)s] benchmark done"
 fi
 
-if [ "$MPS" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d && timeout 60 "$PY" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
-    echo "MPS on"
-  else
-    echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-    echo "MPS off (could not start it)"
-  fi
-else
-  echo "MPS off"
-fi
+MPS=$MPS mps_start  # scripts/device_env.sh
 
 if [ "$WORKERS" = auto ]; then
   WORKERS=8
@@ -173,7 +162,7 @@ PACKER=$!
 wait "${PIDS[@]}"
 kill "$PACKER" 2>/dev/null; wait "$PACKER" 2>/dev/null
 echo "[$(elapsed)s] workers done"
-[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] && echo quit | nvidia-cuda-mps-control
+mps_stop
 
 # One line per call in the store's calls.jsonl (packed with the results): the grid's GPU time, from its calls.
 call_record >> "$RESULTS/calls.jsonl" && rm -f "$PENDING" "$PENDING.tmp"

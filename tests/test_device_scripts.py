@@ -257,7 +257,7 @@ def _decision_inputs(out: Path, passed=("std", "at", "sat", "amat", "dpaat"), gr
     lines += ["FAILED tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[amat] - AssertionError"
               ] if "amat" not in passed else []
     (out / "cuda-tests.txt").write_text("\n".join(["....", "=== short test summary info ===", *lines]) + "\n")
-    row = {"model": "resnet34", "paper_img_s": 400.0, "library_img_s": 500.0, "concurrent_img_s": 650.0}
+    row = {"model": "resnet34", "paper_img_s": 400.0, "library_img_s": 500.0, "concurrent_img_s": 650.0, "procs": 4}
     fast = {**row, "library_img_s": graphs_img_s, "concurrent_img_s": graphs_img_s * 1.3}
     if warmups is not None:  # (eager, graphs): the first warm-up's seconds, compiling included for the graphs
         row["library_warmup_s"], fast["library_warmup_s"] = warmups
@@ -393,8 +393,19 @@ def test_compile_decision_judges_the_modes_as_the_grid_uses_the_card(tmp_path):
     assert mode == "cuda-graph" and why[-1].endswith("costs the card 43 s with several processes sharing it "
                                                      "(warm-up included), reduce-overhead 50 s")
     assert decision.card_seconds({"library_img_s": 400.0, "library_warmup_s": 10.0}) == 43200 / 400 + 10
-    assert decision.card_seconds({"library_img_s": 400.0, "concurrent_img_s": 800.0, "library_warmup_s": 10.0}) \
-        == 43200 / 800 + 10 / 4  # an older row without its process count: device_grid.sh's 4
+    shared = {"library_img_s": 400.0, "concurrent_img_s": 800.0, "procs": 4, "library_warmup_s": 10.0}
+    assert decision.card_seconds(shared) == 43200 / 800 + 10 / 4
+    assert decision.card_seconds(shared, shared=False) == 43200 / 400 + 10
+    # Twice eager alone and clear of the noise with 4 processes, but not 1.9 times eager as the grid runs.
+    bench("captured", 800.0, 1000.0, 0.81)
+    assert decision.good_enough(tmp_path, "cuda-graph", 1.2)
+    assert not decision.good_enough(tmp_path, "cuda-graph", 1.9)
+    # A mode not measured with several processes, where eager was, has no evidence for the grid's way.
+    (tmp_path / "benchmark-cuda-captured.json").write_text(json.dumps({"throughput": [
+        {"model": "resnet34", "library_img_s": 2000.0, "library_warmup_s": 0.5}]}))
+    mode, why = decision.decide(tmp_path)
+    assert mode == "reduce-overhead" and any("not measured with several processes through the library's" in w
+                                             for w in why)
 
 
 def _travel_size():

@@ -566,22 +566,33 @@ def test_cli_without_data_names_the_options_that_give_it(capsys, tmp_path):
 def test_cli_train_refuses_the_grids_model_and_method_lists(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--profile", "quick", "--model", "smallcnn", "--method", "std", "--methods", "at"])
-    assert "--models and --methods are for `dpaat grid`" in capsys.readouterr().err
+    assert "--models, --methods and --book are for `dpaat grid`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--profile", "quick", "--model", "smallcnn", "--method", "std", "--book"])
+    assert "are for `dpaat grid`" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "--methods" not in capsys.readouterr().out  # not offered where it would be refused
 
 
-@pytest.mark.parametrize("eps", [[0.25, 0.5, 0.0, 1.0], np.array([0.25, 0.5, 0.0, 1.0]),
-                                 (0.25, 0.5, 0.0, 1.0)])
-def test_a_per_sample_radius_may_be_a_list_or_an_array(smallcnn, eps):
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+@pytest.mark.parametrize("kind", [list, np.array, tuple])
+def test_a_per_sample_radius_may_be_a_list_or_an_array(smallcnn, kind, norm):
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
-    as_tensor = attacks.pgd(smallcnn, x, y, eps=torch.tensor([0.25, 0.5, 0.0, 1.0]), norm="l2", steps=2,
-                            step_size=0.1, generator=torch.Generator().manual_seed(0))
-    got = attacks.pgd(smallcnn, x, y, eps=eps, norm="l2", steps=2, step_size=0.1,
+    values = [0.25, 0.5, 0.0, 1.0] if norm == "l2" else [2 / 255, 4 / 255, 0.0, 8 / 255]
+    as_tensor = attacks.pgd(smallcnn, x, y, eps=torch.tensor(values), norm=norm, steps=2,
+                            step_size=0.1 if norm == "l2" else 1 / 255, generator=torch.Generator().manual_seed(0))
+    got = attacks.pgd(smallcnn, x, y, eps=kind(values), norm=norm, steps=2, step_size=0.1 if norm == "l2" else 1 / 255,
                       generator=torch.Generator().manual_seed(0))
     assert torch.equal(got, as_tensor)
-    with pytest.raises(ValueError, match=r"shape \(N,\) = \(4,\).*got shape \(3,\)"):
-        attacks.pgd(smallcnn, x, y, eps=list(eps)[:3], norm="l2", steps=1, step_size=0.1)
-    with pytest.raises(TypeError, match=r"eps must be a float or a tensor.*got str"):
-        attacks.pgd(smallcnn, x, y, eps="0.5", norm="l2", steps=1, step_size=0.1)
+    with pytest.raises(ValueError, match=r"shape \(N,\) = \(4,\).*got shape \(3,\)\. Pass 4 values or a float"):
+        attacks.pgd(smallcnn, x, y, eps=kind(values[:3]), norm=norm, steps=1, step_size=0.01)
+    for bad, what in (("0.5", "got str"), (kind([True, False, True, True]), "of torch.bool")):
+        with pytest.raises(TypeError, match=rf"eps must be a float or a tensor.*{what}"):
+            attacks.pgd(smallcnn, x, y, eps=bad, norm=norm, steps=1, step_size=0.01)
+    if norm == "linf":  # a list in 0-255 units is named as a tensor's would be
+        with pytest.raises(ValueError, match=r"Linf eps = 8 is above 1"):
+            attacks.pgd(smallcnn, x, y, eps=kind([8, 8, 8, 8]), norm=norm, steps=1, step_size=0.01)
 
 
 def test_evaluate_needs_one_class_name_per_output(smallcnn):

@@ -802,7 +802,7 @@ def test_threat_headline_agrees_with_chapter_12_and_needs_every_run():
     attacks = ("20-PGD",)
     text = study.threat_headline(base, matched, attacks=attacks)
     at, at_b = _dpaat_minus_at(matched), _dpaat_minus_at(base)
-    assert f"20-PGD {at_b:+.1f} points at 0.5, {at:+.1f} at 0.0714 (higher beyond noise)" in text
+    assert f"20-PGD {at_b:+.1f} points at eps0 0.5, {at:+.1f} at eps0 0.0714 (higher beyond noise)" in text
     assert "(eps0 = 0.0714 instead of 0.5" in text and "0 of 3 comparisons of DPAAT" in text
     assert "undefended STD" not in text  # no STD run in the fake grid: no yardstick sentence
     assert study.threat_headline(base, matched[:-1], attacks=attacks) == ""  # one run missing: no sentence
@@ -898,7 +898,7 @@ def test_threat_headline_reads_the_cnns_outside_the_main_grid_where_all_are_ther
     at = study.significance_table(om, "DPAAT", ("AT",), attacks=attacks).set_index(["model", "attack"])["mean"]
     assert "On mobilenet_v2 and resnet34 (DPAAT and AT only), DPAAT - AT: " in text
     mobilenet = at[("mobilenet_v2", "20-PGD")]
-    assert "mobilenet_v2, 20-PGD " in text and f"{mobilenet:+.1f} at 0.0714 (higher beyond noise)" in text
+    assert "mobilenet_v2, 20-PGD " in text and f"{mobilenet:+.1f} at eps0 0.0714 (higher beyond noise)" in text
     assert "resnet34, 20-PGD " in text and "1 of 2 comparisons of DPAAT with AT keep their verdict" in text
     assert "3 of 3 comparisons of DPAAT with AT, SAT and AMAT" in text  # the main grid's, unchanged
     assert "Below chance" not in text  # 50% and more under 20-PGD: above the 33.3% of a constant guess

@@ -161,7 +161,7 @@ def threat_headline(base: Sequence[experiment.RunResult], matched: Sequence[expe
         return ""
     e0, e1 = base[0].config.method.attack.eps, matched[0].config.method.attack.eps
     names = (radius_name(e0), radius_name(e1))
-    words = (f"at {e0:g}", f"at {e1:.3g}")
+    words = (f"at eps0 {e0:g}", f"at eps0 {e1:.3g}")  # the grids' training radius, not the attack's
 
     def verdicts(rb, rm, against):
         return verdict_changes(significance_table(rb, a, against, attacks=attacks, n_boot=1),
