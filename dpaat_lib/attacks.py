@@ -13,8 +13,8 @@ PGD        step_size                     k             yes
 =========  ===========================  ============  ============
 
 The radius ``eps`` is a float or a tensor of shape ``(N,)`` (or a list or NumPy
-array of N values): one radius per sample, which is what AMAT and DPAAT need. Inputs live in [0, 1]; the model
-runs in eval mode during the attack (a compiled model also with its weights'
+array of N values): one radius per sample, which is what AMAT and DPAAT need.
+Inputs live in [0, 1]; the model runs in eval mode during the attack (a compiled model also with its weights'
 requires_grad off) and gets both back; the inputs are never modified.
 
 Example::

@@ -47,7 +47,7 @@ from . import data as D
 from . import experiment, store
 from .config import RunConfig
 from .attacks import check_unit_range
-from .models import _get, gradcam_layer_path, gradcam_target_layer
+from .models import _get, gradcam_layer_path
 from .training import load_trained, to_float
 
 
@@ -62,14 +62,9 @@ def _target_layer(model, model_name: str | None) -> torch.nn.Module:
     if model_name is None:
         raise ValueError("give model_name (a registered CNN, `dpaat models`) or target_layer=<the layer whose "
                          "activations Grad-CAM reads, usually the last convolutional block of your model>")
-    if hasattr(model, "net"):
-        try:
-            return gradcam_target_layer(model, model_name)
-        except (AttributeError, IndexError, TypeError):
-            pass
     path = gradcam_layer_path(model_name)  # checks the name
     try:
-        return _get(model, path)
+        return _get(getattr(model, "net", model), path)  # build_model's Normalized wraps torchvision's as .net
     except (AttributeError, IndexError, TypeError):
         raise ValueError(f"{type(model).__name__} has no layer {path!r}, the Grad-CAM layer of {model_name}: pass "
                          "the model built by dpaat_lib.models.build_model(model_name), or your model's layer as "

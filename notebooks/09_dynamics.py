@@ -99,6 +99,7 @@ report.training_cost(results)
 
 # %% tags=["hide-input"]
 dp = radii[radii["method"] == "DPAAT"]
+bounds = report.radius_bounds_note(main)
 report.md(
     "DPAAT's radii: "
     + "; ".join(f"{r['model']} mean {r['mean (epoch 1)']} (std {r['std (epoch 1)']}) after epoch 1 and mean {r['mean (last)']} "
@@ -113,6 +114,6 @@ report.md(
        "clip at [0, 2 eps0])" if prof.mu == "batch" else "")
     + ". AMAT's radii start at eps0/10 and only grow by fixed steps or halve towards the attack "
       "distance: its distribution is driven by the STD model's loss threshold, not by a batch comparison."
-    + ("\n\n" + report.radius_bounds_note(main) if report.radius_bounds_note(main) else "")
+    + (f"\n\n{bounds}" if bounds else "")
     + ("\n\nThese are SYNTHETIC data." if prof.synthetic else "")
 )

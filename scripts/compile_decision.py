@@ -60,6 +60,12 @@ def _rows(out_dir: Path, suffix: str) -> dict[str, dict]:
     return {r["model"]: r for p in paths for r in json.loads(p.read_text()).get("throughput", [])}
 
 
+def _rate_key(eager_row: dict) -> str:
+    """The images/s a mode is judged by against ``eager_row``: several processes sharing the card (the grid's
+    way) where eager measured them (a qualifying mode then did too, :func:`_judge`), else one process."""
+    return "concurrent_img_s" if "concurrent_img_s" in eager_row else "library_img_s"
+
+
 def card_seconds(row: dict, shared: bool = True) -> float:
     """Seconds of the card that one RUN_EPOCHS-epoch run of EPOCH_IMAGES images costs on the path of benchmark
     ``row``, its warm-up included, as the grid uses the card: several processes share it
@@ -103,7 +109,8 @@ def _judge(mode: str, tests: str, eager: dict, rows: dict) -> tuple[bool, list[s
             for n in [break_even_epochs(eager[m], g)] if n is not None]
     payback = (f"{mode}: its warm-up (compiling or capturing, empty cache) paid back by the faster epochs of "
                f"{EPOCH_IMAGES} images: {', '.join(paid)} epochs") if paid else ""
-    run_s = sum(card_seconds(g, shared="concurrent_img_s" in eager[m]) for m, g in rows.items() if m in eager)
+    run_s = sum(card_seconds(g, shared=_rate_key(eager[m]) == "concurrent_img_s")
+                for m, g in rows.items() if m in eager)
     if reasons:
         return False, reasons + ([payback] if payback else []), run_s
     speedups = ", ".join(f"{m} x{g['library_img_s'] / eager[m]['library_img_s']:.2f}"
@@ -146,12 +153,8 @@ def good_enough(out_dir: Path, mode: str, factor: float) -> bool:
     tests = (out_dir / "cuda-tests.txt").read_text() if (out_dir / "cuda-tests.txt").exists() else ""
     eager, rows = _rows(out_dir, "eager"), _rows(out_dir, CANDIDATES[mode][1])
     ok, reasons, _ = _judge(mode, tests, eager, rows)
-
-    def rate(row: dict, other: dict) -> float:
-        return row["concurrent_img_s" if "concurrent_img_s" in row and "concurrent_img_s" in other
-                   else "library_img_s"]
-
-    fast = [m for m, g in rows.items() if m in eager and rate(g, eager[m]) >= factor * rate(eager[m], g)]
+    fast = [m for m, g in rows.items() if m in eager and _rate_key(eager[m]) in g
+            and g[_rate_key(eager[m])] >= factor * eager[m][_rate_key(eager[m])]]
     return ok and bool(fast) and len(fast) == len([m for m in rows if m in eager])
 
 

@@ -121,7 +121,7 @@ if [ "$BENCH" = 1 ]; then
   echo "[$(elapsed)s] benchmark done"
 fi
 
-MPS=$MPS mps_start  # scripts/device_env.sh
+mps_start  # scripts/device_env.sh
 
 if [ "$WORKERS" = auto ]; then
   WORKERS=8

@@ -33,6 +33,7 @@ PAPER_GROUPS = ("widely_used", "lightweight", "all_six")
 # The paper states no input size: method.md section 2's default (after Margeloiu), the usual input of these
 # ImageNet CNNs. An assumption, and the pages say so (threat_scale_note, the deviations list).
 PAPER_IMAGE_SIZE = 224
+PAPER_SIZE_BASIS = "method.md's default and the usual input of these ImageNet CNNs"  # why 224 (text of the pages)
 PAPER_EPS0 = L2_EPS  # method.md section 4: our reading of the paper's L2 radius (training and 20/50-step PGD)
 PAPER_LINF_EPS = LINF_EPS  # method.md section 4: our reading of the paper's FGSM and I-FGSM radius
 METHOD_ORDER = tuple(LABELS[m] for m in ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b"))

@@ -179,23 +179,18 @@ def radius_bounds_note(results: Sequence[experiment.RunResult], method: str = "D
     empty where no run logged its histogram): the share in the logged histogram's lowest bin (radii near 0,
     images trained almost clean) and in its highest (up to the clip at ``radius_hist_max``, 2 eps0), per
     run. A spread alone does not say whether the radii pile up at the bounds."""
-    runs = sorted((r for r in results if r.config.method.label == method and r.history["epochs"]
-                   and _kept_epoch(r).get("radius_hist") and sum(_kept_epoch(r)["radius_hist"])),
-                  key=lambda r: (r.config.model, r.config.train.seed))
-    if not runs:
+    kept = sorted(((r, _kept_epoch(r)) for r in results if r.config.method.label == method and r.history["epochs"]),
+                  key=lambda rk: (rk[0].config.model, rk[0].config.train.seed))
+    kept = [(r, e) for r, e in kept if sum(e.get("radius_hist") or [])]
+    if not kept:
         return ""
-    ends = []
-    for r in runs:
-        e = _kept_epoch(r)
-        hist, top = e["radius_hist"], e["radius_hist_max"]
-        ends.append((r, 100 * hist[0] / sum(hist), 100 * hist[-1] / sum(hist), top / len(hist), top))
-    width, top = ends[0][3], ends[0][4]
+    top = kept[0][1]["radius_hist_max"]
+    width = top / len(kept[0][1]["radius_hist"])
+    lows, highs = ([f"{100 * e['radius_hist'][i] / sum(e['radius_hist']):.1f}%" for _, e in kept] for i in (0, -1))
     return (f"**At the bounds.** At the kept epoch, the histogram's lowest bin (radius below {width:.3g}: images "
-            "trained almost clean) holds "
-            + ", ".join(f"{lo:.1f}%" for _, lo, _, _, _ in ends)
-            + f" of {method}'s training images, and its highest (from {top - width:.3g} to the clip at {top:g}) "
-            + ", ".join(f"{hi:.1f}%" for _, _, hi, _, _ in ends)
-            + " (" + ", ".join(f"{r.config.model} seed {r.config.train.seed}" for r, *_ in ends) + ").")
+            f"trained almost clean) holds {', '.join(lows)} of {method}'s training images, and its highest (from "
+            f"{top - width:.3g} to the clip at {top:g}) {', '.join(highs)} ("
+            + ", ".join(f"{r.config.model} seed {r.config.train.seed}" for r, _ in kept) + ").")
 
 
 def training_cost(results: Sequence[experiment.RunResult]) -> pd.DataFrame:

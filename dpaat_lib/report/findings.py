@@ -9,7 +9,8 @@ import pandas as pd
 
 from .. import experiment, pretrained, profiles
 from ..profiles import linf_text, radius_text
-from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, fmt, results_frame, summary
+from .common import (PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, PAPER_SIZE_BASIS,
+                     fmt, results_frame, summary)
 from .pages import l2_strength_text
 from .split import stored_split_matches
 from .dynamics import _cut_by_cap, _full_schedule_pointer
@@ -100,8 +101,9 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         f"eps = {linf_text(prof.linf_eps)}, 20/50-step PGD in L2 at eps0 (chapter 3)."
         + (f" At {prof.image_size} px the same L2 radius is {PAPER_IMAGE_SIZE / prof.image_size:.1f} times stronger "
            f"per pixel than at {PAPER_IMAGE_SIZE} px (assumed for the paper), and the Linf one weaker in L2 terms: "
-           "levels compare with the paper's only in direction (chapter 3); chapter 12 (e) trains the five methods again with the L2 radius scaled to the "
-           "paper's change per pixel." if prof.image_size != PAPER_IMAGE_SIZE else "")
+           "levels compare with the paper's only in direction (chapter 3); chapter 12 (e) trains the five methods "
+           "again with the L2 radius scaled to the paper's change per pixel."
+           if prof.image_size != PAPER_IMAGE_SIZE else "")
         + (f" This page's eps0 = {radius_text(prof.eps0)} is a parameter, not the paper's {PAPER_EPS0:g}: its L2 "
            f"threat is {l2_strength_text(prof.eps0, prof.image_size)}, and its robust columns are not the paper's."
            if prof.eps0 != PAPER_EPS0 else "")
@@ -129,8 +131,8 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         f"{prof.n_train}/{prof.n_test} train/test images per class (paper: 800/299)"
         + (f"; {prof.n_val} of the {prof.n_train} are held out as the validation set of early stopping and "
            "checkpoint choice (the paper validates on a set it does not describe)" if prof.n_val else "") + ".",
-        f"- **Resolution**: {prof.image_size} px (paper: not stated; we assume {PAPER_IMAGE_SIZE} px, method.md's "
-        "default and these ImageNet CNNs' usual input, wherever a page compares with the paper's resolution).",
+        f"- **Resolution**: {prof.image_size} px (paper: not stated; we assume {PAPER_IMAGE_SIZE} px, "
+        f"{PAPER_SIZE_BASIS}, wherever a page compares with the paper's resolution).",
         f"- **Models**: {', '.join(prof.models)}"
         + ("" if set(prof.models) == set(PAPER_MODELS) else f" (paper: {', '.join(PAPER_MODELS)})")
         + f"; up to {prof.epochs} epochs, patience {prof.patience}, batch size {prof.batch_size} "

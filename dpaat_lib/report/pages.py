@@ -15,7 +15,8 @@ from ..config import RunConfig
 from ..methods import CLASSES, LABELS
 from ..training import GRAPH_MODE, effective_mode, training_code_digest
 from ..models import list_models
-from .common import PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, and_list, log, method_key, resolve_path
+from .common import (PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, PAPER_SIZE_BASIS, and_list, log, method_key,
+                     resolve_path)
 
 
 def results_dir(prof: profiles.Profile, results_root=None) -> Path:
@@ -340,8 +341,7 @@ def threat_scale_note(cfg: RunConfig, paper_size: int = PAPER_IMAGE_SIZE) -> str
                 "means here what it means in the "
                 "paper as we read it.")
     parts = [f"**The threat at {s} px.** The paper does not state its input size; we take {paper_size} px, "
-             "method.md's default and the usual input of these ImageNet CNNs, as the paper's; this profile's CNNs "
-             f"see {s} px." if s != paper_size
+             f"{PAPER_SIZE_BASIS}, as the paper's; this profile's CNNs see {s} px." if s != paper_size
              else f"**The threat at {s} px**, the resolution we assume for the paper (it states none)."]
     for e in l2:
         rms, rms_paper = l2_rms_per_value(e, s), l2_rms_per_value(PAPER_EPS0, paper_size)
