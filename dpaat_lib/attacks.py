@@ -84,6 +84,12 @@ class L2:
 _THREATS = {"linf": Linf, "l2": L2}
 
 
+def distance(norm: str, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample distance ||x' - x|| in ``norm``, shape (N,): the length a radius of that norm bounds."""
+    d = (x_adv - x).flatten(1)
+    return d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+
+
 def as_radius(eps, x: torch.Tensor, *, check_values: bool = True, name: str = "eps") -> torch.Tensor:
     """``eps`` (float or (N,) tensor; a list or NumPy array of N values is taken as one) as an (N,1,1,1)
     tensor on x's device, checked.

@@ -86,10 +86,12 @@ class TrainConfig:
 
     ``weights``: None trains from scratch; otherwise the digest-named local
     state dict used for two-phase fine-tuning (``head_epochs`` of the head
-    alone, then all layers). ``select_on``: the validation metric that picks
-    the kept checkpoint and drives early stopping: the clean validation
-    cross-entropy by default, because validation accuracy on 80 images per
-    class moves in steps of 0.4 % and stopped runs after their first epoch.
+    alone, then up to ``epochs`` of all layers: method.md's 50 with weights
+    is ``epochs=50``; the default 60 is its from-scratch count).
+    ``select_on``: the validation metric that picks the kept checkpoint and
+    drives early stopping: the clean validation cross-entropy by default,
+    because validation accuracy on 80 images per class moves in steps of
+    0.4 % and stopped runs after their first epoch.
     """
 
     epochs: int = 60

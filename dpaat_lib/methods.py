@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .attacks import AttackSpec, check_unit_range, training_attack
+from .attacks import AttackSpec, check_unit_range, distance, training_attack
 
 METHODS = ("std", "at", "sat", "amat", "dpaat", "d-a", "d-b")
 LABELS = {"std": "STD", "at": "AT", "sat": "SAT", "amat": "AMAT", "dpaat": "DPAAT",
@@ -42,6 +42,10 @@ class MethodConfig:
     previous epoch). ``length``: "linear" (eta * |dL - mu|) or "normalized"
     (gamma * eps0 * |dL - mu| / max |dL - mu|). ``amat_z``: AMAT's threshold
     is mean + z * std of the STD model's validation CE.
+
+    The ablations keep the fields of the DPAAT run they ablate, so that the two configurations differ in
+    ``name`` only: "d-a" trains with lam = 0 whatever ``lam`` says, and "d-b" never uses ``eta``, ``mu``,
+    ``length`` or ``gamma`` (its radius stays eps0). A stored ``config.json`` of an ablation records them as given.
     """
 
     name: str = "std"
@@ -325,7 +329,7 @@ class AMAT(RadiusTable):
     T comes from an already trained STD model of the same architecture (mean
     per-sample validation CE, + z * std as an option) and stays fixed. Only
     correctly classified samples are attacked; after each epoch their radius
-    grows by delta if CE(x') <= T, else moves half-way to ||x' - x||. A sample
+    grows by delta if CE(x') <= T, else moves half-way to ||x' - x|| (in the attack's norm). A sample
     whose CE(x') or distance is not finite keeps its radius; the epoch's log
     counts them (``nonfinite_adv``).
     """
@@ -369,7 +373,8 @@ class AMAT(RadiusTable):
             ce_adv = per_sample_ce(model(x_adv), ys)
             adv_term = ce_adv.mean()
             adv_loss[s] = ce_adv.detach().float().to(self.device)
-            adv_dist[s] = (x_adv - xs).flatten(1).norm(dim=1).detach().float().to(self.device)
+            # In the attack's own norm: the radius it moves towards bounds that norm (L2 by default, Linf too).
+            adv_dist[s] = distance(self.config.attack.norm, x_adv, xs).detach().float().to(self.device)
             # As in DPAAT: a non-finite loss or distance (a NaN image, an overflow) must not reach the radius,
             # which would stay NaN for the rest of the run; such a sample keeps its radius and is counted.
             finite = torch.isfinite(adv_loss[s]) & torch.isfinite(adv_dist[s])

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from . import store
-from .attacks import L2_EPS, LINF_EPS, NORMS, L2, Linf, _check_inputs, perturb
+from .attacks import L2_EPS, LINF_EPS, NORMS, L2, Linf, _check_inputs, distance, perturb
 from .evaluation import CLEAN
 
 KINDS = ("apgd-ce", "apgd-dlr", "square", "pgd")
@@ -58,12 +58,6 @@ WHITE_BOX = ("apgd-ce", "apgd-dlr", "pgd")
 BOUND_TOLERANCE = 1e-5  # ||x' - x|| may exceed eps by this much (float rounding), no more
 _TA_NORM = {"linf": "Linf", "l2": "L2"}
 _NORM_LABEL = {"linf": "Linf", "l2": "L2"}
-
-
-def distance(norm: str, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-sample distance ||x' - x|| in ``norm``, shape (N,)."""
-    d = (x_adv - x).flatten(1)
-    return d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
 
 
 def project(norm: str, x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

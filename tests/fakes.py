@@ -46,3 +46,18 @@ def write_model_module(folder: Path, module: str = "my_cnns") -> dict[str, str]:
     make a new process import it (PYTHONPATH and DPAAT_MODELS)."""
     (folder / f"{module}.py").write_text(MODEL_MODULE)
     return {"PYTHONPATH": str(folder), "DPAAT_MODELS": module}
+
+
+UNPICKLED: list[str] = []  # what unpickling a RunsCodeWhenUnpickled ran: stays empty where loads are weights-only
+
+
+def record_unpickling(tag: str) -> None:
+    UNPICKLED.append(tag)
+
+
+class RunsCodeWhenUnpickled:
+    """An object whose unpickling calls a function: what ``torch.load(..., weights_only=False)`` of an untrusted
+    file would run. ``weights_only=True`` refuses it (UnpicklingError) before calling anything."""
+
+    def __reduce__(self):
+        return record_unpickling, ("ran",)

@@ -146,6 +146,25 @@ def test_pgd_random_start_is_seeded(smallcnn, image_batch):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
+def test_the_random_start_fills_the_ball_symmetrically(smallcnn, norm, eps):
+    """The start alone (steps of size 0), on images far from [0, 1]'s edges: every coordinate as often up as
+    down; Linf uniform in [-eps, eps] per coordinate (mean |delta| eps/2); L2 a random direction times a
+    uniform fraction of eps (mean length eps/2), as torchattacks draws them."""
+    n = 256
+    x, y = torch.full((n, 3, 16, 16), 0.5), torch.zeros(n, dtype=torch.long)
+    d = perturb(smallcnn, x, y, eps=eps, step_size=0.0, steps=1, norm=norm, random_start=True,
+                generator=torch.Generator().manual_seed(0)) - x
+    assert 0.47 < (d < 0).float().mean() < 0.53 and abs(d.mean()) < 0.01 * eps
+    if norm == "linf":
+        assert d.abs().max() <= eps + 1e-6 and d.abs().max() > 0.99 * eps
+        assert d.abs().mean() == pytest.approx(eps / 2, rel=0.02)
+    else:
+        lengths = d.flatten(1).norm(dim=1)
+        assert lengths.max() <= eps + 1e-6 and lengths.mean() == pytest.approx(eps / 2, rel=0.1)
+        assert lengths.min() < 0.05 * eps and lengths.max() > 0.95 * eps
+
+
 @pytest.mark.parametrize("per_sample", [False, True], ids=["scalar", "per-sample"])
 @pytest.mark.parametrize("kind", ["ifgsm", "pgd"])
 @pytest.mark.parametrize("norm", NORMS)

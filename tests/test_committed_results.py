@@ -35,7 +35,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 FIRST_EPOCH_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc")
 
 # Per stored run: the first epoch that other kinds of CPU compute for it (the code of the commit that recorded
-# them), exactly as the history writes it.
+# them), exactly as the history writes it. An Intel Xeon of family 6, model 167 (AVX512) computes the values
+# recorded for model 207 (session 28).
 OTHER_CPUS = {
     "smallcnn-std-s2-8480db7c3724": {
         "Intel Xeon, family 6 model 207, AVX512 (recorded in session 21)": {
@@ -79,9 +80,9 @@ def test_a_committed_cpu_run_is_reproduced_byte_for_byte(ham10000_root, tmp_path
                 "(then re-run the store's runs and re-execute the book), or this is a kind of CPU not seen yet "
                 "(then, with the code known unchanged, record these values in OTHER_CPUS)")
             # A known kind of CPU that rounds differently: its first epoch is all it can check; said in the summary.
-            warnings.warn(f"{profile}/{run_id}: this CPU ({known[0]}) rounds differently from the machine that "
-                          "trained the store: its first epoch matched the one recorded for it, and the byte-for-byte "
-                          "comparison of the whole run was left out", stacklevel=1)
+            warnings.warn(f"{profile}/{run_id}: this CPU ({profiles.cpu_kind()}) rounds differently from the "
+                          f"machine that trained the store: its first epoch matched the one recorded for {known[0]}, "
+                          "and the byte-for-byte comparison of the whole run was left out", stacklevel=1)
             return
         result = experiment.run(config, results=tmp_path, data_root=ham10000_root, cache_dir=tmp_path / "cache",
                                 progress=False)

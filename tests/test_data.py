@@ -27,6 +27,8 @@ from dpaat_lib.data import (
 )
 from dpaat_lib.synthetic import make_synthetic_ham
 
+from fakes import UNPICKLED, RunsCodeWhenUnpickled
+
 SMALL = dict(n_train=60, n_test=20, n_val=10)
 OFFICIAL_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
 # Content digest of the real 3-class metadata: a change here silently orphans
@@ -280,6 +282,49 @@ def test_unknown_dx(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> Non
         read_metadata(root)
 
 
+def _set(row: int, col: str, value: str):
+    def edit(m: pd.DataFrame) -> pd.DataFrame:
+        m.loc[row, col] = value
+        return m
+    return edit
+
+
+def _duplicate_row(m: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([m, m.iloc[[3]]], ignore_index=True)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set(4, "image_id", "  "), r"empty image_id \(data row 5\).*Fill it in or remove the row"),
+    (_duplicate_row, r"image_id ISIC_\d+ appears more than once \(1 duplicated ids\).*remove the duplicates"),
+])
+def test_bad_metadata_rows_are_named_with_the_fix(synthetic_root, tmp_path, edit, message) -> None:
+    root = _copy(synthetic_root, tmp_path / "d")
+    _edit_csv(root, edit)
+    with pytest.raises(DataError, match=message):
+        read_metadata(root)
+
+
+@pytest.mark.parametrize("content", [b"", b'image_id,dx\n"ISIC_1,nv\n'], ids=["empty", "unclosed-quote"])
+def test_unparseable_metadata_says_to_download_it_again(synthetic_root, tmp_path, content) -> None:
+    root = _copy(synthetic_root, tmp_path / "d")
+    (root / "HAM10000_metadata.csv").write_bytes(content)
+    with pytest.raises(DataError, match=r"Cannot parse .*HAM10000_metadata.csv.*Re-download the metadata file"):
+        read_metadata(root)
+
+
+def test_make_split_refuses_a_table_it_cannot_split(synthetic_root) -> None:
+    meta = read_metadata(synthetic_root)
+    with pytest.raises(DataError, match=r"make_split needs a metadata table with column 'lesion_id'"):
+        make_split(meta.drop(columns=["lesion_id"]), seed=0, **SMALL)
+    mixed = meta.copy()
+    other = mixed.index[mixed["dx"] != mixed.loc[0, "dx"]][0]
+    mixed.loc[other, "lesion_id"] = mixed.loc[0, "lesion_id"]  # one lesion, two diagnoses
+    with pytest.raises(DataError, match=rf"lesion_id {mixed.loc[0, 'lesion_id']} has images of several classes"):
+        make_split(mixed, seed=0, **SMALL)
+    fit = SMALL["n_train"] - SMALL["n_val"]  # training images per class, validation carved out
+    assert len(make_split(mixed, seed=0, lesion_aware=False, **SMALL)["train"]) == 3 * fit
+
+
 def test_missing_image_file(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:
     root = _copy(synthetic_root, tmp_path / "d")
     victims = sorted((root / "images").glob("*.jpg"))[:2]
@@ -378,6 +423,23 @@ def test_cache_roundtrip(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -
     assert torch.equal(first, second)
     with pytest.raises(DataError):  # another size is not cached: it needs the files
         load_images(paths, 24, cache_dir=cache, key="abc")
+
+
+@pytest.mark.parametrize("garbage", [b"not a torch file", None], ids=["corrupt", "pickled-object"])
+def test_a_corrupt_cache_file_is_decoded_again_never_unpickled(synthetic_root, tmp_path, garbage) -> None:
+    """The cache file is data, not code: loading it runs nothing it holds (weights_only), and a file that is
+    not the expected tensor is rebuilt from the images instead of failing the run."""
+    paths = read_metadata(synthetic_root)["path"].tolist()[:6]
+    fresh = load_images(paths, 24)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if garbage is None:
+        torch.save({"x": RunsCodeWhenUnpickled()}, cache / "abc_24.pt")
+    else:
+        (cache / "abc_24.pt").write_bytes(garbage)
+    assert torch.equal(load_images(paths, 24, cache_dir=cache, key="abc"), fresh)
+    assert not UNPICKLED, "loading the cache ran code from the file"
+    assert torch.equal(torch.load(cache / "abc_24.pt", weights_only=True), fresh), "the cache was rewritten"
 
 
 def test_load_split(synthetic_root: pathlib.Path, tmp_path: pathlib.Path) -> None:

@@ -84,6 +84,27 @@ def test_cams_bad_target_raises_instead_of_being_swallowed():
     assert len(gradcam_target_layer(model, "smallcnn")._forward_hooks) == 0
 
 
+@pytest.mark.parametrize("x, targets, error, match", [
+    (torch.rand(3, 32, 32), [0], ValueError, r"batch of images \(N, 3, H, W\), got \(3, 32, 32\).*pass x\[None\]"),
+    (torch.ones(2, 3, 32, 32, dtype=torch.int32), [0, 1], TypeError, r"uint8 \(0-255\) or float in \[0, 1\]"),
+    (2 * torch.ones(2, 3, 32, 32), [0, 1], ValueError, r"must lie in \[0, 1\]"),
+    (torch.rand(2, 3, 32, 32), [0, 1, 2], ValueError, r"got 2 images but 3 targets"),
+])
+def test_cams_name_a_bad_batch(x, targets, error, match):
+    with pytest.raises(error, match=match):
+        gradcam.cams(build_model("smallcnn", 3), "smallcnn", x, torch.tensor(targets))
+
+
+@pytest.mark.parametrize("kw, match", [(dict(steps=0), r"steps must be >= 1, got 0"),
+                                       (dict(cam=np.zeros((2, 16, 16))), r"cam has shape \(2, 16, 16\), expected "
+                                                                         r"\(2, 32, 32\)")])
+def test_deletion_insertion_names_a_bad_argument(kw, match):
+    args = {"cam": np.zeros((2, 32, 32)), "steps": 4, **kw}
+    with pytest.raises(ValueError, match=match):
+        gradcam.deletion_insertion(build_model("smallcnn", 3), torch.rand(2, 3, 32, 32), torch.tensor([0, 1]),
+                                   args["cam"], args["steps"])
+
+
 def test_energy_in_mask():
     mask = np.zeros((2, 8, 8), bool)
     mask[:, 2:5, 2:5] = True

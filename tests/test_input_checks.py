@@ -7,6 +7,7 @@ bit for bit, and every stored configuration still loads under its own run id).
 from __future__ import annotations
 
 import json
+import pickle
 import pathlib
 import shutil
 
@@ -15,13 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dpaat_lib import attacks, cli, evaluation, experiment, gradcam, methods, metrics, training
+from dpaat_lib import attacks, cli, evaluation, experiment, gradcam, methods, metrics, store, training
 from dpaat_lib import data as D
 from dpaat_lib.attacks import AttackSpec
 from dpaat_lib.config import DataConfig, RunConfig, TrainConfig
 from dpaat_lib.methods import MethodConfig, build_method
 from dpaat_lib import models
 from dpaat_lib.models import build_model
+from fakes import UNPICKLED, RunsCodeWhenUnpickled
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHORT_ATTACKS = (AttackSpec("FGSM", "linf", 2 / 255, 2 / 255, 1, False), AttackSpec("2-PGD", "l2", 0.5, 0.15, 2, True))
@@ -326,6 +328,20 @@ def test_a_header_only_metadata_file_is_an_error(synthetic_root, tmp_path):
         D.read_metadata(root)
     with pytest.raises(D.DataError, match="no rows"):
         D.make_split(D.read_metadata(synthetic_root).iloc[:0], seed=0)
+
+
+@pytest.mark.parametrize("load", ["checkpoint", "weights"])
+def test_a_checkpoint_or_weights_file_is_loaded_as_data_never_as_code(tmp_path, load):
+    """Resuming a run, keeping its best checkpoint and fine-tuning from a weights file all read the file with
+    torch.load(weights_only=True): a file holding a pickled object is refused before it can run anything."""
+    path = tmp_path / "file.pt"
+    torch.save({"conv.weight": torch.zeros(1), "x": RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        if load == "checkpoint":
+            store.load_torch(path)
+        else:
+            build_model("squeezenet1_1", 3, weights=path)
+    assert not UNPICKLED, "loading the file ran code from it"
 
 
 # --------------------------------------------------------------------------

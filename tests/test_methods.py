@@ -414,6 +414,23 @@ def test_amat_end_epoch_grows_or_halves(model, batch):
     assert torch.equal(method.eps, after)
 
 
+def test_amat_halves_towards_the_distance_in_its_attacks_norm(model, batch):
+    """Under an Linf training attack the radius moves half-way to the Linf distance ||x' - x||_inf, which the
+    radius bounds; an L2 distance (about sqrt(C H W) times larger) would grow a radius meant to shrink."""
+    x, y = batch
+    linf = AttackSpec("PGD-Linf-3", "linf", 8 / 255, 2 / 255, 3, True)
+    start = 0.02
+    # -inf: no CE(x') is at or below it, so every attacked (correctly classified) sample shrinks.
+    method = build_method(MethodConfig(name="amat", attack=linf), N_TRAIN, generator=gen(), threshold=-math.inf)
+    method.eps = torch.full((N_TRAIN,), start)
+    method.loss(model, x, y, IDX)
+    dist = method.adv_dist[IDX[:2]].clone()
+    assert (dist > 0).all() and (dist <= start + 1e-6).all(), "the recorded distance is the Linf one"
+    method.end_epoch()
+    torch.testing.assert_close(method.eps[IDX[:2]], (start + dist) / 2)
+    assert (method.eps[IDX[:2]] <= start + 1e-6).all(), "a radius meant to shrink did not grow"
+
+
 @pytest.mark.parametrize("visits, grown", [([[5, 0, 3, 6], [1, 2, 5, 4]], {0, 1, 2}),  # 5 correct, then not
                                            ([[5, 0, 5, 6]], {0})])                      # ... in one batch
 def test_amat_image_misclassified_at_its_last_visit_keeps_its_radius(model, batch, visits, grown):

@@ -15,7 +15,7 @@ from dpaat_lib import experiment, profiles, report, study
 from dpaat_lib.config import DataConfig, RunConfig, TrainConfig
 from dpaat_lib.data import ALL_CLASSES, CLASSES
 from dpaat_lib.methods import MethodConfig
-from dpaat_lib.metrics import balanced_accuracy, macro_f1
+from dpaat_lib.metrics import balanced_accuracy, imbalance_metrics, macro_f1, per_class_recall
 from dpaat_lib.training import epoch_order
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +133,18 @@ def test_balanced_accuracy_and_macro_f1_match_sklearn():
     assert fn(y[None], p[None])[0] == pytest.approx(balanced_accuracy_score(y, p))
     fn = study._metric_fn("f1", 7)
     assert fn(y[None], p[None])[0] == pytest.approx(f1_score(y, p, average="macro", labels=list(range(7))))
+    # Per class and per attack, beside the plain accuracy; a class absent from the test set is NaN, not 0.
+    from sklearn.metrics import recall_score
+    recall = per_class_recall(pred[pred["label"] != 6], ALL_CLASSES)
+    kept = pred["label"] != 6
+    assert list(recall) == list(ALL_CLASSES) and np.isnan(recall[ALL_CLASSES[6]])
+    expected = recall_score(y[kept], p[kept], labels=list(range(6)), average=None, zero_division=0)
+    assert [recall[c] for c in ALL_CLASSES[:6]] == pytest.approx(expected.tolist())
+    pred["pred_FGSM"] = np.where(np.arange(400) % 2 == 0, y, (y + 1) % 7)  # every odd image wrong
+    both = imbalance_metrics(pred, ALL_CLASSES)
+    assert list(both) == ["clean", "FGSM"] and both["FGSM"]["acc"] == 0.5
+    assert both["clean"] == {"acc": pytest.approx(float(np.mean(y == p))), "bacc": balanced_accuracy(pred),
+                             "f1": macro_f1(pred, ALL_CLASSES)}
 
 
 # --------------------------------------------------------------------------

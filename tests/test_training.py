@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import time
 
@@ -122,6 +123,27 @@ def test_dpaat_run_lowers_its_training_loss(reference):
     assert 0.0 <= res.metrics["GAcc"] <= 1.0
 
 
+def test_select_on_val_acc_keeps_the_most_accurate_epoch_not_the_lowest_loss(tmp_path, data, run_kw, monkeypatch):
+    """``select_on="val_acc"``: the kept checkpoint and ``best_epoch`` follow validation accuracy, here made
+    to disagree with the loss (accuracy best at epoch 2, loss lowest at epoch 4)."""
+    cfg = tiny_config(data, method="std", prof=tiny_profile(epochs=4, patience=4))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, select_on="val_acc"))
+    measured, real = training.validation_stats, []
+    made_up = {"val_acc": [0.5, 0.9, 0.6, 0.7], "val_loss": [1.0, 0.9, 0.8, 0.7]}
+
+    def disagreeing(*args, **kwargs):
+        stats = measured(*args, **kwargs)
+        real.append(stats)
+        k = len(real) - 1
+        return stats if k >= 4 else {**stats, **{key: values[k] for key, values in made_up.items()}}
+
+    monkeypatch.setattr(training, "validation_stats", disagreeing)
+    res = experiment.run(cfg, results=tmp_path, **run_kw)
+    assert res.history["select_on"] == "val_acc" and res.history["best_epoch"] == 2
+    assert len(real) == 5, "four epochs, then the kept checkpoint validated once more"
+    assert res.history["best"] == real[1], "best.pt holds epoch 2's weights"
+
+
 def test_a_runs_average_precision_comes_from_its_scores_before_rounding(reference, run_kw):
     """metrics.json's mAP is that of the unrounded scores; the stored file holds them rounded to 6 decimals
     (rounding ties a confident model's smallest scores, and average precision depends on their order)."""
@@ -181,14 +203,24 @@ def test_a_resumed_run_draws_the_dropout_masks_of_the_uninterrupted_one(tmp_path
     assert_same_run(resumed, whole)
 
 
-def test_a_run_stopped_early_but_killed_before_its_history_said_so_trains_no_further(tmp_path, reference, run_kw):
+def test_a_run_stopped_early_but_killed_before_its_history_said_so_trains_no_further(tmp_path, reference, run_kw,
+                                                                                     monkeypatch):
     """last.pt is written before the finished history: a run that early stopping ended, killed in between,
     finishes on the next call without training past its stopping epoch."""
     cfg = tiny_config(reference[0].data, prof=tiny_profile(patience=1, epochs=6))
+    calls = []
+    measured = training.validation_stats
+
+    def worse_each_epoch(*args, **kwargs):  # early stopping ends the run after epoch 2, whatever it learns
+        stats = measured(*args, **kwargs)
+        calls.append(1)
+        return {**stats, "val_loss": stats["val_loss"] + 10.0 * len(calls)}
+
+    monkeypatch.setattr(training, "validation_stats", worse_each_epoch)
     results = tmp_path / "results"
     done = experiment.run(cfg, results=results, **run_kw)
     epochs = len(done.history["epochs"])
-    assert epochs < 6, "the test needs a run that early stopping ends"
+    assert (epochs, done.history["best_epoch"]) == (2, 1), "patience 1 stops the run one epoch after its best"
     run = store.RunDir(results, cfg.run_id)
     store.write_json(run / "history.json", {"finished": False, "epochs": done.history["epochs"]})  # the kill
     (run / "done").unlink()
@@ -661,7 +693,7 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
         store.write_json(path, {"v": 2, "bad": object()})  # json.dump fails half-way
     assert store.read_json(path) == {"v": 1}
     store.save_torch(tmp_path / "t.pt", {"w": torch.ones(2)})
-    with pytest.raises(Exception):
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # as pickle names a lambda it cannot save
         store.save_torch(tmp_path / "t.pt", {"w": torch.zeros(2), "f": lambda: 0})  # lambdas do not pickle
     assert torch.equal(store.load_torch(tmp_path / "t.pt")["w"], torch.ones(2))
     store.write_csv(tmp_path / "p.csv", pd.DataFrame({"a": [1.0, 2.0]}))
@@ -669,6 +701,38 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert not leftovers, leftovers
     assert sorted(os.listdir(tmp_path / "a")) == ["x.json"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "copy"])
+def test_link_or_copy_gives_the_bytes_and_keeps_an_existing_target(tmp_path, monkeypatch, links):
+    """How a twin run adopts a checkpoint: a hard link, or an atomic copy where the file system has none."""
+    source = tmp_path / "a" / "best.pt"
+    store.save_torch(source, {"w": torch.arange(3.0)})
+    if not links:
+        def no_links(*args):
+            raise OSError("links not allowed here")
+        monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "b" / "ckpt" / "best.pt"
+    store.link_or_copy(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert (os.stat(target).st_ino == os.stat(source).st_ino) == links
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+    store.save_torch(tmp_path / "c.pt", {"w": torch.zeros(1)})
+    store.link_or_copy(tmp_path / "c.pt", target)  # an existing target is left as it is
+    assert torch.equal(store.load_torch(target)["w"], torch.arange(3.0))
+
+
+def test_random_flips_draw_each_flip_half_the_time_from_the_seed():
+    """Each image flipped left-right and up-down independently with probability 1/2 (dermoscopy has no
+    'up'): the four views about equally often, each image's pixels moved whole, the same seed the same flips."""
+    x = torch.arange(4, dtype=torch.uint8).view(1, 1, 2, 2).repeat(400, 3, 1, 1)
+    out = training.random_flips(x, torch.Generator().manual_seed(0))
+    views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)]
+    kind = [next(k for k, v in enumerate(views) if torch.equal(out[i], v[i])) for i in range(len(x))]
+    counts = torch.bincount(torch.tensor(kind), minlength=4)
+    assert ((counts > 70) & (counts < 130)).all(), counts  # 100 each expected; 70 is 3.5 standard deviations off
+    assert torch.equal(out, training.random_flips(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, training.random_flips(x, torch.Generator().manual_seed(1)))
 
 
 def test_gzipped_files_hold_the_plain_text_and_are_the_same_bytes_each_time(tmp_path):

@@ -9,8 +9,9 @@ import pandas as pd
 
 from .. import experiment, profiles
 from ..evaluation import CLEAN
+from ..metrics import per_class_recall as class_recall
 from .setup import COMPARED
-from .numbers import _hits, _label, metric_value, seed_table
+from .numbers import _label, metric_value, seed_table
 from .significance import seed_findings, significance_table
 
 
@@ -27,15 +28,10 @@ def per_class_recall(results: Sequence[experiment.RunResult], attacks: Sequence[
     attacks = (attacks,) if isinstance(attacks, str) else tuple(attacks)
     rows = []
     for r in results:
-        pred = r.predictions
-        y = pred["label"].to_numpy()
         for att in attacks:
-            hit = _hits(pred, att)
-            row = {"model": r.config.model, "method": _label(r), "attack": "clean" if att == CLEAN else att,
-                   "seed": r.config.train.seed}
-            for k, c in enumerate(r.config.data.classes):
-                row[c] = 100 * float(hit[y == k].mean()) if (y == k).any() else float("nan")
-            rows.append(row)
+            recall = class_recall(r.predictions, r.config.data.classes, att)
+            rows.append({"model": r.config.model, "method": _label(r), "attack": "clean" if att == CLEAN else att,
+                         "seed": r.config.train.seed, **{c: 100 * v for c, v in recall.items()}})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
