@@ -74,7 +74,8 @@ claims
 
 # %% tags=["hide-input"]
 report.md(
-    f"{(claims['holds here'] == 'yes').sum()} of the {len(claims)} statements hold on this profile's runs "
+    f"{(claims['holds here'] == 'yes').sum()} of the paper's {len(claims)} claims (its statements and its conclusion) "
+    "hold on this profile's runs "
     "(seed means, before any test against seed noise, which follows). "
     "DPAAT minus its parts, on the same test images:\n\n"
     + report.comparison_sentence(results, "DPAAT", "D-A") + "\n\n"

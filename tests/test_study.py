@@ -928,3 +928,10 @@ def test_threat_headline_reads_the_cnns_outside_the_main_grid_where_all_are_ther
     # a run missing outside the main grid: the main grid's sentence alone
     assert study.threat_headline(base, matched, attacks=attacks, other_base=ob, other_matched=om[:-1]) == \
         study.threat_headline(base, matched, attacks=attacks)
+
+
+@pytest.mark.parametrize("low, high, shown", [(0.036, 1.6, "[+0.04, +1.6]"), (0.0, 1.44, "[+0.0, +1.4]"),
+                                              (-1.23, -0.0004, "[-1.2, -0.0004]"), (-0.5, 2.0, "[-0.5, +2.0]")])
+def test_an_interval_shows_whether_it_excludes_zero(low, high, shown):
+    """A bound that one decimal would show as +0.0 or -0.0 while it is not zero gets the decimals it needs."""
+    assert study.ci_text(low, high) == shown

@@ -85,7 +85,7 @@ def comparison_sentence(results: Sequence[experiment.RunResult], a: str = "DPAAT
                          f"points vs {b} over {r['seeds']} seeds (per seed "
                          f"{', '.join(f'{d:+.1f}' for d in r['per_seed'])}); paired t-test across seeds "
                          f"{_p_text(r['p_ttest'])}, Holm {_p_text(r['p_holm'])}, {verdict} at {alpha:g}; "
-                         f"95% paired bootstrap CI over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]")
+                         f"95% paired bootstrap CI over test images {study.ci_text(r['ci_low'], r['ci_high'])}")
         n = int(sig["seeds"].min()) if len(sig) else 0
         notes.append(f"{n} seeds per method: the verdict is the paired t-test across seeds ({n - 1} degrees of "
                      f"freedom) of the per-seed accuracy differences (mean ± standard deviation over seeds), "

@@ -82,7 +82,8 @@ def stopping_findings(results: Sequence[experiment.RunResult]) -> str:
     if capped:
         parts.append("Such a run was cut short by the cap while its validation loss still fell, not stopped "
                      "by early stopping; a longer schedule would likely move its numbers"
-                     + (f" (the paper profile allows 30 epochs, method.md up to {TrainConfig.epochs}; "
+                     + (f" (the paper profile allows {profiles.get_profile('paper').epochs} epochs, method.md up to "
+                        f"{TrainConfig.epochs}; "
                         f"{_full_schedule_pointer(results)})." if _full_schedule_pointer(results) else "."))
     if stopped:
         parts.append("The others kept an earlier epoch (epochs run / epoch kept): " + "; ".join(

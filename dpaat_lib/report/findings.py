@@ -118,8 +118,9 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         "- **Unstated hyper-parameters**: DPAAT's step length eta "
         f"({'eps0 per nat' if prof.eta is None else prof.eta}), radius bounds [0, 2 eps0], "
         f"lambda = {prof.lam}, mu = the {prof.mu} mean; AMAT's threshold from a trained STD model; "
-        "flip augmentation; early stopping on a validation set carved from the 800 training images, the "
-        "checkpoint kept by the "
+        "flip augmentation; early stopping on a validation set carved from the "
+        + (f"{prof.n_train} training images per class" if prof.n_train else "training images")
+        + ", the checkpoint kept by the "
         + ("highest clean validation accuracy" if c is not None and c.train.select_on == "val_acc"
            else "lowest clean validation cross-entropy") + " (the paper names no metric).",
         f"- **Split**: {'lesion-aware' if prof.lesion_aware else 'image-level'} (no lesion on two sides); "

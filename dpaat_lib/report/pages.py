@@ -99,6 +99,10 @@ def stored_book_runs(profile: str = "paper", results_root=None) -> tuple[profile
 STOPPED_EARLY = "stopped early"  # how scripts/device_grid.sh's record of a call stopped early begins its note
 
 
+# How calls.jsonl's note begins on a line typed by hand (the first calls, before device_grid.sh wrote the file).
+RECORDED_BY_HAND = "recorded by hand"
+
+
 def grid_calls(results_dir) -> pd.DataFrame:
     """The GPU calls that filled a results folder, one row each, from its ``calls.jsonl`` (written by
     scripts/device_grid.sh): card, processes, compile mode, last call of a session or not, runs
@@ -130,9 +134,13 @@ def grid_time_findings(calls: pd.DataFrame, finished: int, total: int, goal_min:
     cards = ", ".join(dict.fromkeys(calls["card"]))
     left = total - finished if left is None else left
     early = int(calls["note"].str.startswith(STOPPED_EARLY).sum())
+    by_hand = calls[calls["note"].str.startswith(RECORDED_BY_HAND)]
     text = (f"{len(calls)} GPU call(s) ({cards}) have run {minutes:.1f} minutes of wall time in all"
             + (f" ({early} of them stopped early by the device tool, counted up to their last partial pack: a lower "
-               "bound)" if early else "") + f"; {finished} of "
+               "bound)" if early else "")
+            + (f" ({by_hand['seconds'].sum():.0f} s of them, {len(by_hand)} call(s), typed into calls.jsonl by hand "
+               "from the device tool's wall time: those calls ran before scripts/device_grid.sh kept the file)"
+               if len(by_hand) else "") + f"; {finished} of "
             f"the {total} runs are stored"
             + (f", {left - (total - finished)} of them to train again (their stored extras were lost with their "
                "checkpoints)" if left > total - finished else "")

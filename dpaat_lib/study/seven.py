@@ -12,7 +12,7 @@ from ..evaluation import CLEAN
 from ..metrics import per_class_recall as class_recall
 from .setup import COMPARED
 from .numbers import _label, metric_value, seed_table
-from .significance import seed_findings, significance_table
+from .significance import ci_text, seed_findings, significance_table
 
 
 def imbalance_table(results: Sequence[experiment.RunResult], attacks: Sequence[str] = (CLEAN, "20-PGD"),
@@ -132,7 +132,7 @@ def seven_class_findings(results: Sequence[experiment.RunResult], sig: pd.DataFr
         if int(sig["seeds"].max()) < 2:
             for _, r in sig.iterrows():
                 parts.append(f"{r['comparison']}, balanced accuracy {r['attack']}: {r['mean']:+.1f} points, 95% "
-                             f"bootstrap interval over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}].")
+                             f"bootstrap interval over test images {ci_text(r['ci_low'], r['ci_high'])}.")
     rec = per_class_recall(results, (CLEAN,))
     cls = [c for c in classes if c in rec.columns]
     worst = rec[cls].mean().sort_values()

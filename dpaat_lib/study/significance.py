@@ -14,6 +14,17 @@ from .setup import COMPARED
 from .numbers import _label, metric_value, METRICS
 
 
+def ci_text(low: float, high: float, digits: int = 1) -> str:
+    """A confidence interval "[low, high]" in points: ``digits`` decimals, more for a bound that would read
+    +0.0 or -0.0 while not zero, so that whether the interval excludes zero can be read off it."""
+    def bound(v: float) -> str:
+        d = digits
+        while d < 4 and v != 0 and round(abs(v), d) == 0:
+            d += 1
+        return f"{v:+.{d}f}"
+    return f"[{bound(low)}, {bound(high)}]"
+
+
 def _metric_fn(metric: str, n_classes: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Vectorised metric over bootstrap replicates: (labels (B, n), predictions (B, n)) -> (B,)."""
     if metric == "acc":
@@ -202,8 +213,7 @@ def significance_display(table: pd.DataFrame, digits: int = 1, alpha: float = 0.
     out["t-test p"] = [shown(p, ".3f") for p in table["p_ttest"]]
     if "p_holm" in table:
         out["Holm p"] = [shown(p, ".3f") for p in table["p_holm"]]
-    out["95% bootstrap CI"] = [f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" for lo, hi in
-                               zip(table["ci_low"], table["ci_high"])]
+    out["95% bootstrap CI"] = [ci_text(lo, hi, digits) for lo, hi in zip(table["ci_low"], table["ci_high"])]
     # The verdict column follows the Holm-adjusted p where the table has it: a reader scanning the
     # column must not see "yes" for a difference that the correction for the table's tests removes.
     held = table["p_holm"] < alpha if "p_holm" in table else table["exceeds_noise"]
@@ -219,7 +229,7 @@ def significance_sentence(table: pd.DataFrame, alpha: float = 0.05) -> str:
     parts = []
     for _, r in table.iterrows():
         what = f"{r['model']}, {r['comparison']}, {METRICS[r['metric']]} {r['attack']}"
-        ci = f"95% bootstrap CI over test images [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]"
+        ci = f"95% bootstrap CI over test images {ci_text(r['ci_low'], r['ci_high'])}"
         if r["seeds"] < 2:
             verdict = "one seed only: the seed-to-seed noise is not measured"
         elif r["exceeds_noise"]:
@@ -265,7 +275,7 @@ def seed_findings(table: pd.DataFrame, alpha: float = 0.05, a: str = "DPAAT") ->
         ups = hits[hits["mean"] > 0]
         downs = hits[hits["mean"] < 0]
         verb = "exceeds" if len(hits) == 1 else "exceed"
-        txt = f"{len(hits)} of {len(tested)} {verb} seed-to-seed noise at p < {alpha}"
+        txt = f"{len(hits)} of {len(tested)} {verb} seed-to-seed noise at unadjusted p < {alpha}"
         if len(ups):
             txt += f"; {a} higher: " + "; ".join(name(r) for _, r in ups.iterrows())
         if len(downs):
