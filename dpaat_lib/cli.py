@@ -217,10 +217,18 @@ def _grid(args, models, methods) -> int:
                     verb = "is" if len(lost) == 1 else "are"
                     return f"its {report.and_list(lost)} {verb} missing and its checkpoint is gone"
                 return None
-        done = grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after, finish_by_s=args.finish_by, redo=redo,
-                                sharing=args.sharing,
-                                log=lambda m: print(m, flush=True), **kw)
-        return 0
+        grid.run_claimed(cfgs, claim_dir=args.claim, after_run=after, finish_by_s=args.finish_by, redo=redo,
+                         sharing=args.sharing, log=lambda m: print(m, flush=True), **kw)
+        lost = grid.claimed_by_ended_processes(cfgs, results, args.claim)
+        if lost:
+            print(f"dpaat: {len(lost)} run(s) are unfinished and claimed in {args.claim} by processes that have ended "
+                  f"({', '.join(lost)}): no process of this claim folder will train them; call again with a new "
+                  "--claim folder to continue them", file=sys.stderr, flush=True)
+        failed = sorted(p.name[:-len(".failed")] for p in Path(args.claim).glob("*.failed"))
+        if failed:
+            print(f"dpaat: {len(failed)} run(s) failed (their tracebacks are above): {', '.join(failed)}",
+                  file=sys.stderr, flush=True)
+        return 3 if lost or failed else 0
     done = grid.run_grid(cfgs, **kw)
     if args.extras:
         precompute.precompute_all(prof, cfgs, results, args.data, args.device)
@@ -318,7 +326,7 @@ def main(argv=None) -> int:
         if args.command in ("prepare", "extras"):
             return _prepare_or_extras(args)
         return _grid(args, args.models, args.methods or profiles.MAIN_METHODS)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except (DataError, ValueError, OSError, store.RunBusy) as err:  # OSError: a missing file, a full disk
         print(f"dpaat: error: {err}", file=sys.stderr)
         return 2
 

@@ -203,8 +203,10 @@ def trained_twin(config: RunConfig, results) -> store.RunDir | None:
     generators are seeded by the training seed alone), so that model is the one ``config`` would train."""
     root = Path(results)
     own = store.RunDir(root, config.run_id)
-    # Begun: its history, or its checkpoints alone (a call killed in its first epoch, between them and the history).
-    if (own / "history.json").exists() or any((own.ckpt / name).exists() for name in ("best.pt", "last.pt")):
+    # Begun: its history, or its last checkpoint alone (a call killed between it and the history). A kept checkpoint
+    # alone is no training to continue: an adoption killed before its history (then it is the twin's), or a first
+    # epoch killed before its last checkpoint (which would train again from scratch).
+    if (own / "history.json").exists() or (own.ckpt / "last.pt").exists():
         return None
     want = config.training_identity()
     for path in sorted(root.glob(f"{config.model}-{config.method.name}-s{config.train.seed}-*")):
@@ -229,6 +231,7 @@ def adopt_training(run_dir: store.RunDir, twin: store.RunDir) -> dict:
     """Make ``twin``'s training ``run_dir``'s: its kept checkpoint (hard-linked where possible) and its history,
     marked ``trained_in`` the run that trained it (the twin, or the run the twin took its model from). Returns
     the history."""
+    (run_dir.ckpt / "best.pt").unlink(missing_ok=True)  # one left by a call killed before (trained_twin)
     store.link_or_copy(twin.ckpt / "best.pt", run_dir.ckpt / "best.pt")
     history = {**store.read_json(twin / "history.json"), "trained_in": trained_in(twin)}
     for key in ("eval_seconds", "evaluated_on"):  # the twin's evaluation; this run's writes its own
@@ -258,52 +261,56 @@ def run(config: RunConfig, *, results, data_root=None, device="cpu", cache_dir: 
     done = load_result(config, results)
     if done is not None:
         return done
-    run_dir = store.RunDir(results, config.run_id)
-    # The model of a run that differs only in its evaluation attacks (-p linf_eps) is this run's: evaluate it,
-    # train nothing.
-    twin = trained_twin(config, results)
-    start_file = None if twin else pretrained.weights_file(config, weights_path)  # the file to fine-tune from
     if tensors is not None:
         D.check_split_tensors(tensors)
     check_input_size(config.model, config.data.image_size)
-    kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path,
-              compile_mode=compile_mode, tensors=tensors)
-    threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
-    if tensors is None:
-        split, tensors = load_data(config.data, data_root, cache_dir)
-        record_data_files(config.data, data_root_for(config.data.source, data_root, cache_dir),
-                          [i for ids in split.values() for i in ids], results)
-    else:
-        split = {k: v.image_ids for k, v in tensors.items()}
-    store.write_json(run_dir / "config.json", config.to_dict())
-    store.write_json(run_dir / store.SPLIT, split)
-    if twin is not None:
-        history = adopt_training(run_dir, twin)
-    else:
-        budget = None if time_budget_s is None else time_budget_s - (time.perf_counter() - entered)
-        history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
-                            time_budget_s=budget, weights_path=start_file, compile_mode=compile_mode)
-    if not history["finished"]:
-        return None
-    model = load_trained(config, run_dir, device)
-    t0 = time.perf_counter()
-    # Unrounded for the metrics: average precision ranks the scores, and the stored file's 6 decimals tie a
-    # confident model's smallest ones (an undefended CNN's 20-PGD scores at 224 px: hundreds read 0).
-    exact = evaluate(model, tensors["test"], config.eval_attacks, config.data.classes, device=device,
-                     seed=config.train.seed, digits=None)
-    # The evaluation's time beside the epochs' (the grid's estimates read both), and where the evaluation ran:
-    # on a CPU the thread count and the kind of CPU change the numbers (dpaat_lib.profiles.pin_cpu_threads,
-    # cpu_kind); on a GPU, the card.
-    where = {"device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-             "cpu": profiles.cpu_kind()}
-    if str(device).startswith("cuda"):
-        where["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    store.write_json(run_dir / "history.json", {**history, "eval_seconds": time.perf_counter() - t0,
-                                                "evaluated_on": where})
-    metrics = compute_metrics(exact, config.data.classes)
-    if threshold is not None:
-        metrics["amat_threshold"] = threshold
-    store.write_csv(run_dir / store.PREDICTIONS, round_scores(exact))
-    store.write_json(run_dir / "metrics.json", metrics)
-    run_dir.mark_done()
-    return load_result(config, results)
+    run_dir = store.RunDir(results, config.run_id)
+    with run_dir.computing():  # one process per run (store.RunBusy for a second)
+        done = load_result(config, results)  # finished by another process between the check above and the lock
+        if done is not None:
+            return done
+        # The model of a run that differs only in its evaluation attacks (-p linf_eps) is this run's: evaluate it,
+        # train nothing.
+        twin = trained_twin(config, results)
+        start_file = None if twin else pretrained.weights_file(config, weights_path)  # the file to fine-tune from
+        kw = dict(data_root=data_root, device=device, cache_dir=cache_dir, progress=progress, weights_path=weights_path,
+                  compile_mode=compile_mode, tensors=tensors)
+        threshold = amat_threshold(config, results, **kw) if config.method.needs_threshold else None
+        if tensors is None:
+            split, tensors = load_data(config.data, data_root, cache_dir)
+            record_data_files(config.data, data_root_for(config.data.source, data_root, cache_dir),
+                              [i for ids in split.values() for i in ids], results)
+        else:
+            split = {k: v.image_ids for k, v in tensors.items()}
+        store.write_json(run_dir / "config.json", config.to_dict())
+        store.write_json(run_dir / store.SPLIT, split)
+        if twin is not None:
+            history = adopt_training(run_dir, twin)
+        else:
+            budget = None if time_budget_s is None else time_budget_s - (time.perf_counter() - entered)
+            history = train_run(config, tensors, run_dir, device=device, threshold=threshold, progress=progress,
+                                time_budget_s=budget, weights_path=start_file, compile_mode=compile_mode)
+        if not history["finished"]:
+            return None
+        model = load_trained(config, run_dir, device)
+        t0 = time.perf_counter()
+        # Unrounded for the metrics: average precision ranks the scores, and the stored file's 6 decimals tie a
+        # confident model's smallest ones (an undefended CNN's 20-PGD scores at 224 px: hundreds read 0).
+        exact = evaluate(model, tensors["test"], config.eval_attacks, config.data.classes, device=device,
+                         seed=config.train.seed, digits=None)
+        # The evaluation's time beside the epochs' (the grid's estimates read both), and where the evaluation ran:
+        # on a CPU the thread count and the kind of CPU change the numbers (dpaat_lib.profiles.pin_cpu_threads,
+        # cpu_kind); on a GPU, the card.
+        where = {"device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                 "cpu": profiles.cpu_kind()}
+        if str(device).startswith("cuda"):
+            where["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        store.write_json(run_dir / "history.json", {**history, "eval_seconds": time.perf_counter() - t0,
+                                                    "evaluated_on": where})
+        metrics = compute_metrics(exact, config.data.classes)
+        if threshold is not None:
+            metrics["amat_threshold"] = threshold
+        store.write_csv(run_dir / store.PREDICTIONS, round_scores(exact))
+        store.write_json(run_dir / "metrics.json", metrics)
+        run_dir.mark_done()
+        return load_result(config, results)

@@ -300,8 +300,9 @@ def workers_for(estimates: list[float], estimated_at: int, window_s: float,
 
 
 def supersede(results, run_id: str) -> Path:
-    """Move a run's folder to ``<results>/superseded/<run_id>`` (replacing an older one there), so the
-    run is trained again from scratch; nothing stored is deleted. Returns the new place."""
+    """Move a run's folder to ``<results>/superseded/<run_id>``, so the run is trained again from scratch.
+    One copy is kept per run: a run superseded twice replaces its older copy there (the only thing deleted).
+    Returns the new place."""
     dest = Path(results) / "superseded" / run_id
     if dest.exists():
         shutil.rmtree(dest)
@@ -332,8 +333,20 @@ def _will_not_finish(claim_dir, run_id: str) -> bool:
         return True
     if not (d / run_id).exists():
         return (d / f"{run_id}.skipped").exists()
+    return _process_ended(d / run_id)
+
+
+def claimed_by_ended_processes(configs: list[RunConfig], results, claim_dir) -> list[str]:
+    """The runs of ``configs`` left unfinished under a claim in ``claim_dir`` whose process has ended (killed,
+    or stopped by its time budget): no process of that claim folder takes them again (a claim is never
+    released), so the call that finds them must say so."""
+    return [c.run_id for c in ordered(configs) if (Path(claim_dir) / c.run_id).exists()
+            and experiment.load_result(c, results) is None and _process_ended(Path(claim_dir) / c.run_id)]
+
+
+def _process_ended(claim_file: Path) -> bool:
     try:
-        pid = int((d / run_id).read_text().split()[0])
+        pid = int(claim_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return False  # claimed this instant: its process id is being written
     try:

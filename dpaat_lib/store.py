@@ -17,12 +17,19 @@ are read as they are (:func:`run_file`), and :func:`compact_run` converts them.
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 import pandas as pd
 import torch
@@ -33,18 +40,36 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+TEMPORARY_SUFFIX = ".tmp"  # what _atomic writes to before the rename: ".<name>.<random>.tmp" beside the file
+
+
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save on a full disk raises RuntimeError ("unexpected pos")
+        raise OSError(f"could not write {path} ({type(err).__name__}: {err}); {_free_space(path)}. Free space "
+                      "or make the folder writable, or write the results elsewhere (--results DIR); what is "
+                      "already stored is intact, and the next call continues from it") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _free_space(path: Path) -> str:
+    for folder in (path.parent, *path.parents):
+        if folder.exists():
+            try:
+                return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its file system"
+            except OSError:
+                break
+    return "its file system's free space unknown"
 
 
 PREDICTIONS = "predictions.csv.gz"
@@ -177,6 +202,51 @@ class RunDir:
 
     def mark_done(self) -> None:
         _atomic(self.path / "done", lambda tmp: Path(tmp).write_text("ok\n"))
+
+    @contextlib.contextmanager
+    def computing(self):
+        """Hold the run's lock while computing it (training, evaluation, ``done``): two processes on one run would
+        overwrite each other's checkpoints, and one could evaluate the other's model as its own. A second process
+        gets :class:`RunBusy` at once, naming the holder; the lock ends with its process (a killed one leaves
+        none). The lock file is ``<results>/.locks/<run_id>`` (git-ignored, never packed), outside the run folder,
+        which a run refused before it computed anything must not create. Temporary files a killed process left in
+        the run folder (``.<name>.<random>.tmp``) are removed here: no other process writes to the run while it
+        is held."""
+        if fcntl is None:
+            yield
+            return
+        locks = self.path.parent / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / self.path.name, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "a process"
+                raise RunBusy(f"run {self.path.name} is being computed by another process ({holder}) in "
+                              f"{self.path.parent}: wait for it to finish, or stop it and call again (the run "
+                              "continues from its last epoch)") from None
+            except OSError:  # a file system without locks (some network mounts): computed unguarded, as before
+                locked = False
+            if not locked:
+                yield
+                return
+            f.seek(0)
+            f.truncate()
+            f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            for folder in (self.path, self.ckpt):  # (none where the folder does not exist yet)
+                for stale in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+                    stale.unlink(missing_ok=True)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RunBusy(RuntimeError):
+    """Another process is computing this run (:meth:`RunDir.computing`)."""
 
 
 DATA_FILES = "data-files.json.gz"

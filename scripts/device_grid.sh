@@ -82,7 +82,9 @@ PARTIAL="$OUT/results-$PROFILE-$START.partial.tgz"
 STAMP="$BASE/.packed-$NAME"
 [ -e "$STAMP" ] || touch "$STAMP"
 written() {  # what was written to the store since STAMP, relative to BASE: no checkpoints, no superseded runs
-  (cd "$BASE" && find "$NAME" -type f -newer "$STAMP" -not -path "*/ckpt/*" -not -path "*/superseded/*" | sort)
+  # (nor a temporary file a killed writer left: store._atomic writes ".<name>.<random>.tmp" before its rename)
+  (cd "$BASE" && find "$NAME" -type f -newer "$STAMP" -not -path "*/ckpt/*" -not -path "*/superseded/*" \
+    -not -name ".*.tmp" | sort)
 }
 finished_only() {  # of the files listed on stdin: the store's own, the logs and the finished runs' (never a run
   # still training, nor one trained again and not finished, whose files would land on its old finished folder)
@@ -146,10 +148,13 @@ fi
 CLAIMS=/tmp/claims-$START
 echo "[$(elapsed)s] $WORKERS workers; no training after ${TRAIN_END}s from now, all stopped after $(( LEFT - 20 ))s"
 PIDS=()
+# --foreground: the workers stay in the call's process group, so that whatever stops the call (the device tool at
+# its limit) stops them too; plain timeout puts each in a group of its own, where it would go on training into the
+# next call on the warm machine, beside that call's workers.
 for k in $(seq 1 "$WORKERS"); do
-  timeout -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" --results "$RESULTS" \
-    --device "$DEVICE" --claim "$CLAIMS" --extras --retrain-lost-extras --sharing "$WORKERS" "${FINISH[@]}" --time-budget "$TRAIN_END" \
-    --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
+  timeout --foreground -k 5 $(( LEFT - 20 )) "$PY" -m dpaat_lib grid --profile "$PROFILE" --book --data "$DATA" \
+    --results "$RESULTS" --device "$DEVICE" --claim "$CLAIMS" --extras --retrain-lost-extras --sharing "$WORKERS" \
+    "${FINISH[@]}" --time-budget "$TRAIN_END" --no-progress --threads 1 ${COMPILE:+--compile $COMPILE} $GRID_ARGS \
     > "$RESULTS/logs/worker$k-$START.log" 2>&1 &
   PIDS+=($!)
   sleep 2  # staggered starts: the first runs claimed are the STD runs, in order

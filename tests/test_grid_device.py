@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -456,6 +459,30 @@ def test_cli_prepare_and_extras_run(tmp_path, synthetic_root, capsys):
     assert "train: (24, 3, 16, 16)" in capsys.readouterr().out
     assert cli.main(["extras", *args]) == 0  # nothing trained yet: nothing to do, no error
     assert "extras: 0 of " in capsys.readouterr().out
+
+
+def test_runs_claimed_by_an_ended_process_are_named_and_fail_the_call(tmp_path, synthetic_root, capsys):
+    """A claim is never released: a run whose claiming process was killed stays unfinished for every process of
+    that claim folder. The call says so and exits 3, instead of training nothing and exiting 0."""
+    args = ["grid", "--profile", "quick", "--data", str(synthetic_root), "--results", str(tmp_path / "r"),
+            "--models", "smallcnn", "--methods", "std", "--no-progress", "--set", "n_train=12", "--set", "n_val=4",
+            "--set", "n_test=4", "--set", "image_size=16"]
+    assert cli.main([*args, "--plan"]) == 0
+    run_ids = sorted(set(re.findall(r"smallcnn-std-s\d+-[0-9a-f]{12}", capsys.readouterr().out)))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    for run_id in run_ids:
+        (claims / run_id).write_text(ended.stdout)
+    assert run_ids and cli.main([*args, "--claim", str(claims)]) == 3
+    err = capsys.readouterr().err
+    assert (f"{len(run_ids)} run(s) are unfinished and claimed in {claims} by processes that have ended "
+            f"({', '.join(run_ids)})") in err and "with a new --claim folder" in err
+    for run_id in run_ids:  # a live process (this one): still its runs, nothing to say, nothing trained here
+        (claims / run_id).write_text(f"{os.getpid()}\n")
+    assert cli.main([*args, "--claim", str(claims)]) == 0
+    assert "processes that have ended" not in capsys.readouterr().err
+    assert not list((tmp_path / "r").glob("smallcnn-*/done"))
 
 
 @pytest.mark.parametrize("size,stored", [(224, 96), (32, 32)])

@@ -11,7 +11,10 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import shutil
+import subprocess
+import sys
 import time
 
 from pathlib import Path
@@ -517,7 +520,7 @@ def test_adopting_a_stored_model_equals_training_it_again(tmp_path, reference, r
 
 
 @pytest.mark.parametrize("change", ["eps0", "seed", "no checkpoint", "unfinished", "own training begun",
-                                    "own checkpoint only"])
+                                    "own checkpoints only"])
 def test_a_stored_model_is_adopted_only_when_it_is_this_runs_training(tmp_path, reference, data, change):
     """Another training radius or seed, a stored run without its checkpoint or its last epoch, or a run whose
     own training began: no twin (the run trains, or resumes, its own model)."""
@@ -536,11 +539,35 @@ def test_a_stored_model_is_adopted_only_when_it_is_this_runs_training(tmp_path, 
         store.write_json(twin / "history.json", {**store.read_json(twin / "history.json"), "finished": False})
     elif change == "own training begun":
         store.write_json(store.RunDir(results, other.run_id) / "history.json", {"finished": False, "epochs": []})
-    elif change == "own checkpoint only":  # killed in its first epoch, after its checkpoints, before its history
+    elif change == "own checkpoints only":  # killed in its first epoch, after its checkpoints, before its history
         own = store.RunDir(results, other.run_id).ckpt
         own.mkdir(parents=True)
-        shutil.copy(twin.ckpt / "best.pt", own / "best.pt")
+        for name in ("best.pt", "last.pt"):
+            shutil.copy(twin.ckpt / "best.pt", own / name)
     assert experiment.trained_twin(other, results) is None
+
+
+def test_an_adoption_killed_before_its_history_is_finished_not_trained_again(tmp_path, reference, run_kw, monkeypatch):
+    """A call killed between linking the stored model's checkpoint and writing the history leaves a kept
+    checkpoint alone: the next call adopts the model (replacing whatever that file holds), and trains nothing."""
+    cfg, reference_results, first = reference
+    results = tmp_path / "results"
+    shutil.copytree(reference_results / cfg.run_id, results / cfg.run_id)
+    other = _at_another_linf_radius(cfg)
+    own = store.RunDir(results, other.run_id).ckpt
+    own.mkdir(parents=True)
+    torch.manual_seed(5)
+    store.save_torch(own / "best.pt", build_model("smallcnn", 3).state_dict())  # not the stored model
+    assert experiment.trained_twin(other, results).path.name == cfg.run_id
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model is stored: nothing may be trained")
+
+    monkeypatch.setattr(experiment, "train_run", forbidden)
+    res = experiment.run(other, results=results, **run_kw)
+    assert res.history["trained_in"] == cfg.run_id
+    assert (own / "best.pt").read_bytes() == (store.RunDir(results, cfg.run_id).ckpt / "best.pt").read_bytes()
+    pd.testing.assert_series_equal(res.predictions["pred_clean"], first.predictions["pred_clean"])
 
 
 def test_the_plan_says_a_stored_model_is_only_evaluated(tmp_path, reference):
@@ -686,6 +713,31 @@ def test_run_folder_is_complete_and_checkpoints_load_weights_only(reference):
     assert torch.equal(last["method"]["eps"].float(), last["method"]["eps"])
 
 
+def test_a_run_another_process_computes_is_refused_until_that_process_ends(tmp_path, data, run_kw):
+    """Two processes on one run would overwrite each other's checkpoints (one could evaluate the other's model
+    as its own): the second is refused, naming the first; a killed holder leaves no lock, and the temporary
+    files a killed writer left are removed."""
+    cfg = tiny_config(data, method="std")
+    run = store.RunDir(tmp_path, cfg.run_id)
+    hold = ("import sys, time; from dpaat_lib import store\n"
+            "with store.RunDir(sys.argv[1], sys.argv[2]).computing():\n    print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path), cfg.run_id], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(store.RunBusy, match=rf"run {cfg.run_id} is being computed by another process "
+                                                rf"\(process {holder.pid} on .*\).*wait for it to finish"):
+            experiment.run(cfg, results=tmp_path, **run_kw)
+        assert not run.path.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run.path.mkdir(parents=True)  # nothing computed yet: the refused call wrote nothing in it
+    (run / ".history.json.k1ll3d.tmp").write_text("half a file")
+    res = experiment.run(cfg, results=tmp_path, **run_kw)
+    assert res is not None and res.history["finished"] and not list(run.path.glob(".*.tmp"))
+
+
 def test_atomic_writes_keep_the_old_file_on_failure(tmp_path):
     path = tmp_path / "a" / "x.json"
     store.write_json(path, {"v": 1})
@@ -733,6 +785,27 @@ def test_random_flips_draw_each_flip_half_the_time_from_the_seed():
     assert ((counts > 70) & (counts < 130)).all(), counts  # 100 each expected; 70 is 3.5 standard deviations off
     assert torch.equal(out, training.random_flips(x, torch.Generator().manual_seed(0)))
     assert not torch.equal(out, training.random_flips(x, torch.Generator().manual_seed(1)))
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")])
+def test_a_write_that_fails_names_the_file_and_the_free_space_and_keeps_the_old_one(tmp_path, monkeypatch, failure):
+    """A full disk (torch.save says so as a RuntimeError) or an unwritable folder: an OSError that names the file,
+    the free space and what to do, which the command line prints as its error; the stored file is intact."""
+    store.save_torch(tmp_path / "last.pt", {"w": torch.ones(2)})
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"part of a checkpoint")
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=rf"could not write {re.escape(str(tmp_path / 'last.pt'))} \("
+                                      rf"{type(failure).__name__}: .*\); \d+ MiB free on its file system\. Free "
+                                      r"space or make the folder writable.*the next call continues from it"):
+        store.save_torch(tmp_path / "last.pt", {"w": torch.zeros(2)})
+    monkeypatch.undo()
+    assert torch.equal(store.load_torch(tmp_path / "last.pt")["w"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"], "the temporary file is removed"
 
 
 def test_gzipped_files_hold_the_plain_text_and_are_the_same_bytes_each_time(tmp_path):
