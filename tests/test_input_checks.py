@@ -517,6 +517,19 @@ def test_metrics_reject_labels_outside_the_classes():
     with pytest.raises(ValueError, match="outside range"):
         metrics.compute_metrics(_predictions([0, 1, -1, 1]), ("nv", "mel", "bkl"))
     metrics.compute_metrics(pred, ("nv", "mel", "bkl"))
+    named = pred.assign(label=["nv", "mel", "bkl", "mel"])  # names, not indices
+    with pytest.raises(ValueError, match=r"column 'label' must hold class indices \(integers 0..2 for .*got dtype "
+                                         r"(object|str); map class names to their position in classes"):
+        metrics.compute_metrics(named, ("nv", "mel", "bkl"))
+
+
+def test_a_corrupt_mask_is_named(synthetic_root, tmp_path):
+    root = tmp_path / "d"
+    shutil.copytree(synthetic_root, root)
+    ids = D.read_metadata(root)["image_id"].tolist()[:3]
+    (root / D.MASK_DIR / f"{ids[1]}{D.MASK_SUFFIX}").write_bytes(b"not a png")
+    with pytest.raises(D.DataError, match=rf"Cannot read mask .*{ids[1]}{D.MASK_SUFFIX}.*Re-download or remove"):
+        D.load_masks(root, ids, 16)
 
 
 def test_marp_is_the_map_under_the_attack_named():
