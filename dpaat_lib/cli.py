@@ -226,8 +226,8 @@ def _grid(args, models, methods) -> int:
                   "--claim folder to continue them", file=sys.stderr, flush=True)
         failed = sorted(p.name[:-len(".failed")] for p in Path(args.claim).glob("*.failed"))
         if failed:
-            print(f"dpaat: {len(failed)} run(s) failed (their tracebacks are above): {', '.join(failed)}",
-                  file=sys.stderr, flush=True)
+            print(f"dpaat: {len(failed)} run(s) of this claim folder failed (each traceback is in the output of the "
+                  f"process that ran it): {', '.join(failed)}", file=sys.stderr, flush=True)
         return 3 if lost or failed else 0
     done = grid.run_grid(cfgs, **kw)
     if args.extras:
