@@ -100,6 +100,9 @@ def as_radius(eps, x: torch.Tensor, *, check_values: bool = True, name: str = "e
     """
     n = x.shape[0]
     given = type(eps).__name__
+    if isinstance(eps, bool) or (isinstance(eps, torch.Tensor) and eps.dtype == torch.bool):
+        raise TypeError(f"{name} must be a float or a tensor of shape (N,) = ({n},), one value per sample; got a "
+                        "bool (True would be a radius of 1)")
     if not isinstance(eps, (torch.Tensor, numbers.Real)):  # a list or a NumPy array: one value per sample
         try:
             eps = torch.as_tensor(eps)
@@ -116,7 +119,7 @@ def as_radius(eps, x: torch.Tensor, *, check_values: bool = True, name: str = "e
             fix = f"Pass {name}.flatten() or a float" if given == "Tensor" else f"Pass {n} values or a float"
             raise ValueError(f"{name} must be a float or a tensor of shape (N,) = ({n},), one value per "
                              f"sample; got shape {tuple(eps.shape)}. {fix}.")
-        eps = eps.to(device=x.device, dtype=x.dtype)
+        eps = eps.detach().to(device=x.device, dtype=x.dtype)  # the attack differentiates the input only
         if check_values and not bool(((eps >= 0) & torch.isfinite(eps)).all()):
             raise ValueError(f"{name} must be finite and >= 0 for every sample")
     else:
@@ -151,6 +154,12 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: 
     if not x.is_floating_point():
         raise TypeError(f"x must be a float tensor in [0, 1], got {x.dtype}; scale uint8 images with "
                         "dpaat_lib.training.to_float(x)")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # In half precision x + delta rounds past the radius (bf16: an Linf radius of 2/255 by 25%) and L2's
+        # division guard of 1e-10 rounds to 0 in fp16, so a zero gradient gives NaN images.
+        raise TypeError(f"x must be float32 (or float64), got {x.dtype}: the attack's steps and projection would "
+                        "not keep the radius in half precision. Pass x.float() and run a half-precision model "
+                        "under torch.autocast")
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape (N,) = ({x.shape[0]},); got {tuple(y.shape)}")
     if y.dtype != torch.long:  # cross-entropy takes class indices as int64 only
@@ -159,16 +168,29 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor, norm: str, *, check_values: 
         check_unit_range(x)
 
 
-def _check_linf_radius(eps, where: str = "") -> None:
-    """An Linf radius above 1 on images in [0, 1] is a radius in 0-255 units (a tensor: one device sync).
-    ``where`` prefixes the message (e.g. the attack's name)."""
+def _check_linf_radius(eps, where: str = "", name: str = "eps") -> None:
+    """An Linf radius (or step, ``name``) above 1 on images in [0, 1] is one in 0-255 units (a tensor: one
+    device sync). ``where`` prefixes the message (e.g. the attack's name)."""
     if isinstance(eps, torch.Tensor):
         big = float(eps.max()) if eps.numel() else 0.0
     else:
         big = float(eps)
     if big > 1:
-        raise ValueError(f"{where}Linf eps = {big:.4g} is above 1, but images and eps are in [0, 1] pixel units: "
-                         f"did you mean eps={big:.4g}/255 = {big / 255:.4g}?")
+        raise ValueError(f"{where}Linf {name} = {big:.4g} is above 1, but images and {name} are in [0, 1] pixel "
+                         f"units: did you mean {name}={big:.4g}/255 = {big / 255:.4g}?")
+
+
+def training_modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every submodule's train/eval flag, for :func:`restore_training_modes` after an eval-mode pass.
+    ``model.train(was)`` would set every submodule to the top module's mode: a BatchNorm the caller froze in
+    a training model (``bn.eval()``) would come back training and update its running statistics."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def restore_training_modes(modes: list[tuple[nn.Module, bool]]) -> None:
+    """Put back the flags :func:`training_modes` saved, module by module."""
+    for module, mode in modes:
+        module.training = mode
 
 
 def is_compiled(model: nn.Module) -> bool:
@@ -198,14 +220,18 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
     I-FGSM from 20-step, 20-step PGD from 50-step).
     """
     _check_inputs(x, y, norm, check_values=check_values)
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     threat = _THREATS[norm]
     radius = as_radius(eps, x, check_values=check_values)
     size = as_radius(step_size, x, check_values=check_values, name="step_size")
     if norm == "linf" and (check_values or not isinstance(eps, torch.Tensor)):
         _check_linf_radius(eps if isinstance(eps, numbers.Real) else radius)  # a list's values: the tensor
+    if norm == "linf" and (check_values or not isinstance(step_size, torch.Tensor)):
+        _check_linf_radius(step_size if isinstance(step_size, numbers.Real) else size, name="step_size")
     loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="none"))
     x = x.detach()
-    was_training = model.training
+    was_training = training_modes(model)
     model.eval()
     # Only the input's gradient is needed. A compiled model's backward computes every gradient its graph
     # can (pytorch/pytorch#132929): frozen weights spare it about a third of each attack step; their flags
@@ -232,7 +258,7 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps, step_siz
     finally:
         for p in weights:
             p.requires_grad_(True)
-        model.train(was_training)
+        restore_training_modes(was_training)
     return x_adv
 
 

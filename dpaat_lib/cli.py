@@ -178,10 +178,16 @@ def _grid(args, models, methods) -> int:
     results = args.results or str(Path("results") / prof.name)  # as the book: results/<profile>
     data = experiment.resolve_data(profiles.data_config(prof), args.data, results)
     print(prof.describe(), flush=True)
-    if args.book:
-        cfgs = [c for c in profiles.book_configs(prof, data) if models is None or c.model in models]
+    if models and set(models) != set(prof.models):
+        print(f"models given: {', '.join(models)} (not the profile's)", flush=True)
+    if args.book:  # --methods, where given, selects among the book's runs too
+        cfgs = [c for c in profiles.book_configs(prof, data) if (models is None or c.model in models)
+                and (not args.methods or c.method.name in args.methods)]
     else:
         cfgs = profiles.configs(prof, data, models=models, methods=methods)
+    if not cfgs:
+        raise ValueError("no runs selected: the models, methods and seeds given leave none (seeds "
+                         f"{list(prof.seeds)}, models {list(models or prof.models)}); give at least one of each")
     cfgs, weight_files = pretrained.configure(cfgs, args.weights)  # unchanged without --weights
     print(f"results: {results}", flush=True)
     if args.plan:
@@ -301,10 +307,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.command == "train" and (args.models or args.methods or args.book):  # the grid's, which one run ignores
         parser.error("train runs one --model with one --method; --models, --methods and --book are for `dpaat grid`")
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "device", None) is not None:
+            from .training import check_device
+            check_device(args.device)
         _check_data_folder(getattr(args, "data", None))
         if args.command == "models":
             print("\n".join(list_models()))

@@ -116,6 +116,10 @@ class TrainConfig:
     epoch_draws: int | None = None
 
     def __post_init__(self):
+        for name, least in (("epochs", 1), ("batch_size", 1), ("patience", 1), ("head_epochs", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {v!r}")
         if self.select_on not in ("val_acc", "val_loss"):
             raise ValueError(f"select_on must be 'val_acc' or 'val_loss', got {self.select_on!r}")
         if self.sampler not in SAMPLERS:

@@ -397,7 +397,8 @@ def make_split(
             raise DataError(
                 f"Class '{dx}' has {len(group)} images but the split needs {need} "
                 f"(n_test={n_test} + n_train={n_train}). Lower n_train/n_test (command line: --set n_train=N "
-                f"--set n_val=M --set n_test=K, the M validation images taken from the N) or add data."
+                f"--set n_val=M --set n_test=K, the M validation images taken from the N) or add data; a book "
+                f"page runs its profile's split, so it needs a copy with at least {need} images of each class."
             )
         if not lesion_aware:
             ids = list(group["image_id"])
@@ -707,6 +708,10 @@ class SplitTensors:
         if not isinstance(self.y, torch.Tensor) or tuple(self.y.shape) != (n,):
             got = tuple(self.y.shape) if isinstance(self.y, torch.Tensor) else type(self.y).__name__
             raise ValueError(f"{what}.y must be a tensor of shape (N,) = ({n},) of class indices, got {got}")
+        if self.y.dtype != torch.long:
+            raise TypeError(f"{what}.y must be int64 class indices, got {self.y.dtype}; pass y.long()")
+        if n and int(self.y.min()) < 0:
+            raise ValueError(f"{what}.y must be class indices >= 0, got {int(self.y.min())}")
         if len(self.image_ids) != n:
             raise ValueError(f"{what} has {n} images but {len(self.image_ids)} image_ids")
 

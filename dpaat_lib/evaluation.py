@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .attacks import AttackSpec
+from .attacks import AttackSpec, restore_training_modes, training_modes
 from .training import require_uint8, to_float
 
 CLEAN = "clean"
@@ -51,7 +51,7 @@ def probs_along(model, x_uint8: torch.Tensor, y: torch.Tensor, attack: AttackSpe
         if k in out and k != last:
             out[k].append(_probs(model, x_k).cpu())
 
-    was = model.training
+    was = training_modes(model)
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     try:
@@ -63,7 +63,7 @@ def probs_along(model, x_uint8: torch.Tensor, y: torch.Tensor, attack: AttackSpe
                             each_step=keep if len(out) > 1 else None)
             out[last].append(_probs(model, xb).cpu())
     finally:
-        model.train(was)
+        restore_training_modes(was)
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -108,6 +108,9 @@ def evaluate(model, test, attacks: tuple[AttackSpec, ...], classes: tuple[str, .
     if probs[CLEAN].shape[1] != len(classes):  # else scores would be dropped, or indexed past the output
         raise ValueError(f"the model has {probs[CLEAN].shape[1]} outputs but {len(classes)} classes were given "
                          f"({', '.join(classes)}): pass one class name per output, in the output's order")
+    if test.y.numel() and int(test.y.max()) >= len(classes):
+        raise ValueError(f"test.y has class index {int(test.y.max())}, outside the {len(classes)} classes "
+                         f"{tuple(classes)}: pass the classes the labels index")
     for spec, read in runs.items():
         by_steps = probs_along(model, test.x, test.y, spec, sorted({r.steps for r in read} - {spec.steps}),
                                device=device, batch_size=batch_size, seed=seed)

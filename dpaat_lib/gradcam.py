@@ -46,7 +46,7 @@ from torchvision.transforms.functional import gaussian_blur
 from . import data as D
 from . import experiment, store
 from .config import RunConfig
-from .attacks import check_unit_range
+from .attacks import check_unit_range, restore_training_modes, training_modes
 from .models import _get, gradcam_layer_path
 from .training import load_trained, to_float
 
@@ -86,8 +86,8 @@ def cams(model, model_name: str | None, x: torch.Tensor, targets: torch.Tensor, 
     :func:`dpaat_lib.models.build_model` or in the bare torchvision model; for a
     model of your own, pass its layer as ``target_layer`` (``model_name`` may
     then be None), e.g. ``cams(net, None, x, y, target_layer=net.layer4)``. Maps
-    are taken in eval mode; the model's mode is restored, its parameter
-    gradients cleared and the hooks removed afterwards. Each map is scaled to
+    are taken in eval mode; the model's modes, its parameters' ``.grad`` (None or
+    accumulated) and its hooks are as before afterwards; frozen weights are fine. Each map is scaled to
     [0, 1] on its own (pytorch-grad-cam's convention), so maps compare in
     shape, not in magnitude. A map needs a target-layer feature map larger
     than 1x1 (e.g. 64 px for resnet34, mobilenet_v2; more for inception_v3);
@@ -105,10 +105,20 @@ def cams(model, model_name: str | None, x: torch.Tensor, targets: torch.Tensor, 
         if not x.is_floating_point():
             raise TypeError(f"x must be uint8 (0-255) or float in [0, 1], got {x.dtype}")
         check_unit_range(x.detach())
-    targets = torch.as_tensor(targets).view(-1).tolist()
+    if target_layer is not None and not any(m is layer for m in model.modules()):
+        raise ValueError(f"target_layer ({type(layer).__name__}) is not a module of this model: pass one of its own "
+                         "layers, e.g. target_layer=net.layer4 for the net given")
+    targets = torch.as_tensor(targets).view(-1)
+    if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+        raise ValueError(f"targets must be class indices (integers), got {targets.tolist()}")
+    if bool((targets < 0).any()):
+        raise ValueError(f"targets must be class indices >= 0, got {targets.tolist()} (a negative index would "
+                         "explain a class counted from the end)")
+    targets = targets.long().tolist()
     if len(targets) != x.shape[0]:
         raise ValueError(f"got {x.shape[0]} images but {len(targets)} targets")
-    was, device = model.training, _device(model)
+    was, device = training_modes(model), _device(model)
+    grads = [(p, p.grad) for p in model.parameters()]  # pytorch-grad-cam zeroes them: the caller's come back
     out = []
     try:
         # The clone: pytorch-grad-cam keeps the layer's output as `.cpu()`, which on a CPU is the tensor itself, so
@@ -116,16 +126,18 @@ def cams(model, model_name: str | None, x: torch.Tensor, targets: torch.Tensor, 
         # there but not on a GPU: one checkpoint would give two maps.
         with GradCAM(model=model, target_layers=[layer], reshape_transform=torch.clone) as cam, torch.enable_grad():
             for i in range(0, x.shape[0], batch_size):
-                # detach: the maps' backward must not reach a caller's tensor that requires grad
-                xb = _as_float(x[i:i + batch_size].detach().to(device))
+                # detach: the maps' backward must not reach a caller's tensor that requires grad. requires_grad:
+                # the target layer's output then has a gradient even where every weight is frozen.
+                xb = _as_float(x[i:i + batch_size].detach().to(device)).requires_grad_(True)
                 try:
                     out.append(cam(xb, [ClassifierOutputTarget(int(t)) for t in targets[i:i + batch_size]]))
                 except IndexError as err:
                     # GradCAM.__exit__ swallows IndexError; re-raise as what it is
                     raise ValueError(f"a target class is out of range for the model's output: {err}") from err
     finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was)
+        for p, g in grads:
+            p.grad = g
+        restore_training_modes(was)
     if not out:
         return np.zeros((0, *x.shape[-2:]), np.float32)
     maps = np.concatenate(out).astype(np.float32)
@@ -199,7 +211,7 @@ def deletion_insertion(model, x: torch.Tensor, targets: torch.Tensor, cam: np.nd
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    device, was = _device(model), model.training
+    device, was = _device(model), training_modes(model)
     model.eval()
     cam = np.asarray(cam, dtype=np.float32)
     n, _, h, w = x.shape
@@ -225,7 +237,7 @@ def deletion_insertion(model, x: torch.Tensor, targets: torch.Tensor, cam: np.nd
                 m = xb.shape[0]
                 dele[i:i + m, k], ins[i:i + m, k] = p[:m], p[m:]
     finally:
-        model.train(was)
+        restore_training_modes(was)
     return {"fractions": fractions.tolist(), "deletion_auc": _auc(fractions, dele).astype(np.float32),
             "insertion_auc": _auc(fractions, ins).astype(np.float32),
             "deletion_curves": dele, "insertion_curves": ins,
@@ -245,7 +257,7 @@ def road_scores(model, x: torch.Tensor, targets: torch.Tensor, cam: np.ndarray,
     is seeded (the global random state is left alone); the model's mode is
     restored.
     """
-    device, was = _device(model), model.training
+    device, was = _device(model), training_modes(model)
     model.eval()
     metric = ROADCombined(percentiles=list(percentiles))
     # ROAD thresholds the map at percentiles; Grad-CAM maps are often zero over
@@ -267,7 +279,7 @@ def road_scores(model, x: torch.Tensor, targets: torch.Tensor, cam: np.ndarray,
                 tb = [ClassifierOutputSoftmaxTarget(int(t)) for t in targets[i:i + batch_size]]
                 out.append(np.asarray(metric(xb, cam[i:i + batch_size], tb, model), np.float32).reshape(-1))
     finally:
-        model.train(was)
+        restore_training_modes(was)
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

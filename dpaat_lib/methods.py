@@ -69,6 +69,9 @@ class MethodConfig:
             raise ValueError(f"length must be 'linear' or 'normalized', got {self.length!r}")
         if not isinstance(self.attack, AttackSpec):
             raise TypeError(f"attack must be an AttackSpec (e.g. training_attack()), got {type(self.attack).__name__}")
+        if self.name != "std" and self.attack.steps < 1:  # 0 steps return the clean images: STD in disguise
+            raise ValueError(f"{self.name} trains on attacked images: its attack needs steps >= 1, got "
+                             f"{self.attack.steps}")
         # Only values that can never make sense; the AttackSpec checks eps0 (attack.eps) >= 0 itself.
         if not _finite(self.alpha) or not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1] (the weight of the clean loss), got {self.alpha!r}")
@@ -78,6 +81,11 @@ class MethodConfig:
             v = getattr(self, field)
             if v is not None and not _finite(v):
                 raise ValueError(f"{field} must be a finite number, got {v!r}")
+        for field in ("eta", "gamma"):  # a negative length reverses eq. 15: the fragile samples would grow
+            v = getattr(self, field)
+            if v is not None and v < 0:
+                raise ValueError(f"{field} must be >= 0 (the step length of eq. 15; 0 keeps every radius at "
+                                 f"eps0), got {v!r}")
         if not _finite(self.eps_min) or self.eps_min < 0:
             raise ValueError(f"eps_min must be finite and >= 0 (a radius), got {self.eps_min!r}")
         if self.eps_max is not None and not _finite(self.eps_max):
@@ -88,6 +96,12 @@ class MethodConfig:
                      else f"eps_max=None (2 * eps0 = {eps_max!r})")
             raise ValueError(f"eps_min={self.eps_min!r} is above {which}: the radii are clipped to "
                              "[eps_min, eps_max], so give eps_min <= eps_max")
+        if not self.eps_min <= self.attack.eps <= eps_max:
+            # DPAAT's radii start at eps0: outside [eps_min, eps_max] the first epoch would attack beyond the
+            # clip that every later epoch keeps, and the logged histogram over [0, eps_max] would miss them.
+            raise ValueError(f"eps0 = {self.attack.eps!r} (the attack's eps) must lie in [eps_min, eps_max] = "
+                             f"[{self.eps_min!r}, {eps_max!r}], where the radii start and stay: raise eps_max or "
+                             "lower eps_min (None gives eps_max = 2 * eps0)")
 
     @property
     def eps0(self) -> float:
@@ -113,6 +127,11 @@ def per_sample_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each sample, shape (N,), from ``logits`` (N, K) and class indices ``y`` (N,)
     (long): ``F.cross_entropy(..., reduction="none")``. The methods average it themselves, and
     DPAAT and AMAT also keep one value per training image."""
+    if not isinstance(logits, torch.Tensor):
+        # torchvision's InceptionV3 and GoogLeNet return a named tuple with auxiliary logits in train mode.
+        raise TypeError(f"the model returned a {type(logits).__name__}, not a tensor of logits (N, K): a model with "
+                        "auxiliary outputs must return its logits alone; build it with aux_logits=False (as "
+                        "dpaat_lib.models.build_model does) or wrap it to return the main output")
     return F.cross_entropy(logits, y, reduction="none")
 
 
@@ -240,6 +259,7 @@ class Method:
         return {}
 
     def radii(self) -> torch.Tensor | None:
+        """A copy of the per-sample radii (one per training image), or None for a method without any."""
         return None
 
     def state_dict(self) -> dict:
@@ -292,8 +312,10 @@ class RadiusTable(Method):
     def eps_max(self) -> float:
         return 2 * self.config.eps0 if self.config.eps_max is None else self.config.eps_max
 
-    def radii(self):
-        return self.eps
+    def radii(self) -> torch.Tensor:
+        # A copy: the table is updated in place every batch, so a caller keeping radii() per epoch would
+        # otherwise hold one tensor that keeps changing, and writing into it would change the training.
+        return self.eps.detach().clone()
 
     def radius_log(self) -> dict:
         return radius_summary(self.eps, self.eps_max)
@@ -370,7 +392,11 @@ class AMAT(RadiusTable):
             s = sel.to(self.device)
             xs, ys = x[sel], y[sel]
             x_adv = self.attack(model, xs, ys, eps=self.eps[i[s]].to(x.device))
-            ce_adv = per_sample_ce(model(x_adv), ys)
+            # One image alone in train mode fails where a BatchNorm sees a 1x1 map (a ResNet or MobileNetV2 at
+            # 32 px: "Expected more than 1 value per channel"); it goes beside its clean image, whose logits
+            # are dropped. Larger sub-batches are forwarded alone, as always.
+            logits_adv = model(x_adv) if sel.numel() > 1 else model(torch.cat([x_adv, xs]))[:1]
+            ce_adv = per_sample_ce(logits_adv, ys)
             adv_term = ce_adv.mean()
             adv_loss[s] = ce_adv.detach().float().to(self.device)
             # In the attack's own norm: the radius it moves towards bounds that norm (L2 by default, Linf too).

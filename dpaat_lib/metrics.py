@@ -29,6 +29,8 @@ def check_predictions(pred: pd.DataFrame, classes, attacks=None, probabilities: 
     class indices in range(len(classes)), ``pred_<attack>`` columns for ``attacks`` (default: clean)
     and, with ``probabilities``, the ``p_<attack>_<class>`` columns of every class."""
     k = len(classes)
+    if len(pred) == 0:
+        raise ValueError("the predictions frame has no rows: there is nothing to score (was the test set empty?)")
     attacks = [CLEAN] if attacks is None else list(attacks)
     expected = ["label", *(f"pred_{a}" for a in attacks)]
     if probabilities:
@@ -64,6 +66,7 @@ def balanced_accuracy(pred: pd.DataFrame, attack: str = CLEAN) -> float:
 
 def macro_f1(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
     """Unweighted mean over ``classes`` of the per-class F1 (a class never predicted scores 0)."""
+    check_predictions(pred, classes, [attack], probabilities=False)
     _, _, f1, _ = precision_recall_fscore_support(pred["label"], pred[f"pred_{attack}"],
                                                   labels=list(range(len(classes))), average="macro",
                                                   zero_division=0)
@@ -72,6 +75,7 @@ def macro_f1(pred: pd.DataFrame, classes, attack: str = CLEAN) -> float:
 
 def per_class_recall(pred: pd.DataFrame, classes, attack: str = CLEAN) -> dict[str, float]:
     """Recall (sensitivity) of each class under ``attack``; NaN for a class absent from the test set."""
+    check_predictions(pred, classes, [attack], probabilities=False)
     y = pred["label"].to_numpy()
     hit = pred[f"pred_{attack}"].to_numpy() == y
     return {c: (float(hit[y == k].mean()) if (y == k).any() else float("nan")) for k, c in enumerate(classes)}
@@ -98,7 +102,9 @@ def mean_average_precision(pred: pd.DataFrame, classes, attack: str = CLEAN) -> 
 
 
 def confusion(pred: pd.DataFrame, classes, attack: str = CLEAN) -> np.ndarray:
-    """Rows: true class, columns: predicted class (counts)."""
+    """Rows: true class, columns: predicted class (counts); a label outside ``classes`` raises (scikit-learn
+    would drop its row)."""
+    check_predictions(pred, classes, [attack], probabilities=False)
     return confusion_matrix(pred["label"], pred[f"pred_{attack}"], labels=list(range(len(classes))))
 
 

@@ -46,6 +46,11 @@ class Normalized(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            # (N, 1, H, W) would broadcast to three channels: an L2 radius measured on one channel reaches the
+            # model sqrt(3) times larger.
+            raise ValueError(f"the model takes images (N, {self.mean.shape[1]}, H, W), got shape {tuple(x.shape)}; "
+                             "repeat a grey image to three channels first (x.expand(-1, 3, -1, -1))")
         return self.net((x - self.mean) / self.std)
 
 
@@ -195,6 +200,19 @@ def _set(module: nn.Module, path: str, value: nn.Module) -> None:
 def head(model: nn.Module, name: str) -> nn.Module:
     """The classifier head of a model built by :func:`build_model`."""
     return _get(model.net, _REGISTRY[name][1])
+
+
+def gradcam_map_shape(name: str, image_size: int) -> tuple[int, int]:
+    """(height, width) of the Grad-CAM target layer's feature map of ``name`` at ``image_size`` px: what a map
+    can resolve before it is upsampled to the image (1 x 1: every map is constant). Builds the CNN once."""
+    check_input_size(name, image_size)
+    model = build_model(name).eval()
+    shape = []
+    hook = gradcam_target_layer(model, name).register_forward_hook(lambda m, i, o: shape.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    hook.remove()
+    return shape[0]
 
 
 def gradcam_layer_path(name: str) -> str:

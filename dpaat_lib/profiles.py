@@ -241,10 +241,10 @@ def profile_for(name: str, data_root=None, **overrides) -> Profile:
     base = get_profile(name)  # an unknown name is refused here, with the known ones
     over = {k: v for k, v in overrides.items() if v is not None}
     if "seeds" in over:
-        try:
-            over["seeds"] = tuple(int(s) for s in list_parameter(over["seeds"]))
-        except (TypeError, ValueError):
-            raise ValueError(f"seeds must be whole numbers, e.g. [0, 1, 2], got {overrides['seeds']!r}") from None
+        over["seeds"] = seed_list(over["seeds"])
+    for k, v in over.items():  # papermill's -p passes "false" and "3" as text: read them as the field's type
+        if hasattr(base, k) and k != "linf_eps":  # linf_eps may be a fraction, "8/255" (below)
+            over[k] = typed_parameter(k, v, getattr(base, k))
     if "eps0" in over and "train_step_size" not in over:
         over.update(radius_overrides(base, over["eps0"]))
     if "linf_eps" in over:
@@ -254,6 +254,41 @@ def profile_for(name: str, data_root=None, **overrides) -> Profile:
         for k, v in PAPER_SPLIT.items():
             over.setdefault(k, v)
     return get_profile(name, **over)
+
+
+def seed_list(value, name: str = "seeds") -> tuple[int, ...]:
+    """Training seeds from a page parameter (a list, one value, or its text, :func:`list_parameter`) as ints."""
+    try:
+        return tuple(int(s) for s in list_parameter(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be whole numbers, e.g. [0, 1, 2], got {value!r}") from None
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def typed_parameter(name: str, value, current):
+    """``value`` read as the type of the field's ``current`` value (bool, int or float) where it came as text:
+    papermill's ``-p`` passes ``-p strong_all_seeds false`` as the text "false", which as it is would count as
+    true. Text that is not of that type is refused with the field's name, and so is a non-bool for a bool field.
+    A number passes as it is (an int stays an int: 1 and 1.0 name different runs), other fields unchanged."""
+    if isinstance(current, bool):
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        if isinstance(value, int) and value in (0, 1):  # bool is an int too
+            return bool(value)
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if isinstance(current, (int, float)) and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a number like {current!r}, got {value!r}") from None
+        if isinstance(current, int):
+            if number != int(number):
+                raise ValueError(f"{name} must be a whole number like {current!r}, got {value!r}")
+            return int(number)
+        return number
+    return value
 
 
 def list_parameter(value) -> tuple:

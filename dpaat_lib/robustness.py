@@ -50,7 +50,8 @@ import torch
 from torch import nn
 
 from . import store
-from .attacks import L2_EPS, LINF_EPS, NORMS, L2, Linf, _check_inputs, distance, perturb
+from .attacks import (L2_EPS, LINF_EPS, NORMS, L2, Linf, _check_inputs, distance, perturb, restore_training_modes,
+                      training_modes)
 from .evaluation import CLEAN
 
 KINDS = ("apgd-ce", "apgd-dlr", "square", "pgd")
@@ -152,7 +153,7 @@ class StrongAttack:
         x, y = x.detach(), y.detach()
         if self.eps == 0 or x.shape[0] == 0:
             return x.clone()
-        was_training = model.training
+        was_training = training_modes(model)
         model.eval()
         devices = [x.device] if x.device.type == "cuda" else []
         try:
@@ -160,7 +161,7 @@ class StrongAttack:
             with torch.random.fork_rng(devices=devices):
                 x_adv = self._run(model, x, y)
         finally:
-            model.train(was_training)
+            restore_training_modes(was_training)
         x_adv = project(self.norm, x_adv.detach().to(x.dtype), x, self.eps)
         check_adversarial(self.norm, x_adv, x, self.eps, self.name)
         return x_adv
@@ -295,7 +296,7 @@ def per_image_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack
         raise ValueError(f"attack names must be unique and not {CLEAN!r}: {names}")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
-    was_training = model.training
+    was_training = training_modes(model)
     model.eval()
     cols = {name: [] for name in [CLEAN, *names]}
     try:
@@ -309,7 +310,7 @@ def per_image_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack
                 with torch.no_grad():
                     cols[name].append((model(xa).argmax(1) == yb).cpu())
     finally:
-        model.train(was_training)
+        restore_training_modes(was_training)
     data = {k: (torch.cat(v) if v else torch.zeros(0, dtype=torch.bool)).numpy() for k, v in cols.items()}
     return pd.DataFrame(data, index=pd.RangeIndex(x.shape[0], name="image"))
 

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import store
+from .attacks import restore_training_modes, training_modes
 from .config import RunConfig
 from .data import check_split_tensors
 from .methods import CLASSES, build_method
@@ -320,21 +321,43 @@ def epoch_order(y: torch.Tensor, generator: torch.Generator, sampler: str = "shu
     raise ValueError(f"unknown sampler {sampler!r}; use 'shuffle' or 'balanced'")
 
 
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device, or a ValueError that names the problem and the fix: a name torch does not
+    know ("gpu"), a CUDA device on a machine without one or past its count, a CPU with an index."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N ({err})") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: no CUDA GPU is visible to torch {torch.__version__} here; use cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "cpu" and d.index not in (None, 0):
+        raise ValueError(f"device {device!r}: the CPU has no index; use cpu")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use cpu")
+    return d
+
+
 @torch.no_grad()
 def predict_logits(model, x_uint8: torch.Tensor, *, batch_size: int = 256, device="cpu",
                    channels_last: bool = False) -> torch.Tensor:
-    """Eval-mode logits of uint8 images (N, 3, H, W), in batches; the model's mode is restored.
+    """Eval-mode logits of uint8 images (N, 3, H, W), in batches; every submodule's mode is restored.
     A float tensor raises TypeError (:func:`to_float`)."""
     require_uint8(x_uint8)
-    was = model.training
+    was = training_modes(model)
     model.eval()
     out = []
-    for i in range(0, x_uint8.shape[0], batch_size):
-        xb = to_float(x_uint8[i:i + batch_size].to(device))
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        out.append(model(xb).float().cpu())
-    model.train(was)
+    try:
+        for i in range(0, x_uint8.shape[0], batch_size):
+            xb = to_float(x_uint8[i:i + batch_size].to(device))
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out.append(model(xb).float().cpu())
+    finally:
+        restore_training_modes(was)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -388,9 +411,15 @@ def train_epoch(model, method, optimizer, x_train: torch.Tensor, y_train: torch.
             else:
                 sums[k] = v.detach().double().clone()
 
+    # A last batch of one image joins the batch before it: one image alone in train mode fails where a
+    # BatchNorm sees a 1x1 map (a ResNet or MobileNetV2 at 32 px). Other last batches stay as they are.
+    n = order.shape[0]
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
     batches = 0
-    for i in range(0, order.shape[0], batch_size):
-        idx = order[i:i + batch_size]
+    for i, end in zip(starts, starts[1:] + [n]):
+        idx = order[i:end]
         if captured is not None:
             captured(step, idx)
         else:

@@ -259,6 +259,46 @@ def test_inputs_and_model_mode_left_alone(image_batch, norm, kind, start_mode):
     assert all(p.grad is None for p in model.parameters())
 
 
+def _frozen_bn_model():
+    """A training model whose caller froze one BatchNorm (bn.eval(), a common fine-tuning choice)."""
+    model = build_model("smallcnn", 3).train()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.eval()
+    return model, bn
+
+
+def _eval_mode_passes():
+    """Every library function that switches a model to eval mode, each called once on (model, x, y)."""
+    from dpaat_lib import evaluation, gradcam, robustness, training
+
+    def to_uint8(x):
+        return (x * 255).round().to(torch.uint8)
+
+    cam = lambda x: torch.rand(x.shape[0], *x.shape[-2:]).numpy()  # noqa: E731
+    return {
+        "perturb": lambda m, x, y: perturb(m, x, y, eps=0.1, step_size=0.05, steps=1, norm="l2"),
+        "predict_logits": lambda m, x, y: training.predict_logits(m, to_uint8(x)),
+        "attacked_probs": lambda m, x, y: evaluation.attacked_probs(m, to_uint8(x), y, training_attack()),
+        "cams": lambda m, x, y: gradcam.cams(m, "smallcnn", x, y),
+        "deletion_insertion": lambda m, x, y: gradcam.deletion_insertion(m, x, y, cam(x), steps=2),
+        "road_scores": lambda m, x, y: gradcam.road_scores(m, x, y, cam(x), percentiles=(50,)),
+        "strong attack": lambda m, x, y: robustness.StrongAttack("apgd-ce", "apgd-ce", "l2", 0.1, steps=2)(m, x, y),
+        "per_image_correct": lambda m, x, y: robustness.per_image_correct(m, x, y, []),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_eval_mode_passes()))
+def test_every_submodules_own_mode_is_restored(image_batch, name):
+    """model.train(was) after an eval-mode pass would switch a BatchNorm the caller froze back to training,
+    and the next training step would move its running statistics (method.md section 3: the attacks leave
+    the model's mode as they found it)."""
+    model, bn = _frozen_bn_model()
+    x, y = image_batch
+    _eval_mode_passes()[name](model, x, y)
+    assert model.training and not bn.training
+    assert sum(not m.training for m in model.modules()) == 1
+
+
 def test_mode_restored_after_an_error(image_batch):
     model = build_model("smallcnn", 3).train()
     x, y = image_batch

@@ -77,6 +77,21 @@ def test_cams_do_not_depend_on_an_in_place_op_after_the_target_layer(monkeypatch
     np.testing.assert_allclose(in_place, gradcam.cams(model, "densenet121", x, targets), atol=1e-6)
 
 
+def test_cams_keep_a_callers_gradients_and_work_with_frozen_weights():
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 3).eval()  # eval: the caller's own pass below moves no BatchNorm statistics
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([0, 1])
+    free = gradcam.cams(model, "smallcnn", x, y)
+    model(x).sum().backward()  # a caller's accumulated gradients
+    kept = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert np.array_equal(gradcam.cams(model, "smallcnn", x, y), free)
+    assert all(torch.equal(p.grad, kept[n]) for n, p in model.named_parameters())
+    model.requires_grad_(False)  # an inference model: every weight frozen
+    np.testing.assert_allclose(gradcam.cams(model, "smallcnn", x, y), free, atol=1e-6)
+    with pytest.raises(ValueError, match="target_layer .* is not a module of this model"):
+        gradcam.cams(model, None, x, y, target_layer=build_model("smallcnn", 3).net)
+
+
 def test_cams_bad_target_raises_instead_of_being_swallowed():
     model = build_model("smallcnn", 3)
     with pytest.raises(ValueError, match="out of range"):
@@ -89,6 +104,8 @@ def test_cams_bad_target_raises_instead_of_being_swallowed():
     (torch.ones(2, 3, 32, 32, dtype=torch.int32), [0, 1], TypeError, r"uint8 \(0-255\) or float in \[0, 1\]"),
     (2 * torch.ones(2, 3, 32, 32), [0, 1], ValueError, r"must lie in \[0, 1\]"),
     (torch.rand(2, 3, 32, 32), [0, 1, 2], ValueError, r"got 2 images but 3 targets"),
+    (torch.rand(2, 3, 32, 32), [0, -1], ValueError, r"class indices >= 0, got \[0, -1\]"),
+    (torch.rand(2, 3, 32, 32), [0.0, 1.7], ValueError, r"class indices \(integers\), got \[0\.0, 1\.7"),
 ])
 def test_cams_name_a_bad_batch(x, targets, error, match):
     with pytest.raises(error, match=match):
@@ -284,3 +301,14 @@ def test_cam_result_computes_stores_and_reloads(tiny_run):
             gradcam.cam_result(cfg, results=results, image_ids=[ids[0], other], cache_dir=cache)
     finally:
         shutil.move(aside, result.path / "ckpt")
+
+
+def test_a_cnn_whose_gradcam_map_is_1x1_is_refused_with_the_size_that_works():
+    """ResNet18 at 32 px: layer4's map is 1 x 1, so every map is constant (chapter 8 used to score such maps and
+    then fail on its findings)."""
+    from dpaat_lib import models, report
+
+    assert models.gradcam_map_shape("resnet18", 32) == (1, 1) and models.gradcam_map_shape("resnet18", 64) == (2, 2)
+    report.check_gradcam_resolution(report.make_profile("quick"))  # smallcnn at 32 px: 4 x 4
+    with pytest.raises(ValueError, match=r"at 32 px the Grad-CAM layer of resnet18 gives a 1 x 1 map.*-p image_size 64"):
+        report.check_gradcam_resolution(report.make_profile("quick", models="[resnet18]"))

@@ -428,6 +428,36 @@ def test_cli_grid_options_that_need_others(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags,message", [
+    (["--epochs", "0"], "epochs must be a whole number >= 1, got 0"),
+    (["--set", "batch_size=0"], "batch_size must be a whole number >= 1, got 0"),
+    (["--set", "patience=0"], "patience must be a whole number >= 1, got 0"),
+    (["--device", "gpu"], "unknown device 'gpu': use cpu, cuda or cuda:N"),
+    (["--device", "cpu:5"], "device 'cpu:5': the CPU has no index; use cpu"),
+    (["--set", "seeds=", "--plan"], "no runs selected"),
+    (["--set", "train_steps=0", "--methods", "at"], "at trains on attacked images: its attack needs steps >= 1"),
+])
+def test_cli_refuses_values_that_cannot_run_before_anything_trains(tmp_path, flags, message, capsys):
+    assert cli.main(["quick", "--results", str(tmp_path), "--no-progress", *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(p.name != ".locks" for p in tmp_path.iterdir())  # no half-written run folder
+
+
+def test_cli_threads_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["quick", "--threads", "0", "--plan"])
+    assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_cli_book_grid_honours_methods_and_names_the_models_given(tmp_path, capsys):
+    assert cli.main(["grid", "--profile", "quick", "--book", "--methods", "std", "--plan", "--results",
+                     str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "-std-" in out and not any(f"-{m}-" in out for m in ("at", "sat", "amat", "dpaat", "d-a", "d-b"))
+    assert cli.main(["grid", "--profile", "quick", "--models", "resnet18", "--plan", "--results", str(tmp_path)]) == 0
+    assert "models given: resnet18 (not the profile's)" in capsys.readouterr().out
+
+
 def test_set_overrides_are_typed_as_the_profile_fields():
     over = cli._overrides(["eta=0.25", "mu=epoch", "seeds=0,1,2", "strong_images=none", "bf16=true",
                            "epochs=7", "models=resnet34,mobilenet_v2"])

@@ -268,7 +268,9 @@ def test_amat_rejects_a_threshold_that_is_not_a_number(threshold):
 @pytest.mark.parametrize("kw, field", [
     (dict(alpha=1.5), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(lam=-1.0), "lam"),
     (dict(lam=float("nan")), "lam"), (dict(eps_min=-0.1), "eps_min"), (dict(eps_min=1.0, eps_max=0.5), "eps_min"),
-    (dict(eps_min=2.0), "eps_max=None"), (dict(eta=float("inf")), "eta"),
+    (dict(eps_min=2.0), "eps_max=None"), (dict(eta=float("inf")), "eta"), (dict(eta=-0.5), "eta must be >= 0"),
+    (dict(gamma=-1.0), "gamma must be >= 0"), (dict(eps_max=0.2), r"eps0 = 0.5 .* \[0.0, 0.2\]"),
+    (dict(eps_min=0.8), r"eps0 = 0.5 .* \[0.8, 1.0\]"),
 ])
 def test_method_config_rejects_values_that_never_make_sense(kw, field):
     with pytest.raises(ValueError, match=field):
@@ -287,7 +289,7 @@ def test_attack_spec_rejects_negative_or_pixel_unit_values():
 def test_edge_values_stay_valid():
     MethodConfig(name="sat", alpha=0.0)
     MethodConfig(name="dpaat", alpha=1.0, lam=0.0, eps_min=0.5, eps_max=0.5, eta=0.0, gamma=0.0)
-    MethodConfig(name="dpaat", eps_min=1.0)  # = 2 * eps0, the default eps_max
+    MethodConfig(name="dpaat", eps_min=0.5, eps_max=0.5)  # = eps0: the radii never move
     AttackSpec("clean", "linf", 0.0, 0.0, 0, False)
 
 
@@ -523,6 +525,15 @@ def test_metrics_reject_labels_outside_the_classes():
         metrics.compute_metrics(named, ("nv", "mel", "bkl"))
 
 
+@pytest.mark.parametrize("metric", [metrics.macro_f1, metrics.per_class_recall, metrics.confusion])
+def test_every_metric_given_the_classes_refuses_a_label_outside_them(metric):
+    """scikit-learn's confusion_matrix drops a row whose label is not among its labels: 3 counts for 4 images."""
+    with pytest.raises(ValueError, match=r"'label' has value\(s\) \[5\] outside range\(3\)"):
+        metric(_predictions([0, 1, 5, 1]), ("nv", "mel", "bkl"))
+    with pytest.raises(ValueError, match="the predictions frame has no rows"):
+        metric(_predictions([]), ("nv", "mel", "bkl"))
+
+
 def test_a_corrupt_mask_is_named(synthetic_root, tmp_path):
     root = tmp_path / "d"
     shutil.copytree(synthetic_root, root)
@@ -622,6 +633,48 @@ def test_a_per_sample_radius_may_be_a_list_or_an_array(smallcnn, kind, norm):
     if norm == "linf":  # a list in 0-255 units is named as a tensor's would be
         with pytest.raises(ValueError, match=r"Linf eps = 8 is above 1"):
             attacks.pgd(smallcnn, x, y, eps=kind([8, 8, 8, 8]), norm=norm, steps=1, step_size=0.01)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_are_refused_with_the_fix(smallcnn, dtype):
+    """In half precision x + delta rounds past the radius (bf16: Linf 2/255 overshot by 25%) and a zero gradient
+    gives NaN images under L2 in fp16."""
+    x, y = torch.rand(4, 3, 16, 16, dtype=dtype), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(TypeError, match=r"float32 .* got torch\.(b?float16).*x\.float\(\).*torch\.autocast"):
+        attacks.pgd(smallcnn, x, y, eps=0.5, step_size=0.15, steps=1, norm="l2")
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(eps=True), TypeError, r"eps must be a float.*got a bool"),
+    (dict(eps=torch.tensor([True, False, True, True])), TypeError, r"eps must be a float.*got a bool"),
+    (dict(steps=-3), ValueError, r"steps must be an integer >= 0, got -3"),
+    (dict(steps=2.5), ValueError, r"steps must be an integer >= 0, got 2\.5"),
+    (dict(step_size=2.0), ValueError, r"Linf step_size = 2 is above 1.*step_size=2/255"),
+])
+def test_perturb_names_a_bad_radius_step_or_count(smallcnn, kw, error, match):
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    args = dict(eps=2 / 255, step_size=0.5 / 255, steps=1, norm="linf") | kw
+    with pytest.raises(error, match=match):
+        attacks.perturb(smallcnn, x, y, **args)
+
+
+def test_a_radius_that_requires_grad_gives_a_detached_image(smallcnn):
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    eps = torch.full((4,), 0.5, requires_grad=True)
+    for steps in (0, 1):
+        out = attacks.pgd(smallcnn, x, y, eps=eps, step_size=0.15, steps=steps, norm="l2")
+        assert not out.requires_grad and eps.grad is None
+
+
+def test_labels_must_be_class_indices_of_the_classes_given(smallcnn):
+    side = _side(6)
+    with pytest.raises(TypeError, match=r"SplitTensors.y must be int64 class indices, got torch.int32; pass y.long"):
+        D.SplitTensors(x=side.x, y=side.y.int(), image_ids=side.image_ids)
+    with pytest.raises(ValueError, match=r"SplitTensors.y must be class indices >= 0, got -1"):
+        D.SplitTensors(x=side.x, y=side.y - 1, image_ids=side.image_ids)
+    side = D.SplitTensors(x=side.x, y=side.y.clamp(max=1) * 7, image_ids=side.image_ids)
+    with pytest.raises(ValueError, match=r"test.y has class index 7, outside the 3 classes"):
+        evaluation.evaluate(smallcnn, side, (), ("nv", "mel", "bkl"))
 
 
 def test_evaluate_needs_one_class_name_per_output(smallcnn):

@@ -607,3 +607,61 @@ def test_dpaat_epoch_statistics_add_up_in_place(model, batch):
     assert mu == pytest.approx(sum(batch_means) / 2, abs=1e-6)
     assert float(method._prev_mu) == pytest.approx(mu, abs=1e-6) and bool(method._has_prev_mu)
     assert float(method._dl_sum) == 0 and int(method._dl_n) == 0
+
+
+@pytest.mark.parametrize("name", ["dpaat", "amat"])
+def test_radii_are_a_copy_of_the_methods_table(name):
+    """A caller keeping radii() per epoch keeps each epoch's values, and cannot change the training by writing
+    into them."""
+    method = build_method(MethodConfig(name), 4, threshold=0.5)
+    first = method.radii()
+    first.fill_(7.0)
+    assert not torch.equal(method.radii(), first) and float(method.radii().max()) < 7.0
+    before = method.radii()
+    method.eps += 0.1  # as an epoch's update does, in place
+    assert not torch.equal(method.radii(), before)
+
+
+def _one_correct(model, x, classes=3):
+    """Labels under which exactly the first of ``x`` is classified correctly by ``model`` in train mode."""
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    y = (pred + 1) % classes
+    y[0] = pred[0]
+    return y
+
+
+def test_amat_attacks_a_sub_batch_of_one_image_where_batchnorm_sees_a_1x1_map():
+    """ResNet18 at 32 px: layer4's BatchNorm sees 1x1 maps, so one image alone in train mode has one value
+    per channel, which BatchNorm refuses; AMAT attacks only the correctly classified images."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).train()
+    x = torch.rand(8, 3, 32, 32)
+    y = _one_correct(model, x)
+    method = build_method(MethodConfig("amat"), 8, threshold=1.0)
+    loss, logs = method.loss(model, x, y, torch.arange(8))
+    assert int(logs["attacked"]) == 1 and torch.isfinite(loss)
+    loss.backward()
+    method.end_epoch()
+    assert float(method.radii()[0]) != method.config.eps0 / 10  # the attacked image's radius moved
+    assert torch.equal(method.radii()[1:], torch.full((7,), method.config.eps0 / 10))
+
+
+class _WithAuxLogits(torch.nn.Module):
+    """Returns (logits, aux) in train mode, as torchvision's InceptionV3 with aux_logits=True does."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = build_model("smallcnn", 3)
+
+    def forward(self, x):
+        out = self.net(x)
+        return (out, out) if self.training else out
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_model_returning_auxiliary_logits_is_named_with_the_fix(name):
+    method = build_method(MethodConfig(name), 4, threshold=1.0)
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(TypeError, match=r"returned a tuple, not a tensor of logits.*aux_logits=False"):
+        method.loss(_WithAuxLogits().train(), x, y, torch.arange(4))

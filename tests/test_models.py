@@ -69,6 +69,13 @@ def test_num_classes():
     assert build_model("smallcnn", num_classes=7)(torch.rand(2, 3, 16, 16)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 4, 32, 32), (3, 32, 32)])
+def test_images_of_another_channel_count_are_refused_with_the_fix(shape):
+    """A grey (N, 1, H, W) batch would broadcast to three channels and meet an L2 radius sqrt(3) times larger."""
+    with pytest.raises(ValueError, match=r"takes images \(N, 3, H, W\), got shape .*x\.expand\(-1, 3, -1, -1\)"):
+        build_model("smallcnn")(torch.rand(*shape))
+
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(ValueError) as err:
         build_model("resnet1000")

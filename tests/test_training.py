@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pickle
 import re
@@ -962,3 +963,29 @@ def test_the_command_notes_a_gpu_sized_run_about_to_train_on_the_cpu(capsys, tmp
     assert rc == (0 if method == "std" else 3)  # the stored run loads; the other is not trained (budget 0)
     assert sorted(p.name for p in results.iterdir()) == sorted(
         p.name for p in (Path(__file__).resolve().parents[1] / "results" / "paper").iterdir())
+
+
+def test_a_last_batch_of_one_image_joins_the_batch_before():
+    """ResNet18 at 32 px: one image alone in train mode has one value per channel at layer4's BatchNorm, which
+    it refuses; 33 images at batch 32 train as one batch of 33. Other remainders keep their own last batch."""
+    from dpaat_lib.methods import MethodConfig, build_method
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    seen = []
+    method = build_method(MethodConfig("std"), 34)
+    loss = method.loss
+
+    def recording(m, x, y, idx):
+        seen.append(idx.shape[0])
+        return loss(m, x, y, idx)
+
+    method.loss = recording
+    x = torch.randint(0, 256, (34, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 3, (34,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    logs = training.train_epoch(model, method, opt, x, y, torch.randperm(33), batch_size=32)
+    assert seen == [33] and math.isfinite(logs["loss"])
+    seen.clear()
+    training.train_epoch(model, method, opt, x, y, torch.randperm(34), batch_size=32)
+    assert seen == [32, 2]
