@@ -89,7 +89,10 @@ def _judge(mode: str, tests: str, eager: dict, rows: dict) -> tuple[bool, list[s
     """(correct and faster, reasons, :func:`card_seconds` summed over the benchmarked CNNs)."""
     test, _, label = CANDIDATES[mode]
     reasons = []
-    passed = set(re.findall(rf"PASSED \S*{test}\[(\S+?)\]", tests))
+    # -rA's summary ("PASSED tests/x.py::test[at]") or -v's line as each test ends ("tests/x.py::test[at] PASSED"),
+    # which is all a pytest cut short by its timeout leaves
+    passed = (set(re.findall(rf"PASSED \S*{test}\[(\S+?)\]", tests))
+              | set(re.findall(rf"\S*{test}\[(\S+?)\] PASSED", tests)))
     missing = [m for m in METHODS if m not in passed]
     if missing:
         reasons.append(f"{label} not shown correct for {', '.join(missing)} ({test})")

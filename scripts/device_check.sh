@@ -47,7 +47,9 @@ bench() {  # $1: eager | captured (the library's graph) | graphs (torch.compile'
 # library's graph first (it captures in about a step), torch.compile's last (it compiles for minutes): a check
 # cut short still decides on what it measured.
 K_COMPILED="test_cuda_graphs_match_eager_on_a_gpu"
-timeout "$(cap 180)" "$PY" -m pytest tests -p no:cacheprovider -q -rA -k "(cuda or gpu) and not $K_COMPILED" \
+# -v: each test's PASSED line as it ends (-rA's summary alone would be lost with a step its timeout cuts short).
+timeout "$(cap 180)" "$PY" -m pytest tests -p no:cacheprovider -o addopts= -v -rA \
+  -k "(cuda or gpu) and not $K_COMPILED" \
   2>&1 | tee "$OUT/cuda-tests.txt" | tail -n 40
 # The benchmarks under MPS where the machine has it, as the grid's workers run (scripts/device_env.sh): the decision
 # weighs the modes by several processes sharing the card, and on the H200 those took turns (no MPS in the check).
@@ -61,7 +63,7 @@ if [ "${CHECK_COMPILED:-0}" != 1 ] \
   && "$PY" scripts/compile_decision.py "$OUT" --good-enough cuda-graph "${GOOD_ENOUGH:-1.5}"; then
   echo "torch.compile's CUDA graphs not measured: the library's graph is correct and fast enough"
 else
-  timeout "$(cap 300)" "$PY" -m pytest tests -p no:cacheprovider -q -rA -k "$K_COMPILED" 2>&1 \
+  timeout "$(cap 300)" "$PY" -m pytest tests -p no:cacheprovider -o addopts= -v -rA -k "$K_COMPILED" 2>&1 \
     | tee -a "$OUT/cuda-tests.txt" | tail -n 20
   bench graphs
 fi

@@ -1,7 +1,9 @@
 # Sourced by the device scripts: the Python packages a lent GPU lacks, the repository on the path, torch.compile's
 # cache, the card.
 # Expects PY (the python with torch). The wheels travel in .whl/ (README, "On a GPU").
-if ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pytorch_grad_cam, torchattacks" 2>/dev/null; then
+if [ -d /tmp/site/pytorch_grad_cam ] && [ -d /tmp/site/torchattacks ]; then
+  export PYTHONPATH=/tmp/site  # installed by an earlier call on this warm machine (a call's environment is new)
+elif ls .whl/*.whl >/dev/null 2>&1 && ! "$PY" -c "import pytorch_grad_cam, torchattacks" 2>/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
@@ -33,7 +35,7 @@ mps_start() {
   # One a check cut short left running would refuse a second start: stop it first (an error where there is none).
   echo quit | nvidia-cuda-mps-control >/dev/null 2>&1 && sleep 1
   if nvidia-cuda-mps-control -d \
-    && timeout 60 "$PY" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
+    && timeout 20 "$PY" -c "import torch; assert torch.ones(2, device='cuda').sum().item() == 2"; then
     echo "MPS on"
   else
     echo quit | nvidia-cuda-mps-control 2>/dev/null; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY

@@ -26,10 +26,13 @@
 # on an H200) and about 250 s more. The machine stays warm for 30 s after a call: a second call sent at once
 # (no reading of the first's output in between) continues the same store, and the runs the first left unfinished:
 #
-#   NEXT=200 TOTAL=570 bash scripts/device_session.sh      (timeout_s 600), then the moment it returns
-#   CHECK=0 TOTAL=200 bash scripts/device_session.sh       (timeout_s 240)
+#   NEXT=150 TOTAL=570 bash scripts/device_session.sh      (timeout_s 600), then the moment it returns, with
+#   T = min(200, the first reply's budget_left_s - 60), skipped if T < 120 or the machine is no longer warm:
+#   CHECK=0 CACHE_MAX_MB=0 PACK_EVERY=20 TOTAL=$T bash scripts/device_session.sh   (timeout_s T + 35)
 #
-# (the device tool runs one call at a time: the second is sent when the first has returned, not beside it).
+# (the device tool runs one call at a time: the second is sent when the first has returned, not beside it; a
+# call's limit is its timeout_s or the session's device time left, whichever is less, and a call cut by it brings
+# back only its last partial archive, hence the second's TOTAL from what is left).
 set -uo pipefail
 START=$(date +%s)
 TOTAL=${TOTAL:-570}
@@ -64,14 +67,19 @@ if [ "$CHECK" = 1 ]; then
   # stored runs did (grid.mode_speedups); they come back in check.tgz, not in the results archive.
   cp "$CHECK_OUT"/benchmark-*.json "$RESULTS/" 2>/dev/null
   echo "[$(elapsed)s] check done"
-else
+elif [ -f "$RESULTS/compile-decision.json" ] \
+    && "$PY" scripts/compile_decision.py --read "$RESULTS/compile-decision.json" --usable; then
   echo "[$(elapsed)s] check skipped: the store's compile decision was taken under this torch version and training code"
+else
+  echo "[$(elapsed)s] check skipped (CHECK=0): no usable compile decision in the store, so the grid trains eagerly"
 fi
 
 LIMIT=$(( TOTAL - $(elapsed) )) FINAL=1 NEXT=${NEXT:-0} COMPILE=auto RESULTS="$RESULTS" PROFILE="$PROFILE" OUT="$OUT" \
   DECISION="$STORE/compile-decision.json" bash scripts/device_grid.sh
 
-if [ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]; then
+if [ "$CACHE_MAX_MB" = 0 ]; then
+  echo "[$(elapsed)s] compile cache not packed (CACHE_MAX_MB=0)"  # a session's second call: the first packed it
+elif [ -n "$(ls -A "$TORCHINDUCTOR_CACHE_DIR" 2>/dev/null)" ]; then
   PACKED=$(mktemp /tmp/compile-cache.XXXXXX)
   # Fast gzip, and capped: the call's last seconds; a cache left behind costs compile time, not results.
   if ! timeout 25 tar -I "gzip -1" -cf "$PACKED" -C "$TORCHINDUCTOR_CACHE_DIR" --exclude=./locks .; then

@@ -19,6 +19,9 @@ import tarfile
 from pathlib import Path
 
 PART = re.compile(r"^(?P<archive>.+\.tgz)\.part-\d+$")
+# What scripts/device_grid.sh writes: results-<profile>-<call start>[.partial].tgz. Anything else a call brings
+# back (check.tgz, compile-cache.tgz.part-NN, session.log) is not a store's and must not be unpacked into one.
+ARCHIVE = re.compile(r"^results-(?P<profile>.+)-\d+(\.partial)?\.tgz$")
 
 
 def archives(paths) -> dict[str, list[Path]]:
@@ -35,9 +38,19 @@ def unpack(paths, into) -> list[str]:
     (``<store>/<run id>``)."""
     into = Path(into)
     runs = []
-    for name, files in archives(paths).items():
+    found = archives(paths)
+    other = [name for name in found if not ARCHIVE.match(name)]
+    if other:
+        raise ValueError(f"not a results archive of scripts/device_grid.sh: {other}; pass only the "
+                         "results-<profile>-<time>.tgz files (or their .part-NN), e.g. results-paper-*.tgz*")
+    for name, files in found.items():
+        profile = ARCHIVE.match(name)["profile"]
         with tarfile.open(fileobj=io.BytesIO(b"".join(f.read_bytes() for f in files)), mode="r:gz") as tar:
             members = tar.getmembers()
+            stray = [m.name for m in members if Path(m.name).parts[:1] != (profile,)]
+            if stray:
+                raise ValueError(f"{name}: member(s) outside its store's folder {profile}/: {stray[:3]}; nothing "
+                                 "of it was unpacked")
             done = sorted({Path(*Path(m.name).parts[:2]) for m in members
                            if len(Path(m.name).parts) == 3 and Path(m.name).name == "done"})
             for run in done:
@@ -53,7 +66,10 @@ def main(argv=None) -> int:
     p.add_argument("archives", nargs="+", help="results-<profile>-<time>.tgz files, or their .part-NN files")
     p.add_argument("--into", default="results", help="the results folder (default: results)")
     args = p.parse_args(argv)
-    runs = unpack(args.archives, args.into)
+    try:
+        runs = unpack(args.archives, args.into)
+    except ValueError as err:
+        p.exit(2, f"unpack_results.py: {err}\n")
     print(f"{len(runs)} run folder(s) in {args.into}: " + (", ".join(runs) or "none"))
     return 0
 

@@ -181,6 +181,15 @@ def test_unpack_results_replaces_each_run_folder_an_archive_holds(tmp_path):
     assert sorted(p.name for p in (here / "paper" / "r1").iterdir()) == ["done", "robustness-new.json"]
     assert (here / "paper" / "r2" / "robustness-old.json").exists()  # not in the archive: left alone
     assert (here / "paper" / "calls.jsonl").read_text() == "old\nnew\n" and (here / "paper" / "logs").is_dir()
+    # What else a call brings back is refused before anything is unpacked: the check's files, the compile cache.
+    (tmp_path / "check.tgz").write_bytes(blob)
+    with pytest.raises(ValueError, match=r"not a results archive .*'check.tgz'.*results-paper-\*\.tgz\*"):
+        unpack.unpack([tmp_path / "results-paper-1.tgz.part-00", tmp_path / "results-paper-1.tgz.part-01",
+                       tmp_path / "check.tgz"], here)
+    (tmp_path / "results-quick-2.tgz").write_bytes(blob)  # its members are paper/...: another store's
+    with pytest.raises(ValueError, match=r"results-quick-2.tgz: member\(s\) outside its store's folder quick/"):
+        unpack.unpack([tmp_path / "results-quick-2.tgz"], here)
+    assert not (here / "quick").exists()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
@@ -308,6 +317,15 @@ def test_compile_decision_needs_every_method_correct_and_a_faster_path(tmp_path)
     _decision_inputs(tmp_path, warmups=(2.0, 62.0), graphs_img_s=480.0)
     mode, why = decision.decide(tmp_path)
     assert mode == "" and why[-1].endswith("resnet34 after inf epochs")  # not faster: never paid back
+    # A pytest its timeout cut short prints no summary: the -v lines as each test ended are what it leaves.
+    _decision_inputs(tmp_path, warmups=(2.0, 32.0))
+    verbose = [f"tests/test_training.py::test_cuda_graphs_match_eager_on_a_gpu[{m}] PASSED [ {k}0%]"
+               for k, m in enumerate(("std", "at", "sat", "amat", "dpaat"))]
+    (tmp_path / "cuda-tests.txt").write_text("\n".join(verbose[:4]) + "\n")  # cut before dpaat's ended
+    mode, why = decision.decide(tmp_path)
+    assert mode == "" and "not shown correct for dpaat" in why[0]
+    (tmp_path / "cuda-tests.txt").write_text("\n".join(verbose) + "\n")
+    assert decision.decide(tmp_path)[0] == "reduce-overhead"
     (tmp_path / "cuda-tests.txt").unlink()
     assert decision.decide(tmp_path)[0] == ""  # nothing measured: eager
 
