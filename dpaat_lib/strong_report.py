@@ -453,7 +453,8 @@ def plot_masking_eps(evals: dict):
             if ticks:
                 ax.set_xticks(sorted(ticks), [f"{t:.3g}" for t in sorted(ticks)], fontsize=7)
                 ax.set_xlim(0, 1.15 * max(ticks))
-            ax.set_xlabel("eps x 255 (Linf)" if norm == "linf" else "eps (L2)")
+            scale_name = f"symlog axis, linear below {radius:.3g}" if radius is not None else "linear axis"
+            ax.set_xlabel(f"eps x 255 (Linf; {scale_name})" if norm == "linf" else f"eps (L2; {scale_name})")
             ax.set_ylabel("accuracy (%)")
             ax.set_ylim(-2, 100)
             ax.set_title(f"{model}: 20-step PGD, {_NORM_NAME[norm]}", fontsize=9)

@@ -68,6 +68,11 @@ report.plot_dpaat_rule(eps0=prof.eps0, eta=prof.eta)
 # %% [markdown]
 # ## The headline table: paper beside ours
 #
+# The methods (chapter 3 gives each loss): **STD**, standard training on clean images; **AT**, adversarial
+# training on PGD examples only (Madry et al. 2018); **SAT**, the clean and the adversarial loss averaged
+# (Goodfellow et al. 2015); **AMAT**, adaptive-margin AT, a radius per image grown or shrunk against a
+# loss threshold (Ma & Liang 2022); **DPAAT**, the paper's method above.
+#
 # GAcc (clean test accuracy) and RAcc under 20-step PGD (L2, eps0), in percent. Ours are per
 # model (mean ± std over seeds when there are several); the paper's are its average over all six
 # CNNs.
@@ -106,10 +111,17 @@ other_base, other_matched = [
                      linf_eps=linf_eps, stored_only=True, **o)[1] if outside else []
     for o in ({"eps0": eps0}, over_threat)]
 threat = study.threat_headline(results, matched, other_base=other_base, other_matched=other_matched)
+# which way DPAAT - AT leans over all of these runs together, seed by seed
+directions = study.direction_summary({"the main grid": results, "method.md's schedule (12 d)": full,
+                                      "the paper's radius per pixel (12 e)": matched,
+                                      "outside the main grid": other_base,
+                                      "outside the main grid at the paper's radius per pixel": other_matched})
 # our all-six averages against the paper's, where the runs hold the six CNNs (chapter 4)
 gap_line = report.paper_gap_headline(report.paper_gaps(results))
+scope = report.scope_note(results, results_root)  # how far these runs are from the paper's setting
 report.md(
-    report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
+    (f"{scope}\n\n" if scope else "")
+    + report.comparison_headline(results, "DPAAT", ("AT", "SAT", "AMAT"), attacks=("20-PGD", "clean")) + "\n\n"
     f"**Ranking on this profile (seed means, %).** Clean accuracy: {report.rank_sentence(results, 'GAcc')}. "
     f"20-step PGD: {report.rank_sentence(results, '20-PGD')}.\n\n"
     f"**The paper's claim.** Over its six CNNs the paper reports DPAAT at "
@@ -119,7 +131,7 @@ report.md(
     f"{report.paper_value('I', 'all_six', 'AT', '20-PGD'):.2f}%: DPAAT "
     f"{report.paper_value('I', 'all_six', 'DPAAT', 'GAcc') - report.paper_value('I', 'all_six', 'AT', 'GAcc'):+.2f} "
     f"and {report.paper_value('I', 'all_six', 'DPAAT', '20-PGD') - report.paper_value('I', 'all_six', 'AT', '20-PGD'):+.2f} "
-    f"points, from single runs.\n\n"
+    f"points, apparently from single runs (it names no seeds, repeats or intervals).\n\n"
     + (f"{gap_line}\n\n" if gap_line else "")
     + f"**DPAAT minus AT here, on the same test images** (chapter 12 tests DPAAT against AT, SAT and AMAT "
     f"over three seeds):\n\n"
@@ -128,6 +140,7 @@ report.md(
     + "\n\n" + report.stopping_findings(results)
     + (f"\n\n{schedule}" if schedule else "")
     + (f"\n\n{threat}" if threat else "")
+    + (f"\n\n{directions}" if directions else "")
     + ("\n\nThese runs use SYNTHETIC data, so they test the code path, not the paper's claim."
        if prof.synthetic else "")
 )

@@ -198,7 +198,7 @@ report.md(report.source_block(M.build_method))
 # | AMAT's threshold | not stated for classification | mean validation CE of a trained STD model (`amat_z`) |
 # | augmentation | not stated | horizontal and vertical flips |
 # | validation / early stopping | "early stopping ... of 5 iterations on the validation dataset"; the validation set and the metric are not stated | 80 of the 800 training images per class; patience 5 in the paper profile (the banner gives each profile's); the checkpoint kept is the one with the **lowest clean validation cross-entropy** (`select_on="val_loss"`; `"val_acc"` is the option), because accuracy on 80 images per class moves in steps of 0.4 points |
-# | schedule | 10 epochs of the head, then up to 50 of all layers | from scratch: up to 60 epochs in method.md, capped by each profile (banner) |
+# | schedule | "trained for 10 iterations alone", then "50 iterations" of all layers (we read iterations as epochs) | from scratch: up to 60 epochs in method.md, capped by each profile (banner) |
 # | initialisation | ImageNet fine-tuning | from scratch (no download possible here); `-p weights imagenet` (torchvision's ImageNet weights) or a folder of local files switches to the paper's two-phase fine-tuning, InceptionV3 with its weights' [-1, 1] input scaling |
 
 # %% [markdown]

@@ -91,21 +91,11 @@ report.md(
     f"(mAP) and {report.paper_value('II', 'all_six', 'DPAAT', 'mARP'):.4f} vs {report.paper_value('II', 'all_six', 'AT', 'mARP'):.4f} "
     f"(mARP), while macro F1 differs by "
     f"{report.paper_value('II', 'all_six', 'DPAAT', 'f1') - report.paper_value('II', 'all_six', 'AT', 'f1'):+.4f}. "
-    "AP ranks the softmax scores and F1 counts the arg-max labels, so the two can part, but not easily by this "
-    f"much: the paper's AT has a mAP of {report.paper_value('II', 'all_six', 'AT', 'mAP'):.4f}, below its own macro "
-    f"precision of {report.paper_value('II', 'all_six', 'AT', 'precision'):.4f}, and its equation for mAP (eq. 18) "
-    "was lost in extraction, so how it averaged is unknown. " + report.paper_consistency_note("II") + " "
+    "AP ranks the softmax scores over every threshold and F1 counts the arg-max labels at one, so the two can "
+    "part; how far they parted in the paper cannot be checked, since its equation for mAP (eq. 18) was lost in "
+    "extraction and it gives no per-class AP. " + report.paper_consistency_note("II") + " "
     + report.paper_recall_note() + "\n\n"
-    "**DPAAT minus AT here (seed means):** "
-    + "; ".join(f"{r['model']} {r['metric']} {r['DPAAT - AT']}"
-                + (f" (p = {r['t-test p']}, Holm {r['Holm p']})" if "Holm p" in diff else "")
-                for _, r in diff.iterrows())
-    + (f". Over {int(diff['seeds'].max())} seeds, each a paired t-test across seeds of the per-seed differences, "
-       f"Holm-adjusted for the {len(diff)} tests; "
-       + (f"{sum(float(p) < 0.05 for p in diff['Holm p'] if p != 'n/a')} of {len(diff)} remain below 0.05 after "
-          "the adjustment." if "Holm p" in diff else "")
-       if len(diff) and diff["seeds"].max() >= 2 else
-       " (one seed: a difference between two training runs, not tested against the seed-to-seed noise).")
+    + report.difference_findings(diff, "DPAAT", "AT")
     + f"\n\n**mAP ranking (best first):** {report.rank_sentence(results, 'mAP', scale=1.0, digits=3)}."
     + ("\n\nThese are SYNTHETIC data." if prof.synthetic else "")
 )

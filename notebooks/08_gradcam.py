@@ -43,6 +43,8 @@ mask_results_root = "results/synthetic"  # the synthetic stand-in's runs for the
 from dpaat_lib import report  # first: it keeps tqdm's notebook warning out of the page
 
 # %%
+# A CNN whose map is 1 x 1 at this size is refused before anything trains
+report.check_gradcam_resolution(report.make_profile(profile, models=models, image_size=image_size))
 prof, results = report.load_grid(profile, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or ("std", "at", "dpaat"), seeds=seeds, device=device, weights=weights,
                                  image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)

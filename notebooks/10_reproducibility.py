@@ -160,10 +160,12 @@ compile_times if compile_times is not None else report.md("No compile-time bench
 
 # %%
 paper_prof, paper_cfgs, paper_runs = report.stored_book_runs("paper", results_root)
-report.md(f"{len(paper_runs)} of {len(paper_cfgs)} runs of the paper profile's book grid are stored.")
+report.md(f"{len(paper_runs)} of {len(paper_cfgs)} runs of the paper profile's book grid are stored"
+          + (f"; {report.resolution_note(paper_runs[0].config)}." if paper_runs else "."))
 
 # %%
-report.grid_progress(paper_cfgs, paper_runs)
+paper_plan = precompute.plan_table(paper_cfgs, report.results_dir(paper_prof, results_root), paper_prof, sharing=8)
+report.grid_progress(paper_cfgs, paper_runs, paper_plan)
 
 # %% [markdown]
 # The GPU calls behind these runs, from `results/paper/calls.jsonl` (one line per call of
@@ -171,7 +173,6 @@ report.grid_progress(paper_cfgs, paper_runs)
 
 # %%
 paper_calls = report.grid_calls(report.results_dir(paper_prof, results_root))
-paper_plan = precompute.plan_table(paper_cfgs, report.results_dir(paper_prof, results_root), paper_prof, sharing=8)
 report.md(report.grid_time_findings(paper_calls, len(paper_runs), len(paper_cfgs),
                                     left=int((paper_plan["state"] != "done").sum()),
                                     expected_card_s=paper_plan["seconds"].sum() / 8))

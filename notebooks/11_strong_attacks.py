@@ -16,8 +16,8 @@
 # **Goal.** Go beyond the paper's evaluation, which attacks each model with FGSM, I-FGSM and
 # PGD only. A defence can look robust to those because its gradients are useless rather than
 # because no nearby adversarial example exists. So every trained model is attacked again with
-# AutoPGD (Croce & Hein 2020) with the cross-entropy and the DLR loss and with the black-box
-# Square attack (Andriushchenko et al. 2020), in Linf and L2 at our reading of the paper's radii
+# AutoPGD (Croce & Hein 2020) with the cross-entropy and the DLR (difference of logits ratio) loss and
+# with the black-box Square attack (Andriushchenko et al. 2020), in Linf and L2 at our reading of the paper's radii
 # (chapter 3); the per-image
 # worst case over all attacks stands beside the paper's PGD numbers. Then the gradient-masking
 # checks of Carlini et al. 2019 ("On Evaluating Adversarial Robustness"): more steps or

@@ -68,8 +68,10 @@ from dpaat_lib import profiles, study
 # %%
 name3, name7 = study.study_profiles(profile)
 over = study.study_overrides(profile, image_size=image_size, epochs=epochs, eps0=eps0, linf_eps=linf_eps)
-sweep_seeds = tuple(sweep_seeds) if sweep_seeds else None
-sweep_models = tuple(sweep_models or study.sweep_models(name3))
+# papermill's -p passes a list as its text: read before anything trains
+sweep_seeds = profiles.seed_list(sweep_seeds, "sweep_seeds") if sweep_seeds else None
+sweep_models = study.sweep_models(name3, sweep_models)
+study.default_sweeps(name3, eta=eta_values, lam=lam_values, mu=mu_values)  # a bad value stops here, untrained
 prof, results = report.load_grid(name3, data_root=data_root, results_root=results_root, models=models,
                                  methods=methods or profiles.MAIN_METHODS, seeds=seeds or study.STUDY_SEEDS,
                                  device=device, weights=weights, **over)
@@ -359,5 +361,9 @@ report.md(
        + study.threat_findings(other_base, other_threat, change_other, sig_other_base, sig_other_threat,
                                names_threat)
        + " " + " ".join(study.below_chance_note(rs) for rs in (other_base, other_threat)) if other_threat else "")
+    + "\n\n" + study.direction_summary({"(a) the main grid": results, "(a) outside the main grid": other,
+                                        "(d) method.md's schedule": results_full,
+                                        "(e) the paper's radius per pixel": results_threat,
+                                        "(e) outside the main grid at that radius": other_threat})
     + ("\n\nThese are SYNTHETIC data: the numbers test the pipeline, not the paper." if prof.synthetic else "")
 )

@@ -11,7 +11,7 @@ with the ``python3`` kernel; execute each with papermill (parameters
 ``profile``, ``device`` and ``data_root``, and every ``-p NAME VALUE``, the value read as YAML, for the
 chapters that declare NAME; the kernel's working directory is
 ``<out>/book``) into ``<out>/book/NN_*.ipynb``; copy ``_config.yml``,
-``_toc.yml`` and ``book/intro.md`` to ``<out>``; run
+``_toc.yml``, ``book/intro.md`` and ``book/specification.md`` to ``<out>``; run
 ``jupyter-book build <out> -W -n --keep-going``; then ``scripts/check_book.py``.
 
 Results always go to ``results/<profile>/`` of the repository, whatever
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BOOK_FILES = ("_config.yml", "_toc.yml", "book/intro.md")
+BOOK_FILES = ("_config.yml", "_toc.yml", "book/intro.md", "book/specification.md")
 
 
 def tool(name: str) -> str:
@@ -99,6 +99,16 @@ def parse_params(pairs: list[list[str]], sources: list[Path]) -> dict[str, dict]
     return {stem: {k: v for k, v in values.items() if k in names} for stem, names in declared.items()}
 
 
+def select_chapters(sources: list[Path], chapters: list[str]) -> list[Path]:
+    """The chapters named by number (4, 04) or name (04_robustness), exactly: "1" must not select 10, 11 and 12.
+    A name that is no chapter exits with the chapters there are."""
+    wanted = {c.zfill(2) if c.isdigit() else c for c in chapters}
+    unknown = sorted(wanted - {s.stem[:2] for s in sources} - {s.stem for s in sources})
+    if unknown:
+        sys.exit(f"build_book: no chapter {', '.join(unknown)}; the chapters are {', '.join(s.stem for s in sources)}")
+    return [s for s in sources if s.stem[:2] in wanted or s.stem in wanted]
+
+
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], **kw)
 
@@ -111,7 +121,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="HAM10000 folder (official layout), passed as data_root")
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-execute", action="store_true", help="use the executed notebooks already in <out>/book")
-    p.add_argument("--chapters", nargs="+", help="execute only these chapters (e.g. 04 08); others are kept")
+    p.add_argument("--chapters", nargs="+", help="execute only these chapters (e.g. 04 08, or 4 8); others are "
+                                                 "kept")
     p.add_argument("--no-html", action="store_true", help="execute only; no jupyter-book build or check")
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a papermill parameter for every chapter that declares it, VALUE read as YAML "
@@ -123,7 +134,7 @@ def main(argv=None) -> int:
     book.mkdir(parents=True, exist_ok=True)
     sources = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
     if args.chapters:
-        sources = [s for s in sources if any(s.name.startswith(c) for c in args.chapters)]
+        sources = select_chapters(sources, args.chapters)
     params = parse_params(args.param, sources)
     env = kernel_env()
     print(f"build_book: profile {args.profile}, output {out}, kernel python {sys.executable}", flush=True)

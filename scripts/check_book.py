@@ -6,7 +6,8 @@
 Jupyter Book 2 (and some misconfigurations) build nothing and still exit 0,
 so the build is checked by its output: ``_build/html/book/NN_*.html`` for every
 chapter, and at least one ``<img`` whose file exists on each chapter that
-should have a figure. Exits 1 with a message naming what is missing.
+should have a figure, no error traceback and no table cell that pandas' display cut short. Exits 1
+with a message naming what is missing.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ CHAPTERS = ("01_overview", "02_data", "03_methods", "04_robustness", "05_precisi
             "07_ablation", "08_gradcam", "09_dynamics", "10_reproducibility", "11_strong_attacks", "12_study")
 WITH_FIGURES = ("01_overview", "02_data", "04_robustness", "05_precision", "06_confusion", "07_ablation",
                 "08_gradcam", "09_dynamics", "11_strong_attacks", "12_study")
+# A table cell that pandas cut short ("the adaptation matters more for ro...") or a row/column it elided ("...").
+CUT_CELL = re.compile(r"<td>[^<]*\.\.\.</td>")
 IMG = re.compile(r"<img\b[^>]*\bsrc=\"([^\"]+)\"", re.IGNORECASE)
 
 
@@ -57,6 +60,10 @@ def check(built: Path) -> list[str]:
         text = page.read_text(errors="replace")
         if "Traceback (most recent call last)" in text:
             problems.append(f"{page.name}: contains an error traceback")
+        cut = CUT_CELL.findall(text)
+        if cut:
+            problems.append(f"{page.name}: {len(cut)} table cell(s) cut short or elided by pandas' display, e.g. "
+                            f"{cut[0]!r}: show the table whole (pandas' display.max_colwidth, max_rows)")
     return problems
 
 

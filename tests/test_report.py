@@ -208,6 +208,30 @@ def test_check_book_reports_missing_pages_and_figures(tmp_path):
     (html / "book" / "06_confusion.html").write_text("<p>no figure</p>")
     res = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
     assert res.returncode == 1 and "06_confusion.html: no figure" in res.stderr
+    (html / "book" / "06_confusion.html").write_text('<img src="../_images/f.png"><td>the adaptation matters...</td>')
+    res = subprocess.run([sys.executable, script, tmp_path], capture_output=True, text=True)
+    assert res.returncode == 1 and "1 table cell(s) cut short" in res.stderr
+
+
+def test_the_books_specification_page_is_method_md():
+    """The appendix reproduces the project's specification, one heading level down under its own title; where
+    the specification is beside the checkout (../shared/method.md), the two must not drift apart."""
+    page = (REPO / "book" / "specification.md").read_text()
+    assert page.startswith("# Appendix: the specification (method.md)\n")
+    assert "- file: book/specification" in (REPO / "_toc.yml").read_text()
+    spec = REPO.parent / "shared" / "method.md"
+    if not spec.is_file():
+        pytest.skip(f"{spec} is not beside this checkout")
+    body = page.split("\n\n", 2)[2]
+    assert body == re.sub(r"^(#+) ", r"#\1 ", spec.read_text(), flags=re.MULTILINE), \
+        "book/specification.md differs from ../shared/method.md: copy it again (headings one level down)"
+
+
+def test_the_books_tables_show_long_cells_whole():
+    """Importing the report sets pandas' display to show a sentence in a cell whole (chapter 7's claims)."""
+    sentence = "conclusion: the adaptation matters more for robustness than the synchronisation term"
+    html = pd.DataFrame({"paper's statement": [sentence]})._repr_html_()
+    assert sentence in html
 
 
 def test_notebooks_define_no_functions_and_have_parameters_and_a_title():
@@ -326,6 +350,10 @@ def test_grid_progress_marks_finished_missing_and_absent_runs():
     assert (table == "—").sum().sum() == len(cfgs) - 2
     # the ablation runs only on the ablation models: elsewhere the cell is empty, not "still to run"
     assert table.loc["densenet121", "D-A"] == "" and table.loc["resnet34", "D-A"] == "—"
+    plan = pd.DataFrame({"run": [c.run_id for c in done], "state": [
+        "extras missing: Grad-CAM (no checkpoint)", "extras missing: Grad-CAM"]})  # the second can still compute
+    table = report.grid_progress(cfgs, [SimpleNamespace(run_id=c.run_id) for c in done], plan)
+    assert table.loc[done[0].model, "STD"] == "done, to train again" and table.loc[done[1].model, "STD"] == "done"
 
 
 def test_the_committed_paper_store_loads_without_data():
@@ -529,10 +557,14 @@ def test_another_eps0_brings_its_step_and_reaches_every_l2_attack(profile):
     assert [c.run_id for c in profiles.configs(same, d)] == [c.run_id for c in profiles.configs(base, d)]
 
 
-@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf"), "1.0", True])
+@pytest.mark.parametrize("bad", [0, -0.5, float("nan"), float("inf"), "-1.0", True])
 def test_a_bad_eps0_is_refused_by_name(bad):
     with pytest.raises(ValueError, match=r"eps0 must be a positive L2 radius.*got"):
         report.make_profile("quick", eps0=bad)
+
+
+def test_an_eps0_given_as_text_is_read_as_the_number():  # papermill -r, or a YAML string
+    assert report.make_profile("quick", eps0="1.0") == report.make_profile("quick", eps0=1.0)
 
 
 @pytest.mark.parametrize("given", ["8/255", 8 / 255, "0.0313725490196"])
@@ -739,6 +771,12 @@ def test_method_difference_tests_each_metric_across_seeds():
     assert d.loc[0, "DPAAT - AT"] == "+5.0" and d.loc[0, "seeds"] == 3 and d.loc[0, "t-test p"] == "0.000"
     one = report.method_difference(results[:2], "DPAAT", "AT", metrics=("GAcc",))
     assert "t-test p" not in one
+    assert report.difference_findings(d).endswith("Holm-adjusted for the 1 tests; 1 of 1 remain below 0.05 after "
+                                                  "the adjustment.")
+    assert "(one seed: a difference between two training runs" in report.difference_findings(one)
+    # No AT run at all (a page given -p methods "[std, dpaat]"): said so, not read as one seed.
+    none = report.method_difference([r for r in results if r.config.method.name == "dpaat"], "DPAAT", "AT")
+    assert report.difference_findings(none) == "**DPAAT minus AT here:** no run pairs of DPAAT and AT to compare."
 
 
 def test_model_table_gives_the_grad_cam_map_size_at_the_resolution():
@@ -799,6 +837,37 @@ def test_build_book_params_reach_the_chapters_that_declare_them_typed(tmp_path):
         bb.parse_params([["epsilon", "1.0"]], sources)
     with pytest.raises(SystemExit, match="give data_root with --data"):
         bb.parse_params([["data_root", "/x"]], sources)
+
+
+@pytest.mark.parametrize("given, field, want", [
+    ({"strong_all_seeds": "false"}, "strong_all_seeds", False), ({"strong_all_seeds": "Yes"}, "strong_all_seeds", True),
+    ({"lesion_aware": 0}, "lesion_aware", False), ({"epochs": "3"}, "epochs", 3), ({"eps0": "1.0"}, "eps0", 1.0),
+    ({"linf_eps": "8/255"}, "linf_eps", 8 / 255), ({"epochs": 3}, "epochs", 3),
+])
+def test_a_pages_text_parameter_is_read_as_its_fields_type(given, field, want):
+    """papermill's -p passes "false" as text, which as it is would count as true (chapter 11's strong_all_seeds)."""
+    got = getattr(profiles.profile_for("quick", **given), field)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize("given, match", [
+    ({"strong_all_seeds": "maybe"}, "strong_all_seeds must be true or false, got 'maybe'"),
+    ({"bf16": 2}, "bf16 must be true or false, got 2"),
+    ({"epochs": "3.5"}, "epochs must be a whole number like 8, got '3.5'"),
+    ({"lam": "much"}, "lam must be a number like 1.0, got 'much'"),
+])
+def test_a_pages_parameter_of_the_wrong_type_is_refused(given, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        profiles.profile_for("quick", **given)
+
+
+def test_build_book_selects_chapters_by_their_exact_number_or_name():
+    bb = _build_book_module()
+    sources = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert [s.stem for s in bb.select_chapters(sources, ["1", "04", "12_study"])] == [
+        "01_overview", "04_robustness", "12_study"]  # "1" is chapter 1, not 10, 11 and 12
+    with pytest.raises(SystemExit, match="no chapter 13, 4_robustness; the chapters are 01_overview, .*12_study"):
+        bb.select_chapters(sources, ["13", "4_robustness"])
 
 
 def test_build_book_runs_a_chapter_with_another_eps0_and_a_users_cnn(tmp_path):

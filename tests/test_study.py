@@ -2,6 +2,7 @@
 for old configurations, the fraction split, the balanced sampler, the 7-class profiles."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -193,6 +194,45 @@ def test_significance_does_not_flag_a_null_difference():
         assert ((t["ci_low"] < 0) & (t["ci_high"] > 0)).all() or (t["p_ttest"] > 0.05).all()
 
 
+def test_direction_summary_counts_each_paired_run_once_and_sets_below_chance_apart():
+    lower, higher = _grid(-0.15, seed=1), _grid(0.15, seed=2)
+    # another grid holds other runs (other run ids): here another CNN's
+    higher = [dataclasses.replace(r, config=dataclasses.replace(r.config, model="resnet18")) for r in higher]
+    text = study.direction_summary({"g1": lower, "g2": higher, "g1 again": lower}, attacks=("20-PGD", "clean"))
+    diffs = {name: [100 * (study.metric_value(d, "acc", "20-PGD") - study.metric_value(a, "acc", "20-PGD"))
+                    for d, a in zip([r for r in g if r.config.method.name == "dpaat"],
+                                    [r for r in g if r.config.method.name == "at"])]
+             for name, g in (("g1", lower), ("g2", higher))}
+    n_below = sum(d < 0 for v in diffs.values() for d in v)
+    assert n_below == 3  # the planted effects: DPAAT lower in g1's 3 seeds, higher in g2's
+    assert f"under 20-PGD, DPAAT is below AT in {n_below} of 6 paired runs" in text  # "g1 again" not counted twice
+    assert "g1 again" not in text and "over the 2 groups" in text
+    assert "g1: " + ", ".join(f"{d:+.1f}" for d in diffs["g1"]) in text
+    assert "clean, DPAAT is below AT in" in text and "no test is made over them" in text
+    assert "below chance" not in text
+    one_class = [dataclasses.replace(r, config=dataclasses.replace(
+        r.config, data=dataclasses.replace(r.config.data, classes=("nv",)))) for r in lower]
+    text = study.direction_summary({"g1": one_class, "g2": higher}, attacks=("20-PGD",))
+    assert "g1 (both below chance): " in text
+    assert "(0 of 3 where neither is below chance)" in text
+    assert study.direction_summary({"g": [r for r in lower if r.config.method.name != "at"]}) == ""
+
+
+def test_chapter_12s_list_parameters_are_read_from_papermills_text():
+    """papermill's -p passes "[0.25, 1]" as text: tuple() would split it into characters."""
+    assert study.default_sweeps("quick", eta="[0.25, null]", lam="[0.5]", mu="epoch") == {
+        "eta": (0.25, None), "lam": (1.0, 0.5), "mu": ("batch", "epoch")}
+    assert study.sweep_models("quick", "[smallcnn, resnet18]") == ("smallcnn", "resnet18")
+    assert study.sweep_models("quick", "smallcnn") == ("smallcnn",)
+    assert profiles.seed_list("[0, 1]", "sweep_seeds") == (0, 1)
+    with pytest.raises(ValueError, match=r"sweep_models: unknown CNN\(s\) 'smalcnn'; choose from .*smallcnn"):
+        study.sweep_models("quick", "[smalcnn]")
+    with pytest.raises(ValueError, match=r"lam_values must be numbers, e.g. \[0.25, 1.0\], got 'a'"):
+        study.default_sweeps("quick", lam="[a]")
+    with pytest.raises(ValueError, match=r"sweep_seeds must be whole numbers, e.g. \[0, 1, 2\], got '\[a\]'"):
+        profiles.seed_list("[a]", "sweep_seeds")
+
+
 def test_significance_with_one_seed_gives_no_verdict():
     t = study.significance(_grid(0.15, seeds=(0,)), "DPAAT", "AT")
     assert (t["seeds"] == 1).all() and not t["exceeds_noise"].any() and t["p_ttest"].isna().all()
@@ -323,7 +363,7 @@ def test_sweep_findings_read_a_point_of_several_seeds_against_the_mean_interval(
     text = study.sweep_findings(frame, profiles.get_profile("quick"))
     assert "(smallcnn, 3 seeds per value)" in text and "synchronisation weight lambda = 2 (20-PGD" in text
     assert "evidence of an effect" in text and "one training seed" not in text
-    assert "95% PI of a mean of 3 more runs" in text
+    assert "95% prediction interval of a mean of 3 more runs" in text
     assert len(study.plot_sweeps(frame).axes) == 1
 
 

@@ -18,6 +18,22 @@ def figure_models(prof: profiles.Profile, n: int = 2) -> list[str]:
     return (paper + [m for m in prof.models if m not in paper])[:n]
 
 
+def check_gradcam_resolution(prof: profiles.Profile) -> None:
+    """Refuse, before anything trains, a figure CNN (:func:`figure_models`) whose Grad-CAM layer gives a 1 x 1
+    map at the profile's image size (ResNet18 at 32 px): each of its maps is then constant, the figure shows
+    nothing and every score compares nothing. The error names the smallest size (doubling) that gives 2 x 2."""
+    from ..models import gradcam_map_shape
+
+    for name in figure_models(prof):
+        if max(gradcam_map_shape(name, prof.image_size)) < 2:
+            size = prof.image_size
+            while max(gradcam_map_shape(name, size)) < 2:
+                size *= 2
+            raise ValueError(f"at {prof.image_size} px the Grad-CAM layer of {name} gives a 1 x 1 map: every map "
+                             f"would be constant. Run this chapter at {size} px or more (-p image_size {size}), or "
+                             "with another CNN")
+
+
 def gradcam_selection(results: Sequence[experiment.RunResult], model: str, n_per_class: int = 2,
                       methods: Sequence[str] = ("STD", "AT", "DPAAT"), seed: int = 0,
                       pool: int | None = None, figure: bool = False) -> tuple[list[str], str]:

@@ -20,6 +20,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import tqdm.auto  # noqa: F401
 
+# The book's tables hold sentences (the ablation's claims, the GPU calls' notes): pandas' default display cuts
+# every cell at 50 characters, which printed "the adaptation matters more for ro..." in chapter 7.
+pd.set_option("display.max_colwidth", None)
+
 from .. import experiment, grid
 from ..attacks import L2_EPS, LINF_EPS
 from ..methods import LABELS

@@ -62,12 +62,12 @@ def plot_dpaat_rule(eps0: float = 0.5, eta: float | None = None, eps_max: float 
     for start, ls in ((0.1 * eps0, ":"), (eps0, "-"), (eps_max, "--")):
         new = np.clip(start + step, cfg.eps_min, eps_max)
         ax2.plot(x, new, ls=ls, color="k", label=f"eps_i before = {start:g}")
-    ax2.axhline(eps0, color="#1f77b4", lw=0.6)
-    ax2.set_ylim(-0.05, eps_max + 0.1)
+    ax2.axhline(eps0, color="#1f77b4", lw=0.6, label=f"eps0 = {eps0:g} (every radius's start)")
+    ax2.set_ylim(-0.05, 1.6 * eps_max)  # headroom for the legend above the curves
     ax2.set_xlabel("dL_i - mu (nats)")
     ax2.set_ylabel("eps_i after one update")
     ax2.set_title(f"clipped to [{cfg.eps_min:g}, {eps_max:g}] (eps_max = 2 eps0)")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=7, loc="upper center", ncol=2)
     return closed(fig)
 
 
@@ -298,9 +298,10 @@ def plot_ablation(results: Sequence[experiment.RunResult], metrics: Sequence[str
             ax.bar_label(bars, fmt="%.1f", fontsize=6)
         ax.set_xticks(range(len(metrics)), ["GAcc (clean)" if c == "GAcc" else f"RAcc {c}" for c in metrics])
         ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 125)  # headroom above the bars for the legend, which would cover the RAcc bars below
+        ax.set_yticks(range(0, 101, 20))
         ax.set_title(f"{model}: ablation (ours)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", ncol=len(labels))
     return closed(fig)
 
 

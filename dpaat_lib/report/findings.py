@@ -11,7 +11,7 @@ from .. import experiment, pretrained, profiles
 from ..profiles import linf_text, radius_text
 from .common import (PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, PAPER_SIZE_BASIS,
                      fmt, results_frame, summary)
-from .pages import l2_strength_text
+from .pages import l2_strength_text, stored_book_runs
 from .split import stored_split_matches
 from .dynamics import _cut_by_cap, _full_schedule_pointer
 
@@ -50,6 +50,23 @@ def method_difference(results: Sequence[experiment.RunResult], a: str = "DPAAT",
     return out
 
 
+def difference_findings(diff: pd.DataFrame, a: str = "DPAAT", b: str = "AT", alpha: float = 0.05) -> str:
+    """The reading of :func:`method_difference` (Markdown): ``a`` - ``b`` per model and metric, with the tests
+    where there are several seeds, or why there is none (one seed; no pair of runs of the two methods)."""
+    if not len(diff):
+        return f"**{a} minus {b} here:** no run pairs of {a} and {b} to compare."
+    tested = "Holm p" in diff
+    text = f"**{a} minus {b} here (seed means):** " + "; ".join(
+        f"{r['model']} {r['metric']} {r[f'{a} - {b}']}" + (f" (p = {r['t-test p']}, Holm {r['Holm p']})" if tested
+                                                          else "") for _, r in diff.iterrows())
+    if not tested:
+        return text + " (one seed: a difference between two training runs, not tested against the seed-to-seed noise)."
+    below = sum(float(p) < alpha for p in diff["Holm p"] if p != "n/a")
+    return (text + f". Over {int(diff['seeds'].max())} seeds, each a paired t-test across seeds of the per-seed "
+            f"differences, Holm-adjusted for the {len(diff)} tests; {below} of {len(diff)} remain below {alpha:g} "
+            "after the adjustment.")
+
+
 def ablation_claims(results: Sequence[experiment.RunResult], similar: float = 2.0) -> pd.DataFrame:
     """Every statement the paper makes about its Fig. 3, checked on our ablation runs (seed means, per
     model): D-A's GAcc above AT's; D-A's 20-PGD similar to AT's (within ``similar`` points); D-B's GAcc
@@ -84,6 +101,42 @@ def ablation_claims(results: Sequence[experiment.RunResult], similar: float = 2.
         rows += [{"model": model, "paper's statement": c, "holds here": "yes" if ok else "no", "ours (%)": txt}
                  for c, ok, txt in checks]
     return pd.DataFrame(rows)
+
+
+def resolution_note(config) -> str:
+    """How a run's images reached its input size (text, no final stop): centre-cropped to the short side of the
+    HAM10000 copy they were decoded from, then resized; resized up, they hold no detail finer than that side."""
+    from ..data import BOOK_COPY_SIZE
+
+    source = config.data.source_size or BOOK_COPY_SIZE
+    short, size = min(int(v) for v in source.split("x")), config.data.image_size
+    up = f" (up: they hold no detail finer than {short} px)" if size > short else ""
+    return (f"the images come from a {source} px copy of HAM10000, centre-cropped to {short} px and resized to "
+            f"{size} px{up}")
+
+
+def scope_note(results: Sequence[experiment.RunResult], results_root=None) -> str:
+    """Chapter 1's first finding (Markdown): how far this page's runs are from the paper's setting (its six CNNs,
+    fine-tuned from ImageNet weights, at the 224 px we assume), and how many runs of the paper profile's grid,
+    which has that setting, are stored (chapter 10). Empty once the page's runs have that setting."""
+    from ..models import PAPER_MODELS
+
+    if not results:
+        return ""
+    models = list(dict.fromkeys(r.config.model for r in results))
+    sizes = sorted({r.config.data.image_size for r in results})
+    tuned = {r.config.train.weights is not None for r in results}
+    if set(models) >= set(PAPER_MODELS) and sizes == [PAPER_IMAGE_SIZE] and tuned == {True}:
+        return ""
+    setting = (f"{', '.join(models)} at {', '.join(map(str, sizes))} px, "
+               + ("fine-tuned from pretrained weights" if tuned == {True} else
+                  "trained from scratch" if tuned == {False} else "some fine-tuned, some from scratch"))
+    _, cfgs, stored = stored_book_runs("paper", results_root)
+    return (f"**Scope.** The runs on this page are {setting}; the paper fine-tunes six ImageNet CNNs "
+            f"({', '.join(PAPER_MODELS)}), we assume at {PAPER_IMAGE_SIZE} px. No verdict below is a replication "
+            "of the paper's numbers: each says what holds in this setting. The paper profile's grid, which has the "
+            f"paper's six CNNs at {PAPER_IMAGE_SIZE} px, needs a GPU: {len(stored)} of its {len(cfgs)} runs are stored "
+            "(chapter 10).")
 
 
 def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] = ()) -> str:
@@ -133,13 +186,15 @@ def deviations(prof: profiles.Profile, results: Sequence[experiment.RunResult] =
         + (f"; {prof.n_val} of the {prof.n_train} are held out as the validation set of early stopping and "
            "checkpoint choice (the paper validates on a set it does not describe)" if prof.n_val else "") + ".",
         f"- **Resolution**: {prof.image_size} px (paper: not stated; we assume {PAPER_IMAGE_SIZE} px, "
-        f"{PAPER_SIZE_BASIS}, wherever a page compares with the paper's resolution).",
+        f"{PAPER_SIZE_BASIS}, wherever a page compares with the paper's resolution)"
+        + ("" if prof.synthetic or c is None else f"; {resolution_note(c)}") + ".",
         f"- **Models**: {', '.join(prof.models)}"
         + ("" if set(prof.models) == set(PAPER_MODELS) else f" (paper: {', '.join(PAPER_MODELS)})")
         + f"; up to {prof.epochs} epochs, patience {prof.patience}, batch size {prof.batch_size} "
           "(paper: 50 epochs after 10 head epochs; ablation batch 64, 100 epochs)"
         + (": " + _capped_text(results) if results else "") + ".",
-        f"- **Seeds**: {', '.join(map(str, prof.seeds))}; the paper reports single runs without seeds.",
+        f"- **Seeds**: {', '.join(map(str, prof.seeds))}; the paper names no seeds, repeats or intervals "
+        "(apparently single runs).",
     ]
     if prof.bf16 or prof.channels_last:
         lines.append("- **Numerics**: training forward and backward passes under bf16 autocast"

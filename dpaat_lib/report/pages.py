@@ -13,6 +13,7 @@ from .. import experiment, grid, pretrained, profiles
 from ..profiles import linf_text, radius_text
 from ..config import RunConfig
 from ..methods import CLASSES, LABELS
+from ..training import check_device
 from ..training import GRAPH_MODE, effective_mode, training_code_digest
 from ..models import list_models
 from .common import (PAPER_EPS0, PAPER_IMAGE_SIZE, PAPER_LINF_EPS, PAPER_SIZE_BASIS, and_list, log, method_key,
@@ -56,6 +57,7 @@ def load_grid(profile: str = "quick", *, data_root=None, results_root=None, mode
     of ``<model>.pth`` files, the starting weights of two-phase fine-tuning (:func:`dpaat_lib.pretrained.configure`;
     part of each run's identity).
     """
+    check_device(device)  # "gpu", or cuda on a machine without one: said before anything loads or trains
     prof = make_profile(profile, data_root=data_root, seeds=seeds, models=models, **overrides)
     profiles.pin_cpu_threads(prof, device)
     root = resolve_path(data_root)
@@ -232,39 +234,37 @@ def grid_window_findings(plan: pd.DataFrame, window_s: float = 640.0, sharing: i
     return text
 
 
-def grid_progress(configs: Sequence[RunConfig], finished: Sequence[experiment.RunResult]) -> pd.DataFrame:
+def grid_progress(configs: Sequence[RunConfig], finished: Sequence[experiment.RunResult],
+                  plan: pd.DataFrame | None = None) -> pd.DataFrame:
     """Which runs of a grid are finished: rows the models, columns the methods; "done", "—" (still to
-    run), or empty where the grid has no such run."""
+    run), or empty where the grid has no such run. With ``plan`` (:func:`dpaat_lib.precompute.plan_table`), a
+    finished run whose missing extras need its lost checkpoint, so that it trains again, reads "done, to train
+    again"."""
     done = {r.run_id for r in finished}
+    again = set() if plan is None else set(plan.loc[plan["state"].str.contains("no checkpoint"), "run"])
     models = list(dict.fromkeys(c.model for c in configs))
     methods = sorted(dict.fromkeys(LABELS[c.method.name] for c in configs), key=method_key)
     table = pd.DataFrame("", index=pd.Index(models, name="model"), columns=methods)
     for c in configs:
-        table.loc[c.model, LABELS[c.method.name]] = "done" if c.run_id in done else "—"
+        table.loc[c.model, LABELS[c.method.name]] = (("done, to train again" if c.run_id in again else "done")
+                                                     if c.run_id in done else "—")
     return table
 
 
 def model_table(model_names: Sequence[str], image_size: int, num_classes: int = 3) -> pd.DataFrame:
     """The CNNs of a profile: whether the paper uses them, their parameters, and the Grad-CAM target layer
     with the size of its map at ``image_size`` (what chapter 8's maps can resolve)."""
-    import torch
-
     from .. import models as MD
 
     rows = []
     for name in model_names:
         model = MD.build_model(name, num_classes).eval()
-        layer = MD.gradcam_target_layer(model, name)
         params = sum(p.numel() for p in model.parameters())
         if image_size < MD.min_input_size(name):
             cam = f"needs >= {MD.min_input_size(name)} px"
         else:
-            shape = []
-            hook = layer.register_forward_hook(lambda m, i, o: shape.append(tuple(o.shape[-2:])))
-            with torch.no_grad():
-                model(torch.zeros(1, 3, image_size, image_size))
-            hook.remove()
-            cam = f"{shape[0][0]} x {shape[0][1]}"
+            h, w = MD.gradcam_map_shape(name, image_size)
+            cam = f"{h} x {w}"
         origin = MD.registered_by(name)
         rows.append({"model": name, "in the paper": "yes" if name in MD.PAPER_MODELS else
                      "no (this book's)" if name == "smallcnn" else f"no (from {origin})" if origin else "no",

@@ -5,6 +5,7 @@ from typing import Sequence
 
 from .. import profiles, report
 from ..evaluation import CLEAN
+from ..models import list_models
 
 
 STUDY_PROFILES = {"quick": ("quick", "quick-7")}
@@ -103,9 +104,18 @@ def study_note(book_profile: str, study_profile: profiles.Profile, seven_profile
     return " ".join(parts)
 
 
-def sweep_models(study_profile: str) -> tuple[str, ...]:
-    """The CNNs ``study_profile``'s DPAAT parameters are swept on (:data:`SWEEP_MODELS`)."""
-    return SWEEP_MODELS.get(study_profile, tuple(profiles.get_profile(study_profile).models))
+def sweep_models(study_profile: str, given=None) -> tuple[str, ...]:
+    """The CNNs ``study_profile``'s DPAAT parameters are swept on: ``given`` (the page's parameter: a list, one
+    name, or its text, "[smallcnn, resnet34]") or :data:`SWEEP_MODELS`. An unknown name is refused with the known
+    ones, before anything trains."""
+    if not given:
+        return SWEEP_MODELS.get(study_profile, tuple(profiles.get_profile(study_profile).models))
+    chosen = profiles.list_parameter(given)
+    unknown = [m for m in chosen if m not in list_models()]
+    if unknown:
+        raise ValueError(f"sweep_models: unknown CNN(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(list_models())}")
+    return tuple(dict.fromkeys(chosen))
 
 
 def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
@@ -119,10 +129,22 @@ def default_sweeps(study_profile: str, **given) -> dict[str, tuple]:
             raise ValueError(f"cannot sweep {param!r}; choose from {SWEEP_PARAMS}")
         if values is None:
             continue
-        values = tuple(values)
+        values = tuple(_sweep_value(param, v) for v in profiles.list_parameter(values))  # "[0.25, 1]" as text too
         default = getattr(prof, param)
         out[param] = values if default in values else (default, *values)
     return out
+
+
+def _sweep_value(param: str, value):
+    """One swept value as the parameter takes it: eta and lam numbers (eta's "null": eps0 per nat), mu a name."""
+    if param == "mu":
+        return str(value)
+    if param == "eta" and (value is None or str(value).lower() in ("null", "none")):
+        return None
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError(f"{param}_values must be numbers, e.g. [0.25, 1.0], got {value!r}") from None
 
 
 def value_label(param: str, value, eps0: float = 0.5) -> str:

@@ -302,3 +302,57 @@ def _model_prefix(models: Iterable[str], sep: str = ", ") -> Callable[[str], str
     """How a sentence names a CNN: ``"mobilenet_v2" + sep`` where ``models`` holds several, else nothing."""
     several = len(set(models)) > 1
     return lambda model: f"{model}{sep}" if several else ""
+
+
+def direction_summary(grids: dict[str, Sequence[experiment.RunResult]], a: str = "DPAAT", b: str = "AT",
+                      attacks: Sequence[str] = ("20-PGD", CLEAN)) -> str:
+    """Which way ``a`` - ``b`` leans over every grid of a page (Markdown; empty without a pair of runs).
+
+    One paired difference per (grid, CNN, seed) and attack, each pair of runs counted once even where two
+    grids hold it. Each grid's verdict tests its own few seeds, and with three seeds and Holm over many tests
+    no single grid may show anything beyond noise, while the differences still point the same way in grid
+    after grid: this says how often they do. The grids share their seeds, split and test images, so the
+    differences are not independent trials and no test is made over them. A (grid, CNN) whose ``a`` and
+    ``b`` are both below chance under an attack (:func:`below_chance_note`) is counted apart for it."""
+    seen, rows = set(), []
+    for grid, results in grids.items():
+        by = {(r.config.model, _label(r), r.config.train.seed): r for r in results}
+        pairs = _paired_seeds(by, a, b)
+        several = len(pairs) > 1
+        for model, seeds in pairs:
+            chance = 1 / len(by[(model, a, seeds[0])].config.data.classes)
+            for att in attacks:
+                key = CLEAN if att in (CLEAN, "clean") else att
+                ra = [by[(model, a, s)] for s in seeds]
+                rb = [by[(model, b, s)] for s in seeds]
+                acc_a = [metric_value(r, "acc", key) for r in ra]
+                acc_b = [metric_value(r, "acc", key) for r in rb]
+                for s, x, y, run_a, run_b in zip(seeds, acc_a, acc_b, ra, rb):
+                    if (run_a.run_id, run_b.run_id, key) in seen:
+                        continue
+                    seen.add((run_a.run_id, run_b.run_id, key))
+                    rows.append({"grid": f"{grid}, {model}" if several else grid, "attack": key, "seed": s,
+                                 "diff": 100 * (x - y),
+                                 "below_chance": np.mean(acc_a) < chance and np.mean(acc_b) < chance})
+    if not rows:
+        return ""
+    frame = pd.DataFrame(rows)
+    parts = []
+    for att in dict.fromkeys(frame["attack"]):
+        f = frame[frame["attack"] == att]
+        name = "clean" if att == CLEAN else f"under {att}"
+        below = f[f["diff"] < 0]
+        grids_text = "; ".join(
+            f"{g}{' (both below chance)' if grp['below_chance'].all() else ''}: "
+            + ", ".join(f"{d:+.1f}" for d in grp["diff"]) for g, grp in f.groupby("grid", sort=False))
+        fair = f[~f["below_chance"]]
+        apart = (f" ({int((fair['diff'] < 0).sum())} of {len(fair)} where neither is below chance)"
+                 if len(fair) < len(f) else "")
+        parts.append(f"{name}, {a} is below {b} in {len(below)} of {len(f)} paired runs{apart} and above in "
+                     f"{int((f['diff'] > 0).sum())} ({grids_text})")
+    n_grids = frame["grid"].nunique()
+    return (f"**Which way {a} - {b} leans, over the {n_grids} groups of runs on this page** (one difference in "
+            "points per training seed): " + "; ".join(parts) + ". Each group's own test above has only its few "
+            "seeds, so a consistent direction can stay within noise in every one of them; these groups share their "
+            "seeds, split and test images, so the differences are not independent trials and no test is made over "
+            "them: the count says which way they lean, not that the lean exceeds noise.")

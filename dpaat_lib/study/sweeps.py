@@ -322,7 +322,7 @@ def sweep_findings(frame: pd.DataFrame, study_profile: profiles.Profile,
                     lo, hi = default_interval(dd, n_seed)
                     ref = (f"; default DPAAT over {int(dd['seeds'])} seeds {dd['mean']:.1f} (range "
                            f"{dd['min']:.1f} to {dd['max']:.1f}"
-                           + (f", 95% PI of {_more(n_seed)} [{lo:.1f}, {hi:.1f}])" if dd["seeds"] > 1 else ")"))
+                           + (f", 95% prediction interval of {_more(n_seed)} [{lo:.1f}, {hi:.1f}])" if dd["seeds"] > 1 else ")"))
                 if not r.empty:
                     ref += f"; AT {r.iloc[0]['mean']:.1f}"
                 parts.append(f"{att}: {', '.join(pts)}{ref}")
