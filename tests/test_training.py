@@ -948,11 +948,14 @@ def test_the_command_pins_the_profiles_threads_unless_told_and_then_warns(restor
 
 @pytest.mark.parametrize("method, device, noted", [("dpaat", "cpu", True), ("std", "cpu", False),
                                                    ("dpaat", "cuda", False)])
-def test_the_command_notes_a_gpu_sized_run_about_to_train_on_the_cpu(capsys, tmp_path, method, device, noted):
+def test_the_command_notes_a_gpu_sized_run_about_to_train_on_the_cpu(capsys, tmp_path, monkeypatch, method, device,
+                                                                    noted):
     """``dpaat train`` defaults to the paper profile and the CPU: a run it would train there (ResNet34 DPAAT,
     not stored) gets a note naming the way out before anything starts; a stored run (ResNet34 STD, loaded)
     or a GPU gets none. ``--time-budget 0`` stops before training."""
     from dpaat_lib import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU, as far as the device check asks
 
     results = tmp_path / "paper"
     shutil.copytree(Path(__file__).resolve().parents[1] / "results" / "paper", results)
